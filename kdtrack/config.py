@@ -1,0 +1,389 @@
+"""Typed configuration: one frozen dataclass per component, loaded from YAML presets.
+
+Every default lives here and only here. YAML presets (``kdtrack/configs/*.yaml``)
+and ``--set section.field=value`` overrides change fields; an unknown key or a
+value of the wrong type is an error naming the key and the file it came from.
+At the Ray boundary pass ``config_to_dict(cfg)`` and rebuild with
+``config_from_dict(d)``; the same flat dict is what gets logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key and its source."""
+
+
+# --------------------------------------------------------------------------- components
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The procedural crowd world (``kdtrack.synth``); presets ``tiny``/``small``/``large``."""
+
+    seed: int = 0  # every file is a pure function of (preset fields, seed)
+    image_width: int = 320  # still-image and video frame width, pixels
+    image_height: int = 192  # still-image and video frame height, pixels
+    num_identities: int = 60  # people in the world's identity bank
+    hard_negative_fraction: float = 0.3  # share of identities cloned from another with small changes
+    people_per_image: tuple[int, int] = (2, 9)  # inclusive range of people in a still image
+    crowdhuman_train_images: int = 120  # CrowdHuman-style .odgt train images
+    crowdhuman_val_images: int = 20  # CrowdHuman-style .odgt val images
+    coco_train_images: int = 80  # COCO-style train images (some contain no person)
+    coco_val_images: int = 16  # COCO-style val images
+    kinetics_clips: int = 6  # Kinetics-style clips (camera pan/zoom, unlabeled)
+    kinetics_clip_frames: int = 40  # frames per clip
+    kinetics_fps: int = 10  # clip frame rate
+    mot_sequences: int = 2  # MOT17-style training sequences (static camera)
+    mot_sequence_frames: int = 40  # frames per MOT sequence
+    mot_fps: int = 10  # MOT sequence frame rate
+    person_search_cameras: int = 3  # cameras sharing identities in the person-search set
+    person_search_train_images: int = 40  # training frames of the person-search set
+    person_search_test_images: int = 40  # test (gallery) frames of the person-search set
+    person_search_queries: int = 20  # query persons
+    person_search_gallery_sizes: tuple[int, ...] = (10, 20)  # CUHK-SYSU style gallery sizes
+    reid_train_ids: int = 24  # Market-1501-style identities in bounding_box_train
+    reid_test_ids: int = 16  # identities in query + bounding_box_test
+    reid_crops_per_id: int = 8  # crops per identity and split
+    motion_blur_prob: float = 0.2  # chance a video frame gets motion blur
+    jpeg_quality: tuple[int, int] = (70, 95)  # JPEG quality range written to disk
+    workers: int = 1  # >1 spreads generation over processes / Ray tasks (jobs.generate_synth)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The student network (METHOD.md section 1)."""
+
+    backbone: Literal["tiny", "resnet18_unet", "resnet34_unet", "resnet50_unet", "dla34"] = "tiny"
+    deformable: bool = True  # 3x3 deformable convs in the neck (False: plain conv, faster)
+    head_conv: int = 256  # channels of each head's 3x3 conv
+    size_channels: Literal[2, 4] = 4  # 4: l,t,r,b distances; 2: w,h
+    embedding_dim: int = 128  # identity channels k (KD: 2048 = teacher dim; IDF: 256)
+    normalize_embedding: bool = True  # L2-normalise the identity output (IDF); False for KD regression
+    heatmap_bias: float = -2.19  # initial bias of the heatmap logits (prior 0.1)
+    width: int = 32  # base channel width of the tiny backbone
+    pretrained: str = ""  # local checkpoint path to initialise from ("" = random)
+    input_width: int = 320  # network input width (letterboxed), multiple of 32
+    input_height: int = 192  # network input height, multiple of 32
+    down_ratio: int = 4  # output stride r
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The frozen Re-ID teacher (strong-baseline style, METHOD.md section 3)."""
+
+    backbone: Literal["tiny", "resnet18", "resnet50", "resnet50_ibn"] = "tiny"
+    last_stride: int = 1  # stride of the last ResNet stage (1 keeps a 16x8 map at 256x128)
+    pooling: Literal["gem", "avg"] = "gem"
+    gem_p: float = 3.0  # initial GeM exponent
+    feature_dim: int = 2048  # output dimension (2048 for ResNet-50)
+    crop_height: int = 256  # teacher input height
+    crop_width: int = 128  # teacher input width
+    label_smoothing: float = 0.1  # ID cross-entropy label smoothing
+    triplet_margin: float = 0.3  # batch-hard triplet margin
+    checkpoint: str = ""  # path of a trained teacher checkpoint ("" = untrained)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Detection, KD and contrastive losses (METHOD.md sections 2-4)."""
+
+    focal_alpha: float = 2.0  # focal loss exponent on (1 - p) at positives
+    focal_beta: float = 4.0  # focal loss exponent on (1 - gt) at negatives
+    heatmap_weight: float = 1.0  # w_c
+    size_weight: float = 0.1  # w_s
+    offset_weight: float = 1.0  # w_o
+    id_mode: Literal["kd", "contrastive", "none"] = "contrastive"  # which identity loss
+    eta: float = 1.0  # KD: weight of the soft (teacher) term; 1 - eta for hard-label CE
+    num_id_classes: int = 0  # KD hard labels: classifier size (0 = no classifier)
+    uncertainty: bool = True  # Kendall uncertainty weighting of L_det and L_id (KD recipe)
+    s_det_init: float = -1.85  # initial log-variance of the detection term
+    s_id_init: float = -1.05  # initial log-variance of the identity term
+    temperature: float = 0.07  # contrastive tau
+    queue_size: int = 32768  # contrastive negative FIFO queue length
+    id_weight: float = 0.2  # contrastive lambda
+    max_objects: int = 500  # K: objects encoded per image (extra are dropped and counted)
+    min_overlap: float = 0.7  # gaussian radius rule
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Inference decode (METHOD.md section 5, 'Detection decode at inference')."""
+
+    top_k: int = 500  # peaks kept per image
+    score_threshold: float = 0.4  # detection confidence threshold for tracking
+    nms_kernel: int = 3  # max-pool window for peak extraction
+    min_box_area: float = 100.0  # output filter: drop boxes with w*h <= this
+    max_aspect_ratio: float = 1.6  # output filter: drop boxes with w/h > this
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and the Ray Train loop."""
+
+    recipe: Literal["teacher", "kd", "contrastive", "video"] = "contrastive"
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-4
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    epochs: int = 2
+    max_iterations: int = 0  # >0 stops after this many iterations (iteration schedules)
+    lr_steps: tuple[float, ...] = (0.6, 0.8)  # fractions of training where lr drops x0.1
+    batch_size_per_worker: int = 4
+    num_workers: int = 1  # Ray Train workers
+    cpus_per_worker: float = 0.5  # 2-core machines: leave CPU for Ray Data
+    use_gpu: bool = False  # one GPU per worker (NCCL) when True; gloo on CPU
+    amp: bool = True  # mixed precision when on GPU (ignored on CPU)
+    grad_clip: float = 0.0  # max gradient norm (0 = off)
+    checkpoint_every: int = 1  # epochs between checkpoints
+    max_failures: int = 0  # Ray Train FailureConfig
+    log_every: int = 10  # iterations between metric reports
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training data comes from and how Ray Data feeds it."""
+
+    root: str = ""  # dataset root ("" = the generated synthetic world)
+    sources: tuple[str, ...] = ("crowdhuman",)  # crowdhuman | coco | mot17 | kinetics
+    min_visibility: float = 0.25  # MOT17 training rows below this are ignored
+    map_num_cpus: float = 0.25  # CPUs per Ray Data map task
+    prefetch_batches: int = 1
+    on_error: Literal["raise", "skip"] = "raise"  # malformed annotation records
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """Where runs are logged."""
+
+    tracking_uri: str = ""  # absolute URI; "" = sqlite under the output directory
+    experiment: str = "kdtrack"
+    run_name: str = ""
+
+
+# The tracker's config lives beside the tracker (``from kdtrack.tracker import
+# TrackerConfig`` is its public API); it is still one frozen dataclass, one home.
+from kdtrack.tracker.config import TrackerConfig  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one job needs; each field is a section of the YAML preset."""
+
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert lists to tuples, ints to floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def fail() -> ConfigError:
+        return ConfigError(f"{source}: key '{key}' expects {_type_name(tp)}, got {value!r}")
+
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in args and type(value) is type(next(a for a in args if a == value)):
+            return value
+        raise ConfigError(f"{source}: key '{key}' must be one of {list(args)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                continue
+        raise fail()
+    if tp is type(None):
+        if value is None:
+            return None
+        raise fail()
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise fail()
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key, source) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{source}: key '{key}' expects {len(args)} items, got {value!r}")
+        return tuple(_coerce(v, a, key, source) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise fail()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail()
+    raise ConfigError(f"{source}: key '{key}' has an unsupported type {tp!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str, source: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: section '{prefix or '<root>'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{source}: unknown key '{where}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key, source)
+        else:
+            kwargs[name] = _coerce(value, tp, key, source)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: Mapping[str, Any]) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Nested plain dict (tuples kept) — safe to ship to Ray workers."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Config:
+    return _build(Config, data, "", source)
+
+
+def flatten_config(cfg: Config) -> dict[str, Any]:
+    """``{"section.field": value}`` for MLflow params."""
+    flat: dict[str, Any] = {}
+    for section, values in config_to_dict(cfg).items():
+        for name, value in values.items():
+            flat[f"{section}.{name}"] = value
+    return flat
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """A preset name (``tiny``) resolves to ``kdtrack/configs/tiny.yaml``; a path is used as is."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    candidate = PRESET_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown preset '{name_or_path}' (known: {', '.join(known)})")
+    return candidate
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-3"`` -> (["train", "lr"], 0.001); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.field=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {text!r}: key must look like section.field")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: invalid value: {exc}") from exc
+    if isinstance(value, str) and raw.strip() == "":
+        value = ""
+    return parts, value
+
+
+def load_config(preset: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- preset YAML (with optional ``base:`` chain) <- ``--set`` overrides."""
+    data: dict = {}
+    source = "<defaults>"
+    if preset is not None:
+        path = preset_path(preset)
+        data, source = _read_with_bases(path, seen=()), str(path)
+        _build(Config, data, "", source)  # unknown keys / types reported against the file
+    for text in overrides:
+        parts, value = parse_override(text)
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        data = _merge(data, nested)
+        _build(Config, data, "", f"--set {text}")
+    return _build(Config, data, "", source)
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict:
+    if path in seen:
+        raise ConfigError(f"{path}: circular 'base:' chain")
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        _build(Config, data, "", str(path))
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a preset name or path, got {base!r}")
+    base_path = preset_path(base) if not base.endswith((".yaml", ".yml")) else (path.parent / base)
+    merged = _merge(_read_with_bases(base_path, seen + (path,)), data)
+    _build(Config, merged, "", str(path))
+    return merged
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from kdtrack.io import atomic_write_text
+
+    def plain(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items()}
+        if isinstance(obj, tuple):
+            return [plain(v) for v in obj]
+        return obj
+
+    atomic_write_text(path, yaml.safe_dump(plain(config_to_dict(cfg)), sort_keys=False))
