@@ -1,0 +1,107 @@
+"""Full training state on disk: model, criterion (uncertainty weights, id
+classifier, contrastive queue), optimizer, scheduler, AMP scaler, config, progress.
+
+Written atomically (temp file + rename) and read with ``weights_only=True``:
+only tensors and plain Python containers go in, never pickled objects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdtrack.config import Config, config_from_dict, config_to_dict
+from kdtrack.io import atomic_save
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel (``.module`` only when wrapped)."""
+    return getattr(model, "module", model) if isinstance(
+        model, (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    ) else model
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples become lists so the file loads under ``weights_only=True`` on any torch."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    config: Config,
+    criterion: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    scaler: Any | None = None,
+    epoch: int = 0,
+    iteration: int = 0,
+    metrics: dict[str, float] | None = None,
+) -> Path:
+    """Save everything needed to resume exactly; returns the written path."""
+    state = {
+        "format_version": FORMAT_VERSION,
+        "model": unwrap(model).state_dict(),
+        "criterion": unwrap(criterion).state_dict() if criterion is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "config": _plain(config_to_dict(config)),
+        "epoch": int(epoch),
+        "iteration": int(iteration),
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+    }
+    path = Path(path)
+    if path.is_dir() or path.suffix == "":
+        path = path / CHECKPOINT_NAME
+    return atomic_save(path, lambda handle: torch.save(state, handle))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file (or a directory holding ``checkpoint.pt``) safely.
+
+    Returns the raw state dict with ``"config"`` rebuilt as a :class:`Config`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupted / not a torch file / unsafe pickle
+        raise ValueError(f"{path}: not a readable kdtrack checkpoint ({exc})") from exc
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise ValueError(f"{path}: not a kdtrack checkpoint (missing 'model'/'config')")
+    state["config"] = config_from_dict(state["config"], source=str(path))
+    return state
+
+
+def restore_training_state(
+    state: dict[str, Any],
+    *,
+    model: nn.Module,
+    criterion: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    scaler: Any | None = None,
+) -> tuple[int, int]:
+    """Load every saved part into live objects; returns ``(epoch, iteration)``."""
+    unwrap(model).load_state_dict(state["model"])
+    for obj, key in ((criterion, "criterion"), (optimizer, "optimizer"),
+                     (scheduler, "scheduler"), (scaler, "scaler")):
+        if obj is not None and state.get(key) is not None:
+            target = unwrap(obj) if isinstance(obj, nn.Module) else obj
+            target.load_state_dict(state[key])
+    return int(state.get("epoch", 0)), int(state.get("iteration", 0))

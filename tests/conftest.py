@@ -1,0 +1,35 @@
+"""Shared fixtures: one local Ray cluster per test session, temp MLflow stores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real 2-CPU local Ray cluster shared by every test that needs one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=400 * 1024 * 1024,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path) -> str:
+    """An absolute sqlite MLflow store in this test's temp dir."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,0 +1,81 @@
+"""Checkpoints hold the full training state, are atomic, and load with weights_only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kdtrack.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
+from kdtrack.config import load_config
+
+
+class _CriterionWithState(nn.Module):
+    """Stands in for the loss module: learnable weights + a queue buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s_det = nn.Parameter(torch.tensor(-1.85))
+        self.register_buffer("queue", torch.zeros(4, 3))
+
+
+def _train_step(model, criterion, optimizer):
+    loss = model(torch.randn(5, 3)).pow(2).mean() * torch.exp(-criterion.s_det) + criterion.s_det
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def test_round_trip_restores_model_criterion_optimizer_scheduler(tmp_path):
+    torch.manual_seed(0)
+    model, criterion = nn.Linear(3, 2), _CriterionWithState()
+    optimizer = torch.optim.Adam([*model.parameters(), *criterion.parameters()], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    _train_step(model, criterion, optimizer)
+    scheduler.step()
+    criterion.queue.fill_(7.0)
+    cfg = load_config("tiny", ["train.lr=0.1"])
+    path = save_checkpoint(tmp_path / "ckpt", model=model, config=cfg, criterion=criterion,
+                           optimizer=optimizer, scheduler=scheduler, epoch=2, iteration=11,
+                           metrics={"loss": 1.5})
+    assert path.name == "checkpoint.pt" and path.exists()
+    assert not list(path.parent.glob("*.tmp")), "temp file left behind"
+
+    model2, criterion2 = nn.Linear(3, 2), _CriterionWithState()
+    optimizer2 = torch.optim.Adam([*model2.parameters(), *criterion2.parameters()], lr=0.1)
+    scheduler2 = torch.optim.lr_scheduler.StepLR(optimizer2, step_size=1, gamma=0.5)
+    state = load_checkpoint(path.parent)
+    epoch, iteration = restore_training_state(state, model=model2, criterion=criterion2,
+                                              optimizer=optimizer2, scheduler=scheduler2)
+    assert (epoch, iteration) == (2, 11) and state["metrics"] == {"loss": 1.5}
+    assert state["config"] == cfg
+    assert torch.equal(model2.weight, model.weight)
+    assert criterion2.s_det.item() == pytest.approx(criterion.s_det.item())
+    assert torch.equal(criterion2.queue, torch.full((4, 3), 7.0))
+    assert optimizer2.param_groups[0]["lr"] == pytest.approx(0.05)
+    # resumed training takes the same step as uninterrupted training
+    torch.manual_seed(1)
+    _train_step(model, criterion, optimizer)
+    torch.manual_seed(1)
+    _train_step(model2, criterion2, optimizer2)
+    assert torch.allclose(model.weight, model2.weight)
+
+
+def test_ddp_wrapped_model_saves_unwrapped_keys(tmp_path):
+    model = nn.DataParallel(nn.Linear(3, 2))
+    save_checkpoint(tmp_path / "c.pt", model=model, config=load_config())
+    keys = set(load_checkpoint(tmp_path / "c.pt")["model"])
+    assert keys == {"weight", "bias"}
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_checkpoint(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(1)}, other)
+    with pytest.raises(ValueError, match="not a kdtrack checkpoint"):
+        load_checkpoint(other)
