@@ -59,6 +59,36 @@ class SynthConfig:
     motion_blur_prob: float = 0.2  # chance a video frame gets motion blur
     jpeg_quality: tuple[int, int] = (70, 95)  # JPEG quality range written to disk
     workers: int = 1  # >1 spreads generation over processes / Ray tasks (jobs.generate_synth)
+    shard_size: int = 20  # still images per work unit (one unit = one shard of one split)
+    horizon_fraction: tuple[float, float] = (0.25, 0.45)  # horizon row / image height, drawn per scene
+    person_height_gain: float = 0.85  # person height px = gain * (foot_y - horizon_y) * identity height scale
+    min_annotated_visibility: float = 0.05  # still images: people less visible than this are not annotated
+    occluders_per_image: tuple[int, int] = (0, 3)  # static poles / benches / boxes per scene (inclusive)
+    poster_prob: float = 0.3  # chance a scene has a poster with a person-like figure (CrowdHuman "mask", MOT class 12)
+    crowd_group_prob: float = 0.2  # chance a still image has a dense distant group (COCO iscrowd=1, CrowdHuman ignore)
+    coco_no_person_fraction: float = 0.15  # share of COCO images holding only non-person objects
+    kinetics_val_clips: int = 2  # clips in validate.csv (split "val")
+    people_per_video: tuple[int, int] = (3, 7)  # walkers kept in view at once in clips / sequences (inclusive)
+    walk_speed: tuple[float, float] = (0.5, 1.1)  # walking speed, body heights per second (1.4 m/s ~ 0.8)
+    stride_frequency: float = 0.9  # full gait cycles per second at speed 1 body height / s
+    turn_prob: float = 0.01  # per-frame chance a walker turns around (viewpoint change)
+    static_people_per_sequence: int = 1  # MOT gt class 7 (static person, consider 0)
+    distractors_per_sequence: int = 1  # MOT gt class 8 (mannequin, consider 0)
+    det_miss_rate: float = 0.15  # public detections: chance a visible person is missed
+    det_false_positives_per_frame: float = 0.3  # public detections: mean false positives per frame (Poisson)
+    det_jitter: float = 0.05  # public detections: box jitter std as a fraction of box size
+    camera_pan: float = 1.5  # Kinetics clips: max camera pan, px per frame
+    camera_zoom: tuple[float, float] = (1.0, 1.3)  # Kinetics clips: camera zoom range (1 = no zoom)
+    lighting_gain: tuple[float, float] = (0.7, 1.25)  # global brightness gain range per image / camera
+    lighting_drift: float = 0.004  # videos: max gain change per frame
+    video_jpeg_prob: float = 0.2  # chance a video frame gets JPEG artefacts before encoding
+    reid_cameras: int = 4  # Market-1501-style cameras
+    reid_crop_size: tuple[int, int] = (128, 64)  # Re-ID crop (height, width) in pixels
+    reid_junk_crops: int = 6  # pid -1 crops (bad detections) in bounding_box_test
+    reid_distractor_crops: int = 6  # pid 0000 crops (background / strangers) in bounding_box_test
+    min_person_height: float = 12.0  # pixels; still-image people are placed at least this tall
+    query_min_visibility: float = 0.5  # person-search queries are drawn from appearances at least this visible
+    unlabeled_person_prob: float = 0.2  # person-search: chance a person is an anonymous passer-by (pid -1)
 
 
 @dataclass(frozen=True)
@@ -74,6 +104,8 @@ class ModelConfig:
     heatmap_bias: float = -2.19  # initial bias of the heatmap logits (prior 0.1)
     width: int = 32  # base channel width of the tiny backbone
     pretrained: str = ""  # local checkpoint path to initialise from ("" = random)
+    pretrained_strict: bool = True  # every key of `pretrained` must match the model (False: load the overlap)
+    neck_channels: int = 256  # resnet*_unet: width of the deformable skip convs and decoder (PointID: 256)
     input_width: int = 320  # network input width (letterboxed), multiple of 32
     input_height: int = 192  # network input height, multiple of 32
     down_ratio: int = 4  # output stride r
@@ -87,7 +119,9 @@ class TeacherConfig:
     last_stride: int = 1  # stride of the last ResNet stage (1 keeps a 16x8 map at 256x128)
     pooling: Literal["gem", "avg"] = "gem"
     gem_p: float = 3.0  # initial GeM exponent
-    feature_dim: int = 2048  # output dimension (2048 for ResNet-50)
+    feature_dim: int = 0  # output dimension; 0 = the backbone's own (2048 R50, 512 R18, 8*width tiny), else a linear reduction
+    neck_feat: Literal["after_bn", "before_bn"] = "after_bn"  # retrieval/KD feature in eval (strong baseline: after BNNeck)
+    width: int = 32  # base channel width of the tiny teacher backbone
     crop_height: int = 256  # teacher input height
     crop_width: int = 128  # teacher input width
     label_smoothing: float = 0.1  # ID cross-entropy label smoothing
@@ -107,7 +141,7 @@ class LossConfig:
     id_mode: Literal["kd", "contrastive", "none"] = "contrastive"  # which identity loss
     eta: float = 1.0  # KD: weight of the soft (teacher) term; 1 - eta for hard-label CE
     num_id_classes: int = 0  # KD hard labels: classifier size (0 = no classifier)
-    uncertainty: bool = True  # Kendall uncertainty weighting of L_det and L_id (KD recipe)
+    uncertainty: bool = True  # Kendall uncertainty weighting of L_det and L_id (id_mode kd only; IDF adds lambda l_id)
     s_det_init: float = -1.85  # initial log-variance of the detection term
     s_id_init: float = -1.05  # initial log-variance of the identity term
     temperature: float = 0.07  # contrastive tau
@@ -115,6 +149,8 @@ class LossConfig:
     id_weight: float = 0.2  # contrastive lambda
     max_objects: int = 500  # K: objects encoded per image (extra are dropped and counted)
     min_overlap: float = 0.7  # gaussian radius rule
+    centre_region_radius: int = 1  # contrastive positives: cells within this Chebyshev radius of the centre cell, inside the box
+    size_loss_scale: float = 0.25  # size L1 on (input pixels x this); 1/down_ratio = FairMOT's output-pixel units
 
 
 @dataclass(frozen=True)
@@ -132,7 +168,7 @@ class DecodeConfig:
 class TrainConfig:
     """Optimisation and the Ray Train loop."""
 
-    recipe: Literal["teacher", "kd", "contrastive", "video"] = "contrastive"
+    recipe: Literal["teacher", "kd", "contrastive", "video", "detection"] = "contrastive"  # jobs.train runs detection | contrastive | kd (must match loss.id_mode: none | contrastive | kd)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-4
     momentum: float = 0.9  # SGD only
@@ -140,6 +176,7 @@ class TrainConfig:
     epochs: int = 2
     max_iterations: int = 0  # >0 stops after this many iterations (iteration schedules)
     lr_steps: tuple[float, ...] = (0.6, 0.8)  # fractions of training where lr drops x0.1
+    lr_gamma: float = 0.1  # lr multiplier at each of lr_steps
     batch_size_per_worker: int = 4
     num_workers: int = 1  # Ray Train workers
     cpus_per_worker: float = 0.5  # 2-core machines: leave CPU for Ray Data
@@ -149,7 +186,9 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints
     max_failures: int = 0  # Ray Train FailureConfig
     log_every: int = 10  # iterations between metric reports
-    seed: int = 0
+    seed: int = 0  # seeds model init, shuffling and every augmentation draw
+    smoke_iterations: int = 2  # --smoke-test: one epoch of this many iterations on as few records
+    run_name: str = "train"  # Ray Train run name under the storage path (same name + path = resume)
 
 
 @dataclass(frozen=True)
@@ -162,6 +201,12 @@ class DataConfig:
     map_num_cpus: float = 0.25  # CPUs per Ray Data map task
     prefetch_batches: int = 1
     on_error: Literal["raise", "skip"] = "raise"  # malformed annotation records
+    augment: Literal["auto", "none", "detection", "idf_view"] = "auto"  # kdtrack.transforms preset; auto: idf_view for contrastive, else detection
+    min_box_size: float = 2.0  # pixels: boxes narrower / lower than this after augmentation are dropped
+    min_visible_fraction: float = 0.25  # a box cut by the image border to less than this share of its area is dropped
+    loader_workers: int = 0  # torch DataLoader worker processes per train worker (0 = in the train process)
+    mot_split: Literal["train_half", "all"] = "train_half"  # MOT17 frames used for training (val-half kept out)
+    max_records: int = 0  # >0 keeps only the first N records (debugging)
 
 
 @dataclass(frozen=True)
@@ -171,6 +216,23 @@ class MlflowConfig:
     tracking_uri: str = ""  # absolute URI; "" = sqlite under the output directory
     experiment: str = "kdtrack"
     run_name: str = ""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """MOT and person-search evaluation protocols (EVALUATION.md)."""
+
+    mot_iou_threshold: float = 0.5  # CLEAR/identity: a gt/tracker pair matches when IoU >= this
+    mot_pedestrian_class: int = 1  # MOT16/17/20 gt class that is scored
+    mot_distractor_classes: tuple[int, ...] = (2, 7, 8, 12)  # person on vehicle, static person, distractor, reflection
+    mot_distractor_iou: float = 0.5  # tracker boxes matched (Hungarian, IoU >= this) to a distractor are removed
+    ps_score_threshold: float = 0.5  # person search: gallery detections kept when score >= this
+    ps_iou_threshold: float = 0.5  # person search: IoU for a true positive (capped by the small-box rule)
+    ps_small_box_margin: float = 10.0  # pixels added to w and h in min(iou, w*h / ((w+m)(h+m)))
+    ps_top_k: tuple[int, ...] = (1, 5, 10)  # person search: top-k accuracies reported
+    ps_gallery_size: int = 100  # CUHK-SYSU gallery size (50, 100, 500, 1000, 2000, 4000; -1 = all test images)
+    ps_cross_camera_only: bool = False  # PRW all-frames gallery: only frames from other cameras
+    cpus_per_sequence: float = 1.0  # Ray CPUs per sequence-scoring task (jobs.evaluate)
 
 
 # The tracker's config lives beside the tracker (``from kdtrack.tracker import
@@ -191,6 +253,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --------------------------------------------------------------------------- loading

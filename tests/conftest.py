@@ -33,3 +33,14 @@ def ray_session():
 def mlflow_uri(tmp_path: Path) -> str:
     """An absolute sqlite MLflow store in this test's temp dir."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """The tiny synthetic world (``SynthConfig()`` defaults, seed 0), generated once per session; its root."""
+    from kdtrack.config import SynthConfig
+    from kdtrack.synth.world import generate_world
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    generate_world(SynthConfig(), root, preset="tiny")
+    return root
