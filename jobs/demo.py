@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     print(f"[1/2] generating the '{args.preset}' synthetic world into {world}")
-    generate_synth.main(["--preset", args.preset, "--out", str(world), "--seed", str(args.seed)])
+    generate_synth.main(generate_synth.get_args_parser().parse_args(
+        ["--preset", args.preset, "--out", str(world), "--seed", str(args.seed)]))
     print(f"      done in {time.perf_counter() - t0:.1f}s")
 
     print("[2/2] reading it back through the real-format readers")
