@@ -223,7 +223,7 @@ class EvalConfig:
     """MOT and person-search evaluation protocols (EVALUATION.md)."""
 
     mot_iou_threshold: float = 0.5  # CLEAR/identity: a gt/tracker pair matches when IoU >= this
-    mot_pedestrian_class: int = 1  # MOT16/17/20 gt class that is scored
+    mot_pedestrian_class: int = 1  # MOT16/17 gt class that is scored
     mot_distractor_classes: tuple[int, ...] = (2, 7, 8, 12)  # person on vehicle, static person, distractor, reflection
     mot_distractor_iou: float = 0.5  # tracker boxes matched (Hungarian, IoU >= this) to a distractor are removed
     ps_score_threshold: float = 0.5  # person search: gallery detections kept when score >= this
