@@ -12,6 +12,18 @@ Modes (argparse subcommands; more, e.g. a checkpoint-driven ``mot``, plug in bes
   one sequence are scored as parallel Ray tasks (``ray.init()`` when Ray is not
   initialised; ``RAY_ADDRESS`` is honoured), ``--no-ray`` scores serially.
 
+* ``mot``: run a checkpoint over MOT17-style sequences (letterbox, decode,
+  tracker; one Ray task per sequence, on a GPU when ``eval.gpus_per_sequence``
+  > 0), write MOTChallenge result files, then score them as ``mot-files``::
+
+    python -m jobs.evaluate mot --checkpoint CKPT --data-root MOT17/train \
+        [--half val] [--association both|boxes|embeddings] \
+        [--embedder student|teacher --teacher-checkpoint T] --out metrics.json
+
+  The network comes from the checkpoint; decode, tracker and eval thresholds
+  from ``--config``/``--set`` (FairMOT's defaults). Network FPS (pre-processing,
+  forward, decode) and association FPS (``Tracker.update``) are reported apart.
+
 * ``person-search``: mAP / top-k from precomputed detections and embeddings in
   the npz layout of ``kdtrack.metrics.person_search.NPZ_FORMAT``::
 
@@ -87,6 +99,130 @@ def default_dataset_name(benchmark: str, half: str) -> str:
     return f"{benchmark}-val" if half == "val" else benchmark
 
 
+# --------------------------------------------------------------------------- MOT from a checkpoint
+
+
+def track_sequence_to_file(
+    checkpoint: str,
+    seq_dir: str,
+    results_path: str,
+    config: dict[str, Any],
+    *,
+    split: str = "all",
+    embedder: str = "student",
+    teacher_checkpoint: str = "",
+    render_dir: str = "",
+    use_gpu: bool = False,
+) -> dict[str, Any]:
+    """One sequence: checkpoint -> tracker -> ``results_path`` (MOTChallenge rows), atomically.
+
+    Runs inside a Ray task (or in-process); returns timings and rendered frame paths.
+    """
+    from dataclasses import replace as _replace
+
+    import cv2
+    import numpy as np
+
+    from kdtrack.config import config_from_dict
+    from kdtrack.formats.mot import write_results
+    from kdtrack.inference import (
+        Detector,
+        load_student,
+        load_teacher,
+        select_device,
+        teacher_embed_fn,
+        track_sequence,
+    )
+    from kdtrack.io import atomic_write_bytes
+
+    cli_cfg = config_from_dict(config)
+    device = select_device(use_gpu)
+    model, ckpt_cfg = load_student(checkpoint, device)
+    cfg = _replace(ckpt_cfg, decode=cli_cfg.decode, tracker=cli_cfg.tracker, eval=cli_cfg.eval)
+    embed_fn = None
+    if embedder == "teacher":
+        if not teacher_checkpoint:
+            raise ValueError("--embedder teacher needs --teacher-checkpoint")
+        teacher_cfg = cli_cfg.teacher
+        teacher = load_teacher(teacher_cfg, teacher_checkpoint, device)
+        embed_fn = teacher_embed_fn(teacher, (teacher_cfg.crop_height, teacher_cfg.crop_width), device)
+    num_render = cfg.eval.render_frames if render_dir else 0
+    from kdtrack.formats.mot import read_seqinfo, split_frames
+
+    n = len(split_frames(read_seqinfo(seq_dir).seq_length, split))
+    render = sorted({int(round(x)) for x in np.linspace(1, n, num_render)}) if num_render else []
+    run = track_sequence(Detector(model, cfg, device), seq_dir, cfg.tracker, split=split,
+                         embed_fn=embed_fn, render_frames=render)
+    write_results(results_path, run.rows)
+    frames = []
+    for frame, image in sorted(run.rendered.items()):
+        ok, encoded = cv2.imencode(".jpg", image)
+        if ok:
+            path = Path(render_dir) / f"{run.name}_{frame:06d}.jpg"
+            atomic_write_bytes(path, encoded.tobytes())
+            frames.append(str(path))
+    return {
+        "name": run.name,
+        "frames": run.num_frames,
+        "detections": run.num_detections,
+        "network_seconds": run.network_seconds,
+        "association_seconds": run.association_seconds,
+        "rendered": frames,
+        "device": str(device),
+    }
+
+
+def run_mot_checkpoint(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    results_dir: str | Path,
+    cfg: Config,
+    *,
+    half: str = "full",
+    sequences: Sequence[str] | None = None,
+    embedder: str = "student",
+    teacher_checkpoint: str = "",
+    render_dir: str | Path = "",
+    use_ray: bool = True,
+) -> tuple[dict[str, dict], list[dict[str, Any]]]:
+    """Track every sequence under ``data_root`` with the checkpoint, then score: (metrics, runs)."""
+    from kdtrack.config import config_to_dict
+    from kdtrack.formats.mot import list_sequences
+
+    checkpoint = str(Path(checkpoint).resolve())
+    data_root = Path(data_root).resolve()
+    results_dir = Path(results_dir).resolve()
+    seq_dirs = [d for d in list_sequences(data_root) if sequences is None or d.name in sequences]
+    if not seq_dirs:
+        raise FileNotFoundError(f"no MOT sequences (folders with seqinfo.ini) under {data_root}")
+    split = "val_half" if half == "val" else "all"
+    use_gpu = cfg.eval.gpus_per_sequence > 0
+    kwargs = dict(split=split, embedder=embedder, teacher_checkpoint=teacher_checkpoint,
+                  render_dir=str(Path(render_dir).resolve()) if render_dir else "", use_gpu=use_gpu)
+    cfg_dict = config_to_dict(cfg)
+    jobs = [(checkpoint, str(d), str(results_dir / f"{d.name}.txt"), cfg_dict) for d in seq_dirs]
+    if use_ray and len(jobs) > 1:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init()
+        task = ray.remote(num_cpus=cfg.eval.cpus_per_sequence,
+                          num_gpus=cfg.eval.gpus_per_sequence)(track_sequence_to_file)
+        runs = ray.get([task.remote(*job, **kwargs) for job in jobs])
+    else:
+        runs = [track_sequence_to_file(*job, **kwargs) for job in jobs]
+    metrics = score_mot_results(data_root, results_dir, "MOT17", half,
+                                sequences=[d.name for d in seq_dirs], cfg=cfg.eval, use_ray=use_ray)
+    for run in runs:
+        seq = metrics["sequences"][run["name"]]
+        seq["network_fps"] = run["frames"] / max(run["network_seconds"], 1e-9)
+        seq["association_fps"] = run["frames"] / max(run["association_seconds"], 1e-9)
+    frames = sum(r["frames"] for r in runs)
+    metrics["combined"]["network_fps"] = frames / max(sum(r["network_seconds"] for r in runs), 1e-9)
+    metrics["combined"]["association_fps"] = frames / max(sum(r["association_seconds"] for r in runs), 1e-9)
+    return metrics, runs
+
+
 # --------------------------------------------------------------------------- person search
 
 
@@ -112,7 +248,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, checkpoint_tag: bool = True) -> None:
         p.add_argument("--out", required=True, type=Path, help="metrics.json to write")
         p.add_argument("--config", default=None, help="preset name or YAML (eval.* fields)")
         p.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value")
@@ -120,7 +256,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         p.add_argument("--mlflow-uri", default=None, help="absolute tracking URI; logging is off without one")
         p.add_argument("--experiment", default=None, help="MLflow experiment (default: config mlflow.experiment)")
         p.add_argument("--run-id", default=None, help="log into this existing run (e.g. the training run)")
-        p.add_argument("--checkpoint", default="", help="checkpoint evaluated (tag of a new run)")
+        if checkpoint_tag:
+            p.add_argument("--checkpoint", default="", help="checkpoint evaluated (tag of a new run)")
 
     mot = sub.add_parser("mot-files", help="score MOTChallenge tracker output files")
     mot.add_argument("--gt-root", required=True, type=Path)
@@ -130,6 +267,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     mot.add_argument("--sequences", nargs="*", default=None, help="subset of GT sequences (default: all)")
     mot.add_argument("--no-ray", action="store_true", help="score sequences serially in this process")
     common(mot)
+
+    mc = sub.add_parser("mot", help="run a checkpoint over MOT17-style sequences, then score")
+    mc.add_argument("--checkpoint", required=True, type=Path, help="kdtrack checkpoint (file or folder)")
+    mc.add_argument("--data-root", required=True, type=Path,
+                    help="folder of sequences (MOT17/train): <SEQ>/seqinfo.ini, img1/, gt/gt.txt")
+    mc.add_argument("--half", default="full", choices=HALVES, help="val: track and score frames N//2+2..N")
+    mc.add_argument("--sequences", nargs="*", default=None, help="subset of sequences (default: all)")
+    mc.add_argument("--association", default=None, choices=("both", "boxes", "embeddings"),
+                    help="tracker ablation (default: tracker.mode)")
+    mc.add_argument("--embedder", default="student", choices=("student", "teacher"),
+                    help="teacher: embed detected crops with the Re-ID teacher (KDMOT two-step)")
+    mc.add_argument("--teacher-checkpoint", default="", help="teacher weights for --embedder teacher")
+    mc.add_argument("--results-dir", default=None, type=Path,
+                    help="tracker output files (default: <out dir>/results)")
+    mc.add_argument("--no-ray", action="store_true", help="track and score sequences serially in this process")
+    common(mc, checkpoint_tag=False)
 
     ps = sub.add_parser("person-search", help="mAP / top-k from precomputed detections and embeddings")
     ps.add_argument("--detections", required=True, type=Path, help="npz (kdtrack.metrics.person_search.NPZ_FORMAT)")
@@ -144,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     cfg: Config = load_config(args.config, args.overrides)
     eval_cfg = cfg.eval
+    rendered_frames: list[str] = []
     if args.mode == "mot-files":
         metrics = score_mot_results(
             args.gt_root, args.results, args.benchmark, args.half,
@@ -152,6 +306,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         dataset = args.dataset or default_dataset_name(args.benchmark, args.half)
         result_files = sorted(args.results / f"{name}.txt" for name in metrics["sequences"])
         print(format_table(metrics))
+    elif args.mode == "mot":
+        if args.association:
+            cfg = replace(cfg, tracker=replace(cfg.tracker, mode=args.association))
+        results_dir = args.results_dir or (args.out.resolve().parent / "results")
+        render_dir = results_dir.parent / "frames" if cfg.eval.render_frames > 0 else ""
+        metrics, runs = run_mot_checkpoint(
+            args.checkpoint, args.data_root, results_dir, cfg, half=args.half,
+            sequences=args.sequences, embedder=args.embedder,
+            teacher_checkpoint=args.teacher_checkpoint, render_dir=render_dir, use_ray=not args.no_ray,
+        )
+        dataset = args.dataset or default_dataset_name("MOT17", args.half)
+        result_files = sorted(results_dir / f"{name}.txt" for name in metrics["sequences"])
+        rendered_frames = [p for run in runs for p in run["rendered"]]
+        print(format_table(metrics))
+        comb = metrics["combined"]
+        print(f"network {comb['network_fps']:.1f} FPS, association {comb['association_fps']:.1f} FPS "
+              f"({runs[0]['device']}, association mode '{cfg.tracker.mode}', embedder {args.embedder})")
     else:
         if args.cross_camera_only:
             eval_cfg = replace(eval_cfg, ps_cross_camera_only=True)
@@ -167,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         run_id = log_evaluation_to_mlflow(
             metrics, dataset=dataset, tracking_uri=uri,
             experiment=args.experiment or cfg.mlflow.experiment, run_id=args.run_id,
-            checkpoint=args.checkpoint, result_files=result_files,
+            checkpoint=str(args.checkpoint), result_files=result_files,
+            rendered_frames=rendered_frames,
         )
         print(f"logged to MLflow run {run_id} ({uri})")
     return metrics
