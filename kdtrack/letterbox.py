@@ -1,0 +1,92 @@
+"""FairMOT-style letterbox: resize keeping the aspect ratio, pad with grey, RGB / 255.
+
+The network sees a fixed ``(input_height, input_width)`` canvas (1088x608 in
+FairMOT). The image is scaled by ``scale = min(H_in / H, W_in / W)`` and centred
+on a canvas filled with ``pad_value`` (127.5 on the 0-255 scale, i.e. 0.5 after
+the division by 255). ``LetterboxTransform`` remembers the mapping so that
+boxes can go to the canvas (targets) and back to the original image (decode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+DEFAULT_PAD_VALUE = 127.5  # FairMOT's grey, on the 0-255 scale
+
+
+@dataclass(frozen=True)
+class LetterboxTransform:
+    """``canvas = original * scale + (pad_x, pad_y)``; sizes in pixels."""
+
+    scale: float
+    pad_x: float
+    pad_y: float
+    orig_width: int
+    orig_height: int
+
+    def boxes_to_letterbox(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """``(N, 4)`` original-image pixels -> canvas pixels."""
+        b = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+        pad = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)
+        return b * np.float32(self.scale) + pad
+
+    def boxes_from_letterbox(self, boxes_xyxy: np.ndarray, clip: bool = True) -> np.ndarray:
+        """``(N, 4)`` canvas pixels -> original-image pixels (clipped to the image when ``clip``)."""
+        b = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+        pad = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)
+        out = (b - pad) / np.float32(self.scale)
+        if clip:
+            out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, self.orig_width)
+            out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, self.orig_height)
+        return out
+
+
+def letterbox_transform(
+    orig_width: int, orig_height: int, input_width: int, input_height: int
+) -> LetterboxTransform:
+    """The transform FairMOT's ``letterbox`` applies (padding rounded as it does)."""
+    if orig_width <= 0 or orig_height <= 0:
+        raise ValueError(f"letterbox: image size must be positive, got {orig_width}x{orig_height}")
+    scale = min(input_height / orig_height, input_width / orig_width)
+    new_w, new_h = round(orig_width * scale), round(orig_height * scale)
+    # FairMOT: left = round(dw - 0.1), top = round(dh - 0.1) with dw, dh the half paddings.
+    pad_x = round((input_width - new_w) / 2 - 0.1)
+    pad_y = round((input_height - new_h) / 2 - 0.1)
+    return LetterboxTransform(float(scale), float(pad_x), float(pad_y), int(orig_width), int(orig_height))
+
+
+def letterbox(
+    image_rgb: np.ndarray,
+    input_width: int = 1088,
+    input_height: int = 608,
+    pad_value: float = DEFAULT_PAD_VALUE,
+    interpolation: int = cv2.INTER_AREA,
+) -> tuple[np.ndarray, LetterboxTransform]:
+    """``(H, W, 3)`` RGB uint8 (0-255) -> ``(3, input_height, input_width)`` float32 in [0, 1].
+
+    Padding is done in float so the grey is exactly ``pad_value / 255``.
+    """
+    image_rgb = np.asarray(image_rgb)
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+        raise ValueError(f"letterbox: expected an (H, W, 3) image, got shape {image_rgb.shape}")
+    h, w = image_rgb.shape[:2]
+    tf = letterbox_transform(w, h, input_width, input_height)
+    new_w, new_h = round(w * tf.scale), round(h * tf.scale)
+    resized = cv2.resize(image_rgb, (new_w, new_h), interpolation=interpolation).astype(np.float32)
+    canvas = np.full((input_height, input_width, 3), pad_value, dtype=np.float32)
+    x0, y0 = int(tf.pad_x), int(tf.pad_y)
+    canvas[y0 : y0 + new_h, x0 : x0 + new_w] = resized
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1) / 255.0, dtype=np.float32), tf
+
+
+def boxes_to_letterbox(boxes_xyxy: np.ndarray, transform: LetterboxTransform) -> np.ndarray:
+    return transform.boxes_to_letterbox(boxes_xyxy)
+
+
+def boxes_from_letterbox(
+    boxes_xyxy: np.ndarray, transform: LetterboxTransform, clip: bool = True
+) -> np.ndarray:
+    return transform.boxes_from_letterbox(boxes_xyxy, clip=clip)

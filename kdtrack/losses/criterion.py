@@ -1,0 +1,98 @@
+"""The training criterion: detection + identity (+ uncertainty weighting), built from ``LossConfig``.
+
+An ``nn.Module`` so that every learnable or stateful piece of the loss (the
+uncertainty log-variances ``s_det``/``s_id``, the KD hard-label classifier,
+the contrastive queue) lives in its ``state_dict`` and is checkpointed with
+the model. The optimizer must receive ``criterion.parameters()`` too.
+
+Totals per ``id_mode``:
+
+- ``"none"``: ``total = L_det``.
+- ``"kd"``: ``L_id = L_KD``; ``total = Kendall(L_det, L_id)`` when
+  ``loss.uncertainty`` else ``L_det + L_id``.
+- ``"contrastive"``: ``L_id = lambda * l_id``; ``total = L_det + L_id`` (IDF).
+  ``loss.uncertainty`` belongs to the KD recipe and is not applied here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from kdtrack.config import Config, LossConfig
+from kdtrack.losses.contrastive import DenseContrastiveLoss
+from kdtrack.losses.detection import DetectionLoss
+from kdtrack.losses.kd import KDLoss
+from kdtrack.losses.uncertainty import UncertaintyWeighting
+
+
+class Criterion(nn.Module):
+    def __init__(
+        self,
+        cfg: LossConfig,
+        *,
+        embedding_dim: int,
+        gather_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        if cfg.id_mode not in ("kd", "contrastive", "none"):
+            raise ValueError(f"loss.id_mode must be kd | contrastive | none, got {cfg.id_mode!r}")
+        self.cfg = cfg
+        self.detection = DetectionLoss(
+            cfg.focal_alpha, cfg.focal_beta, cfg.heatmap_weight, cfg.size_weight, cfg.offset_weight,
+            cfg.size_loss_scale,
+        )
+        self.kd = KDLoss(embedding_dim, cfg.eta, cfg.num_id_classes) if cfg.id_mode == "kd" else None
+        self.contrastive = (
+            DenseContrastiveLoss(embedding_dim, cfg.queue_size, cfg.temperature, gather_fn)
+            if cfg.id_mode == "contrastive"
+            else None
+        )
+        self.uncertainty = (
+            UncertaintyWeighting(cfg.s_det_init, cfg.s_id_init) if cfg.id_mode == "kd" and cfg.uncertainty else None
+        )
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, gather_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> "Criterion":
+        return cls(cfg.loss, embedding_dim=cfg.model.embedding_dim, gather_fn=gather_fn)
+
+    def forward(
+        self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor], **extra: Any
+    ) -> dict[str, torch.Tensor]:
+        """Named scalar terms and ``"total"`` (the one to back-propagate).
+
+        ``outputs``: the student's dict; ``targets``: ``collate_targets`` output.
+        KD reads the teacher embeddings from ``extra["teacher"]`` or
+        ``targets["teacher"]`` ``(B, K, D)``, aligned with the target slots.
+        Contrastive: the batch must hold both views; ``extra["update_queue"]``
+        (default True) turns the queue update off (e.g. for validation).
+        """
+        terms = dict(self.detection(outputs, targets))
+        det = terms["det"]
+        if self.kd is not None:
+            teacher = extra.get("teacher", targets.get("teacher"))
+            if teacher is None:
+                raise ValueError("loss.id_mode = 'kd' needs teacher embeddings (targets['teacher'] or teacher=)")
+            terms.update(self.kd(outputs["embedding"], targets["index"], targets["mask"], teacher, targets.get("ids")))
+            if self.uncertainty is not None:
+                terms["total"] = self.uncertainty(det, terms["id"])
+                terms["s_det"] = self.uncertainty.s_det.detach()
+                terms["s_id"] = self.uncertainty.s_id.detach()
+            else:
+                terms["total"] = det + terms["id"]
+        elif self.contrastive is not None:
+            c = self.contrastive(
+                outputs["embedding"], targets["region_index"], targets["region_mask"], targets["ids"],
+                update_queue=bool(extra.get("update_queue", True)),
+            )
+            c["id/contrastive"] = c["id"]
+            c["id"] = self.cfg.id_weight * c["id"]
+            terms.update(c)
+            terms["total"] = det + terms["id"]
+        else:
+            terms["total"] = det
+        return terms

@@ -1,0 +1,30 @@
+"""All-gather for variable-length tensors, used to fill the contrastive queue from every worker.
+
+A no-op (returns its input) when ``torch.distributed`` is not initialised or
+has one process. Every rank must call it at the same point, also with an
+empty ``(0, ...)`` tensor. Gradients do not flow through it (queue updates
+are detached).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+@torch.no_grad()
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (``(n_r, ...)`` on rank r) over all ranks along dim 0, in rank order."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    world = dist.get_world_size()
+    tensor = tensor.contiguous()
+    count = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    buffers = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(buffers, padded)
+    return torch.cat([b[:n] for b, n in zip(buffers, sizes)], dim=0)

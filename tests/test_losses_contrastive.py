@@ -1,0 +1,150 @@
+"""Dense contrastive loss (IDF eq. 1-2) against a naive per-point loop, hand values, edge cases, queue."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdtrack.losses.contrastive import DenseContrastiveLoss, gather_points
+from kdtrack.targets import collate_targets, encode_targets
+
+
+def naive_loss(points, keys, queue, queue_keys, tau):
+    """IDF eq. 1-2 written literally: for every anchor v, mean over the other points of its person."""
+    v = F.normalize(points.double(), dim=1)
+    q = queue.double()
+    per_anchor = []
+    for a in range(len(v)):
+        negs = [q[j] for j in range(len(q)) if queue_keys[j] != -1 and queue_keys[j] != keys[a]]
+        neg_sum = sum((torch.exp(v[a] @ n / tau) for n in negs), torch.tensor(0.0, dtype=torch.float64))
+        terms = []
+        for p in range(len(v)):
+            if p == a or keys[p] != keys[a]:
+                continue
+            e = torch.exp(v[a] @ v[p] / tau)
+            terms.append(-torch.log(e / (e + neg_sum)))
+        if terms:
+            per_anchor.append(torch.stack(terms).mean())
+    return torch.stack(per_anchor).mean() if per_anchor else torch.tensor(0.0, dtype=torch.float64)
+
+
+def _loss_with_queue(dim, queue, queue_keys, tau=0.07, chunk=4096):
+    loss = DenseContrastiveLoss(dim, queue_size=len(queue), temperature=tau, anchor_chunk=chunk)
+    loss.queue.copy_(queue)
+    loss.queue_keys.copy_(queue_keys)
+    loss.queue_fill.fill_(int((queue_keys != -1).sum()))
+    return loss
+
+
+@pytest.mark.parametrize("chunk", [4096, 7])
+def test_matches_naive_loop(chunk):
+    g = torch.Generator().manual_seed(0)
+    dim, m = 8, 40
+    points = torch.randn(m, dim, generator=g)
+    keys = torch.randint(0, 9, (m,), generator=g) * 1000  # some persons share keys with the queue
+    keys[0] = 77777  # a person with one single point: no anchor
+    queue = F.normalize(torch.randn(30, dim, generator=g), dim=1)
+    queue_keys = torch.randint(0, 12, (30,), generator=g) * 1000
+    queue_keys[-5:] = -1  # unused slots
+    loss = _loss_with_queue(dim, queue, queue_keys, tau=0.07, chunk=chunk)
+    p = points.clone().requires_grad_(True)
+    out = loss.loss_from_points(p, keys)
+    ref = naive_loss(points, keys, queue, queue_keys, 0.07)
+    assert out["id"].item() == pytest.approx(ref.item(), abs=1e-5, rel=1e-5)
+    # Gradients agree with the naive loop's autograd too.
+    p_ref = points.double().clone().requires_grad_(True)
+    naive_loss(p_ref, keys, queue, queue_keys, 0.07).backward()
+    out["id"].backward()
+    assert torch.allclose(p.grad.double(), p_ref.grad, atol=1e-5)
+    assert out["id/anchors"].item() == m - 1
+
+
+def test_hand_value_two_points_one_negative():
+    # tau = 1, v1 = (1, 0), v2 = (0, 1): v1.v2 = 0; negative n = (1, 1)/sqrt2: v.n = 0.70711 for both.
+    # l(v1) = l(v2) = -log(e^0 / (e^0 + e^0.70711)) = log(1 + 2.02811) = 1.10793
+    loss = _loss_with_queue(2, F.normalize(torch.tensor([[1.0, 1.0], [0.0, 0.0]]), dim=1), torch.tensor([5, -1]), tau=1.0)
+    out = loss.loss_from_points(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([3, 3]))
+    assert out["id"].item() == pytest.approx(math.log(1 + math.exp(math.sqrt(0.5))), rel=1e-6)
+    # The same negative under the anchor's own key is excluded -> no negatives -> loss 0.
+    loss.queue_keys[0] = 3
+    assert loss.loss_from_points(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([3, 3]))["id"].item() == 0.0
+
+
+def test_empty_queue_no_people_single_point_are_finite():
+    loss = DenseContrastiveLoss(4, queue_size=8)
+    pts = torch.randn(3, 4, requires_grad=True)
+    out = loss.loss_from_points(pts, torch.tensor([1, 1, 2]))  # empty queue: -log(e^s/e^s) = 0
+    assert out["id"].item() == 0.0
+    out["id"].backward()
+    assert torch.isfinite(pts.grad).all()
+    none = loss.loss_from_points(torch.zeros(0, 4, requires_grad=True), torch.zeros(0, dtype=torch.long))
+    assert none["id"].item() == 0.0 and none["id"].requires_grad
+    loss.enqueue(F.normalize(torch.randn(2, 4), dim=1), torch.tensor([10, 11]))
+    single = loss.loss_from_points(torch.randn(1, 4, requires_grad=True), torch.tensor([1]))
+    assert single["id"].item() == 0.0 and single["id/anchors"].item() == 0
+
+
+def test_queue_fifo_wraps_and_keeps_last():
+    loss = DenseContrastiveLoss(2, queue_size=4)
+    e = lambda n, s: torch.full((n, 2), float(s))  # noqa: E731
+    loss.enqueue(e(3, 1), torch.tensor([1, 2, 3]))
+    assert loss.queue_fill.item() == 3 and loss.queue_ptr.item() == 3
+    loss.enqueue(e(2, 2), torch.tensor([4, 5]))  # slot 3 then wraps to slot 0
+    assert loss.queue_keys.tolist() == [5, 2, 3, 4] and loss.queue_ptr.item() == 1 and loss.queue_fill.item() == 4
+    loss.enqueue(e(6, 3), torch.arange(10, 16))  # more than Q: the last 4 are kept
+    assert loss.queue_keys.tolist() == [12, 13, 14, 15] and loss.queue_ptr.item() == 0
+
+
+def test_forward_on_maps_two_views_and_queue_update():
+    # Two "views" of one image (the second mirrored), stacked in one batch; keys shared across views.
+    torch.manual_seed(0)
+    boxes = np.array([[8, 8, 40, 60], [50, 4, 90, 56]], np.float32)
+    mirrored = boxes.copy()
+    mirrored[:, [0, 2]] = 96 - boxes[:, [2, 0]]
+    keys = np.array([100, 101])
+    batch = collate_targets([encode_targets(b, keys, None, (64, 96), max_objects=4) for b in (boxes, mirrored)])
+    emb = F.normalize(torch.randn(2, 6, 16, 24), dim=1).requires_grad_(True)
+    loss = DenseContrastiveLoss(6, queue_size=16)
+    loss.enqueue(F.normalize(torch.randn(5, 6), dim=1), torch.arange(5))
+    points, pkeys = gather_points(emb, batch["region_index"], batch["region_mask"], batch["ids"])
+    assert len(points) == int(batch["region_mask"].sum()) and set(pkeys.tolist()) == {100, 101}
+    ref = naive_loss(points.detach(), pkeys, loss.queue.clone(), loss.queue_keys.clone(), 0.07)
+    out = loss(emb, batch["region_index"], batch["region_mask"], batch["ids"])
+    assert out["id"].item() == pytest.approx(ref.item(), abs=1e-5)
+    out["id"].backward()
+    assert emb.grad.abs().sum() > 0
+    # Two persons were pushed (one mean embedding each), after the 5 existing entries.
+    assert loss.queue_fill.item() == 7 and loss.queue_keys[5:7].tolist() == [100, 101]
+    mean100 = F.normalize(points[pkeys == 100].detach().mean(0), dim=0)
+    assert torch.allclose(loss.queue[5], mean100, atol=1e-6)
+    # Unknown people (id -1) contribute no point.
+    batch["ids"][:] = -1
+    assert gather_points(emb, batch["region_index"], batch["region_mask"], batch["ids"])[0].shape == (0, 6)
+
+
+def test_minimising_pulls_views_together():
+    # Free embedding maps for two views of two people; the loss against a fixed queue of other
+    # people must fall and leave each person's points closer to each other than to the other person.
+    torch.manual_seed(0)
+    boxes = np.array([[8, 8, 40, 60], [50, 4, 90, 56]], np.float32)
+    batch = collate_targets([encode_targets(boxes, np.array([1, 2]), None, (64, 96), max_objects=2)] * 2)
+    raw = torch.randn(2, 8, 16, 24, requires_grad=True)
+    loss = DenseContrastiveLoss(8, queue_size=64)
+    loss.enqueue(F.normalize(torch.randn(64, 8), dim=1), torch.arange(100, 164))
+    opt = torch.optim.Adam([raw], lr=0.05)
+    first = None
+    for _ in range(60):
+        out = loss(F.normalize(raw, dim=1), batch["region_index"], batch["region_mask"], batch["ids"], update_queue=False)
+        first = out["id"].item() if first is None else first
+        opt.zero_grad()
+        out["id"].backward()
+        opt.step()
+    assert out["id"].item() < 0.2 * first
+    pts, keys = gather_points(F.normalize(raw.detach(), dim=1), batch["region_index"], batch["region_mask"], batch["ids"])
+    sim = pts @ pts.T
+    same = keys[:, None] == keys[None, :]
+    assert sim[same].mean() > sim[~same].mean() + 0.5

@@ -1,0 +1,101 @@
+"""Criterion assembly per id_mode and checkpointing of every learnable / buffer piece."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdtrack.config import Config, LossConfig
+from kdtrack.losses import Criterion
+from kdtrack.targets import collate_targets, encode_targets
+
+H, W, DIM = 64, 96, 6
+
+
+def _batch(with_teacher: bool = False):
+    boxes = [np.array([[8, 8, 40, 60], [50, 4, 90, 56]], np.float32), np.zeros((0, 4), np.float32)]
+    ids = [np.array([100, 101]), np.zeros((0,), np.int64)]
+    teacher = [np.ones((2, DIM), np.float32), np.zeros((0, DIM), np.float32)] if with_teacher else [None, None]
+    return collate_targets(
+        [encode_targets(b, i, None, (H, W), max_objects=4, teacher_embeddings=t) for b, i, t in zip(boxes, ids, teacher)]
+    )
+
+
+def _outputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "heatmap": torch.randn(2, 1, H // 4, W // 4, generator=g).requires_grad_(True),
+        "size": torch.randn(2, 4, H // 4, W // 4, generator=g).requires_grad_(True),
+        "offset": torch.randn(2, 2, H // 4, W // 4, generator=g).requires_grad_(True),
+        "embedding": F.normalize(torch.randn(2, DIM, H // 4, W // 4, generator=g), dim=1).requires_grad_(True),
+    }
+
+
+def test_none_mode_is_detection_only():
+    crit = Criterion(LossConfig(id_mode="none"), embedding_dim=DIM)
+    terms = crit(_outputs(), _batch())
+    assert terms["total"].item() == terms["det"].item()
+    assert len(list(crit.parameters())) == 0 and len(list(crit.buffers())) == 0
+
+
+def test_kd_mode_uncertainty_total():
+    crit = Criterion(LossConfig(id_mode="kd", uncertainty=True), embedding_dim=DIM)
+    terms = crit(_outputs(), _batch(with_teacher=True))
+    s_det, s_id = -1.85, -1.05
+    expected = 0.5 * (terms["det"] * np.exp(-s_det) + terms["id"] * np.exp(-s_id) + s_det + s_id)
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+    terms["total"].backward()
+    assert crit.uncertainty.s_det.grad is not None
+    plain = Criterion(LossConfig(id_mode="kd", uncertainty=False), embedding_dim=DIM)(_outputs(), _batch(True))
+    assert plain["total"].item() == pytest.approx((plain["det"] + plain["id"]).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="teacher embeddings"):
+        crit(_outputs(), _batch())
+
+
+def test_contrastive_mode_total_is_det_plus_lambda_lid():
+    crit = Criterion(LossConfig(id_mode="contrastive", queue_size=32, id_weight=0.2), embedding_dim=DIM)
+    crit(_outputs(0), _batch())  # fills the queue with persons 100, 101
+    crit.contrastive.queue_keys[:2] = torch.tensor([7, 8])  # pretend they were other people
+    terms = crit(_outputs(1), _batch())
+    assert terms["id/contrastive"].item() > 0
+    assert terms["id"].item() == pytest.approx(0.2 * terms["id/contrastive"].item(), rel=1e-6)
+    assert terms["total"].item() == pytest.approx((terms["det"] + terms["id"]).item(), rel=1e-6)
+    assert crit.uncertainty is None
+    fill = crit.contrastive.queue_fill.item()
+    crit(_outputs(2), _batch(), update_queue=False)
+    assert crit.contrastive.queue_fill.item() == fill
+
+
+def test_state_dict_round_trip_restores_everything(tmp_path):
+    cfg = LossConfig(id_mode="kd", eta=0.5, num_id_classes=5, uncertainty=True)
+    crit = Criterion(cfg, embedding_dim=DIM)
+    with torch.no_grad():
+        crit.uncertainty.s_det.fill_(0.3)
+        crit.uncertainty.s_id.fill_(-0.7)
+    torch.save(crit.state_dict(), tmp_path / "crit.pt")
+    fresh = Criterion(cfg, embedding_dim=DIM)
+    assert fresh.uncertainty.s_det.item() == pytest.approx(-1.85)
+    fresh.load_state_dict(torch.load(tmp_path / "crit.pt", weights_only=True))
+    assert fresh.uncertainty.s_det.item() == pytest.approx(0.3) and fresh.uncertainty.s_id.item() == pytest.approx(-0.7)
+    assert torch.equal(fresh.kd.classifier.weight, crit.kd.classifier.weight)
+
+    ccfg = LossConfig(id_mode="contrastive", queue_size=16)
+    c = Criterion(ccfg, embedding_dim=DIM)
+    c(_outputs(), _batch())
+    torch.save(c.state_dict(), tmp_path / "c.pt")
+    c2 = Criterion(ccfg, embedding_dim=DIM)
+    c2.load_state_dict(torch.load(tmp_path / "c.pt", weights_only=True))
+    for name in ("queue", "queue_keys", "queue_ptr", "queue_fill"):
+        assert torch.equal(getattr(c2.contrastive, name), getattr(c.contrastive, name)), name
+    assert c2.contrastive.queue_fill.item() == 2
+
+
+def test_from_config_uses_model_embedding_dim():
+    cfg = Config()
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, queue_size=8))
+    crit = Criterion.from_config(cfg)
+    assert crit.contrastive.queue.shape == (8, cfg.model.embedding_dim)
