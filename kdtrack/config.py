@@ -160,8 +160,7 @@ class DecodeConfig:
     top_k: int = 500  # peaks kept per image
     score_threshold: float = 0.4  # detection confidence threshold for tracking
     nms_kernel: int = 3  # max-pool window for peak extraction
-    min_box_area: float = 100.0  # output filter: drop boxes with w*h <= this
-    max_aspect_ratio: float = 1.6  # output filter: drop boxes with w/h > this
+    clip_to_image: bool = False  # clip decoded boxes to the frame (False keeps amodal boxes, as MOT17 gt is)
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def decode_detections(
         boxes_i = boxes[i][keep]
         tf = transforms[i] if transforms is not None else None
         if tf is not None:
-            boxes_i = tf.boxes_from_letterbox(boxes_i)
+            boxes_i = tf.boxes_from_letterbox(boxes_i, clip=cfg.clip_to_image)
         emb_i = emb[i][keep] if emb is not None else np.zeros((int(keep.sum()), 0), np.float32)
         result.append(Detections(boxes_i, scores[i][keep], emb_i))
     return result
