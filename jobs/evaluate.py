@@ -50,6 +50,7 @@ from kdtrack.metrics.person_search import (
     Query,
     evaluate_person_search,
     load_person_search_npz,
+    save_person_search_npz,
 )
 
 __all__ = ["log_evaluation_to_mlflow", "score_mot_results", "score_person_search", "main"]
@@ -235,6 +236,94 @@ def load_person_search_inputs(detections: str | Path) -> tuple[list[Query], dict
     return load_person_search_npz(detections)
 
 
+def _detect_chunk(checkpoint: str, image_paths: list[str], config: dict[str, Any], embedder: str,
+                  teacher_checkpoint: str, use_gpu: bool) -> list[tuple]:
+    """Ray task body: detections of a chunk of gallery images as plain arrays."""
+    detector, embed_fn = _build_detector(checkpoint, config, embedder, teacher_checkpoint, use_gpu)
+    from kdtrack.inference import detect_images
+
+    return [(d.boxes_xyxy, d.scores, d.embeddings) for d in detect_images(detector, image_paths, embed_fn)]
+
+
+def _build_detector(checkpoint: str, config: dict[str, Any], embedder: str, teacher_checkpoint: str,
+                    use_gpu: bool):
+    from dataclasses import replace as _replace
+
+    from kdtrack.config import config_from_dict
+    from kdtrack.inference import Detector, load_student, load_teacher, select_device, teacher_embed_fn
+
+    cli_cfg = config_from_dict(config)
+    device = select_device(use_gpu)
+    model, ckpt_cfg = load_student(checkpoint, device)
+    cfg = _replace(ckpt_cfg, decode=cli_cfg.decode, eval=cli_cfg.eval, teacher=cli_cfg.teacher)
+    embed_fn = None
+    if embedder == "teacher":
+        if not teacher_checkpoint:
+            raise ValueError("--embedder teacher needs --teacher-checkpoint")
+        teacher = load_teacher(cfg.teacher, teacher_checkpoint, device)
+        embed_fn = teacher_embed_fn(teacher, (cfg.teacher.crop_height, cfg.teacher.crop_width), device)
+    return Detector(model, cfg, device), embed_fn
+
+
+def person_search_inputs_from_checkpoint(
+    checkpoint: str | Path,
+    manifest_path: str | Path,
+    cfg: Config,
+    *,
+    embedder: str = "student",
+    teacher_checkpoint: str = "",
+    use_ray: bool = True,
+    images_per_task: int = 64,
+) -> tuple[list[Query], dict[str, GalleryImage]]:
+    """Detect + embed every test image of a person-search manifest and embed each query box.
+
+    Query embeddings come from the student's identity map at the query box
+    centre, or from the teacher on the query crop (``embedder="teacher"``,
+    which also embeds the gallery detections: KDMOT's two-step setting).
+    """
+    import numpy as np
+
+    from kdtrack.boxes import xywh_to_xyxy
+    from kdtrack.config import config_to_dict
+    from kdtrack.formats.person_search import read_manifest
+    from kdtrack.inference import read_image_rgb, student_embedding_at_boxes
+    from kdtrack.metrics.person_search import queries_from_manifest
+
+    checkpoint = str(Path(checkpoint).resolve())
+    manifest = read_manifest(manifest_path)
+    test_images = [im for im in manifest.images if im.split == "test"]
+    paths = [str(manifest.image_path(im.file_name)) for im in test_images]
+    cfg_dict = config_to_dict(cfg)
+    use_gpu = cfg.eval.gpus_per_sequence > 0
+    chunks = [paths[i:i + images_per_task] for i in range(0, len(paths), images_per_task)]
+    args = (cfg_dict, embedder, teacher_checkpoint, use_gpu)
+    if use_ray and len(chunks) > 1:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init()
+        task = ray.remote(num_cpus=cfg.eval.cpus_per_sequence, num_gpus=cfg.eval.gpus_per_sequence)(_detect_chunk)
+        results = [r for chunk in ray.get([task.remote(checkpoint, c, *args) for c in chunks]) for r in chunk]
+    else:
+        results = [r for c in chunks for r in _detect_chunk(checkpoint, c, *args)]
+    gallery = {
+        im.file_name: GalleryImage(boxes, scores, emb, camera=int(im.camera))
+        for im, (boxes, scores, emb) in zip(test_images, results)
+    }
+    detector, embed_fn = _build_detector(checkpoint, cfg_dict, embedder, teacher_checkpoint, use_gpu)
+    query_embeddings = []
+    for q in manifest.queries:
+        image = read_image_rgb(manifest.image_path(q.file_name))
+        box = xywh_to_xyxy(np.asarray(q.box_xywh, np.float32))
+        if embed_fn is not None:
+            emb = embed_fn(image, box)[0]
+            emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
+        else:
+            emb = student_embedding_at_boxes(detector, image, box)[0]
+        query_embeddings.append(emb)
+    return queries_from_manifest(manifest, query_embeddings), gallery
+
+
 def score_person_search(
     queries: Sequence[Query], gallery: dict[str, GalleryImage], gallery_size: int | None, cfg: EvalConfig
 ) -> dict[str, Any]:
@@ -285,7 +374,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     common(mc, checkpoint_tag=False)
 
     ps = sub.add_parser("person-search", help="mAP / top-k from precomputed detections and embeddings")
-    ps.add_argument("--detections", required=True, type=Path, help="npz (kdtrack.metrics.person_search.NPZ_FORMAT)")
+    src = ps.add_mutually_exclusive_group(required=True)
+    src.add_argument("--detections", type=Path, help="precomputed npz (kdtrack.metrics.person_search.NPZ_FORMAT)")
+    src.add_argument("--model", type=Path, help="kdtrack checkpoint: detect and embed the manifest's images")
+    ps.add_argument("--manifest", type=Path, help="person-search manifest.json (with --model)")
+    ps.add_argument("--embedder", default="student", choices=("student", "teacher"),
+                    help="teacher: embed queries and detections with the Re-ID teacher")
+    ps.add_argument("--teacher-checkpoint", default="", help="teacher weights for --embedder teacher")
+    ps.add_argument("--save-detections", type=Path, default=None, help="write the computed inputs as npz")
+    ps.add_argument("--no-ray", action="store_true", help="detect gallery images in this process")
     ps.add_argument("--gallery-size", type=int, default=None,
                     help="CUHK-SYSU gallery list size; -1 = all-frames gallery (default: eval.ps_gallery_size)")
     ps.add_argument("--cross-camera-only", action="store_true", help="all-frames gallery: other cameras only")
@@ -327,7 +424,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.cross_camera_only:
             eval_cfg = replace(eval_cfg, ps_cross_camera_only=True)
         gallery_size = eval_cfg.ps_gallery_size if args.gallery_size is None else args.gallery_size
-        queries, gallery = load_person_search_inputs(args.detections)
+        if args.model is not None:
+            if args.manifest is None:
+                raise SystemExit("person-search --model needs --manifest")
+            queries, gallery = person_search_inputs_from_checkpoint(
+                args.model, args.manifest, cfg, embedder=args.embedder,
+                teacher_checkpoint=args.teacher_checkpoint, use_ray=not args.no_ray)
+            if args.save_detections:
+                save_person_search_npz(args.save_detections, queries, gallery)
+        else:
+            queries, gallery = load_person_search_inputs(args.detections)
         metrics = score_person_search(queries, gallery, gallery_size, eval_cfg)
         dataset = args.dataset or "person-search"
         result_files = []
@@ -338,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         run_id = log_evaluation_to_mlflow(
             metrics, dataset=dataset, tracking_uri=uri,
             experiment=args.experiment or cfg.mlflow.experiment, run_id=args.run_id,
-            checkpoint=str(args.checkpoint), result_files=result_files,
+            checkpoint=str(getattr(args, "model", None) or args.checkpoint), result_files=result_files,
             rendered_frames=rendered_frames,
         )
         print(f"logged to MLflow run {run_id} ({uri})")

@@ -7,13 +7,14 @@ only tensors and plain Python containers go in, never pickled objects.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from kdtrack.config import Config, config_from_dict, config_to_dict
+from kdtrack.config import Config, config_from_dict, config_to_dict, drop_unknown_keys
 from kdtrack.io import atomic_save
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -84,7 +85,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path}: not a readable kdtrack checkpoint ({exc})") from exc
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path}: not a kdtrack checkpoint (missing 'model'/'config')")
-    state["config"] = config_from_dict(state["config"], source=str(path))
+    # A checkpoint outlives config changes: keys this version no longer has are
+    # dropped (and reported), wrong types of known keys are still an error.
+    known, dropped = drop_unknown_keys(state["config"])
+    if dropped:
+        warnings.warn(f"{path}: config keys unknown to this kdtrack version ignored: {', '.join(dropped)}",
+                      stacklevel=2)
+    state["config"] = config_from_dict(known, source=str(path))
+    state["config_dropped_keys"] = dropped
     return state
 
 

@@ -360,6 +360,23 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Config:
     return _build(Config, data, "", source)
 
 
+def drop_unknown_keys(data: Mapping[str, Any], cls: type = Config, prefix: str = "") -> tuple[dict, list[str]]:
+    """``(known part of data, dropped 'section.key' names)`` — for configs saved by older versions."""
+    hints = typing.get_type_hints(cls)
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in hints:
+            dropped.append(key)
+        elif dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping):
+            kept[name], sub = drop_unknown_keys(value, hints[name], key)
+            dropped.extend(sub)
+        else:
+            kept[name] = value
+    return kept, dropped
+
+
 def flatten_config(cfg: Config) -> dict[str, Any]:
     """``{"section.field": value}`` for MLflow params."""
     flat: dict[str, Any] = {}

@@ -189,3 +189,35 @@ def track_sequence(
             rendered[out_frame] = draw_tracks(image, tracks.boxes_xyxy, tracks.track_ids)
     result = np.concatenate(rows) if rows else np.zeros((0, 10))
     return SequenceTracking(info.name, result, len(frames), network_s, association_s, num_dets, rendered)
+
+
+def student_embedding_at_boxes(detector: Detector, image_rgb: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
+    """``(N, k)`` L2-normalised student embeddings read at the centre cells of given boxes.
+
+    How a query person is embedded by the student alone (no detector match
+    needed): the identity map at the box centre, as in the training targets.
+    """
+    batch, tf = detector.preprocess(image_rgb)
+    emb_map = detector.forward(batch)["embedding"].float()[0]  # (k, h, w)
+    k, h, w = emb_map.shape
+    boxes = tf.boxes_to_letterbox(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4))
+    r = detector.cfg.model.down_ratio
+    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / r).astype(int), 0, w - 1)
+    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / r).astype(int), 0, h - 1)
+    emb = emb_map[:, torch.as_tensor(cy), torch.as_tensor(cx)].T  # (N, k)
+    return torch.nn.functional.normalize(emb, dim=1).cpu().numpy()
+
+
+def detect_images(detector: Detector, image_paths: Sequence[str | Path],
+                  embed_fn: EmbedFn | None = None) -> list[Detections]:
+    """Detections (boxes, scores, L2-normalised embeddings) for each image, original pixels."""
+    out = []
+    for path in image_paths:
+        image = read_image_rgb(path)
+        dets, _, _ = detector(image)
+        if embed_fn is not None:
+            emb = embed_fn(image, dets.boxes_xyxy)
+            emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+            dets = Detections(dets.boxes_xyxy, dets.scores, emb)
+        out.append(dets)
+    return out

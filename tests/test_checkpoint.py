@@ -79,3 +79,19 @@ def test_bad_files_give_clear_errors(tmp_path):
     torch.save({"weights": torch.zeros(1)}, other)
     with pytest.raises(ValueError, match="not a kdtrack checkpoint"):
         load_checkpoint(other)
+
+
+def test_config_keys_from_an_older_version_are_dropped_with_a_warning(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", model=nn.Linear(2, 2), config=load_config("tiny"))
+    state = torch.load(path, weights_only=True)
+    state["config"]["decode"]["retired_field"] = 1.0
+    torch.save(state, path)
+    with pytest.warns(UserWarning, match="decode.retired_field"):
+        loaded = load_checkpoint(path)
+    assert loaded["config_dropped_keys"] == ["decode.retired_field"]
+    assert loaded["config"].model.backbone == "tiny"
+    # a known key with a wrong type is still an error naming the file
+    state["config"]["train"]["epochs"] = "many"
+    torch.save(state, path)
+    with pytest.raises(Exception, match=r"c\.pt.*train\.epochs"):
+        load_checkpoint(path)

@@ -132,3 +132,28 @@ def test_evaluate_mot_job_from_shell(tiny_world: Path, tmp_path: Path, mlflow_ur
     assert len(runs) == 1
     assert "metrics.MOT17-val/MOTA" in runs.columns
     assert runs["metrics.MOT17-val/num_gt"].iloc[0] == num_gt
+
+
+def test_person_search_inputs_from_checkpoint(tiny_world: Path, tmp_path: Path):
+    """Model-driven person search: every test image detected and embedded, one embedding per query."""
+    from jobs.evaluate import person_search_inputs_from_checkpoint, score_person_search
+    from kdtrack.checkpoint import save_checkpoint
+    from kdtrack.formats.person_search import read_manifest
+    from kdtrack.models import build_student
+
+    torch.manual_seed(0)
+    cfg = load_config("tiny", ["decode.score_threshold=0.0", "decode.top_k=20"])
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=build_student(cfg.model), config=cfg)
+    manifest_path = tiny_world / "person_search" / "manifest.json"
+    queries, gallery = person_search_inputs_from_checkpoint(ckpt, manifest_path, cfg, use_ray=False)
+    manifest = read_manifest(manifest_path)
+    assert set(gallery) == {im.file_name for im in manifest.images if im.split == "test"}
+    assert len(queries) == len(manifest.queries)
+    for q in queries:
+        assert np.linalg.norm(q.embedding) == pytest.approx(1.0, abs=1e-5)
+        assert q.embedding.shape == (cfg.model.embedding_dim,)
+    some = next(iter(gallery.values()))
+    assert len(some.boxes_xyxy) == 20 and some.embeddings.shape == (20, cfg.model.embedding_dim)
+    size = int(next(iter(manifest.queries[0].galleries)))
+    metrics = score_person_search(queries, gallery, size, cfg.eval)
+    assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["num_queries"] == len(queries)
