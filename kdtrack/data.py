@@ -1,0 +1,245 @@
+"""Training samples: read an annotated image, augment (one or two views), letterbox, encode targets.
+
+A sample is a dict of numpy arrays, each with a leading VIEW axis ``V`` (1, or
+2 for the contrastive recipe): ``image (V, 3, H, W)`` float32 RGB in [0, 1]
+on the network canvas, then every ``encode_targets`` key (``heatmap (V,1,h,w)``,
+``index (V,K)``, ...). Two replacements make the targets self-describing:
+
+- ``box_index (V, K)`` is the ORIGINAL annotation row of each slot's box
+  (-1 for empty slots), carried through augmentation;
+- ``ids (V, K)`` are, for the contrastive recipe, globally unique person keys
+  ``uid(image) << 16 | original row`` (the same person has the same key in
+  both views and no other image can produce it), else the dataset ids.
+
+``with_original=True`` (KD) adds ``orig_image (V, 3, H, W)``, the letterboxed
+UN-augmented image, and ``teacher_boxes_xyxy (V, K, 4)``, the original box of
+each slot on that canvas: teacher crops are cut there, aligned slot by slot.
+
+``collate`` stacks view 0 of every sample, then view 1: a batch of B two-view
+samples is ``2B`` images whose person keys pair up across the halves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from kdtrack.config import Config
+from kdtrack.letterbox import letterbox
+from kdtrack.structures import ImageRecord
+from kdtrack.targets import SLOT_KEYS, encode_targets, person_keys
+from kdtrack.transforms import BoxAugment
+
+UID_BITS = 46  # person_keys allows image uids below 2**(62 - 16)
+KNOWN_SOURCES = ("crowdhuman", "coco", "mot17")
+MOT_DETECTOR_SUFFIXES = ("DPM", "FRCNN", "SDP")  # MOT17 ships each sequence three times, one per detector
+SLOT_AXIS_KEYS = SLOT_KEYS + ("teacher_boxes_xyxy",)  # keys whose axis after (batch) is the slot axis K
+
+
+def augment_preset(cfg: Config) -> str:
+    """``data.augment``; ``"auto"`` picks IDF's view transforms for contrastive, FairMOT's otherwise."""
+    if cfg.data.augment != "auto":
+        return cfg.data.augment
+    return "idf_view" if cfg.loss.id_mode == "contrastive" else "detection"
+
+
+def build_augment(cfg: Config) -> BoxAugment:
+    return BoxAugment(
+        augment_preset(cfg), min_box_size=cfg.data.min_box_size, min_visible_fraction=cfg.data.min_visible_fraction
+    )
+
+
+def image_uid(record: ImageRecord) -> int:
+    """Stable 46-bit id of an image from ``source/image_id`` (or its path): the same on every worker."""
+    name = f"{record.source}/{record.image_id or record.image_path}"
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << UID_BITS) - 1)
+
+
+def read_image_rgb(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB; an unreadable file or a size that differs from the annotation names the path."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise OSError(f"{path}: cannot read image (missing or not a decodable image file)")
+    if expected_size is not None:
+        w, h = expected_size
+        if bgr.shape[1] != w or bgr.shape[0] != h:
+            raise ValueError(f"{path}: image is {bgr.shape[1]}x{bgr.shape[0]} but its annotation says {w}x{h}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _encode_view(
+    image: np.ndarray,
+    target: dict[str, np.ndarray],
+    record: ImageRecord,
+    cfg: Config,
+    keys: np.ndarray | None,
+    original: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[str, np.ndarray]:
+    m = cfg.model
+    canvas, tf = letterbox(image, m.input_width, m.input_height)
+    boxes = tf.boxes_to_letterbox(target["boxes_xyxy"])
+    ignore = tf.boxes_to_letterbox(target["ignore_boxes_xyxy"])
+    rows = target["box_index"]
+    ids = keys[rows] if keys is not None else target["ids"]
+    enc = encode_targets(
+        boxes, ids, ignore, (m.input_height, m.input_width), down_ratio=m.down_ratio,
+        size_channels=m.size_channels, max_objects=cfg.loss.max_objects, min_overlap=cfg.loss.min_overlap,
+        centre_region_radius=cfg.loss.centre_region_radius, source=record.image_path,
+    )
+    out = {k: v.numpy() for k, v in enc.items()}
+    slot_rows = out["box_index"]  # row in the augmented list (-1 empty) -> original annotation row
+    filled = slot_rows >= 0
+    out["box_index"] = np.where(filled, rows[np.maximum(slot_rows, 0)] if len(rows) else -1, -1).astype(np.int64)
+    out["image"] = canvas
+    if original is not None:
+        orig_canvas, orig_boxes = original
+        tb = np.zeros((cfg.loss.max_objects, 4), np.float32)
+        tb[filled] = orig_boxes[out["box_index"][filled]]
+        out["orig_image"] = orig_canvas
+        out["teacher_boxes_xyxy"] = tb
+    return out
+
+
+def training_sample(
+    record: ImageRecord,
+    cfg: Config,
+    rng: np.random.Generator,
+    *,
+    views: int = 1,
+    with_original: bool = False,
+    augment: BoxAugment | None = None,
+) -> dict[str, np.ndarray]:
+    """One training sample of ``record`` (see the module docstring for the keys and shapes)."""
+    if views not in (1, 2):
+        raise ValueError(f"views must be 1 or 2, got {views}")
+    augment = augment or build_augment(cfg)
+    image = read_image_rgb(record.image_path, (record.width, record.height))
+    target = {
+        "boxes_xyxy": record.boxes_xyxy,
+        "box_index": np.arange(record.num_boxes, dtype=np.int64),
+        "ids": record.ids,
+        "ignore_boxes_xyxy": record.ignore_boxes_xyxy,
+    }
+    keys = person_keys(image_uid(record), record.num_boxes) if cfg.loss.id_mode == "contrastive" else None
+    original = None
+    if with_original:
+        m = cfg.model
+        orig_canvas, tf = letterbox(image, m.input_width, m.input_height)
+        original = (orig_canvas, tf.boxes_to_letterbox(record.boxes_xyxy))
+    per_view = [
+        _encode_view(*augment(image, target, view_rng), record, cfg, keys, original)
+        for view_rng in rng.spawn(views)
+    ]
+    return {k: np.stack([v[k] for v in per_view]) for k in per_view[0]}
+
+
+def collate(samples: Sequence[dict[str, np.ndarray]], trim: bool = True) -> dict[str, torch.Tensor]:
+    """``(V, ...)`` samples -> ``(V * B, ...)`` tensors, all view-0 images first, then view 1.
+
+    With ``trim`` the slot axis K is cut to the most objects of any image in the
+    batch (objects sit at the front of the slots, so nothing is lost).
+    """
+    if not samples:
+        raise ValueError("collate: empty list of samples")
+    keys = set(samples[0])
+    views = samples[0]["image"].shape[0]
+    batch: dict[str, torch.Tensor] = {}
+    for j, s in enumerate(samples):
+        if set(s) != keys or s["image"].shape[0] != views:
+            raise ValueError(f"collate: sample {j} has keys/views {sorted(s)}/{s['image'].shape[0]}, "
+                             f"expected {sorted(keys)}/{views}")
+    for k in samples[0]:
+        stacked = np.stack([s[k] for s in samples], axis=1)  # (V, B, ...)
+        batch[k] = torch.from_numpy(np.ascontiguousarray(stacked.reshape(-1, *stacked.shape[2:])))
+    if trim:
+        n = max(int(batch["mask"].sum(1).max()), 1)
+        for k in SLOT_AXIS_KEYS:
+            if k in batch:
+                batch[k] = batch[k][:, :n].contiguous()
+    return batch
+
+
+class TrainingDataset(torch.utils.data.Dataset):
+    """Map-style dataset over records; sample ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i])``."""
+
+    def __init__(self, records: Sequence[ImageRecord], cfg: Config, *, views: int = 1,
+                 with_original: bool = False) -> None:
+        self.records = list(records)
+        self.cfg = cfg
+        self.views = views
+        self.with_original = with_original
+        self.augment = build_augment(cfg)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.cfg.train.seed, self.epoch, int(i)])
+        return training_sample(self.records[i], self.cfg, rng, views=self.views,
+                               with_original=self.with_original, augment=self.augment)
+
+
+def _dedupe_mot_copies(seq_dirs: list[Path]) -> list[Path]:
+    """MOT17 ships each sequence once per public detector (same frames): keep the first copy of each."""
+    seen: dict[str, Path] = {}
+    for seq in seq_dirs:
+        base, _, suffix = seq.name.rpartition("-")
+        key = base if suffix in MOT_DETECTOR_SUFFIXES and base else seq.name
+        seen.setdefault(key, seq)
+    return list(seen.values())
+
+
+def load_records_with_stats(cfg: Config) -> tuple[list[ImageRecord], dict[str, Any]]:
+    """Records of every ``cfg.data.sources`` under ``cfg.data.root`` and the readers' stats per source.
+
+    crowdhuman: ``crowdhuman/annotation_train.odgt`` + ``Images/``; coco: ``coco/annotations/
+    instances_train2017.json`` + ``train2017/``; mot17: ``MOT17/train/<SEQ>`` (``data.mot_split``).
+    """
+    from kdtrack.formats import coco, crowdhuman, mot
+
+    if not cfg.data.root:
+        raise ValueError("data.root is empty: pass --data-root (e.g. a world made by jobs.generate_synth)")
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root {root} is not a directory")
+    records: list[ImageRecord] = []
+    stats: dict[str, Any] = {}
+    for source in cfg.data.sources:
+        if source == "crowdhuman":
+            recs, st = crowdhuman.read_crowdhuman(
+                root / "crowdhuman" / "annotation_train.odgt", root / "crowdhuman" / "Images",
+                on_error=cfg.data.on_error)
+        elif source == "coco":
+            recs, st = coco.read_coco_persons(
+                root / "coco" / "annotations" / "instances_train2017.json", root / "coco" / "train2017",
+                on_error=cfg.data.on_error)
+        elif source == "mot17":
+            recs, st = [], None
+            for seq in _dedupe_mot_copies(mot.list_sequences(root / "MOT17" / "train")):
+                _, seq_recs, seq_st = mot.read_mot_sequence_with_stats(
+                    seq, split=cfg.data.mot_split, min_visibility=cfg.data.min_visibility,
+                    on_error=cfg.data.on_error)
+                recs.extend(seq_recs)
+                st = seq_st if st is None else st.merge(seq_st)
+        else:
+            raise ValueError(f"data.sources: '{source}' has no boxes for this trainer (known: {', '.join(KNOWN_SOURCES)})")
+        records.extend(recs)
+        stats[source] = st
+    if cfg.data.max_records > 0:
+        records = records[: cfg.data.max_records]
+    return records, stats
+
+
+def load_records(cfg: Config) -> list[ImageRecord]:
+    """See :func:`load_records_with_stats`."""
+    return load_records_with_stats(cfg)[0]

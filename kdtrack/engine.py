@@ -1,0 +1,197 @@
+"""The training loop without Ray: optimizer, lr schedule, one step, one epoch.
+
+``train_step`` = forward (autocast on CUDA only) -> criterion (float32) ->
+non-finite check -> backward -> gradient averaging of the criterion's own
+parameters across processes (DDP only syncs the model) -> clip -> step.
+A non-finite loss raises ``FloatingPointError`` naming the iteration and
+every loss term, before any weight is touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from kdtrack.config import TrainConfig
+from kdtrack.models.teacher_targets import teacher_embeddings
+
+MODEL_INPUT_KEY = "image"
+LogFn = Callable[[int, dict[str, float]], None]
+
+
+def select_device(use_gpu: bool) -> torch.device:
+    """CUDA when asked for and present, else CPU (CUDA is never required)."""
+    return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+
+def amp_enabled(amp: bool, device: torch.device) -> bool:
+    """Mixed precision only on CUDA; on CPU ``train.amp`` is ignored."""
+    return bool(amp) and torch.device(device).type == "cuda"
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (KD) or SGD with momentum (IDF); only parameters that require gradients."""
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"train.optimizer must be adam | sgd, got {cfg.optimizer!r}")
+
+
+def total_iterations(cfg: TrainConfig, iterations_per_epoch: int) -> int:
+    """``epochs * iterations_per_epoch``, capped by ``max_iterations`` when that is > 0."""
+    total = cfg.epochs * int(iterations_per_epoch)
+    return min(total, cfg.max_iterations) if cfg.max_iterations > 0 else total
+
+
+def lr_milestones(cfg: TrainConfig, total: int) -> list[int]:
+    """Iterations where the lr drops: ``round(f * total)`` for each ``lr_steps`` fraction."""
+    for f in cfg.lr_steps:
+        if not 0.0 < f < 1.0:
+            raise ValueError(f"train.lr_steps must be fractions in (0, 1), got {cfg.lr_steps}")
+    return sorted(max(1, round(f * total)) for f in cfg.lr_steps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int) -> torch.optim.lr_scheduler.MultiStepLR:
+    """Step schedule stepped once per iteration: lr x ``lr_gamma`` at each milestone."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(cfg, total), gamma=cfg.lr_gamma)
+
+
+def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def attach_teacher_targets(teacher: nn.Module, batch: dict[str, torch.Tensor],
+                           crop_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """KD soft targets: crop ``teacher_boxes_xyxy`` of every filled slot from ``orig_image`` (the
+    un-augmented canvas), run the frozen teacher, write ``batch["teacher"] (B, K, D)`` slot by slot."""
+    if "orig_image" not in batch or "teacher_boxes_xyxy" not in batch:
+        raise ValueError("KD needs samples built with with_original=True (orig_image, teacher_boxes_xyxy)")
+    mask = batch["mask"].bool()
+    boxes_list = [batch["teacher_boxes_xyxy"][b][mask[b]] for b in range(len(mask))]
+    per_image = teacher_embeddings(teacher, batch["orig_image"], boxes_list, out_size=tuple(crop_size))
+    dim = per_image[0].shape[1] if per_image else 0
+    out = batch["orig_image"].new_zeros((*mask.shape, dim))
+    for b, emb in enumerate(per_image):
+        out[b][mask[b]] = emb.to(out)
+    batch["teacher"] = out
+    return batch
+
+
+def average_gradients(module: nn.Module) -> None:
+    """All-reduce-mean the gradients of ``module`` (the criterion's uncertainty weights / classifier,
+    which DDP does not see); a no-op without an initialised multi-process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for p in module.parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
+
+
+def train_step(
+    model: nn.Module,
+    criterion: nn.Module,
+    batch: Mapping[str, Any],
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device | str,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    grad_clip: float = 0.0,
+    gather_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    teacher: nn.Module | None = None,
+    teacher_crop_size: tuple[int, int] = (256, 128),
+    iteration: int = 0,
+) -> dict[str, float]:
+    """One optimisation step on ``batch`` (a ``kdtrack.data.collate`` dict); returns the loss terms as floats.
+
+    ``gather_fn`` (e.g. ``all_gather_cat``) replaces the contrastive loss's queue gather;
+    ``teacher`` computes KD soft targets on the fly (see ``attach_teacher_targets``).
+    """
+    device = torch.device(device)
+    model.train()
+    criterion.train()
+    if gather_fn is not None and getattr(criterion, "contrastive", None) is not None:
+        criterion.contrastive.gather_fn = gather_fn
+    batch = move_batch(batch, device)
+    if teacher is not None:
+        batch = attach_teacher_targets(teacher, batch, teacher_crop_size)
+    use_amp = amp_enabled(amp, device)
+    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        outputs = model(batch[MODEL_INPUT_KEY])
+    outputs = {k: v.float() for k, v in outputs.items()}
+    terms = criterion(outputs, batch)
+    total = terms["total"]
+    if not torch.isfinite(total).all():
+        values = {k: float(v.detach().float().mean()) for k, v in terms.items() if torch.is_tensor(v)}
+        raise FloatingPointError(f"iteration {iteration}: loss is {float(total.detach())}, stopping training; terms: {values}")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+    else:
+        total.backward()
+    average_gradients(criterion)
+    if grad_clip > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if scaler is not None and scaler.is_enabled():
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    out = {k: float(v.detach().float().mean()) for k, v in terms.items() if torch.is_tensor(v)}
+    out["lr"] = float(optimizer.param_groups[0]["lr"])
+    return out
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_loader: Iterable[Mapping[str, Any]],
+    device: torch.device | str,
+    epoch: int,
+    *,
+    scheduler: Any | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    grad_clip: float = 0.0,
+    teacher: nn.Module | None = None,
+    teacher_crop_size: tuple[int, int] = (256, 128),
+    start_iteration: int = 0,
+    max_iterations: int = 0,
+    log_every: int = 10,
+    log_fn: LogFn | None = None,
+) -> tuple[int, dict[str, float]]:
+    """Run until the loader is exhausted or the global iteration reaches ``max_iterations`` (> 0).
+
+    ``log_fn(iteration, terms)`` is called at the first iteration, every ``log_every`` and
+    at the last one. Returns ``(global iteration, last terms)``.
+    """
+    iteration = start_iteration
+    terms: dict[str, float] = {}
+    for batch in data_loader:
+        if max_iterations > 0 and iteration >= max_iterations:
+            break
+        terms = train_step(model, criterion, batch, optimizer, device=device, scaler=scaler, amp=amp,
+                           grad_clip=grad_clip, teacher=teacher, teacher_crop_size=teacher_crop_size,
+                           iteration=iteration)
+        iteration += 1
+        if scheduler is not None:
+            scheduler.step()
+        last = max_iterations > 0 and iteration >= max_iterations
+        if log_fn is not None and (iteration == start_iteration + 1 or iteration % max(log_every, 1) == 0 or last):
+            log_fn(iteration, {**terms, "epoch": float(epoch)})
+        if last:
+            break  # without fetching (decoding, augmenting) one more batch
+    return iteration, terms

@@ -1,0 +1,128 @@
+"""Train step, schedule, NaN guard, resume from a checkpoint (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kdtrack.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
+from kdtrack.config import load_config
+from kdtrack.engine import (
+    attach_teacher_targets, build_optimizer, build_scheduler, lr_milestones, select_device, total_iterations,
+    train_step,
+)
+from kdtrack.letterbox import letterbox
+from kdtrack.losses import Criterion
+from kdtrack.models import build_student, build_teacher, freeze_teacher
+from kdtrack.models.teacher_targets import teacher_embeddings
+from kdtrack.targets import encode_targets, person_keys
+
+SMALL = ["model.input_width=128", "model.input_height=64", "model.width=8", "model.head_conv=16",
+         "model.embedding_dim=16", "model.deformable=false", "loss.queue_size=64", "train.lr=0.001"]
+
+
+def _batch(cfg, views: int = 2) -> dict:
+    """Two images with two people each; views=2 repeats them (same person keys) as a second half."""
+    rng = np.random.default_rng(0)
+    images, targets = [], []
+    for i in range(2):
+        img = (rng.random((64, 128, 3)) * 255).astype(np.uint8)
+        canvas, _ = letterbox(img, cfg.model.input_width, cfg.model.input_height)
+        boxes = np.array([[10, 10, 40, 60], [70, 5, 110, 60]], np.float32)
+        enc = encode_targets(boxes, person_keys(i + 1, 2), None, (64, 128), max_objects=4, size_channels=4)
+        images.append(torch.from_numpy(canvas))
+        targets.append(enc)
+    images, targets = images * views, targets * views
+    batch = {k: torch.stack([t[k] for t in targets]) for k in targets[0]}
+    batch["image"] = torch.stack(images)
+    return batch
+
+
+def _setup(cfg, seed=0):
+    torch.manual_seed(seed)
+    model = build_student(cfg.model)
+    criterion = Criterion.from_config(cfg)
+    optimizer = build_optimizer(list(model.parameters()) + list(criterion.parameters()), cfg.train)
+    return model, criterion, optimizer
+
+
+def test_step_schedule():
+    cfg = load_config("tiny", ["train.lr_steps=[0.6, 0.8]"])
+    # milestones round(0.6*100)=60, round(0.8*100)=80
+    assert lr_milestones(cfg.train, 100) == [60, 80]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = build_scheduler(opt, cfg.train, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[59] == pytest.approx(0.01) and lrs[60] == pytest.approx(0.001) and lrs[80] == pytest.approx(1e-4)
+    assert total_iterations(cfg.train, 7) == cfg.train.epochs * 7
+    assert total_iterations(load_config("tiny", ["train.max_iterations=5"]).train, 7) == 5
+    with pytest.raises(ValueError, match="lr_steps"):
+        lr_milestones(load_config("tiny", ["train.lr_steps=[1.5]"]).train, 10)
+
+
+def test_select_device_never_requires_cuda():
+    assert select_device(False).type == "cpu"
+    assert select_device(True).type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch():
+    cfg = load_config("tiny", SMALL + ["loss.id_mode=none", "train.lr=0.005"])
+    model, criterion, optimizer = _setup(cfg)
+    batch = _batch(cfg, views=1)
+    losses = [train_step(model, criterion, batch, optimizer, device="cpu", iteration=i)["total"] for i in range(8)]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_nan_loss_raises_naming_iteration_and_terms():
+    cfg = load_config("tiny", SMALL + ["loss.id_mode=none"])
+    model, criterion, optimizer = _setup(cfg)
+    with torch.no_grad():
+        model.heads["heatmap"][-1].bias.fill_(float("nan"))  # the heatmap head's final 1x1 conv
+    before = [p.detach().clone() for p in model.body.parameters()]
+    with pytest.raises(FloatingPointError, match=r"iteration 7: loss is nan.*det/heatmap"):
+        train_step(model, criterion, _batch(cfg, 1), optimizer, device="cpu", iteration=7)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.body.parameters()))  # nothing was stepped
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path):
+    cfg = load_config("tiny", SMALL)  # contrastive: the criterion holds a queue
+    batch = _batch(cfg, views=2)
+    model, criterion, optimizer = _setup(cfg)
+    sched = build_scheduler(optimizer, cfg.train, 10)
+    for i in range(2):
+        train_step(model, criterion, batch, optimizer, device="cpu", iteration=i)
+        sched.step()
+    save_checkpoint(tmp_path, model=model, config=cfg, criterion=criterion, optimizer=optimizer,
+                    scheduler=sched, epoch=1, iteration=2)
+    continued = train_step(model, criterion, batch, optimizer, device="cpu", iteration=2)
+
+    model2, criterion2, optimizer2 = _setup(cfg, seed=123)
+    sched2 = build_scheduler(optimizer2, cfg.train, 10)
+    epoch, iteration = restore_training_state(load_checkpoint(tmp_path), model=model2, criterion=criterion2,
+                                              optimizer=optimizer2, scheduler=sched2)
+    assert (epoch, iteration) == (1, 2)
+    # 2 images x 2 people enqueued per step -> 4 persons per step, 8 after two steps
+    assert int(criterion2.contrastive.queue_fill) == 8
+    resumed = train_step(model2, criterion2, batch, optimizer2, device="cpu", iteration=2)
+    assert resumed["id"] > 0  # the restored queue gives negatives at once
+    assert resumed["total"] == pytest.approx(continued["total"], rel=1e-5)
+
+
+def test_teacher_targets_follow_the_slots():
+    cfg = load_config("tiny", SMALL + ["loss.id_mode=kd"])
+    teacher = freeze_teacher(build_teacher(cfg.teacher))
+    orig = torch.rand(1, 3, 64, 128)
+    boxes = torch.tensor([[[10.0, 10, 40, 60], [70, 5, 110, 60], [0, 0, 0, 0]]])
+    batch = {"orig_image": orig, "teacher_boxes_xyxy": boxes, "mask": torch.tensor([[True, True, False]])}
+    crop = (cfg.teacher.crop_height, cfg.teacher.crop_width)
+    out = attach_teacher_targets(teacher, batch, crop)["teacher"]
+    # slot 1 must hold the teacher feature of box 1 alone; the empty slot stays zero
+    (ref,) = teacher_embeddings(teacher, orig, [boxes[0, 1:2]], out_size=crop)
+    torch.testing.assert_close(out[0, 1], ref[0], rtol=1e-4, atol=1e-5)
+    assert torch.count_nonzero(out[0, 2]) == 0

@@ -1,0 +1,101 @@
+"""Box-aware augmentation: per-box fields stay aligned, presets are deterministic, letterbox round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from torchvision.transforms import v2
+
+from kdtrack.letterbox import letterbox_transform
+from kdtrack.transforms import PRESETS, BoxAugment, two_views
+
+H, W = 100, 200
+
+
+def _image() -> np.ndarray:
+    return (np.random.default_rng(0).random((H, W, 3)) * 255).astype(np.uint8)
+
+
+def _target() -> dict:
+    return {
+        "boxes_xyxy": np.array([[40, 10, 90, 90], [140, 10, 190, 90], [80, 20, 120, 80]], np.float32),
+        "box_index": np.array([0, 1, 2]),
+        "ids": np.array([5, 6, 7]),
+        "ignore_boxes_xyxy": np.array([[60, 0, 70, 10]], np.float32),
+    }
+
+
+def test_crop_drops_a_box_and_keeps_the_others_aligned():
+    aug = BoxAugment("none", min_box_size=2.0, min_visible_fraction=0.25)
+    aug.pipeline = v2.CenterCrop((H, 100))  # keeps x in [50, 150)
+    image, out = aug(_image(), _target(), np.random.default_rng(0))
+    assert image.shape == (H, 100, 3)
+    # box 0 [40,90] -> [-10,40]: 40/50 = 80 % visible, clamped to [0,40]; kept.
+    # box 1 [140,190] -> [90,140]: 10/50 = 20 % < 25 % visible; dropped with its id 6.
+    # box 2 [80,120] -> [30,70]: fully inside; kept.
+    np.testing.assert_allclose(out["boxes_xyxy"], [[0, 10, 40, 90], [30, 20, 70, 80]])
+    assert out["box_index"].tolist() == [0, 2]
+    assert out["ids"].tolist() == [5, 7]
+    np.testing.assert_allclose(out["ignore_boxes_xyxy"], [[10, 0, 20, 10]])  # ignore box shifted by -50
+
+
+def test_flip_moves_person_and_ignore_boxes():
+    aug = BoxAugment("none")
+    aug.pipeline = v2.RandomHorizontalFlip(p=1.0)
+    image, out = aug(_image(), _target(), np.random.default_rng(0))
+    np.testing.assert_array_equal(image, _image()[:, ::-1])
+    # x' = W - x: [40, 90] -> [110, 160]; ignore [60, 70] -> [130, 140]
+    np.testing.assert_allclose(out["boxes_xyxy"][0], [110, 10, 160, 90])
+    np.testing.assert_allclose(out["ignore_boxes_xyxy"], [[130, 0, 140, 10]])
+    assert out["ids"].tolist() == [5, 6, 7]
+
+
+@pytest.mark.parametrize("preset", ["detection", "idf_view"])
+def test_presets_are_deterministic_and_keep_fields_aligned(preset):
+    aug = BoxAugment(preset)
+    target = _target()
+    outs = []
+    for seed in (3, 3, 4):
+        image, out = aug(_image(), target, np.random.default_rng(seed))
+        assert image.shape == (H, W, 3) and image.dtype == np.uint8
+        # every surviving box still carries the id of the person it came from
+        assert out["ids"].tolist() == target["ids"][out["box_index"]].tolist()
+        assert (out["boxes_xyxy"][:, 2:] - out["boxes_xyxy"][:, :2] >= 2.0).all()
+        assert (out["boxes_xyxy"] >= 0).all() and (out["boxes_xyxy"][:, [0, 2]] <= W).all()
+        outs.append((image, out))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1]["boxes_xyxy"], outs[1][1]["boxes_xyxy"])
+    assert not np.array_equal(outs[0][0], outs[2][0])
+
+
+def test_unknown_preset_raises():
+    with pytest.raises(ValueError, match="unknown augmentation preset 'fancy'"):
+        BoxAugment("fancy")
+    assert set(PRESETS) == {"none", "detection", "idf_view"}
+
+
+def test_misaligned_target_raises():
+    bad = _target()
+    bad["ids"] = np.array([1, 2])
+    with pytest.raises(ValueError, match="3 boxes but 3 box_index and 2 ids"):
+        BoxAugment("none")(_image(), bad, np.random.default_rng(0))
+
+
+def test_two_views_share_person_identity():
+    aug = BoxAugment("idf_view")
+    (img_a, a), (img_b, b) = two_views(_image(), _target(), np.random.default_rng(1), aug)
+    assert not np.array_equal(img_a, img_b)
+    for view in (a, b):
+        assert view["ids"].tolist() == _target()["ids"][view["box_index"]].tolist()
+    common = set(a["box_index"].tolist()) & set(b["box_index"].tolist())
+    assert common  # zoom-in keeps at least one person in both views here
+
+
+def test_letterboxed_boxes_map_back():
+    # 640x480 -> 320x192: scale = min(192/480, 320/640) = 0.4, resized 256x192,
+    # pad_x = round((320 - 256)/2 - 0.1) = 32, pad_y = 0.
+    tf = letterbox_transform(640, 480, 320, 192)
+    boxes = np.array([[100, 50, 200, 250]], np.float32)
+    on_canvas = tf.boxes_to_letterbox(boxes)
+    np.testing.assert_allclose(on_canvas, [[100 * 0.4 + 32, 20, 200 * 0.4 + 32, 100]], rtol=1e-6)  # [72,20,112,100]
+    np.testing.assert_allclose(tf.boxes_from_letterbox(on_canvas), boxes, rtol=1e-5)
