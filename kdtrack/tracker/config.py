@@ -11,6 +11,7 @@ class TrackerConfig:
     """Every constant of FairMOT's online solver, named."""
 
     mode: Literal["both", "boxes", "embeddings"] = "both"  # association ablation (KDMOT Table 3)
+    min_score: float = 0.4  # detections with score <= this are dropped before association (FairMOT conf_thres)
     det_thresh: float = 0.4  # min score for a detection to start a new track
     track_buffer: int = 30  # frames a lost track is kept at 30 fps (scaled by frame_rate / 30)
     embedding_cost_limit: float = 0.4  # lapjv cost_limit of the embedding (+motion) stage
