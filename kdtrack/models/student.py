@@ -1,0 +1,85 @@
+"""The student: one anchor-free network that detects people and embeds their identity.
+
+``forward(images)`` takes ``(B, 3, H, W)`` float RGB in [0, 1] (no mean/std,
+like FairMOT), H and W multiples of 32, and returns, at output stride 4
+(h = H/4, w = W/4):
+
+- ``"heatmap"``:   (B, 1, h, w) centre logits (apply sigmoid for probabilities);
+- ``"size"``:      (B, S, h, w) raw box regression, S = ``size_channels``
+  (4: l, t, r, b distances; 2: w, h); units are whatever the loss targets use;
+- ``"offset"``:    (B, 2, h, w) sub-cell centre offset (x, y), raw;
+- ``"embedding"``: (B, k, h, w) identity, L2-normalised over channels when
+  ``normalize_embedding`` (IDF), raw otherwise (KD regression to the teacher).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdtrack.config import ModelConfig
+from kdtrack.models.dla_up import DLA34Body
+from kdtrack.models.heads import Head
+from kdtrack.models.resnet_unet import ResNetUNetBody
+from kdtrack.models.tiny import TinyBody
+from kdtrack.models.weights import load_weights
+
+INPUT_MULTIPLE = 32  # coarsest backbone stride: H and W must be multiples of it
+OUTPUT_KEYS = ("heatmap", "size", "offset", "embedding")
+
+
+def build_body(cfg: ModelConfig) -> nn.Module:
+    """Backbone + neck for ``cfg.backbone``; the module has ``out_channels`` and outputs stride 4."""
+    builders = {
+        "tiny": lambda: TinyBody(cfg.width, cfg.deformable),
+        "dla34": lambda: DLA34Body(cfg.deformable),
+        "resnet18_unet": lambda: ResNetUNetBody("resnet18", cfg.neck_channels, cfg.deformable),
+        "resnet34_unet": lambda: ResNetUNetBody("resnet34", cfg.neck_channels, cfg.deformable),
+        "resnet50_unet": lambda: ResNetUNetBody("resnet50", cfg.neck_channels, cfg.deformable),
+    }
+    if cfg.backbone not in builders:
+        raise ValueError(f"unknown student backbone '{cfg.backbone}' (known: {', '.join(sorted(builders))})")
+    return builders[cfg.backbone]()
+
+
+class Student(nn.Module):
+    """Body (stride 4) + four heads; see the module docstring for the output dict."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.down_ratio != 4:
+            raise ValueError(f"ModelConfig.down_ratio: only output stride 4 is built, got {cfg.down_ratio}")
+        if cfg.size_channels not in (2, 4):
+            raise ValueError(f"ModelConfig.size_channels must be 2 or 4, got {cfg.size_channels}")
+        if cfg.embedding_dim < 1:
+            raise ValueError(f"ModelConfig.embedding_dim must be >= 1, got {cfg.embedding_dim}")
+        self.cfg = cfg
+        self.body = build_body(cfg)
+        c = self.body.out_channels
+        self.heads = nn.ModuleDict({
+            "heatmap": Head(c, cfg.head_conv, 1, final_bias=cfg.heatmap_bias),
+            "size": Head(c, cfg.head_conv, cfg.size_channels),
+            "offset": Head(c, cfg.head_conv, 2),
+            "embedding": Head(c, cfg.head_conv, cfg.embedding_dim),
+        })
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"Student expects images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
+            raise ValueError(f"Student input height/width must be multiples of {INPUT_MULTIPLE}, got {h}x{w}")
+        features = self.body(images)
+        out = {name: head(features) for name, head in self.heads.items()}
+        if self.cfg.normalize_embedding:
+            out["embedding"] = F.normalize(out["embedding"], dim=1)
+        return out
+
+
+def build_student(cfg: ModelConfig) -> Student:
+    """The student for ``cfg``; ``cfg.pretrained`` (a local path) initialises its weights."""
+    model = Student(cfg)
+    if cfg.pretrained:
+        load_weights(model, cfg.pretrained, strict=cfg.pretrained_strict)
+    return model
