@@ -376,8 +376,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     ps = sub.add_parser("person-search", help="mAP / top-k from precomputed detections and embeddings")
     src = ps.add_mutually_exclusive_group(required=True)
     src.add_argument("--detections", type=Path, help="precomputed npz (kdtrack.metrics.person_search.NPZ_FORMAT)")
-    src.add_argument("--model", type=Path, help="kdtrack checkpoint: detect and embed the manifest's images")
-    ps.add_argument("--manifest", type=Path, help="person-search manifest.json (with --model)")
+    src.add_argument("--checkpoint", type=Path, help="kdtrack checkpoint: detect and embed the manifest's images")
+    ps.add_argument("--manifest", type=Path, help="person-search manifest.json (with --checkpoint)")
     ps.add_argument("--embedder", default="student", choices=("student", "teacher"),
                     help="teacher: embed queries and detections with the Re-ID teacher")
     ps.add_argument("--teacher-checkpoint", default="", help="teacher weights for --embedder teacher")
@@ -386,7 +386,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     ps.add_argument("--gallery-size", type=int, default=None,
                     help="CUHK-SYSU gallery list size; -1 = all-frames gallery (default: eval.ps_gallery_size)")
     ps.add_argument("--cross-camera-only", action="store_true", help="all-frames gallery: other cameras only")
-    common(ps)
+    common(ps, checkpoint_tag=False)
     return parser
 
 
@@ -424,11 +424,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.cross_camera_only:
             eval_cfg = replace(eval_cfg, ps_cross_camera_only=True)
         gallery_size = eval_cfg.ps_gallery_size if args.gallery_size is None else args.gallery_size
-        if args.model is not None:
+        if args.checkpoint is not None:
             if args.manifest is None:
-                raise SystemExit("person-search --model needs --manifest")
+                raise SystemExit("person-search --checkpoint needs --manifest")
             queries, gallery = person_search_inputs_from_checkpoint(
-                args.model, args.manifest, cfg, embedder=args.embedder,
+                args.checkpoint, args.manifest, cfg, embedder=args.embedder,
                 teacher_checkpoint=args.teacher_checkpoint, use_ray=not args.no_ray)
             if args.save_detections:
                 save_person_search_npz(args.save_detections, queries, gallery)
@@ -444,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         run_id = log_evaluation_to_mlflow(
             metrics, dataset=dataset, tracking_uri=uri,
             experiment=args.experiment or cfg.mlflow.experiment, run_id=args.run_id,
-            checkpoint=str(getattr(args, "model", None) or args.checkpoint), result_files=result_files,
+            checkpoint=str(args.checkpoint or ""), result_files=result_files,
             rendered_frames=rendered_frames,
         )
         print(f"logged to MLflow run {run_id} ({uri})")

@@ -25,7 +25,6 @@ from kdtrack.decode import decode_detections
 from kdtrack.formats.mot import SeqInfo, read_seqinfo, split_frames
 from kdtrack.letterbox import LetterboxTransform, letterbox
 from kdtrack.models import build_student, build_teacher, freeze_teacher, teacher_embeddings
-from kdtrack.models.weights import load_weights
 from kdtrack.structures import Detections
 from kdtrack.tracker import Tracker, TrackerConfig
 
@@ -60,8 +59,7 @@ def load_student(checkpoint: str | Path, device: torch.device | str = "cpu") -> 
 def load_teacher(teacher_cfg: TeacherConfig, checkpoint: str | Path,
                  device: torch.device | str = "cpu") -> nn.Module:
     """A frozen Re-ID teacher from a local checkpoint (two-step tracking, query embedding)."""
-    teacher = build_teacher(replace(teacher_cfg, checkpoint=""))
-    load_weights(teacher, checkpoint, strict=False)
+    teacher = build_teacher(replace(teacher_cfg, checkpoint=str(checkpoint)))  # strict; a saved classifier is dropped
     return freeze_teacher(teacher.to(device))
 
 

@@ -93,5 +93,5 @@ def test_config_keys_from_an_older_version_are_dropped_with_a_warning(tmp_path):
     # a known key with a wrong type is still an error naming the file
     state["config"]["train"]["epochs"] = "many"
     torch.save(state, path)
-    with pytest.raises(Exception, match=r"c\.pt.*train\.epochs"):
+    with pytest.raises(Exception, match=r"c\.pt.*train\.epochs"), pytest.warns(UserWarning):
         load_checkpoint(path)
