@@ -108,6 +108,12 @@ def decode_detections(
         tf = transforms[i] if transforms is not None else None
         if tf is not None:
             boxes_i = tf.boxes_from_letterbox(boxes_i, clip=cfg.clip_to_image)
+        # a size head can predict a negative extent (early in training): such a
+        # box is not a detection, and the tracker rejects it, so drop it here
+        valid = (boxes_i[:, 2] > boxes_i[:, 0]) & (boxes_i[:, 3] > boxes_i[:, 1])
+        if not valid.all():
+            boxes_i = boxes_i[valid]
+            keep[np.flatnonzero(keep)[~valid]] = False
         emb_i = emb[i][keep] if emb is not None else np.zeros((int(keep.sum()), 0), np.float32)
         result.append(Detections(boxes_i, scores[i][keep], emb_i))
     return result

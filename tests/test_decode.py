@@ -123,3 +123,20 @@ def test_decode_through_letterbox_recovers_original_boxes():
     assert (iou.max(1) > 0.99).all()
     with pytest.raises(ValueError, match="1 images but 2"):
         decode_detections(perfect_outputs(batch, 4), DecodeConfig(), transforms=[tf, tf])
+
+
+def test_decode_drops_boxes_with_negative_extent():
+    """A size head predicting negative l+r or t+b must not yield a detection (the tracker rejects them)."""
+    h, w = 8, 8
+    heat = torch.full((1, 1, h, w), -10.0)
+    heat[0, 0, 2, 2] = 5.0  # peak 1: valid box
+    heat[0, 0, 5, 5] = 5.0  # peak 2: negative width
+    size = torch.zeros(1, 4, h, w)
+    size[0, :, 2, 2] = torch.tensor([4.0, 4.0, 4.0, 4.0])
+    size[0, :, 5, 5] = torch.tensor([-3.0, 2.0, -3.0, 2.0])  # l + r < 0
+    outputs = {"heatmap": heat, "size": size, "offset": torch.zeros(1, 2, h, w),
+               "embedding": torch.ones(1, 3, h, w)}
+    (dets,) = decode_detections(outputs, DecodeConfig(score_threshold=0.5))
+    assert len(dets) == 1
+    np.testing.assert_allclose(dets.boxes_xyxy[0], [4.0, 4.0, 12.0, 12.0])  # centre (2*4, 2*4) +- 4
+    assert dets.embeddings.shape == (1, 3)

@@ -132,6 +132,53 @@ def test_evaluate_mot_job_from_shell(tiny_world: Path, tmp_path: Path, mlflow_ur
     assert len(runs) == 1
     assert "metrics.MOT17-val/MOTA" in runs.columns
     assert runs["metrics.MOT17-val/num_gt"].iloc[0] == num_gt
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    run_id = runs["run_id"].iloc[0]
+    logged = {a.path for a in client.list_artifacts(run_id, "eval/MOT17-val")}
+    assert {"eval/MOT17-val/metrics.json", "eval/MOT17-val/results", "eval/MOT17-val/frames"} <= logged
+    frames = client.list_artifacts(run_id, "eval/MOT17-val/frames")
+    assert len(frames) == 2 * len(seqs)
+
+
+def test_two_step_tracking_embeds_detections_with_the_teacher(tiny_world: Path, tmp_path: Path):
+    """KDMOT 'two-step': detected boxes are embedded by the Re-ID teacher, not the student head."""
+    from jobs.evaluate import track_sequence_to_file
+    from kdtrack.checkpoint import save_checkpoint
+    from kdtrack.config import config_to_dict
+    from kdtrack.formats.mot import read_results
+    from kdtrack.models import build_student, build_teacher
+
+    torch.manual_seed(0)
+    cfg = load_config("tiny", ["decode.score_threshold=0.0", "decode.top_k=5", "tracker.min_score=0.0",
+                               "tracker.det_thresh=0.0", "tracker.min_box_area=0.0",
+                               "tracker.max_aspect_ratio=100.0"])
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=build_student(cfg.model), config=cfg)
+    teacher_path = tmp_path / "teacher.pt"
+    torch.save(build_teacher(cfg.teacher).state_dict(), teacher_path)
+    seq_dir = list_sequences(tiny_world / "MOT17" / "train")[0]
+    calls = []
+
+    import kdtrack.inference as inference
+
+    original = inference.teacher_embeddings
+
+    def spy(teacher, images, boxes_list, **kw):
+        out = original(teacher, images, boxes_list, **kw)
+        calls.append((len(boxes_list[0]), out[0].shape))
+        return out
+
+    inference.teacher_embeddings = spy
+    try:
+        run = track_sequence_to_file(str(ckpt), str(seq_dir), str(tmp_path / "res.txt"), config_to_dict(cfg),
+                                     split="val_half", embedder="teacher", teacher_checkpoint=str(teacher_path))
+    finally:
+        inference.teacher_embeddings = original
+    # the teacher embedded the (up to 5) detections of every frame with its own feature size
+    teacher_dim = build_teacher(cfg.teacher).eval().embed(torch.zeros(1, 3, cfg.teacher.crop_height,
+                                                               cfg.teacher.crop_width)).shape[1]
+    assert len(calls) == run["frames"] > 0
+    assert all(shape == (n, teacher_dim) for n, shape in calls) and teacher_dim != cfg.model.embedding_dim
+    assert len(read_results(tmp_path / "res.txt")) > 0
 
 
 def test_person_search_inputs_from_checkpoint(tiny_world: Path, tmp_path: Path):
