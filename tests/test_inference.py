@@ -152,7 +152,9 @@ def test_two_step_tracking_embeds_detections_with_the_teacher(tiny_world: Path, 
     cfg = load_config("tiny", ["decode.score_threshold=0.0", "decode.top_k=5", "tracker.min_score=0.0",
                                "tracker.det_thresh=0.0", "tracker.min_box_area=0.0",
                                "tracker.max_aspect_ratio=100.0"])
-    ckpt = save_checkpoint(tmp_path / "ckpt", model=build_student(cfg.model), config=cfg)
+    model = build_student(cfg.model)
+    model.heads["size"][-1].bias.data.fill_(8.0)  # untrained: give every peak a valid 16x16 box
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=model, config=cfg)
     teacher_path = tmp_path / "teacher.pt"
     torch.save(build_teacher(cfg.teacher).state_dict(), teacher_path)
     seq_dir = list_sequences(tiny_world / "MOT17" / "train")[0]
@@ -190,7 +192,9 @@ def test_person_search_inputs_from_checkpoint(tiny_world: Path, tmp_path: Path):
 
     torch.manual_seed(0)
     cfg = load_config("tiny", ["decode.score_threshold=0.0", "decode.top_k=20"])
-    ckpt = save_checkpoint(tmp_path / "ckpt", model=build_student(cfg.model), config=cfg)
+    model = build_student(cfg.model)
+    model.heads["size"][-1].bias.data.fill_(8.0)  # untrained: give every peak a valid 16x16 box
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=model, config=cfg)
     manifest_path = tiny_world / "person_search" / "manifest.json"
     queries, gallery = person_search_inputs_from_checkpoint(ckpt, manifest_path, cfg, use_ray=False)
     manifest = read_manifest(manifest_path)

@@ -58,7 +58,7 @@ class Student(nn.Module):
         self.body = build_body(cfg)
         c = self.body.out_channels
         self.heads = nn.ModuleDict({
-            "heatmap": Head(c, cfg.head_conv, 1, final_bias=cfg.heatmap_bias),
+            "heatmap": Head(c, cfg.head_conv, 1, final_bias=cfg.heatmap_bias, small_init=False),
             "size": Head(c, cfg.head_conv, cfg.size_channels),
             "offset": Head(c, cfg.head_conv, 2),
             "embedding": Head(c, cfg.head_conv, cfg.embedding_dim),
