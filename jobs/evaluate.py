@@ -119,40 +119,19 @@ def track_sequence_to_file(
 
     Runs inside a Ray task (or in-process); returns timings and rendered frame paths.
     """
-    from dataclasses import replace as _replace
-
     import cv2
     import numpy as np
 
-    from kdtrack.config import config_from_dict
-    from kdtrack.formats.mot import write_results
-    from kdtrack.inference import (
-        Detector,
-        load_student,
-        load_teacher,
-        select_device,
-        teacher_embed_fn,
-        track_sequence,
-    )
+    from kdtrack.formats.mot import read_seqinfo, split_frames, write_results
+    from kdtrack.inference import track_sequence
     from kdtrack.io import atomic_write_bytes
 
-    cli_cfg = config_from_dict(config)
-    device = select_device(use_gpu)
-    model, ckpt_cfg = load_student(checkpoint, device)
-    cfg = _replace(ckpt_cfg, decode=cli_cfg.decode, tracker=cli_cfg.tracker, eval=cli_cfg.eval)
-    embed_fn = None
-    if embedder == "teacher":
-        if not teacher_checkpoint:
-            raise ValueError("--embedder teacher needs --teacher-checkpoint")
-        teacher_cfg = cli_cfg.teacher
-        teacher = load_teacher(teacher_cfg, teacher_checkpoint, device)
-        embed_fn = teacher_embed_fn(teacher, (teacher_cfg.crop_height, teacher_cfg.crop_width), device)
+    detector, embed_fn = _build_detector(checkpoint, config, embedder, teacher_checkpoint, use_gpu)
+    cfg = detector.cfg
     num_render = cfg.eval.render_frames if render_dir else 0
-    from kdtrack.formats.mot import read_seqinfo, split_frames
-
     n = len(split_frames(read_seqinfo(seq_dir).seq_length, split))
     render = sorted({int(round(x)) for x in np.linspace(1, n, num_render)}) if num_render else []
-    run = track_sequence(Detector(model, cfg, device), seq_dir, cfg.tracker, split=split,
+    run = track_sequence(detector, seq_dir, cfg.tracker, split=split,
                          embed_fn=embed_fn, render_frames=render)
     write_results(results_path, run.rows)
     frames = []
@@ -169,7 +148,7 @@ def track_sequence_to_file(
         "network_seconds": run.network_seconds,
         "association_seconds": run.association_seconds,
         "rendered": frames,
-        "device": str(device),
+        "device": str(detector.device),
     }
 
 
@@ -255,7 +234,9 @@ def _build_detector(checkpoint: str, config: dict[str, Any], embedder: str, teac
     cli_cfg = config_from_dict(config)
     device = select_device(use_gpu)
     model, ckpt_cfg = load_student(checkpoint, device)
-    cfg = _replace(ckpt_cfg, decode=cli_cfg.decode, eval=cli_cfg.eval, teacher=cli_cfg.teacher)
+    # the network comes from the checkpoint; thresholds and protocols from this job's config
+    cfg = _replace(ckpt_cfg, decode=cli_cfg.decode, tracker=cli_cfg.tracker, eval=cli_cfg.eval,
+                   teacher=cli_cfg.teacher)
     embed_fn = None
     if embedder == "teacher":
         if not teacher_checkpoint:
