@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from jobs import evaluate, generate_synth, inspect_world, train
+from kdtrack.formats.person_search import read_manifest
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -56,9 +57,12 @@ def main(argv: list[str] | None = None) -> dict:
     mlflow_args = ["--mlflow-uri", trained["mlflow_uri"]] + (["--run-id", run_id] if run_id else [])
 
     print("[4/4] evaluating the checkpoint", flush=True)
-    print("  person search (synthetic CUHK-SYSU-style set, student embeddings):", flush=True)
-    ps = evaluate.main(["person-search", "--checkpoint", checkpoint,
-                        "--manifest", str(world / "person_search" / "manifest.json"),
+    manifest = world / "person_search" / "manifest.json"
+    gallery_size = max(int(size) for q in read_manifest(manifest, check_images=False).queries for size in q.galleries)
+    print(f"  person search (synthetic CUHK-SYSU-style set, gallery size {gallery_size}, student embeddings):",
+          flush=True)
+    ps = evaluate.main(["person-search", "--checkpoint", checkpoint, "--manifest", str(manifest),
+                        "--gallery-size", str(gallery_size),
                         "--out", str(out / "eval" / "person_search.json"), *mlflow_args])
     print("  MOT17-style tracking, val halves:", flush=True)
     mot = evaluate.main(["mot", "--checkpoint", checkpoint, "--data-root", str(world / "MOT17" / "train"),
