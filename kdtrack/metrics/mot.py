@@ -67,6 +67,18 @@ _COUNT_KEYS = {"IDs", "FM", "FP", "FN", "TP", "MT", "PT", "ML", "num_gt", "num_p
 _HOTA_KEYS = ("HOTA", "DetA", "AssA", "LocA", "DetRe", "DetPr", "AssRe", "AssPr")
 
 
+def import_trackeval():
+    """TrackEval (HOTA), installed ``--no-deps`` by the Makefile: its opencv-python pin clashes with cv2-headless."""
+    try:
+        import trackeval
+    except ImportError as exc:  # depends on how the environment was installed
+        raise ImportError(
+            "HOTA needs TrackEval: pip install --no-deps trackeval==1.3.0 "
+            "(without --no-deps it pulls opencv-python, which clobbers opencv-python-headless)"
+        ) from exc
+    return trackeval
+
+
 @dataclass
 class SequenceEvaluation:
     """Everything needed to score one sequence alone or combined with others (picklable)."""
@@ -172,7 +184,7 @@ def evaluate_sequence(
     Returns the motmetrics events and TrackEval HOTA counts; turn them into
     numbers with :func:`summarize_sequences`.
     """
-    import trackeval
+    trackeval = import_trackeval()
 
     cfg = cfg or EvalConfig()
     mm = import_motmetrics()
@@ -258,7 +270,7 @@ def summarize_sequences(evaluations: Sequence[SequenceEvaluation]) -> dict[str, 
 
     MOTP follows the devkit: mean IoU of matched pairs (1 - motmetrics' mean distance).
     """
-    import trackeval
+    trackeval = import_trackeval()
 
     if not evaluations:
         raise ValueError("no sequences to summarize")
