@@ -13,8 +13,8 @@ Modes (argparse subcommands; more, e.g. a checkpoint-driven ``mot``, plug in bes
   initialised; ``RAY_ADDRESS`` is honoured), ``--no-ray`` scores serially.
 
 * ``mot``: run a checkpoint over MOT17-style sequences (letterbox, decode,
-  tracker; one Ray task per sequence, on a GPU when ``eval.gpus_per_sequence``
-  > 0), write MOTChallenge result files, then score them as ``mot-files``::
+  tracker; one Ray task per sequence, on a GPU when the cluster has one —
+  ``eval.gpus_per_sequence``, -1 = auto), write MOTChallenge result files, then score them as ``mot-files``::
 
     python -m jobs.evaluate mot --checkpoint CKPT --data-root MOT17/train \
         [--half val] [--association both|boxes|embeddings] \
@@ -152,6 +152,21 @@ def track_sequence_to_file(
     }
 
 
+def inference_gpus(cfg: EvalConfig, use_ray: bool) -> float:
+    """GPUs per inference task: the configured number, or (-1) one when GPUs exist, else 0."""
+    if cfg.gpus_per_sequence >= 0:
+        return float(cfg.gpus_per_sequence)
+    if use_ray:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init()
+        return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    import torch
+
+    return 1.0 if torch.cuda.is_available() else 0.0
+
+
 def run_mot_checkpoint(
     checkpoint: str | Path,
     data_root: str | Path,
@@ -176,7 +191,8 @@ def run_mot_checkpoint(
     if not seq_dirs:
         raise FileNotFoundError(f"no MOT sequences (folders with seqinfo.ini) under {data_root}")
     split = "val_half" if half == "val" else "all"
-    use_gpu = cfg.eval.gpus_per_sequence > 0
+    gpus = inference_gpus(cfg.eval, use_ray and len(seq_dirs) > 1)
+    use_gpu = gpus > 0
     kwargs = dict(split=split, embedder=embedder, teacher_checkpoint=teacher_checkpoint,
                   render_dir=str(Path(render_dir).resolve()) if render_dir else "", use_gpu=use_gpu)
     cfg_dict = config_to_dict(cfg)
@@ -186,8 +202,7 @@ def run_mot_checkpoint(
 
         if not ray.is_initialized():
             ray.init()
-        task = ray.remote(num_cpus=cfg.eval.cpus_per_sequence,
-                          num_gpus=cfg.eval.gpus_per_sequence)(track_sequence_to_file)
+        task = ray.remote(num_cpus=cfg.eval.cpus_per_sequence, num_gpus=gpus)(track_sequence_to_file)
         runs = ray.get([task.remote(*job, **kwargs) for job in jobs])
     else:
         runs = [track_sequence_to_file(*job, **kwargs) for job in jobs]
@@ -275,15 +290,16 @@ def person_search_inputs_from_checkpoint(
     test_images = [im for im in manifest.images if im.split == "test"]
     paths = [str(manifest.image_path(im.file_name)) for im in test_images]
     cfg_dict = config_to_dict(cfg)
-    use_gpu = cfg.eval.gpus_per_sequence > 0
     chunks = [paths[i:i + images_per_task] for i in range(0, len(paths), images_per_task)]
+    gpus = inference_gpus(cfg.eval, use_ray and len(chunks) > 1)
+    use_gpu = gpus > 0
     args = (cfg_dict, embedder, teacher_checkpoint, use_gpu)
     if use_ray and len(chunks) > 1:
         import ray
 
         if not ray.is_initialized():
             ray.init()
-        task = ray.remote(num_cpus=cfg.eval.cpus_per_sequence, num_gpus=cfg.eval.gpus_per_sequence)(_detect_chunk)
+        task = ray.remote(num_cpus=cfg.eval.cpus_per_sequence, num_gpus=gpus)(_detect_chunk)
         results = [r for chunk in ray.get([task.remote(checkpoint, c, *args) for c in chunks]) for r in chunk]
     else:
         results = [r for c in chunks for r in _detect_chunk(checkpoint, c, *args)]

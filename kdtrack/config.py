@@ -232,7 +232,7 @@ class EvalConfig:
     ps_gallery_size: int = 100  # CUHK-SYSU gallery size (50, 100, 500, 1000, 2000, 4000; -1 = all test images)
     ps_cross_camera_only: bool = False  # PRW all-frames gallery: only frames from other cameras
     cpus_per_sequence: float = 1.0  # Ray CPUs per sequence-scoring task (jobs.evaluate)
-    gpus_per_sequence: float = 0.0  # Ray GPUs per sequence-tracking task (jobs.evaluate mot; >0 runs on GPU)
+    gpus_per_sequence: float = -1.0  # Ray GPUs per inference task (mot, person-search); -1 = 1 if the cluster has GPUs, else 0
     render_frames: int = 3  # frames per sequence drawn with boxes and ids and logged to MLflow
 
 

@@ -208,3 +208,15 @@ def test_person_search_inputs_from_checkpoint(tiny_world: Path, tmp_path: Path):
     size = int(next(iter(manifest.queries[0].galleries)))
     metrics = score_person_search(queries, gallery, size, cfg.eval)
     assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["num_queries"] == len(queries)
+
+
+def test_inference_gpus_auto_and_explicit():
+    from dataclasses import replace
+
+    from jobs.evaluate import inference_gpus
+    from kdtrack.config import EvalConfig
+
+    assert inference_gpus(replace(EvalConfig(), gpus_per_sequence=0.5), use_ray=False) == 0.5
+    # auto (-1) in-process: one GPU exactly when torch sees CUDA (never required)
+    expected = 1.0 if torch.cuda.is_available() else 0.0
+    assert inference_gpus(EvalConfig(), use_ray=False) == expected
