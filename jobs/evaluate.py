@@ -35,16 +35,18 @@ Metrics are fractions in 0..1 in the JSON; the printed table shows percent.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from jobs._mlflow_eval import log_evaluation_to_mlflow
+from jobs._ray import ensure_ray, map_tasks
 from kdtrack.config import Config, EvalConfig, load_config
 from kdtrack.io import atomic_write_json
-from kdtrack.metrics.mot import BENCHMARKS, SequenceEvaluation, format_table, summarize_sequences
-from kdtrack.metrics.mot_files import HALVES, SequenceFiles, find_sequence_files, score_sequence_files
+from kdtrack.metrics.mot import BENCHMARKS, format_table
+from kdtrack.metrics.mot_files import HALVES, evaluate_mot_files
 from kdtrack.metrics.person_search import (
     GalleryImage,
     Query,
@@ -57,18 +59,6 @@ __all__ = ["log_evaluation_to_mlflow", "score_mot_results", "score_person_search
 
 
 # --------------------------------------------------------------------------- MOT
-
-
-def _score_with_ray(
-    files: Sequence[SequenceFiles], benchmark: str, half: str, cfg: EvalConfig
-) -> list[SequenceEvaluation]:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()  # connects to RAY_ADDRESS when set, else starts a local cluster
-    task = ray.remote(num_cpus=cfg.cpus_per_sequence)(score_sequence_files)
-    refs = [task.remote(f, benchmark=benchmark, half=half, cfg=cfg) for f in files]
-    return ray.get(refs)
 
 
 def score_mot_results(
@@ -87,12 +77,12 @@ def score_mot_results(
     ``use_ray``; the combined row sums counts over sequences before ratios.
     """
     cfg = cfg or EvalConfig()
-    files = find_sequence_files(gt_root, results_dir, sequences)
-    if use_ray and len(files) > 1:
-        evaluations = _score_with_ray(files, benchmark, half, cfg)
-    else:
-        evaluations = [score_sequence_files(f, benchmark=benchmark, half=half, cfg=cfg) for f in files]
-    return summarize_sequences(evaluations)
+
+    def ray_map(score, files):
+        return map_tasks(score, [(f,) for f in files], use_ray=use_ray, num_cpus=cfg.cpus_per_sequence)
+
+    return evaluate_mot_files(gt_root, results_dir, benchmark=benchmark, half=half, sequences=sequences,
+                              cfg=cfg, map_fn=ray_map)
 
 
 def default_dataset_name(benchmark: str, half: str) -> str:
@@ -157,11 +147,7 @@ def inference_gpus(cfg: EvalConfig, use_ray: bool) -> float:
     if cfg.gpus_per_sequence >= 0:
         return float(cfg.gpus_per_sequence)
     if use_ray:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init()
-        return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        return 1.0 if ensure_ray().cluster_resources().get("GPU", 0) > 0 else 0.0
     import torch
 
     return 1.0 if torch.cuda.is_available() else 0.0
@@ -197,15 +183,8 @@ def run_mot_checkpoint(
                   render_dir=str(Path(render_dir).resolve()) if render_dir else "", use_gpu=use_gpu)
     cfg_dict = config_to_dict(cfg)
     jobs = [(checkpoint, str(d), str(results_dir / f"{d.name}.txt"), cfg_dict) for d in seq_dirs]
-    if use_ray and len(jobs) > 1:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init()
-        task = ray.remote(num_cpus=cfg.eval.cpus_per_sequence, num_gpus=gpus)(track_sequence_to_file)
-        runs = ray.get([task.remote(*job, **kwargs) for job in jobs])
-    else:
-        runs = [track_sequence_to_file(*job, **kwargs) for job in jobs]
+    runs = map_tasks(track_sequence_to_file, jobs, use_ray=use_ray, num_cpus=cfg.eval.cpus_per_sequence,
+                     num_gpus=gpus, **kwargs)
     metrics = score_mot_results(data_root, results_dir, "MOT17", half,
                                 sequences=[d.name for d in seq_dirs], cfg=cfg.eval, use_ray=use_ray)
     for run in runs:
@@ -244,7 +223,8 @@ def _build_detector(checkpoint: str, config: dict[str, Any], embedder: str, teac
     from dataclasses import replace as _replace
 
     from kdtrack.config import config_from_dict
-    from kdtrack.inference import Detector, load_student, load_teacher, select_device, teacher_embed_fn
+    from kdtrack.engine import select_device
+    from kdtrack.inference import Detector, load_student, load_teacher, teacher_embed_fn
 
     cli_cfg = config_from_dict(config)
     device = select_device(use_gpu)
@@ -282,7 +262,8 @@ def person_search_inputs_from_checkpoint(
     from kdtrack.boxes import xywh_to_xyxy
     from kdtrack.config import config_to_dict
     from kdtrack.formats.person_search import read_manifest
-    from kdtrack.inference import read_image_rgb, student_embedding_at_boxes
+    from kdtrack.data import read_image_rgb
+    from kdtrack.inference import student_embedding_at_boxes
     from kdtrack.metrics.person_search import queries_from_manifest
 
     checkpoint = str(Path(checkpoint).resolve())
@@ -294,15 +275,9 @@ def person_search_inputs_from_checkpoint(
     gpus = inference_gpus(cfg.eval, use_ray and len(chunks) > 1)
     use_gpu = gpus > 0
     args = (cfg_dict, embedder, teacher_checkpoint, use_gpu)
-    if use_ray and len(chunks) > 1:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init()
-        task = ray.remote(num_cpus=cfg.eval.cpus_per_sequence, num_gpus=gpus)(_detect_chunk)
-        results = [r for chunk in ray.get([task.remote(checkpoint, c, *args) for c in chunks]) for r in chunk]
-    else:
-        results = [r for c in chunks for r in _detect_chunk(checkpoint, c, *args)]
+    per_chunk = map_tasks(_detect_chunk, [(checkpoint, c, *args) for c in chunks], use_ray=use_ray,
+                          num_cpus=cfg.eval.cpus_per_sequence, num_gpus=gpus)
+    results = [r for chunk in per_chunk for r in chunk]
     gallery = {
         im.file_name: GalleryImage(boxes, scores, emb, camera=int(im.camera))
         for im, (boxes, scores, emb) in zip(test_images, results)
@@ -312,12 +287,8 @@ def person_search_inputs_from_checkpoint(
     for q in manifest.queries:
         image = read_image_rgb(manifest.image_path(q.file_name))
         box = xywh_to_xyxy(np.asarray(q.box_xywh, np.float32))
-        if embed_fn is not None:
-            emb = embed_fn(image, box)[0]
-            emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
-        else:
-            emb = student_embedding_at_boxes(detector, image, box)[0]
-        query_embeddings.append(emb)
+        embed = embed_fn or functools.partial(student_embedding_at_boxes, detector)
+        query_embeddings.append(embed(image, box)[0])
     return queries_from_manifest(manifest, query_embeddings), gallery
 
 

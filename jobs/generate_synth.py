@@ -11,11 +11,11 @@ the same either way.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from jobs._ray import ensure_ray, map_tasks
 from kdtrack.config import PRESET_DIR, load_config
 from kdtrack.synth.world import generate_world
 
@@ -41,14 +41,10 @@ def resolve_preset(name: str) -> str | Path:
 
 def ray_map_fn(num_cpus_per_task: float = 1.0) -> Callable[[Callable[[Any], Any], Iterable[Any]], list[Any]]:
     """An order-preserving ``map`` over Ray tasks (connects to ``RAY_ADDRESS`` if set, else starts locally)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
+    ensure_ray()
 
     def map_fn(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-        remote = ray.remote(num_cpus=num_cpus_per_task)(fn)
-        return ray.get([remote.remote(item) for item in items])
+        return map_tasks(fn, [(item,) for item in items], num_cpus=num_cpus_per_task)
 
     return map_fn
 

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from kdtrack.config import Config, ConfigError, config_from_dict, config_to_dict, flatten_config, load_config
 
@@ -229,6 +229,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from jobs._ray import ensure_ray
     from kdtrack.data import load_records
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -241,8 +242,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         records = records[: cfg.train.smoke_iterations * cfg.train.batch_size_per_worker * cfg.train.num_workers]
     print(f"{len(records)} training records from {', '.join(cfg.data.sources)} under {cfg.data.root}", flush=True)
 
-    if not ray.is_initialized():
-        ray.init()  # connects to RAY_ADDRESS when set, else starts a local cluster
+    ensure_ray()  # joins RAY_ADDRESS when set, else starts a local cluster
     trainer = TorchTrainer(
         train_func,
         train_loop_config={

@@ -21,30 +21,17 @@ from torch import nn
 
 from kdtrack.checkpoint import load_checkpoint
 from kdtrack.config import Config, TeacherConfig
+from kdtrack.data import read_image_rgb
 from kdtrack.decode import decode_detections
+from kdtrack.engine import amp_enabled
 from kdtrack.formats.mot import SeqInfo, read_seqinfo, split_frames
 from kdtrack.letterbox import LetterboxTransform, letterbox
 from kdtrack.models import build_student, build_teacher, freeze_teacher, teacher_embeddings
 from kdtrack.structures import Detections
 from kdtrack.tracker import Tracker, TrackerConfig
 
-# (image RGB uint8 (H, W, 3), boxes_xyxy (N, 4) in its pixels) -> (N, D) embeddings
+# (image RGB uint8 (H, W, 3), boxes_xyxy (N, 4) in its pixels) -> (N, D) L2-normalised embeddings
 EmbedFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def select_device(use_gpu: bool | None = None) -> torch.device:
-    """CUDA when present (and not refused), else CPU; CUDA is never required."""
-    if use_gpu is not False and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def read_image_rgb(path: str | Path) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB; a clear error naming the file when it cannot be read."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def load_student(checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config]:
@@ -64,13 +51,13 @@ def load_teacher(teacher_cfg: TeacherConfig, checkpoint: str | Path,
 
 
 def teacher_embed_fn(teacher: nn.Module, crop_size: tuple[int, int], device: torch.device) -> EmbedFn:
-    """Embed detected boxes with the teacher on crops of the original frame (KDMOT 'two-step')."""
+    """Embed boxes with the teacher on crops of the original frame (KDMOT 'two-step'), L2-normalised."""
 
     def embed(image_rgb: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
         image = torch.from_numpy(image_rgb).permute(2, 0, 1)[None].float().div_(255).to(device)
         boxes = torch.as_tensor(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4), device=device)
         (emb,) = teacher_embeddings(teacher, image, [boxes], out_size=crop_size)
-        return emb.float().cpu().numpy()
+        return torch.nn.functional.normalize(emb.float(), dim=1).cpu().numpy()
 
     return embed
 
@@ -90,8 +77,7 @@ class Detector:
 
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        use_amp = self.device.type == "cuda" and self.cfg.train.amp
-        with torch.autocast(self.device.type, enabled=use_amp):
+        with torch.autocast(self.device.type, enabled=amp_enabled(self.cfg.train.amp, self.device)):
             return self.model(batch)
 
     def __call__(self, image_rgb: np.ndarray) -> tuple[Detections, dict[str, torch.Tensor], LetterboxTransform]:
@@ -115,14 +101,6 @@ class SequenceTracking:
     association_seconds: float
     num_detections: int
     rendered: dict[int, np.ndarray] = field(default_factory=dict)  # split frame -> BGR image with tracks
-
-    @property
-    def network_fps(self) -> float:
-        return self.num_frames / max(self.network_seconds, 1e-9)
-
-    @property
-    def association_fps(self) -> float:
-        return self.num_frames / max(self.association_seconds, 1e-9)
 
 
 def draw_tracks(image_rgb: np.ndarray, boxes_xyxy: np.ndarray, track_ids: np.ndarray) -> np.ndarray:
@@ -214,8 +192,6 @@ def detect_images(detector: Detector, image_paths: Sequence[str | Path],
         image = read_image_rgb(path)
         dets, _, _ = detector(image)
         if embed_fn is not None:
-            emb = embed_fn(image, dets.boxes_xyxy)
-            emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-            dets = Detections(dets.boxes_xyxy, dets.scores, emb)
+            dets = Detections(dets.boxes_xyxy, dets.scores, embed_fn(image, dets.boxes_xyxy))
         out.append(dets)
     return out

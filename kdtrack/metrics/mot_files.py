@@ -11,9 +11,10 @@ No Ray here: :func:`score_sequence_files` is the unit of work a job may fan out.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
@@ -85,12 +86,16 @@ def evaluate_mot_files(
     half: Half = "full",
     sequences: Sequence[str] | None = None,
     cfg: EvalConfig | None = None,
+    map_fn: Callable[[Callable[[SequenceFiles], SequenceEvaluation], list[SequenceFiles]], list] | None = None,
 ) -> dict[str, dict]:
-    """Serial scoring of every sequence; ``{"sequences": {...}, "combined": {...}}``."""
-    evaluations = [
-        score_sequence_files(f, benchmark=benchmark, half=half, cfg=cfg)
-        for f in find_sequence_files(gt_root, results_dir, sequences)
-    ]
+    """Score every sequence; ``{"sequences": {...}, "combined": {...}}``.
+
+    ``map_fn(score, files)`` runs the per-sequence scoring (default: serially
+    here; ``jobs.evaluate`` passes one that fans out as Ray tasks).
+    """
+    files = find_sequence_files(gt_root, results_dir, sequences)
+    score = functools.partial(score_sequence_files, benchmark=benchmark, half=half, cfg=cfg)
+    evaluations = map_fn(score, files) if map_fn is not None else [score(f) for f in files]
     return summarize_sequences(evaluations)
 
 
