@@ -15,7 +15,6 @@ runtime itself is not counted).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import subprocess

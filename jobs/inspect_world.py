@@ -10,7 +10,6 @@ Works on the generated synthetic world and on real data laid out the same way
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kdtrack.config import TrainConfig
+from kdtrack.losses.distributed import is_distributed
 from kdtrack.models.teacher_targets import teacher_embeddings
 
 MODEL_INPUT_KEY = "image"
@@ -86,7 +87,7 @@ def attach_teacher_targets(teacher: nn.Module, batch: dict[str, torch.Tensor],
 def average_gradients(module: nn.Module) -> None:
     """All-reduce-mean the gradients of ``module`` (the criterion's uncertainty weights / classifier,
     which DDP does not see); a no-op without an initialised multi-process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return
     world = dist.get_world_size()
     for p in module.parameters():

@@ -143,7 +143,6 @@ def encode_targets(
             raise ValueError(f"{where}{n} boxes but teacher embeddings of shape {teacher_embeddings.shape}")
 
     K = int(max_objects)
-    R = (2 * centre_region_radius + 1) ** 2
     heatmap = np.zeros((h, w), np.float32)
     index = np.zeros((K,), np.int64)
     mask = np.zeros((K,), bool)

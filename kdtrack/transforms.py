@@ -232,7 +232,7 @@ class BoxAugment:
             raise ValueError(f"BoxAugment: expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
         t = check_target(target)
         h, w = image.shape[:2]
-        n, m = len(t["boxes_xyxy"]), len(t["ignore_boxes_xyxy"])
+        m = len(t["ignore_boxes_xyxy"])
         # Person rows carry their original index (>= 0); ignore rows carry -1 - j.
         tags = np.concatenate([t["box_index"], -1 - np.arange(m, dtype=np.int64)])
         sample = {

@@ -12,10 +12,15 @@ import torch
 import torch.distributed as dist
 
 
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 @torch.no_grad()
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` (``(n_r, ...)`` on rank r) over all ranks along dim 0, in rank order."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return tensor
     world = dist.get_world_size()
     tensor = tensor.contiguous()

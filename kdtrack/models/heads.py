@@ -12,7 +12,6 @@ tiny world it reached a peak score of 0.18 after 150 iterations, against
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 FINAL_WEIGHT_STD = 0.001  # std of the final 1x1 conv weights of every head
