@@ -220,3 +220,30 @@ def test_inference_gpus_auto_and_explicit():
     # auto (-1) in-process: one GPU exactly when torch sees CUDA (never required)
     expected = 1.0 if torch.cuda.is_available() else 0.0
     assert inference_gpus(EvalConfig(), use_ray=False) == expected
+
+
+def test_bad_inputs_name_the_path(tiny_world: Path, tmp_path: Path):
+    """No sequences under --data-root, a missing frame, a manifest-less person search: clear errors."""
+    import shutil
+
+    from jobs.evaluate import main as evaluate_main
+    from jobs.evaluate import run_mot_checkpoint
+
+    cfg = load_config("tiny")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        run_mot_checkpoint(tmp_path / "ckpt.pt", tmp_path, tmp_path / "res", cfg, use_ray=False)
+
+    seq_dir = tmp_path / "SEQ"
+    shutil.copytree(list_sequences(tiny_world / "MOT17" / "train")[0], seq_dir)
+    missing = seq_dir / "img1" / "000003.jpg"
+    missing.unlink()
+    info = read_seqinfo(seq_dir)
+    gt = read_gt(seq_dir / "gt" / "gt.txt")
+    frames = list(split_frames(info.seq_length, "all"))
+    net = OracleNet(oracle_outputs(gt, frames, (info.im_width, info.im_height),
+                                   (cfg.model.input_height, cfg.model.input_width)))
+    with pytest.raises(OSError, match="000003.jpg"):
+        track_sequence(Detector(net, cfg, torch.device("cpu")), seq_dir, cfg.tracker)
+
+    with pytest.raises(SystemExit, match="needs --manifest"):
+        evaluate_main(["person-search", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "m.json")])
