@@ -3,7 +3,12 @@
 Used by ``jobs.evaluate`` (and by any job that evaluates a checkpoint). With
 ``run_id`` the numbers land in that (training) run, so a run's checkpoint and
 its scores sit together; without it a new run is created in ``experiment``,
-tagged with the checkpoint it evaluated.
+tagged with the checkpoint it evaluated. Metrics are logged at ``step`` = the
+checkpoint's training iteration: several checkpoints of one run evaluated
+into one MLflow run draw a curve against training progress.
+
+Only the driver calls this: workers hand their rows and metrics back, so no
+worker needs to reach the tracking server or a shared disk.
 """
 
 from __future__ import annotations
@@ -79,13 +84,15 @@ def log_evaluation_to_mlflow(
     rendered_frames: Sequence[str | Path] = (),
     params: Mapping[str, Any] | None = None,
     staging_dir: str | Path | None = None,
+    step: int = 0,
+    artifact_subdir: str = "",
 ) -> str:
-    """Log ``metrics`` for ``dataset`` (e.g. "MOT17-val") and return the run id.
+    """Log ``metrics`` for ``dataset`` (e.g. "MOT17-val") at ``step`` and return the run id.
 
-    Artifacts go under ``eval/<dataset>/``: ``metrics.json``, ``sequences.csv``
-    (MOT only), ``results/`` (tracker output files) and ``frames/`` (rendered
-    frames handed in by the caller). ``staging_dir`` holds the table files
-    before upload (a temp dir when None).
+    Artifacts go under ``eval/<dataset>/`` (``eval/<dataset>/<artifact_subdir>/`` when given: one
+    folder per checkpoint of a multi-checkpoint evaluation): ``metrics.json``, ``sequences.csv``
+    (MOT only), ``results/`` (tracker output files) and ``frames/`` (rendered frames handed in
+    by the caller). ``staging_dir`` holds the table files before upload (a temp dir when None).
     """
     from mlflow.entities import Metric  # imported here: scoring without MLflow stays light
     from mlflow.tracking import MlflowClient
@@ -105,11 +112,11 @@ def log_evaluation_to_mlflow(
     try:
         timestamp = int(time.time() * 1000)
         values = scalar_metrics(metrics, dataset)
-        client.log_batch(run_id, metrics=[Metric(k, v, timestamp, 0) for k, v in values.items()])
+        client.log_batch(run_id, metrics=[Metric(k, v, timestamp, int(step)) for k, v in values.items()])
         if params:
             for key, value in params.items():
                 client.log_param(run_id, f"{dataset}/{key}", value)
-        base = f"eval/{dataset}"
+        base = f"eval/{dataset}/{artifact_subdir}" if artifact_subdir else f"eval/{dataset}"
         with tempfile.TemporaryDirectory() as tmp:
             stage = Path(staging_dir or tmp)
             stage.mkdir(parents=True, exist_ok=True)

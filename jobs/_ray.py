@@ -1,9 +1,67 @@
-"""The one place jobs start Ray and fan work out as tasks (kdtrack/ itself never imports ray)."""
+"""The one place jobs start Ray and fan work out (kdtrack/ itself never imports ray).
+
+Two shapes of work:
+
+* :func:`map_tasks` — stateless Ray tasks (scoring files, generating shards);
+* :func:`run_actor_pool` — a pool of actors that each build something expensive once (a
+  network) and then take work items one at a time, as they free up. Every item comes back as an
+  :class:`Outcome` (its value, or its error as one line), so one failure never drops the others.
+
+Retries. A worker process that dies (node lost, out-of-memory kill) is restarted by Ray and the
+item re-run (``max_restarts`` / ``max_task_retries``). Exceptions raised by the work itself are
+retried only when another attempt may succeed: :data:`RETRY_EXCEPTIONS` (timeouts, dropped
+connections, and :class:`TransientError`, which :func:`transient_errors` makes of an ``OSError``
+whose errno says "try again": ``EIO``, ``ESTALE`` on NFS, ...). A corrupt image or a missing file
+fails at once, with its message.
+"""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import errno
 import functools
-from typing import Any, Callable, Sequence
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET,
+                              errno.ECONNABORTED, errno.EBUSY, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+class TransientError(RuntimeError):
+    """An error that another attempt may not hit (shared storage hiccup); Ray retries it."""
+
+
+RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (TransientError, TimeoutError, ConnectionError)
+
+
+@contextlib.contextmanager
+def transient_errors() -> Iterator[None]:
+    """Inside a task: an ``OSError`` with a "try again" errno is re-raised as :class:`TransientError`."""
+    try:
+        yield
+    except RETRY_EXCEPTIONS:
+        raise
+    except OSError as exc:
+        if exc.errno in TRANSIENT_ERRNOS:
+            raise TransientError(str(exc)) from exc
+        raise
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a failed item: the task's own exception (Ray's wrapper and traceback left out)."""
+    if "ray" in sys.modules:
+        import ray.exceptions
+
+        if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
+            exc = exc.cause
+        elif isinstance(exc, ray.exceptions.RayActorError):
+            return f"worker died: {str(exc).strip().splitlines()[0]}"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def ensure_ray():
@@ -16,14 +74,232 @@ def ensure_ray():
 
 
 def map_tasks(fn: Callable[..., Any], args_list: Sequence[tuple], *, use_ray: bool = True,
-              num_cpus: float = 1.0, num_gpus: float = 0.0, **kwargs: Any) -> list[Any]:
+              num_cpus: float = 1.0, num_gpus: float = 0.0, max_retries: int = 2, **kwargs: Any) -> list[Any]:
     """``[fn(*args, **kwargs) for args in args_list]``, as parallel Ray tasks when ``use_ray``
-    and there is more than one item (order kept); in this process otherwise."""
+    and there is more than one item (order kept); in this process otherwise.
+
+    A task is re-run up to ``max_retries`` times when its worker dies or it raises one of
+    :data:`RETRY_EXCEPTIONS`; any other error is raised here (the first one)."""
     if not (use_ray and len(args_list) > 1):
         return [fn(*args, **kwargs) for args in args_list]
     prefix: tuple = ()
     if isinstance(fn, functools.partial):  # ray.remote takes plain functions only
         fn, prefix, kwargs = fn.func, fn.args, {**fn.keywords, **kwargs}
     ray = ensure_ray()
-    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(fn)
+    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
+                      retry_exceptions=list(RETRY_EXCEPTIONS))(fn)
     return ray.get([task.remote(*prefix, *args, **kwargs) for args in args_list])
+
+
+# --------------------------------------------------------------------------- actor pools
+
+
+@dataclass
+class Outcome:
+    """What became of one work item: its value, or the one-line error that stopped it."""
+
+    index: int
+    value: Any = None
+    error: str | None = None
+    seconds: float = 0.0  # submission (or, in-process, start) to completion
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class PoolReport:
+    """Outcomes in item order, and what each started worker reported from ``ready()``."""
+
+    outcomes: list[Outcome]
+    workers: list[dict] = field(default_factory=list)
+    gpu_requests_dropped: int = 0  # actors that asked for a GPU, did not start in time and were replaced by CPU ones
+
+
+def plan_actor_gpus(num_items: int, *, num_actors: int, num_cpus: float, num_gpus: float) -> list[float]:
+    """GPUs each actor of a pool asks for; the list's length is the pool size.
+
+    ``num_gpus >= 0`` is asked by every actor. ``num_gpus < 0`` (auto) decides *as the pool
+    starts*, from the GPUs free right now (``ray.available_resources()``), not from the cluster's
+    total: one GPU for each of as many actors as there are free GPUs, CPU for the rest. A GPU taken
+    between this call and the actor's start only delays that actor; :func:`run_actor_pool` replaces
+    it by a CPU actor after ``start_timeout_s``. ``num_actors <= 0`` sizes the pool to the free
+    GPUs (auto) or else to the free CPUs at ``num_cpus`` each; never more actors than items.
+    """
+    import ray
+
+    free = ray.available_resources()
+    free_gpus = int(free.get("GPU", 0.0) + 1e-9)
+    if num_actors > 0:
+        size = num_actors
+    elif num_gpus < 0 and free_gpus:
+        size = free_gpus
+    elif num_gpus > 0:
+        size = max(1, int(free.get("GPU", 0.0) / num_gpus + 1e-9))
+    else:
+        size = max(1, int(free.get("CPU", 0.0) / num_cpus + 1e-9)) if num_cpus > 0 else num_items
+    size = max(1, min(size, num_items))
+    if num_gpus >= 0:
+        return [float(num_gpus)] * size
+    with_gpu = min(size, free_gpus)
+    return [1.0] * with_gpu + [0.0] * (size - with_gpu)
+
+
+def run_actor_pool(
+    worker_cls: type,
+    worker_kwargs: dict[str, Any],
+    calls: Sequence[tuple[str, tuple]],
+    *,
+    use_ray: bool = True,
+    local_kwargs: dict[str, Any] | None = None,
+    num_actors: int = 0,
+    num_cpus: float = 1.0,
+    num_gpus: float = -1.0,
+    max_restarts: int = 2,
+    max_task_retries: int = 2,
+    start_timeout_s: float = 120.0,
+    on_done: Callable[[Outcome], None] | None = None,
+    on_ready: Callable[[dict], None] | None = None,
+) -> PoolReport:
+    """Run ``getattr(worker, method)(*args)`` for each ``(method, args)`` of ``calls`` on a pool of workers.
+
+    ``worker_cls(**worker_kwargs)`` is built once per actor (``use_ray``) or once in this process
+    (``local_kwargs`` updating the kwargs there); it must have a ``ready()`` method returning a
+    dict (device, node, ...) that is called as it starts. Items go to whichever actor is free, in
+    order, so actors that start late or run slow (CPU beside GPU) just take fewer. Actors are
+    spread over nodes (``SPREAD``), asked for ``num_cpus`` each and GPUs per
+    :func:`plan_actor_gpus`; every actor is killed at the end. ``on_done(outcome)`` is called on
+    this (driver) side as each item finishes, ``on_ready(info)`` as each worker starts.
+    """
+    if not use_ray:
+        return _run_local(worker_cls, {**worker_kwargs, **(local_kwargs or {})}, calls,
+                          max_task_retries=max_task_retries, on_done=on_done, on_ready=on_ready)
+    ray = ensure_ray()
+    outcomes: list[Outcome | None] = [None] * len(calls)
+    report = PoolReport(outcomes=[])
+    if not calls:
+        return report
+    remote_cls = ray.remote(worker_cls)
+    pending: dict[Any, tuple[Any, float, float]] = {}  # ready() ref -> (actor, gpus, started at)
+    actors: list[Any] = []
+    idle: list[Any] = []
+    busy: dict[Any, tuple[Any, int, float]] = {}  # call ref -> (actor, item, submitted at)
+    queue = collections.deque(range(len(calls)))
+    start_errors: list[str] = []
+    warned_waiting = False
+
+    def start(gpus: float) -> None:
+        actor = remote_cls.options(
+            num_cpus=num_cpus, num_gpus=gpus, max_restarts=max_restarts, max_task_retries=max_task_retries,
+            scheduling_strategy="SPREAD",
+        ).remote(**worker_kwargs)
+        actors.append(actor)
+        pending[actor.ready.remote()] = (actor, gpus, time.monotonic())
+
+    def finish(outcome: Outcome) -> None:
+        outcomes[outcome.index] = outcome
+        if on_done is not None:
+            on_done(outcome)
+
+    try:
+        for gpus in plan_actor_gpus(len(calls), num_actors=num_actors, num_cpus=num_cpus, num_gpus=num_gpus):
+            start(gpus)
+        while queue or busy:
+            while idle and queue:
+                actor, index = idle.pop(), queue.popleft()
+                method, args = calls[index]
+                ref = getattr(actor, method).options(retry_exceptions=list(RETRY_EXCEPTIONS)).remote(*args)
+                busy[ref] = (actor, index, time.monotonic())
+            if not busy and not pending:  # every actor failed to start or died
+                reason = start_errors[-1] if start_errors else "no worker left"
+                while queue:
+                    finish(Outcome(queue.popleft(), error=f"no worker could run it ({reason})"))
+                break
+            done, _ = ray.wait(list(busy) + list(pending), num_returns=1, timeout=1.0 if pending else None)
+            now = time.monotonic()
+            for ref, (actor, gpus, started) in list(pending.items()):
+                if gpus > 0 and num_gpus < 0 and now - started > start_timeout_s:
+                    del pending[ref]  # auto mode: the GPU went elsewhere; run on CPU instead of waiting
+                    ray.kill(actor)
+                    report.gpu_requests_dropped += 1
+                    start(0.0)
+            if not busy and not idle and not warned_waiting and any(
+                    now - started > start_timeout_s for _, _, started in pending.values()):
+                warned_waiting = True
+                print(f"waiting for Ray to place {len(pending)} actor(s) of {num_cpus} CPU "
+                      f"(free now: {ray.available_resources()})", flush=True)
+            if not done or done[0] not in busy and done[0] not in pending:
+                continue
+            ref = done[0]
+            if ref in pending:
+                actor, _, _ = pending.pop(ref)
+                try:
+                    info = ray.get(ref)
+                except Exception as exc:  # the constructor raised: this actor is gone
+                    start_errors.append(describe_error(exc))
+                    continue
+                report.workers.append(info)
+                if on_ready is not None:
+                    on_ready(info)
+                idle.append(actor)
+                continue
+            actor, index, submitted = busy.pop(ref)
+            try:
+                value = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:  # died for good (restarts used up): drop it
+                finish(Outcome(index, error=describe_error(exc), seconds=time.monotonic() - submitted))
+                continue
+            except Exception as exc:
+                finish(Outcome(index, error=describe_error(exc), seconds=time.monotonic() - submitted))
+            else:
+                finish(Outcome(index, value=value, seconds=time.monotonic() - submitted))
+            idle.append(actor)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    report.outcomes = [o if o is not None else Outcome(i, error="not run") for i, o in enumerate(outcomes)]
+    return report
+
+
+def _run_local(worker_cls: type, worker_kwargs: dict[str, Any], calls: Sequence[tuple[str, tuple]], *,
+               max_task_retries: int, on_done: Callable[[Outcome], None] | None,
+               on_ready: Callable[[dict], None] | None) -> PoolReport:
+    """:func:`run_actor_pool` in this process: one worker, items in order, the same retry rule."""
+    report = PoolReport(outcomes=[])
+    if not calls:
+        return report
+    worker = worker_cls(**worker_kwargs)
+    info = worker.ready()
+    report.workers.append(info)
+    if on_ready is not None:
+        on_ready(info)
+    for index, (method, args) in enumerate(calls):
+        start = time.monotonic()
+        for attempt in range(max_task_retries + 1):
+            try:
+                outcome = Outcome(index, value=getattr(worker, method)(*args))
+                break
+            except RETRY_EXCEPTIONS as exc:
+                outcome = Outcome(index, error=describe_error(exc))
+            except Exception as exc:
+                outcome = Outcome(index, error=describe_error(exc))
+                break
+        outcome.seconds = time.monotonic() - start
+        report.outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome)
+    return report
+
+
+def worker_location() -> dict[str, Any]:
+    """Where this worker runs: ``{"node": Ray node id or "local", "pid"}`` (for progress lines)."""
+    node = "local"
+    try:
+        import ray
+
+        if ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()[:8]
+    except Exception:  # outside Ray, or a context without a node
+        pass
+    return {"node": node, "pid": os.getpid()}

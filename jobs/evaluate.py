@@ -1,6 +1,6 @@
 """Evaluate tracking and person search; write ``metrics.json`` and optionally log to MLflow.
 
-Modes (argparse subcommands; more, e.g. a checkpoint-driven ``mot``, plug in beside them):
+Modes (argparse subcommands):
 
 * ``mot-files``: score MOTChallenge tracker files against gt::
 
@@ -12,38 +12,69 @@ Modes (argparse subcommands; more, e.g. a checkpoint-driven ``mot``, plug in bes
   one sequence are scored as parallel Ray tasks (``ray.init()`` when Ray is not
   initialised; ``RAY_ADDRESS`` is honoured), ``--no-ray`` scores serially.
 
-* ``mot``: run a checkpoint over MOT17-style sequences (letterbox, decode,
-  tracker; one Ray task per sequence, on a GPU when the cluster has one —
-  ``eval.gpus_per_sequence``, -1 = auto), write MOTChallenge result files, then score them as ``mot-files``::
+* ``mot``: run one or more checkpoints over MOT17-style sequences (letterbox,
+  decode, tracker) and score them the MOT17 way::
 
-    python -m jobs.evaluate mot --checkpoint CKPT --data-root MOT17/train \
-        [--half val] [--association both|boxes|embeddings] \
+    python -m jobs.evaluate mot --checkpoint CKPT [CKPT ...] --data-root MOT17/train \\
+        [--half val] [--detector DPM|FRCNN|SDP|all] [--association both|boxes|embeddings] \\
         [--embedder student|teacher --teacher-checkpoint T] --out metrics.json
 
-  The network comes from the checkpoint; decode, tracker and eval thresholds
-  from ``--config``/``--set`` (FairMOT's defaults). Network FPS (pre-processing,
-  forward, decode) and association FPS (``Tracker.update``) are reported apart.
+  Each sequence is tracked once: of MOT17's three per-detector copies (the
+  same frames) the first is kept, or the ``--detector`` one. Sequences go to a
+  pool of Ray actors (``eval.num_actors``, ``eval.cpus_per_actor``, a GPU each
+  when one is free as the actor starts: ``eval.gpus_per_sequence``) that build
+  each checkpoint's network once and take sequences as they free up; an actor
+  tracks a sequence, scores it against its gt and hands rows, counts and
+  rendered frames back, so only this driver writes files (atomically) and logs
+  to MLflow: no shared disk for results. A sequence that fails (after
+  ``eval.task_retries`` retries of transient errors) is reported by name; the
+  others are written and the job exits 1. The network comes from the
+  checkpoint; decode, tracker and eval thresholds from ``--config``/``--set``.
+  Network FPS (pre-processing, forward, decode) and association FPS
+  (``Tracker.update``) are reported apart.
 
-* ``person-search``: mAP / top-k from precomputed detections and embeddings in
-  the npz layout of ``kdtrack.metrics.person_search.NPZ_FORMAT``::
+* ``person-search``: mAP / top-k, from precomputed detections and embeddings in
+  the npz layout of ``kdtrack.metrics.person_search.NPZ_FORMAT``, or from one or
+  more checkpoints and a manifest (the same actor pool: every test image goes
+  through the network once, in batches, and the query boxes drawn in it are
+  embedded from that same pass)::
 
     python -m jobs.evaluate person-search --detections dets.npz [--gallery-size 100|-1] --out metrics.json
+    python -m jobs.evaluate person-search --checkpoint CKPT [CKPT ...] --manifest M --out metrics.json
+
+* ``reid``: oracle-box re-identification (``kdtrack.reid_probe``): the identity
+  embedding read at every ground-truth box, scored by retrieval (mAP, CMC) on
+  the person-search split (cross-camera) and the MOT17 val halves (cross-time),
+  with baselines (random-init student, colour histogram) on the same boxes::
+
+    python -m jobs.evaluate reid --checkpoint CKPT --world W [--split test] \
+        [--baselines random,colour] [--teacher-checkpoint T] [--out metrics.json]
+
+``--checkpoint`` (mot, person-search) takes files, folders holding
+``checkpoint.pt``, or a training run's folder (``jobs.train --out``): every
+checkpoint below it. Each is logged at its training iteration as the MLflow
+step, into one run, and the printed table has one row per checkpoint; with
+several, ``metrics.json`` is ``{"checkpoints": [{"checkpoint", "iteration",
+"metrics"}, ...]}``.
 
 Metrics are fractions in 0..1 in the JSON; the printed table shows percent.
+A bad config key or input path stops ``python -m jobs.evaluate`` with one line
+naming it and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from jobs._mlflow_eval import log_evaluation_to_mlflow
-from jobs._ray import ensure_ray, map_tasks
-from kdtrack.config import Config, EvalConfig, load_config
+from jobs._ray import PoolReport, ensure_ray, map_tasks, run_actor_pool, transient_errors, worker_location
+from kdtrack.config import Config, ConfigError, EvalConfig, load_config
+from kdtrack.formats.common import FormatError
 from kdtrack.io import atomic_write_json
 from kdtrack.metrics.mot import BENCHMARKS, format_table
 from kdtrack.metrics.mot_files import HALVES, evaluate_mot_files
@@ -55,7 +86,18 @@ from kdtrack.metrics.person_search import (
     save_person_search_npz,
 )
 
-__all__ = ["log_evaluation_to_mlflow", "score_mot_results", "score_person_search", "main"]
+__all__ = [
+    "EvaluationFailed", "InputError", "InferenceWorker", "cli", "log_evaluation_to_mlflow", "main",
+    "person_search_checkpoints", "run_mot_checkpoints", "run_reid", "score_mot_results", "score_person_search",
+]
+
+
+class InputError(ValueError):
+    """A bad path or argument, found on the driver before any work starts; the message names it."""
+
+
+class EvaluationFailed(RuntimeError):
+    """Some sequences or image batches failed (each reported by name); what finished was written."""
 
 
 # --------------------------------------------------------------------------- MOT
@@ -79,7 +121,8 @@ def score_mot_results(
     cfg = cfg or EvalConfig()
 
     def ray_map(score, files):
-        return map_tasks(score, [(f,) for f in files], use_ray=use_ray, num_cpus=cfg.cpus_per_sequence)
+        return map_tasks(score, [(f,) for f in files], use_ray=use_ray, num_cpus=cfg.cpus_per_sequence,
+                         max_retries=cfg.task_retries)
 
     return evaluate_mot_files(gt_root, results_dir, benchmark=benchmark, half=half, sequences=sequences,
                               cfg=cfg, map_fn=ray_map)
@@ -90,67 +133,435 @@ def default_dataset_name(benchmark: str, half: str) -> str:
     return f"{benchmark}-val" if half == "val" else benchmark
 
 
-# --------------------------------------------------------------------------- MOT from a checkpoint
+# --------------------------------------------------------------------------- checkpoints
 
 
-def track_sequence_to_file(
-    checkpoint: str,
-    seq_dir: str,
-    results_path: str,
-    config: dict[str, Any],
-    *,
-    split: str = "all",
-    embedder: str = "student",
-    teacher_checkpoint: str = "",
-    render_dir: str = "",
-    use_gpu: bool = False,
-) -> dict[str, Any]:
-    """One sequence: checkpoint -> tracker -> ``results_path`` (MOTChallenge rows), atomically.
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint to evaluate."""
 
-    Runs inside a Ray task (or in-process); returns timings and rendered frame paths.
+    path: str  # the checkpoint file
+    iteration: int  # its training iteration: the MLflow step of its metrics
+    label: str = ""  # sub-folder for its results, frames and MLflow artifacts when several are evaluated
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """How a worker gets one checkpoint's network.
+
+    With Ray the driver ships the weights through the object store (``shipped`` holds the
+    ``ObjectRef`` inside a list, so Ray does not fetch it for every call): a worker fetches
+    them once and needs no access to the file. In-process, the worker reads ``key``.
     """
-    import cv2
-    import numpy as np
 
-    from kdtrack.formats.mot import read_seqinfo, split_frames, write_results
-    from kdtrack.inference import track_sequence
-    from kdtrack.io import atomic_write_bytes
+    key: str  # the checkpoint file; a worker keeps the network it last built, by this key
+    shipped: list | None = None  # [ObjectRef of {"model": state_dict, "config": Config}], or None
 
-    detector, embed_fn = _build_detector(checkpoint, config, embedder, teacher_checkpoint, use_gpu)
-    cfg = detector.cfg
-    num_render = cfg.eval.render_frames if render_dir else 0
-    n = len(split_frames(read_seqinfo(seq_dir).seq_length, split))
-    render = sorted({int(round(x)) for x in np.linspace(1, n, num_render)}) if num_render else []
-    run = track_sequence(detector, seq_dir, cfg.tracker, split=split,
-                         embed_fn=embed_fn, render_frames=render)
-    write_results(results_path, run.rows)
-    frames = []
-    for frame, image in sorted(run.rendered.items()):
-        ok, encoded = cv2.imencode(".jpg", image)
-        if ok:
-            path = Path(render_dir) / f"{run.name}_{frame:06d}.jpg"
-            atomic_write_bytes(path, encoded.tobytes())
-            frames.append(str(path))
-    return {
-        "name": run.name,
-        "frames": run.num_frames,
-        "detections": run.num_detections,
-        "network_seconds": run.network_seconds,
-        "association_seconds": run.association_seconds,
-        "rendered": frames,
-        "device": str(detector.device),
-    }
+
+def load_checkpoint_infos(paths: Sequence[str | Path]) -> list[CheckpointInfo]:
+    """The checkpoints named by ``--checkpoint`` arguments, each read once here (a bad one stops here).
+
+    An argument is a checkpoint file; a folder holding ``checkpoint.pt``; or a training run's folder
+    (``jobs.train --out``, or its Ray Train run folder), which stands for every ``checkpoint.pt``
+    below it in iteration order; its top-level ``checkpoint.pt`` (the copy ``jobs.train`` makes of
+    the last one) is kept only when no checkpoint below has its iteration.
+    """
+    from kdtrack.checkpoint import CHECKPOINT_NAME
+
+    infos: list[CheckpointInfo] = []
+    for arg in paths:
+        path = Path(arg).resolve()
+        if not path.is_dir():
+            infos.append(_checkpoint_info(path))
+            continue
+        below = sorted(p for p in path.rglob(CHECKPOINT_NAME) if p.parent != path)
+        top = path / CHECKPOINT_NAME
+        if not below and not top.is_file():
+            raise InputError(f"{path}: no {CHECKPOINT_NAME} in it or below it")
+        group = [_checkpoint_info(p) for p in below]
+        if top.is_file():
+            final = _checkpoint_info(top)
+            if all(info.iteration != final.iteration for info in group):
+                group.append(final)
+        infos.extend(sorted(group, key=lambda info: info.iteration))
+    if len(infos) > 1:
+        labels: dict[str, int] = {}
+        for i, info in enumerate(infos):
+            label = f"iter_{info.iteration:07d}"
+            labels[label] = labels.get(label, 0) + 1
+            infos[i] = replace(info, label=label if labels[label] == 1 else f"{label}_{labels[label]}")
+    return infos
+
+
+def _checkpoint_info(path: Path) -> CheckpointInfo:
+    from kdtrack.checkpoint import load_checkpoint
+
+    try:
+        state = load_checkpoint(path, map_location="cpu")
+    except (OSError, ValueError) as exc:  # missing, unreadable, not a kdtrack checkpoint: the message names it
+        raise InputError(str(exc)) from None
+    return CheckpointInfo(str(path), int(state.get("iteration", 0)))
+
+
+def _model_handles(checkpoints: Sequence[CheckpointInfo], use_ray: bool) -> list[ModelHandle]:
+    """One handle per checkpoint; with Ray the student weights go into the object store once each."""
+    if not use_ray:
+        return [ModelHandle(c.path) for c in checkpoints]
+    from kdtrack.checkpoint import load_checkpoint
+
+    ray = ensure_ray()
+    handles = []
+    for c in checkpoints:
+        state = load_checkpoint(c.path, map_location="cpu")
+        handles.append(ModelHandle(c.path, [ray.put({"model": state["model"], "config": state["config"]})]))
+        del state
+    return handles
+
+
+# --------------------------------------------------------------------------- the inference worker
+
+
+class InferenceWorker:
+    """Runs checkpoints over MOT sequences and person-search images: one per Ray actor, or one
+    in-process (``--no-ray``).
+
+    Its device is decided when it starts: inside an actor, CUDA exactly when Ray granted the actor a
+    GPU (``ray.get_gpu_ids()``), so one pool may mix GPU and CPU actors and nothing depends on a
+    snapshot of the cluster taken earlier; in-process, the ``device`` passed. It keeps the network
+    of the checkpoint it last ran (``model_builds`` counts the builds) and the teacher, built once.
+    """
+
+    def __init__(self, config: dict[str, Any], *, embedder: str = "student", teacher_checkpoint: str = "",
+                 device: str | None = None, num_threads: int = 0):
+        import torch
+
+        from kdtrack.config import config_from_dict
+
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        if device is None:  # a Ray actor: use the GPU Ray granted it, if any
+            import ray
+
+            device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.cfg = config_from_dict(config)
+        self.embedder = embedder
+        self.teacher_checkpoint = teacher_checkpoint
+        self.model_builds = 0
+        self._key: str | None = None
+        self._detector = None
+        self._embed_fn = None
+
+    def ready(self) -> dict[str, Any]:
+        """Where and on what this worker runs (called once as it starts)."""
+        import torch
+
+        return {"device": str(self.device), "threads": torch.get_num_threads(), **worker_location()}
+
+    def _network(self, model: ModelHandle):
+        """``(Detector, embed_fn)`` for ``model``, built only when it differs from the last one."""
+        if model.key != self._key:
+            from kdtrack.checkpoint import load_checkpoint
+            from kdtrack.inference import Detector, student_from_state
+
+            if model.shipped is not None:
+                import ray
+
+                state = ray.get(model.shipped[0])
+            else:
+                state = load_checkpoint(model.key, map_location="cpu")
+            ckpt_cfg = state["config"]
+            # the network comes from the checkpoint; thresholds and protocols from this job's config
+            cfg = replace(ckpt_cfg, decode=self.cfg.decode, tracker=self.cfg.tracker, eval=self.cfg.eval,
+                          teacher=self.cfg.teacher)
+            self._detector = Detector(student_from_state(state["model"], ckpt_cfg, self.device), cfg, self.device)
+            self._key = model.key
+            self.model_builds += 1
+        if self.embedder == "teacher" and self._embed_fn is None:
+            from kdtrack.inference import load_teacher, teacher_embed_fn
+
+            teacher = load_teacher(self.cfg.teacher, self.teacher_checkpoint, self.device)
+            self._embed_fn = teacher_embed_fn(teacher, (self.cfg.teacher.crop_height, self.cfg.teacher.crop_width),
+                                              self.device)
+        return self._detector, self._embed_fn
+
+    def track(self, model: ModelHandle, seq_dir: str, half: str, num_render: int) -> dict[str, Any]:
+        """Track one sequence and score it against its gt; rows, counts and frames come back (no files)."""
+        import cv2
+        import numpy as np
+
+        from kdtrack.formats.mot import read_seqinfo, split_frames
+        from kdtrack.inference import track_sequence
+
+        split = "val_half" if half == "val" else "all"
+        with transient_errors():
+            detector, embed_fn = self._network(model)
+            n = len(split_frames(read_seqinfo(seq_dir).seq_length, split))
+            render = sorted({int(round(x)) for x in np.linspace(1, n, num_render)}) if num_render > 0 else []
+            run = track_sequence(detector, seq_dir, detector.cfg.tracker, split=split, embed_fn=embed_fn,
+                                 render_frames=render)
+            evaluation = score_sequence_rows(seq_dir, run.rows, half, detector.cfg.eval)
+        rendered = {}
+        for frame, image in sorted(run.rendered.items()):
+            ok, encoded = cv2.imencode(".jpg", image)
+            if ok:
+                rendered[frame] = encoded.tobytes()
+        return {
+            "name": Path(seq_dir).name, "rows": run.rows, "evaluation": evaluation, "frames": run.num_frames,
+            "detections": run.num_detections, "network_seconds": run.network_seconds,
+            "association_seconds": run.association_seconds, "rendered": rendered, "device": str(self.device),
+            "model_builds": self.model_builds, **worker_location(),
+        }
+
+    def detect(self, model: ModelHandle, image_paths: list[str], query_boxes_xyxy: list) -> dict[str, Any]:
+        """Detections of each image and the embeddings of the query boxes drawn in it, one pass per image."""
+        from kdtrack.inference import detect_and_embed_images
+
+        with transient_errors():
+            detector, embed_fn = self._network(model)
+            results = detect_and_embed_images(detector, image_paths, query_boxes_xyxy, embed_fn=embed_fn,
+                                              batch_size=self.cfg.eval.ps_batch_images)
+        return {"results": [(d.boxes_xyxy, d.scores, d.embeddings, q) for d, q in results],
+                "device": str(self.device), "model_builds": self.model_builds, **worker_location()}
+
+
+def score_sequence_rows(seq_dir: str | Path, rows, half: str, cfg: EvalConfig):
+    """Score tracker rows (frames of the split, from 1) against ``<seq_dir>/gt/gt.txt`` as MOT17:
+    the ``SequenceEvaluation`` that :func:`kdtrack.metrics.mot.summarize_sequences` combines."""
+    from kdtrack.formats import mot as mot_format
+    from kdtrack.metrics.mot import evaluate_sequence
+
+    seq_dir = Path(seq_dir)
+    seq_length = mot_format.read_seqinfo(seq_dir).seq_length
+    gt = mot_format.read_gt(seq_dir / "gt" / "gt.txt")
+    if half == "val":
+        gt = mot_format.slice_rows_half(gt, seq_length, "val_half")
+        seq_length = len(mot_format.split_frames(seq_length, "val_half"))
+    return evaluate_sequence(seq_dir.name, gt, rows, seq_length, benchmark="MOT17", cfg=cfg)
 
 
 def inference_gpus(cfg: EvalConfig, use_ray: bool) -> float:
-    """GPUs per inference task: the configured number, or (-1) one when GPUs exist, else 0."""
+    """GPUs for in-process inference (``reid``, ``--no-ray``): the configured number, or (-1) one when
+    a GPU is usable here (``use_ray``: free in the cluster right now), else 0. Actor pools decide per
+    actor instead (:func:`jobs._ray.plan_actor_gpus`)."""
     if cfg.gpus_per_sequence >= 0:
         return float(cfg.gpus_per_sequence)
     if use_ray:
-        return 1.0 if ensure_ray().cluster_resources().get("GPU", 0) > 0 else 0.0
+        return 1.0 if ensure_ray().available_resources().get("GPU", 0) >= 1 else 0.0
     import torch
 
     return 1.0 if torch.cuda.is_available() else 0.0
+
+
+def _pool_options(eval_cfg: EvalConfig, use_ray: bool) -> dict[str, Any]:
+    """``run_actor_pool`` keywords from ``eval.*``; in-process the worker gets the local device."""
+    from kdtrack.engine import select_device
+
+    return dict(
+        use_ray=use_ray, num_actors=eval_cfg.num_actors, num_cpus=eval_cfg.cpus_per_actor,
+        num_gpus=eval_cfg.gpus_per_sequence, max_restarts=eval_cfg.actor_max_restarts,
+        max_task_retries=eval_cfg.task_retries, start_timeout_s=eval_cfg.actor_start_timeout_s,
+        local_kwargs={"device": str(select_device(inference_gpus(eval_cfg, use_ray=False) > 0)),
+                      "num_threads": 0} if not use_ray else None,
+    )
+
+
+def _worker_kwargs(cfg: Config, embedder: str, teacher_checkpoint: str) -> dict[str, Any]:
+    from kdtrack.config import config_to_dict
+
+    if embedder == "teacher":
+        if not teacher_checkpoint:
+            raise InputError("--embedder teacher needs --teacher-checkpoint")
+        if not Path(teacher_checkpoint).is_file():
+            raise InputError(f"teacher checkpoint not found: {teacher_checkpoint}")
+    return {"config": config_to_dict(cfg), "embedder": embedder,
+            "teacher_checkpoint": str(Path(teacher_checkpoint).resolve()) if teacher_checkpoint else "",
+            "device": None, "num_threads": max(1, int(cfg.eval.cpus_per_actor))}
+
+
+class _Progress:
+    """tqdm on the driver, fed by finished work items: items done / total, units/s, ETA."""
+
+    def __init__(self, total_units: int, total_items: int, *, unit: str, items: str, desc: str, enabled: bool):
+        from tqdm import tqdm
+
+        self.items, self.total_items, self.done, self.failed = items, total_items, 0, 0
+        self.bar = tqdm(total=total_units, unit=unit, desc=desc, disable=not enabled, file=sys.stderr,
+                        dynamic_ncols=True, mininterval=0.5)
+        self.bar.set_postfix_str(f"{items} 0/{total_items}")
+
+    def update(self, units: int, ok: bool, line: str = "") -> None:
+        self.done += 1
+        self.failed += not ok
+        self.bar.update(units)
+        failed = f", {self.failed} failed" if self.failed else ""
+        self.bar.set_postfix_str(f"{self.items} {self.done}/{self.total_items}{failed}")
+        if line:
+            self.write(line)
+
+    def write(self, line: str) -> None:
+        if self.bar.disable:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            self.bar.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _describe_workers(report_workers: list[dict]) -> str:
+    devices: dict[str, int] = {}
+    for info in report_workers:
+        devices[info["device"]] = devices.get(info["device"], 0) + 1
+    nodes = {info["node"] for info in report_workers}
+    return (", ".join(f"{n} x {d}" for d, n in devices.items())
+            + f" on {len(nodes)} node{'s' if len(nodes) != 1 else ''}")
+
+
+def model_builds(report: PoolReport, outcomes_values: Sequence[dict]) -> int:
+    """Networks built over the pool: per worker (node, pid) the most it reported, summed."""
+    per_worker: dict[tuple, int] = {}
+    for value in outcomes_values:
+        key = (value["node"], value["pid"])
+        per_worker[key] = max(per_worker.get(key, 0), int(value["model_builds"]))
+    return sum(per_worker.values())
+
+
+# --------------------------------------------------------------------------- MOT from checkpoints
+
+
+@dataclass
+class CheckpointEvaluation:
+    """One checkpoint's evaluation: metrics of what finished and what failed (name -> one-line error)."""
+
+    checkpoint: CheckpointInfo | None
+    metrics: dict[str, Any]
+    failed: dict[str, str] = field(default_factory=dict)
+    result_files: list[Path] = field(default_factory=list)
+    rendered_frames: list[Path] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)  # MOT: per sequence frames, timings, device
+
+
+def mot_sequence_dirs(data_root: str | Path, sequences: Sequence[str] | None = None,
+                      detector: str | None = None) -> list[Path]:
+    """The sequence folders to track: one copy of each MOT17 sequence (the first, or the ``detector``
+    one; ``"all"`` keeps every copy), limited to ``sequences``; each must have ``gt/gt.txt``."""
+    from kdtrack.formats.mot import dedupe_detector_copies, list_sequences, sequence_base_name
+
+    data_root = Path(data_root).resolve()
+    seq_dirs = list_sequences(data_root)
+    if sequences:
+        names = set(sequences)
+        unknown = names - {d.name for d in seq_dirs} - {sequence_base_name(d.name) for d in seq_dirs}
+        if unknown:
+            raise InputError(f"{data_root}: no sequence named {', '.join(sorted(unknown))}")
+        seq_dirs = [d for d in seq_dirs if d.name in names or sequence_base_name(d.name) in names]
+    if detector != "all":
+        try:
+            seq_dirs = dedupe_detector_copies(seq_dirs, detector)
+        except FormatError:  # a missing copy: MissingFileError names it
+            raise
+        except ValueError as exc:  # an unknown detector name
+            raise InputError(str(exc)) from None
+    if not seq_dirs:
+        raise FileNotFoundError(f"no MOT sequences (folders with seqinfo.ini) under {data_root}")
+    for d in seq_dirs:
+        if not (d / "gt" / "gt.txt").is_file():
+            raise InputError(f"{d / 'gt' / 'gt.txt'}: not found (a sequence is scored against its gt)")
+    return seq_dirs
+
+
+def run_mot_checkpoints(
+    checkpoints: Sequence[str | Path],
+    data_root: str | Path,
+    results_dir: str | Path,
+    cfg: Config,
+    *,
+    half: str = "full",
+    sequences: Sequence[str] | None = None,
+    detector: str | None = None,
+    embedder: str = "student",
+    teacher_checkpoint: str = "",
+    render_dir: str | Path = "",
+    use_ray: bool = True,
+    progress: bool = True,
+) -> tuple[list[CheckpointEvaluation], PoolReport]:
+    """Track and score every sequence under ``data_root`` with every checkpoint.
+
+    Inputs are checked here first (sequences, gt, checkpoints, teacher). Work items are
+    (checkpoint, sequence) pairs on one pool (:class:`InferenceWorker`); as each comes back this
+    driver writes ``<results_dir>[/<label>]/<SEQ>.txt`` and the rendered frames under ``render_dir``
+    (atomically). Returns one :class:`CheckpointEvaluation` per checkpoint and the pool's report.
+    """
+    from kdtrack.formats.mot import read_seqinfo, split_frames, write_results
+    from kdtrack.io import atomic_write_bytes
+    from kdtrack.metrics.mot import summarize_sequences
+
+    seq_dirs = mot_sequence_dirs(data_root, sequences, detector)
+    worker_kwargs = _worker_kwargs(cfg, embedder, teacher_checkpoint)
+    infos = load_checkpoint_infos(checkpoints)
+    split = "val_half" if half == "val" else "all"
+    frames = {d.name: len(split_frames(read_seqinfo(d).seq_length, split)) for d in seq_dirs}
+    results_dir = Path(results_dir).resolve()
+    render_dir = Path(render_dir).resolve() if render_dir else None
+    num_render = cfg.eval.render_frames if render_dir else 0
+    handles = _model_handles(infos, use_ray)
+    items = [(c, d) for c in range(len(infos)) for d in seq_dirs]
+    calls = [("track", (handles[c], str(d), half, num_render)) for c, d in items]
+    evaluations = [CheckpointEvaluation(info, {}) for info in infos]
+    finished: list[list[Any]] = [[] for _ in infos]
+    bar = _Progress(sum(frames.values()) * len(infos), len(calls), unit="frame", items="sequences",
+                    desc=default_dataset_name("MOT17", half), enabled=progress)
+
+    def on_done(outcome) -> None:
+        c, seq = items[outcome.index]
+        ev = evaluations[c]
+        prefix = f"{ev.checkpoint.label}/" if ev.checkpoint.label else ""
+        if not outcome.ok:
+            ev.failed[seq.name] = outcome.error
+            bar.update(frames[seq.name], False, f"{prefix}{seq.name}: FAILED: {outcome.error}")
+            return
+        run = outcome.value
+        out_dir = results_dir / ev.checkpoint.label
+        ev.result_files.append(write_results(out_dir / f"{seq.name}.txt", run.pop("rows")))
+        for frame, jpeg in sorted(run.pop("rendered").items()):
+            path = render_dir / ev.checkpoint.label / f"{seq.name}_{frame:06d}.jpg"
+            ev.rendered_frames.append(atomic_write_bytes(path, jpeg))
+        finished[c].append(run.pop("evaluation"))
+        ev.runs.append(run)
+        bar.update(run["frames"], True, f"{prefix}{seq.name}: {run['frames']} frames in {outcome.seconds:.1f} s "
+                                        f"({run['device']}, node {run['node']})")
+
+    def on_ready(info: dict) -> None:
+        bar.write(f"worker ready: {info['device']}, {info['threads']} thread(s), node {info['node']} "
+                  f"pid {info['pid']}")
+
+    try:
+        report = run_actor_pool(InferenceWorker, worker_kwargs, calls, on_done=on_done, on_ready=on_ready,
+                                **_pool_options(cfg.eval, use_ray))
+    finally:
+        bar.close()
+    for ev, done in zip(evaluations, finished):
+        ev.result_files.sort()
+        ev.runs.sort(key=lambda r: r["name"])
+        if not done:
+            ev.metrics = {"sequences": {}, "combined": {}}
+        else:
+            ev.metrics = summarize_sequences(sorted(done, key=lambda e: e.name))
+            _add_fps(ev.metrics, ev.runs)
+        if ev.failed:
+            ev.metrics["failed"] = dict(sorted(ev.failed.items()))
+    return evaluations, report
+
+
+def _add_fps(metrics: dict[str, Any], runs: Sequence[dict[str, Any]]) -> None:
+    for run in runs:
+        seq = metrics["sequences"][run["name"]]
+        seq["network_fps"] = run["frames"] / max(run["network_seconds"], 1e-9)
+        seq["association_fps"] = run["frames"] / max(run["association_seconds"], 1e-9)
+    frames = sum(r["frames"] for r in runs)
+    metrics["combined"]["network_fps"] = frames / max(sum(r["network_seconds"] for r in runs), 1e-9)
+    metrics["combined"]["association_fps"] = frames / max(sum(r["association_seconds"] for r in runs), 1e-9)
 
 
 def run_mot_checkpoint(
@@ -161,40 +572,22 @@ def run_mot_checkpoint(
     *,
     half: str = "full",
     sequences: Sequence[str] | None = None,
+    detector: str | None = None,
     embedder: str = "student",
     teacher_checkpoint: str = "",
     render_dir: str | Path = "",
     use_ray: bool = True,
+    progress: bool = False,
 ) -> tuple[dict[str, dict], list[dict[str, Any]]]:
-    """Track every sequence under ``data_root`` with the checkpoint, then score: (metrics, runs)."""
-    from kdtrack.config import config_to_dict
-    from kdtrack.formats.mot import list_sequences
-
-    checkpoint = str(Path(checkpoint).resolve())
-    data_root = Path(data_root).resolve()
-    results_dir = Path(results_dir).resolve()
-    seq_dirs = [d for d in list_sequences(data_root) if sequences is None or d.name in sequences]
-    if not seq_dirs:
-        raise FileNotFoundError(f"no MOT sequences (folders with seqinfo.ini) under {data_root}")
-    split = "val_half" if half == "val" else "all"
-    gpus = inference_gpus(cfg.eval, use_ray and len(seq_dirs) > 1)
-    use_gpu = gpus > 0
-    kwargs = dict(split=split, embedder=embedder, teacher_checkpoint=teacher_checkpoint,
-                  render_dir=str(Path(render_dir).resolve()) if render_dir else "", use_gpu=use_gpu)
-    cfg_dict = config_to_dict(cfg)
-    jobs = [(checkpoint, str(d), str(results_dir / f"{d.name}.txt"), cfg_dict) for d in seq_dirs]
-    runs = map_tasks(track_sequence_to_file, jobs, use_ray=use_ray, num_cpus=cfg.eval.cpus_per_sequence,
-                     num_gpus=gpus, **kwargs)
-    metrics = score_mot_results(data_root, results_dir, "MOT17", half,
-                                sequences=[d.name for d in seq_dirs], cfg=cfg.eval, use_ray=use_ray)
-    for run in runs:
-        seq = metrics["sequences"][run["name"]]
-        seq["network_fps"] = run["frames"] / max(run["network_seconds"], 1e-9)
-        seq["association_fps"] = run["frames"] / max(run["association_seconds"], 1e-9)
-    frames = sum(r["frames"] for r in runs)
-    metrics["combined"]["network_fps"] = frames / max(sum(r["network_seconds"] for r in runs), 1e-9)
-    metrics["combined"]["association_fps"] = frames / max(sum(r["association_seconds"] for r in runs), 1e-9)
-    return metrics, runs
+    """One checkpoint (:func:`run_mot_checkpoints`): ``(metrics, runs)``; ``metrics["failed"]``
+    names the sequences that failed, if any."""
+    (ev,), _ = run_mot_checkpoints(
+        [checkpoint], data_root, results_dir, cfg, half=half, sequences=sequences, detector=detector,
+        embedder=embedder, teacher_checkpoint=teacher_checkpoint, render_dir=render_dir, use_ray=use_ray,
+        progress=progress)
+    for run in ev.runs:
+        run["rendered"] = [str(p) for p in ev.rendered_frames if p.name.startswith(f"{run['name']}_")]
+    return ev.metrics, ev.runs
 
 
 # --------------------------------------------------------------------------- person search
@@ -203,42 +596,107 @@ def run_mot_checkpoint(
 def load_person_search_inputs(detections: str | Path) -> tuple[list[Query], dict[str, GalleryImage]]:
     """The model boundary: queries and gallery detections/embeddings from a precomputed npz.
 
-    A checkpoint-driven variant (detect + embed every gallery image, embed each
-    query box) returns the same ``(queries, gallery)`` pair.
+    :func:`person_search_checkpoints` returns the same ``(queries, gallery)`` pair from a checkpoint.
     """
     return load_person_search_npz(detections)
 
 
-def _detect_chunk(checkpoint: str, image_paths: list[str], config: dict[str, Any], embedder: str,
-                  teacher_checkpoint: str, use_gpu: bool) -> list[tuple]:
-    """Ray task body: detections of a chunk of gallery images as plain arrays."""
-    detector, embed_fn = _build_detector(checkpoint, config, embedder, teacher_checkpoint, use_gpu)
-    from kdtrack.inference import detect_images
+@dataclass
+class PersonSearchInputs:
+    """One checkpoint's person-search inputs, or the image batches that failed (name -> error)."""
 
-    return [(d.boxes_xyxy, d.scores, d.embeddings) for d in detect_images(detector, image_paths, embed_fn)]
+    checkpoint: CheckpointInfo
+    queries: list[Query] = field(default_factory=list)
+    gallery: dict[str, GalleryImage] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
 
 
-def _build_detector(checkpoint: str, config: dict[str, Any], embedder: str, teacher_checkpoint: str,
-                    use_gpu: bool):
-    from dataclasses import replace as _replace
+def person_search_checkpoints(
+    checkpoints: Sequence[str | Path],
+    manifest_path: str | Path,
+    cfg: Config,
+    *,
+    embedder: str = "student",
+    teacher_checkpoint: str = "",
+    use_ray: bool = True,
+    images_per_task: int | None = None,
+    progress: bool = True,
+) -> tuple[list[PersonSearchInputs], dict[str, Any]]:
+    """Detect + embed every test image of a person-search manifest and embed every query box, per checkpoint.
 
-    from kdtrack.config import config_from_dict
-    from kdtrack.engine import select_device
-    from kdtrack.inference import Detector, load_student, load_teacher, teacher_embed_fn
+    Each image goes through the network once: its detections are the gallery, and the query boxes
+    drawn in it are read from the same pass (the student's identity map at the box centre, or the
+    teacher on the crop with ``embedder="teacher"``, which then also embeds the detections:
+    KDMOT's two-step setting). Images go ``images_per_task`` (``eval.ps_images_per_task``) to an
+    actor call, ``eval.ps_batch_images`` to a forward. Returns the inputs per checkpoint and pool
+    stats: ``{"workers", "tasks", "model_builds", "devices"}``.
+    """
+    import numpy as np
 
-    cli_cfg = config_from_dict(config)
-    device = select_device(use_gpu)
-    model, ckpt_cfg = load_student(checkpoint, device)
-    # the network comes from the checkpoint; thresholds and protocols from this job's config
-    cfg = _replace(ckpt_cfg, decode=cli_cfg.decode, tracker=cli_cfg.tracker, eval=cli_cfg.eval,
-                   teacher=cli_cfg.teacher)
-    embed_fn = None
-    if embedder == "teacher":
-        if not teacher_checkpoint:
-            raise ValueError("--embedder teacher needs --teacher-checkpoint")
-        teacher = load_teacher(cfg.teacher, teacher_checkpoint, device)
-        embed_fn = teacher_embed_fn(teacher, (cfg.teacher.crop_height, cfg.teacher.crop_width), device)
-    return Detector(model, cfg, device), embed_fn
+    from kdtrack.boxes import xywh_to_xyxy
+    from kdtrack.formats.person_search import read_manifest
+    from kdtrack.metrics.person_search import queries_from_manifest
+
+    if manifest_path is None:
+        raise InputError("person-search --checkpoint needs --manifest")
+    try:
+        manifest = read_manifest(manifest_path)
+    except (OSError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+    worker_kwargs = _worker_kwargs(cfg, embedder, teacher_checkpoint)
+    infos = load_checkpoint_infos(checkpoints)
+    images = [im.file_name for im in manifest.images if im.split == "test"]
+    images += [name for name in dict.fromkeys(q.file_name for q in manifest.queries) if name not in set(images)]
+    position = {name: i for i, name in enumerate(images)}
+    query_boxes: list[list[np.ndarray]] = [[] for _ in images]
+    query_slot = []  # (image index, row in that image's query boxes) per manifest query
+    for q in manifest.queries:
+        i = position[q.file_name]
+        query_slot.append((i, len(query_boxes[i])))
+        query_boxes[i].append(xywh_to_xyxy(np.asarray(q.box_xywh, np.float32)).reshape(4))
+    boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in query_boxes]
+    per_task = images_per_task or cfg.eval.ps_images_per_task
+    chunks = [range(s, min(s + per_task, len(images))) for s in range(0, len(images), per_task)]
+    handles = _model_handles(infos, use_ray)
+    items = [(c, chunk) for c in range(len(infos)) for chunk in chunks]
+    calls = [("detect", (handles[c], [str(manifest.image_path(images[i])) for i in chunk],
+                         [boxes[i] for i in chunk])) for c, chunk in items]
+    per_image: list[list[Any]] = [[None] * len(images) for _ in infos]
+    results = [PersonSearchInputs(info) for info in infos]
+    values: list[dict] = []
+    bar = _Progress(len(images) * len(infos), len(calls), unit="image", items="batches", desc="person-search",
+                    enabled=progress)
+
+    def on_done(outcome) -> None:
+        c, chunk = items[outcome.index]
+        if not outcome.ok:
+            name = f"images {images[chunk[0]]} .. {images[chunk[-1]]}"
+            results[c].failed[name] = outcome.error
+            bar.update(len(chunk), False, f"{name}: FAILED: {outcome.error}")
+            return
+        values.append({k: outcome.value[k] for k in ("node", "pid", "model_builds")})
+        for i, result in zip(chunk, outcome.value["results"]):
+            per_image[c][i] = result
+        bar.update(len(chunk), True)
+
+    try:
+        report = run_actor_pool(InferenceWorker, worker_kwargs, calls, on_done=on_done,
+                                **_pool_options(cfg.eval, use_ray))
+    finally:
+        bar.close()
+    test_cameras = {im.file_name: int(im.camera) for im in manifest.images if im.split == "test"}
+    for result, done in zip(results, per_image):
+        if result.failed:
+            continue
+        result.gallery = {}
+        for name, camera in test_cameras.items():
+            boxes_xyxy, scores, embeddings, _ = done[position[name]]
+            result.gallery[name] = GalleryImage(boxes_xyxy, scores, embeddings, camera=camera)
+        embeddings = [done[i][3][row] for i, row in query_slot]
+        result.queries = queries_from_manifest(manifest, embeddings)
+    stats = {"workers": len(report.workers), "tasks": len(calls), "model_builds": model_builds(report, values),
+             "devices": sorted({w["device"] for w in report.workers})}
+    return results, stats
 
 
 def person_search_inputs_from_checkpoint(
@@ -249,53 +707,126 @@ def person_search_inputs_from_checkpoint(
     embedder: str = "student",
     teacher_checkpoint: str = "",
     use_ray: bool = True,
-    images_per_task: int = 64,
+    images_per_task: int | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> tuple[list[Query], dict[str, GalleryImage]]:
-    """Detect + embed every test image of a person-search manifest and embed each query box.
-
-    Query embeddings come from the student's identity map at the query box
-    centre, or from the teacher on the query crop (``embedder="teacher"``,
-    which also embeds the gallery detections: KDMOT's two-step setting).
-    """
-    import numpy as np
-
-    from kdtrack.boxes import xywh_to_xyxy
-    from kdtrack.config import config_to_dict
-    from kdtrack.formats.person_search import read_manifest
-    from kdtrack.data import read_image_rgb
-    from kdtrack.inference import student_embedding_at_boxes
-    from kdtrack.metrics.person_search import queries_from_manifest
-
-    checkpoint = str(Path(checkpoint).resolve())
-    manifest = read_manifest(manifest_path)
-    test_images = [im for im in manifest.images if im.split == "test"]
-    paths = [str(manifest.image_path(im.file_name)) for im in test_images]
-    cfg_dict = config_to_dict(cfg)
-    chunks = [paths[i:i + images_per_task] for i in range(0, len(paths), images_per_task)]
-    gpus = inference_gpus(cfg.eval, use_ray and len(chunks) > 1)
-    use_gpu = gpus > 0
-    args = (cfg_dict, embedder, teacher_checkpoint, use_gpu)
-    per_chunk = map_tasks(_detect_chunk, [(checkpoint, c, *args) for c in chunks], use_ray=use_ray,
-                          num_cpus=cfg.eval.cpus_per_sequence, num_gpus=gpus)
-    results = [r for chunk in per_chunk for r in chunk]
-    gallery = {
-        im.file_name: GalleryImage(boxes, scores, emb, camera=int(im.camera))
-        for im, (boxes, scores, emb) in zip(test_images, results)
-    }
-    detector, embed_fn = _build_detector(checkpoint, cfg_dict, embedder, teacher_checkpoint, use_gpu)
-    query_embeddings = []
-    for q in manifest.queries:
-        image = read_image_rgb(manifest.image_path(q.file_name))
-        box = xywh_to_xyxy(np.asarray(q.box_xywh, np.float32))
-        embed = embed_fn or functools.partial(student_embedding_at_boxes, detector)
-        query_embeddings.append(embed(image, box)[0])
-    return queries_from_manifest(manifest, query_embeddings), gallery
+    """One checkpoint (:func:`person_search_checkpoints`): ``(queries, gallery)``; the pool's stats go
+    into ``stats`` when given. A failed image batch raises :class:`EvaluationFailed` naming it."""
+    (result,), pool_stats = person_search_checkpoints(
+        [checkpoint], manifest_path, cfg, embedder=embedder, teacher_checkpoint=teacher_checkpoint,
+        use_ray=use_ray, images_per_task=images_per_task, progress=False)
+    if stats is not None:
+        stats.update(pool_stats)
+    if result.failed:
+        raise EvaluationFailed("; ".join(f"{name}: {error}" for name, error in result.failed.items()))
+    return result.queries, result.gallery
 
 
 def score_person_search(
     queries: Sequence[Query], gallery: dict[str, GalleryImage], gallery_size: int | None, cfg: EvalConfig
 ) -> dict[str, Any]:
     return evaluate_person_search(queries, gallery, gallery_size=gallery_size, cfg=cfg)
+
+
+# --------------------------------------------------------------------------- oracle-box re-ID
+
+
+def reid_dataset_name(split: str) -> str:
+    """MLflow metric prefix: ``reid`` for the test split, ``reid-<split>`` otherwise (e.g. ``reid-val``)."""
+    return "reid" if split == "test" else f"reid-{split}"
+
+
+def add_reid_parser(sub: Any) -> argparse.ArgumentParser:
+    """The ``reid`` subcommand's arguments."""
+    p = sub.add_parser("reid", help="oracle-box re-ID: embeddings at ground-truth boxes, retrieval mAP / CMC")
+    p.add_argument("--checkpoint", required=True, type=Path, help="kdtrack checkpoint (file or folder)")
+    p.add_argument("--world", required=True, type=Path,
+                   help="data root holding person_search/manifest.json and MOT17/train/ (a synthetic world)")
+    p.add_argument("--split", default=None, help="person-search split (default: eval.reid_split)")
+    p.add_argument("--protocols", default=None,
+                   help="comma-separated, from person_search,mot (default: eval.reid_protocols)")
+    p.add_argument("--baselines", default="random,colour",
+                   help="comma-separated baselines from random,colour on the same boxes ('none' for none)")
+    p.add_argument("--teacher-checkpoint", default="", help="also embed box crops with this Re-ID teacher")
+    p.add_argument("--out", default=None, type=Path, help="metrics.json to write (atomically)")
+    p.add_argument("--config", default=None, help="preset name or YAML (eval.* fields)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value")
+    p.add_argument("--dataset", default=None, help="MLflow metric prefix (default reid, or reid-<split>)")
+    p.add_argument("--mlflow-uri", default=None, help="absolute tracking URI; logging is off without one")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: config mlflow.experiment)")
+    p.add_argument("--run-id", default=None, help="log into this existing run (e.g. the training run)")
+    return p
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "none")
+
+
+def run_reid(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    """``reid`` mode: load boxes and checkpoint, embed, score, print, write JSON, log to MLflow.
+
+    A missing or malformed input (world, manifest, sequence, checkpoint) stops
+    with one line naming the file.
+    """
+    import time
+
+    from jobs._mlflow_eval import _jsonable
+    from kdtrack.engine import select_device
+    from kdtrack.inference import load_student, load_teacher, teacher_embed_fn
+    from kdtrack.reid_probe import (
+        build_embedders,
+        evaluate_reid_box_sets,
+        flatten_reid_metrics,
+        format_reid_table,
+        load_reid_box_sets,
+    )
+
+    start = time.perf_counter()
+    eval_cfg = cfg.eval
+    split = args.split or eval_cfg.reid_split
+    baselines = _csv(args.baselines) or ()
+    device = select_device(inference_gpus(eval_cfg, use_ray=False) > 0)
+    try:
+        box_sets = load_reid_box_sets(args.world, eval_cfg, split=split, protocols=_csv(args.protocols))
+        model, ckpt_cfg = load_student(args.checkpoint, device)
+        teacher_embed = None
+        if args.teacher_checkpoint:
+            teacher = load_teacher(cfg.teacher, args.teacher_checkpoint, device)
+            teacher_embed = teacher_embed_fn(teacher, (cfg.teacher.crop_height, cfg.teacher.crop_width), device)
+    except (OSError, ValueError) as exc:  # FormatError / MissingFileError / bad checkpoint: the message names the file
+        raise SystemExit(f"evaluate reid: {exc}") from None
+    # the network comes from the checkpoint; the protocols from this job's config
+    embedders = build_embedders(model, replace(ckpt_cfg, eval=eval_cfg), device, baselines=baselines,
+                                teacher_embed=teacher_embed)
+    results = evaluate_reid_box_sets(embedders, box_sets, eval_cfg)
+    seconds = time.perf_counter() - start
+    protocols = {"person_search": f"person-search split '{split}' (cross-camera)",
+                 "mot": f"MOT17 {eval_cfg.reid_mot_split} (same id >= {eval_cfg.reid_mot_gap} frames apart)"}
+    print(f"oracle-box re-ID, {', '.join(protocols[p] for p in box_sets)}, percent:")
+    print(format_reid_table(results))
+    print(f"{len(embedders)} embedders in {seconds:.1f} s ({device})")
+    record = {
+        **results,
+        "settings": {
+            "checkpoint": str(args.checkpoint), "world": str(args.world), "split": split,
+            "protocols": list(box_sets), "embedders": list(embedders), "mot_split": eval_cfg.reid_mot_split,
+            "mot_gap": eval_cfg.reid_mot_gap, "mot_frame_stride": eval_cfg.reid_mot_frame_stride,
+            "min_visibility": eval_cfg.reid_min_visibility, "seconds": seconds, "device": str(device),
+        },
+    }
+    if args.out:
+        atomic_write_json(args.out, _jsonable(record))  # nan (no query with a positive) -> null
+    uri = args.mlflow_uri or cfg.mlflow.tracking_uri
+    if uri:
+        run_id = log_evaluation_to_mlflow(
+            flatten_reid_metrics(results, prefix=""), dataset=args.dataset or reid_dataset_name(split),
+            tracking_uri=uri, experiment=args.experiment or cfg.mlflow.experiment, run_id=args.run_id,
+            checkpoint=str(args.checkpoint),
+        )
+        print(f"logged to MLflow run {run_id} ({uri})")
+    return record
 
 
 # --------------------------------------------------------------------------- CLI
@@ -316,6 +847,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         if checkpoint_tag:
             p.add_argument("--checkpoint", default="", help="checkpoint evaluated (tag of a new run)")
 
+    checkpoints_help = ("kdtrack checkpoint(s): files, folders holding checkpoint.pt, or a training run's "
+                        "folder (every checkpoint below it); each is logged at its training iteration")
+
     mot = sub.add_parser("mot-files", help="score MOTChallenge tracker output files")
     mot.add_argument("--gt-root", required=True, type=Path)
     mot.add_argument("--results", required=True, type=Path)
@@ -325,99 +859,218 @@ def get_args_parser() -> argparse.ArgumentParser:
     mot.add_argument("--no-ray", action="store_true", help="score sequences serially in this process")
     common(mot)
 
-    mc = sub.add_parser("mot", help="run a checkpoint over MOT17-style sequences, then score")
-    mc.add_argument("--checkpoint", required=True, type=Path, help="kdtrack checkpoint (file or folder)")
+    mc = sub.add_parser("mot", help="run checkpoints over MOT17-style sequences, then score")
+    mc.add_argument("--checkpoint", required=True, type=Path, nargs="+", help=checkpoints_help)
     mc.add_argument("--data-root", required=True, type=Path,
                     help="folder of sequences (MOT17/train): <SEQ>/seqinfo.ini, img1/, gt/gt.txt")
     mc.add_argument("--half", default="full", choices=HALVES, help="val: track and score frames N//2+2..N")
-    mc.add_argument("--sequences", nargs="*", default=None, help="subset of sequences (default: all)")
+    mc.add_argument("--sequences", nargs="*", default=None,
+                    help="subset of sequences, by folder name or MOT17 base name (MOT17-02) (default: all)")
+    mc.add_argument("--detector", default=None, choices=("DPM", "FRCNN", "SDP", "all"),
+                    help="which of MOT17's per-detector copies of a sequence (same frames) to track; "
+                         "default: the first copy of each; 'all': every copy")
     mc.add_argument("--association", default=None, choices=("both", "boxes", "embeddings"),
                     help="tracker ablation (default: tracker.mode)")
     mc.add_argument("--embedder", default="student", choices=("student", "teacher"),
                     help="teacher: embed detected crops with the Re-ID teacher (KDMOT two-step)")
     mc.add_argument("--teacher-checkpoint", default="", help="teacher weights for --embedder teacher")
     mc.add_argument("--results-dir", default=None, type=Path,
-                    help="tracker output files (default: <out dir>/results)")
+                    help="tracker output files, written by this driver (default: <out dir>/results)")
     mc.add_argument("--no-ray", action="store_true", help="track and score sequences serially in this process")
+    mc.add_argument("--no-progress", action="store_true", help="no progress bar (per-sequence lines stay)")
     common(mc, checkpoint_tag=False)
 
-    ps = sub.add_parser("person-search", help="mAP / top-k from precomputed detections and embeddings")
+    ps = sub.add_parser("person-search", help="mAP / top-k from checkpoints or precomputed detections")
     src = ps.add_mutually_exclusive_group(required=True)
     src.add_argument("--detections", type=Path, help="precomputed npz (kdtrack.metrics.person_search.NPZ_FORMAT)")
-    src.add_argument("--checkpoint", type=Path, help="kdtrack checkpoint: detect and embed the manifest's images")
+    src.add_argument("--checkpoint", type=Path, nargs="+",
+                     help=checkpoints_help + "; detect and embed the manifest's images")
     ps.add_argument("--manifest", type=Path, help="person-search manifest.json (with --checkpoint)")
     ps.add_argument("--embedder", default="student", choices=("student", "teacher"),
                     help="teacher: embed queries and detections with the Re-ID teacher")
     ps.add_argument("--teacher-checkpoint", default="", help="teacher weights for --embedder teacher")
-    ps.add_argument("--save-detections", type=Path, default=None, help="write the computed inputs as npz")
+    ps.add_argument("--save-detections", type=Path, default=None,
+                    help="write the computed inputs as npz (several checkpoints: <stem>_<label>.npz)")
     ps.add_argument("--no-ray", action="store_true", help="detect gallery images in this process")
+    ps.add_argument("--no-progress", action="store_true", help="no progress bar")
     ps.add_argument("--gallery-size", type=int, default=None,
                     help="CUHK-SYSU gallery list size; -1 = all-frames gallery (default: eval.ps_gallery_size)")
     ps.add_argument("--cross-camera-only", action="store_true", help="all-frames gallery: other cameras only")
     common(ps, checkpoint_tag=False)
+    add_reid_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run one mode; returns what it wrote to ``--out``.
+
+    Raises :class:`InputError` / ``ConfigError`` / ``FileNotFoundError`` on bad inputs (before any
+    work) and :class:`EvaluationFailed` after writing the metrics of what finished when some
+    sequences or image batches failed; :func:`cli` turns these into exit codes 2 and 1.
+    """
     args = get_args_parser().parse_args(argv)
     cfg: Config = load_config(args.config, args.overrides)
-    eval_cfg = cfg.eval
-    rendered_frames: list[str] = []
+    if args.mode == "reid":
+        return run_reid(args, cfg)
     if args.mode == "mot-files":
         metrics = score_mot_results(
             args.gt_root, args.results, args.benchmark, args.half,
-            sequences=args.sequences, cfg=eval_cfg, use_ray=not args.no_ray,
+            sequences=args.sequences, cfg=cfg.eval, use_ray=not args.no_ray,
         )
-        dataset = args.dataset or default_dataset_name(args.benchmark, args.half)
+        print(format_table(metrics))
         result_files = sorted(args.results / f"{name}.txt" for name in metrics["sequences"])
-        print(format_table(metrics))
-    elif args.mode == "mot":
-        if args.association:
-            cfg = replace(cfg, tracker=replace(cfg.tracker, mode=args.association))
-        results_dir = args.results_dir or (args.out.resolve().parent / "results")
-        render_dir = results_dir.parent / "frames" if cfg.eval.render_frames > 0 else ""
-        metrics, runs = run_mot_checkpoint(
-            args.checkpoint, args.data_root, results_dir, cfg, half=args.half,
-            sequences=args.sequences, embedder=args.embedder,
-            teacher_checkpoint=args.teacher_checkpoint, render_dir=render_dir, use_ray=not args.no_ray,
-        )
-        dataset = args.dataset or default_dataset_name("MOT17", args.half)
-        result_files = sorted(results_dir / f"{name}.txt" for name in metrics["sequences"])
-        rendered_frames = [p for run in runs for p in run["rendered"]]
-        print(format_table(metrics))
-        comb = metrics["combined"]
-        print(f"network {comb['network_fps']:.1f} FPS, association {comb['association_fps']:.1f} FPS "
-              f"({runs[0]['device']}, association mode '{cfg.tracker.mode}', embedder {args.embedder})")
+        entry = CheckpointEvaluation(None, metrics, result_files=result_files)
+        return _write_and_log(args, cfg, args.dataset or default_dataset_name(args.benchmark, args.half), [entry],
+                              checkpoint_tag=str(args.checkpoint or ""))
+    if args.mode == "mot":
+        return _main_mot(args, cfg)
+    return _main_person_search(args, cfg)
+
+
+def _main_mot(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    if args.association:
+        cfg = replace(cfg, tracker=replace(cfg.tracker, mode=args.association))
+    results_dir = args.results_dir or (args.out.resolve().parent / "results")
+    render_dir = results_dir.parent / "frames" if cfg.eval.render_frames > 0 else ""
+    evaluations, report = run_mot_checkpoints(
+        args.checkpoint, args.data_root, results_dir, cfg, half=args.half, sequences=args.sequences,
+        detector=args.detector, embedder=args.embedder, teacher_checkpoint=args.teacher_checkpoint,
+        render_dir=render_dir, use_ray=not args.no_ray, progress=not args.no_progress,
+    )
+    dataset = args.dataset or default_dataset_name("MOT17", args.half)
+    where = _describe_workers(report.workers)
+    if len(evaluations) == 1:
+        ev = evaluations[0]
+        if ev.metrics["sequences"]:
+            print(format_table(ev.metrics))
+            comb = ev.metrics["combined"]
+            print(f"network {comb['network_fps']:.1f} FPS, association {comb['association_fps']:.1f} FPS "
+                  f"({ev.runs[0]['device']}, association mode '{cfg.tracker.mode}', embedder {args.embedder}; "
+                  f"{where})")
     else:
-        if args.cross_camera_only:
-            eval_cfg = replace(eval_cfg, ps_cross_camera_only=True)
-        gallery_size = eval_cfg.ps_gallery_size if args.gallery_size is None else args.gallery_size
-        if args.checkpoint is not None:
-            if args.manifest is None:
-                raise SystemExit("person-search --checkpoint needs --manifest")
-            queries, gallery = person_search_inputs_from_checkpoint(
-                args.checkpoint, args.manifest, cfg, embedder=args.embedder,
-                teacher_checkpoint=args.teacher_checkpoint, use_ray=not args.no_ray)
-            if args.save_detections:
-                save_person_search_npz(args.save_detections, queries, gallery)
-        else:
-            queries, gallery = load_person_search_inputs(args.detections)
+        print(format_checkpoint_table(evaluations, MOT_SUMMARY_COLUMNS))
+        print(f"{len(evaluations)} checkpoints, association mode '{cfg.tracker.mode}', embedder {args.embedder}; "
+              f"{where}")
+    return _write_and_log(args, cfg, dataset, evaluations, checkpoint_tag=" ".join(map(str, args.checkpoint)),
+                          what="sequences")
+
+
+def _main_person_search(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    eval_cfg = cfg.eval
+    if args.cross_camera_only:
+        eval_cfg = replace(eval_cfg, ps_cross_camera_only=True)
+    gallery_size = eval_cfg.ps_gallery_size if args.gallery_size is None else args.gallery_size
+    dataset = args.dataset or "person-search"
+    if args.checkpoint is None:
+        queries, gallery = load_person_search_inputs(args.detections)
         metrics = score_person_search(queries, gallery, gallery_size, eval_cfg)
-        dataset = args.dataset or "person-search"
-        result_files = []
-        print(" ".join(f"{k} {100 * float(metrics[k]):.1f}" for k in ["mAP"] + [f"top{k}" for k in eval_cfg.ps_top_k]))
-    atomic_write_json(args.out, metrics)
+        print(_person_search_line(metrics, eval_cfg))
+        return _write_and_log(args, cfg, dataset, [CheckpointEvaluation(None, metrics)], checkpoint_tag="")
+    inputs, stats = person_search_checkpoints(
+        args.checkpoint, args.manifest, cfg, embedder=args.embedder, teacher_checkpoint=args.teacher_checkpoint,
+        use_ray=not args.no_ray, progress=not args.no_progress)
+    evaluations = []
+    for result in inputs:
+        metrics: dict[str, Any] = {"failed": result.failed}
+        if not result.failed:
+            metrics = score_person_search(result.queries, result.gallery, gallery_size, eval_cfg)
+            if args.save_detections:
+                path = args.save_detections
+                if len(inputs) > 1:
+                    path = path.with_name(f"{path.stem}_{result.checkpoint.label}{path.suffix}")
+                save_person_search_npz(path, result.queries, result.gallery)
+        evaluations.append(CheckpointEvaluation(result.checkpoint, metrics, failed=result.failed))
+    if len(evaluations) == 1:
+        if evaluations[0].metrics:
+            print(_person_search_line(evaluations[0].metrics, eval_cfg))
+    else:
+        columns = ("mAP",) + tuple(f"top{k}" for k in eval_cfg.ps_top_k)
+        print(format_checkpoint_table(evaluations, tuple((c, "pct") for c in columns)))
+    print(f"{stats['tasks']} image batches on {stats['workers']} worker(s), {stats['model_builds']} network "
+          f"build(s) ({', '.join(stats['devices'])})")
+    return _write_and_log(args, cfg, dataset, evaluations, checkpoint_tag=" ".join(map(str, args.checkpoint)),
+                          what="image batches")
+
+
+def _person_search_line(metrics: dict[str, Any], eval_cfg: EvalConfig) -> str:
+    return " ".join(f"{k} {100 * float(metrics[k]):.1f}" for k in ["mAP"] + [f"top{k}" for k in eval_cfg.ps_top_k])
+
+
+MOT_SUMMARY_COLUMNS = (("MOTA", "pct"), ("IDF1", "pct"), ("HOTA", "pct"), ("DetA", "pct"), ("AssA", "pct"),
+                       ("Rcll", "pct"), ("Prcn", "pct"), ("FP", "int"), ("FN", "int"), ("IDs", "int"))
+
+
+def format_checkpoint_table(evaluations: Sequence[CheckpointEvaluation], columns: Sequence[tuple[str, str]]) -> str:
+    """One row per checkpoint (its iteration first): MOT's combined row, or person search's numbers."""
+    rows = [("checkpoint", "iteration", *(name for name, _ in columns))]
+    paths = [ev.checkpoint.path for ev in evaluations]
+    common = os.path.commonpath(paths) if len(set(paths)) > 1 else str(Path(paths[0]).parent)
+    for ev in evaluations:
+        values = ev.metrics.get("combined", ev.metrics)
+        cells = []
+        for name, kind in columns:
+            value = values.get(name)
+            cells.append("-" if value is None else f"{100 * value:.1f}" if kind == "pct" else str(int(value)))
+        note = f" ({len(ev.failed)} failed)" if ev.failed else ""
+        rows.append((os.path.relpath(ev.checkpoint.path, common) + note, str(ev.checkpoint.iteration), *cells))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(row[0].ljust(widths[0]) + "".join(cell.rjust(w + 2) for cell, w in zip(row[1:], widths[1:]))
+                     for row in rows)
+
+
+def _write_and_log(args: argparse.Namespace, cfg: Config, dataset: str, evaluations: Sequence[CheckpointEvaluation],
+                   *, checkpoint_tag: str, what: str = "sequences") -> dict[str, Any]:
+    """Write ``--out`` (atomically), log each complete evaluation to MLflow at its checkpoint's
+    iteration, then raise :class:`EvaluationFailed` if anything failed.
+
+    A checkpoint with failed items is written (metrics of what finished, ``"failed"``: name ->
+    error) but not logged: a combined number over part of the data would sit on the MLflow curve
+    as if it were the whole.
+    """
+    if len(evaluations) == 1:
+        record = evaluations[0].metrics
+    else:
+        record = {"checkpoints": [{"checkpoint": ev.checkpoint.path, "iteration": ev.checkpoint.iteration,
+                                   "metrics": ev.metrics} for ev in evaluations]}
+    atomic_write_json(args.out, record)
+    failures = [(ev, name, error) for ev in evaluations for name, error in ev.failed.items()]
     uri = args.mlflow_uri or cfg.mlflow.tracking_uri
     if uri:
-        run_id = log_evaluation_to_mlflow(
-            metrics, dataset=dataset, tracking_uri=uri,
-            experiment=args.experiment or cfg.mlflow.experiment, run_id=args.run_id,
-            checkpoint=str(args.checkpoint or ""), result_files=result_files,
-            rendered_frames=rendered_frames,
-        )
-        print(f"logged to MLflow run {run_id} ({uri})")
-    return metrics
+        run_id = args.run_id
+        for ev in evaluations:
+            if ev.failed:
+                continue
+            run_id = log_evaluation_to_mlflow(
+                ev.metrics, dataset=dataset, tracking_uri=uri, experiment=args.experiment or cfg.mlflow.experiment,
+                run_id=run_id, checkpoint=checkpoint_tag, result_files=ev.result_files,
+                rendered_frames=ev.rendered_frames, step=ev.checkpoint.iteration if ev.checkpoint else 0,
+                artifact_subdir=ev.checkpoint.label if ev.checkpoint else "",
+            )
+        if run_id:
+            print(f"logged to MLflow run {run_id} ({uri})")
+    if failures:
+        for ev, name, error in failures:
+            label = f"{ev.checkpoint.label}/" if ev.checkpoint and ev.checkpoint.label else ""
+            print(f"FAILED {label}{name}: {error}", file=sys.stderr)
+        total = sum(len(ev.failed) for ev in evaluations)
+        raise EvaluationFailed(f"{total} {what} failed; the metrics of the others are in {args.out}"
+                               + (" (not logged to MLflow)" if uri else ""))
+    return record
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m jobs.evaluate``: exit 0; 2 with one line on a bad config key or input path;
+    1 when some sequences / image batches failed (after writing the others)."""
+    try:
+        main(argv)
+    except (ConfigError, InputError, FileNotFoundError, FormatError) as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 2
+    except EvaluationFailed as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli(sys.argv[1:]))

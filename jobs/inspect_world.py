@@ -91,6 +91,18 @@ def summarize_world(root: str | Path) -> dict[str, Any]:
             "queries": len(manifest.queries),
             "gallery_sizes": sorted({int(s) for q in manifest.queries for s in q.galleries}),
         }
+        for split in person_search.SPLITS:  # per split: disjoint identities, val/test queries on their own images
+            images = [im for im in manifest.images if im.split == split]
+            if not images:
+                continue
+            queries = manifest.queries_of(split)
+            summary[f"person_search/{split}"] = {
+                "images": len(images),
+                "boxes": int(sum(len(im.pids) for im in images)),
+                "identities": len({int(p) for im in images for p in im.pids if p >= 0}),
+                "queries": len(queries),
+                "gallery_sizes": sorted({int(s) for q in queries for s in q.galleries}),
+            }
 
     m_root = root / "market1501"
     if m_root.exists():

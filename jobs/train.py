@@ -1,4 +1,4 @@
-"""Train the student on Ray Train (V2 ``TorchTrainer``): detection, contrastive (IDF) or KD recipe.
+"""Train on Ray Train (V2 ``TorchTrainer``): the student (detection, contrastive (IDF) or KD recipe) or the Re-ID teacher.
 
     python -m jobs.train --config tiny --data-root DIR --out DIR [--set section.field=value ...]
                          [--mlflow-uri URI] [--smoke-test]
@@ -18,11 +18,23 @@ final checkpoint is copied to ``<out>/checkpoint.pt`` (atomically).
 
 ``--smoke-test``: ``train.max_iterations = train.smoke_iterations`` on just
 enough records for that many iterations per epoch.
+
+``train.recipe=teacher`` trains the Re-ID teacher instead (``teacher_train_func``):
+the driver reads ``<data-root>/market1501/bounding_box_train`` (or an unpacked
+Market-1501 given as the data root), labels the identities 0..C-1 and ships
+the crop list; each worker draws its share of P x K batches
+(``kdtrack.reid_data.PKSampler``), augments as BoT does and trains with
+label-smoothed ID cross-entropy + batch-hard triplet
+(``kdtrack.engine.teacher_train_step``) under a warm-up + step schedule.
+Checkpoints, resume, MLflow and ``<out>/checkpoint.pt`` are the student's;
+its ``"model"`` is the teacher's state dict (classifier included, which
+``kdtrack.inference.load_teacher`` drops).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -30,14 +42,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from kdtrack.config import Config, ConfigError, config_from_dict, config_to_dict, flatten_config, load_config
 
 RECIPE_ID_MODE = {"detection": "none", "contrastive": "contrastive", "kd": "kd"}  # recipes this job runs
+TEACHER_RECIPE = "teacher"  # the Re-ID teacher on Market-1501-style crops: no student, loss.id_mode unused
+TEACHER_PROGRESS_TERMS = ("total", "id", "triplet", "accuracy", "lr")  # printed by the teacher loop
 FINAL_CHECKPOINT = "checkpoint.pt"
 RAY_STORAGE_DIR = "ray_results"
 MLFLOW_RUN_ID_KEY = "mlflow_run_id"
+VIDEO_SOURCES = ("mot17", "kinetics")  # frames of one video share people: never "independent" images
+# Terms in the printed progress line (every term goes to MLflow): losses, lr and the collapse monitor.
+PROGRESS_TERMS = ("total", "det", "id", "lr", "monitor/cos_between", "monitor/xview_top1")
 CHECKPOINT_TAG = "kdtrack.final_checkpoint"
 
 
@@ -55,11 +72,22 @@ def get_args_parser() -> argparse.ArgumentParser:
 def check_recipe(cfg: Config) -> None:
     """The recipe must be one this job runs and agree with ``loss.id_mode`` (and KD dims with the teacher)."""
     recipe = cfg.train.recipe
+    if recipe == TEACHER_RECIPE:
+        check_teacher_recipe(cfg)
+        return
     if recipe not in RECIPE_ID_MODE:
-        raise ConfigError(f"train.recipe '{recipe}' is not run by jobs.train (known: {', '.join(RECIPE_ID_MODE)})")
+        raise ConfigError(f"train.recipe '{recipe}' is not run by jobs.train "
+                          f"(known: {', '.join([*RECIPE_ID_MODE, TEACHER_RECIPE])})")
     if cfg.loss.id_mode != RECIPE_ID_MODE[recipe]:
         raise ConfigError(f"train.recipe '{recipe}' needs loss.id_mode={RECIPE_ID_MODE[recipe]}, "
                           f"got loss.id_mode={cfg.loss.id_mode} (add --set loss.id_mode={RECIPE_ID_MODE[recipe]})")
+    if recipe == "contrastive":
+        video = sorted(set(cfg.data.sources) & set(VIDEO_SOURCES))
+        if video:
+            raise ConfigError(
+                f"train.recipe 'contrastive' (IDF stage 1) treats every person of every image as a unique identity; "
+                f"data.sources {video} are video frames where the same people recur (false negatives): use still "
+                f"images only (--set data.sources=[crowdhuman,coco]); video belongs to stage 2 (pseudo-labels)")
     if recipe == "kd":
         from kdtrack.models import teacher_feature_dim
 
@@ -67,6 +95,23 @@ def check_recipe(cfg: Config) -> None:
         if cfg.model.embedding_dim != dim:
             raise ConfigError(f"train.recipe 'kd': model.embedding_dim ({cfg.model.embedding_dim}) must equal the "
                               f"teacher's feature dimension ({dim})")
+
+
+def check_teacher_recipe(cfg: Config) -> None:
+    """``train.recipe=teacher``: trained from scratch, and a PK batch that batch-hard mining can use."""
+    t = cfg.teacher
+    if t.checkpoint:
+        raise ConfigError(f"train.recipe 'teacher' trains the teacher and writes <out>/checkpoint.pt; "
+                          f"teacher.checkpoint must be empty, got {t.checkpoint!r}")
+    if t.train_p < 2 or t.train_k < 2:
+        raise ConfigError(f"train.recipe 'teacher': batch-hard triplets need teacher.train_p >= 2 identities x "
+                          f"teacher.train_k >= 2 crops per batch, got {t.train_p} x {t.train_k}")
+    for name in ("flip_prob", "random_erasing"):
+        if not 0.0 <= getattr(t, name) <= 1.0:
+            raise ConfigError(f"teacher.{name} is a probability, got {getattr(t, name)}")
+    if t.pad < 0 or t.warmup_epochs < 0 or not 0.0 < t.warmup_factor <= 1.0:
+        raise ConfigError(f"teacher.pad and teacher.warmup_epochs must be >= 0 and teacher.warmup_factor in (0, 1], "
+                          f"got {t.pad}, {t.warmup_epochs}, {t.warmup_factor}")
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -107,20 +152,63 @@ def _mlflow_start(cfg: Config, uri: str, ray_run_name: str) -> Any:
     return client, run.info.run_id
 
 
+def _latest_checkpoint_state(device: Any) -> dict[str, Any] | None:
+    """The state of the checkpoint Ray Train hands back on a resume (``kdtrack.checkpoint`` format), or None."""
+    import ray.train
+
+    from kdtrack.checkpoint import load_checkpoint
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as ckpt_dir:
+        return load_checkpoint(ckpt_dir, map_location=device)
+
+
+def _log_metrics(client: Any, run_id: str, step: int, terms: dict[str, float]) -> None:
+    """Rank 0: every finite term as ``train/<term>`` at ``step``."""
+    import math
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"train/{k}", float(v), now, step) for k, v in terms.items()
+                                      if math.isfinite(v)])
+
+
+def _epoch_metrics(terms: dict[str, float], epoch: int, iteration: int, resumed: dict[str, float],
+                   mlflow_run: str) -> dict[str, Any]:
+    """What every rank reports with a checkpoint (``Result.metrics`` of the run)."""
+    return {**{f"train/{k}": v for k, v in terms.items()}, "epoch": epoch, "iteration": iteration, **resumed,
+            MLFLOW_RUN_ID_KEY: mlflow_run}
+
+
+@contextlib.contextmanager
+def _reporting(rank: int, metrics: dict[str, Any]) -> Iterator[str | None]:
+    """``with _reporting(rank, metrics) as tmp:`` rank 0 writes its checkpoint into ``tmp`` (None on other
+    ranks); on exit every rank calls ``ray.train.report`` (a barrier), rank 0 with that checkpoint."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        yield tmp if rank == 0 else None
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+
+
 def train_func(loop_config: dict[str, Any]) -> None:
     """Per-worker training loop (Ray Train V2)."""
     import numpy as np
     import ray.train
     import ray.train.torch
     import torch
-    from mlflow.entities import Metric
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from kdtrack.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
+    from kdtrack.checkpoint import restore_training_state, save_checkpoint
     from kdtrack.data import TrainingDataset, collate
     from kdtrack.engine import amp_enabled, build_optimizer, build_scheduler, total_iterations, train_one_epoch
     from kdtrack.losses import Criterion, all_gather_cat
+    from kdtrack.losses.collapse import CollapseWatch
     from kdtrack.models import build_student, build_teacher, freeze_teacher
+    from kdtrack.models.momentum import MomentumEncoder
     from kdtrack.structures import ImageRecord
 
     cfg = config_from_dict(loop_config["config"])
@@ -137,6 +225,9 @@ def train_func(loop_config: dict[str, Any]) -> None:
     if tc.recipe == "kd":
         teacher = freeze_teacher(build_teacher(cfg.teacher)).to(device)
     optimizer = build_optimizer(list(model.parameters()) + list(criterion.parameters()), tc)
+    key_encoder = None
+    if tc.recipe == "contrastive" and cfg.loss.key_momentum > 0:
+        key_encoder = MomentumEncoder(model, cfg.loss.key_momentum).to(device)
 
     records = [ImageRecord.from_dict(r) for r in loop_config["records"]]
     dataset = TrainingDataset(records, cfg, views=2 if tc.recipe == "contrastive" else 1,
@@ -154,12 +245,11 @@ def train_func(loop_config: dict[str, Any]) -> None:
 
     start_epoch, iteration = 0, 0
     resumed = {"resumed_from_iteration": -1.0, "resumed_queue_fill": -1.0}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = load_checkpoint(ckpt_dir, map_location=device)
+    state = _latest_checkpoint_state(device)
+    if state is not None:
         start_epoch, iteration = restore_training_state(
-            state, model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+            state, model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+            key_encoder=key_encoder)
         resumed["resumed_from_iteration"] = float(iteration)
         if criterion.contrastive is not None:
             resumed["resumed_queue_fill"] = float(criterion.contrastive.queue_fill)
@@ -169,18 +259,22 @@ def train_func(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         mlflow_client, mlflow_run = _mlflow_start(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"])
 
+    collapse_watch = CollapseWatch(tc.collapse_cosine, tc.collapse_patience)
+
     def log_fn(step: int, terms: dict[str, float]) -> None:
         if rank != 0:
             return
-        now = int(time.time() * 1000)
-        metrics = [Metric(f"train/{k}", float(v), now, step) for k, v in terms.items() if np.isfinite(v)]
-        mlflow_client.log_batch(mlflow_run, metrics=metrics)
-        print(f"[iter {step}/{total}] " + " ".join(f"{k}={v:.4f}" for k, v in terms.items()
-                                                    if k in ("total", "det", "id", "lr")), flush=True)
+        _log_metrics(mlflow_client, mlflow_run, step, terms)
+        print(f"[iter {step}/{total}] " + " ".join(f"{k.removeprefix('monitor/')}={v:.4f}" for k, v in terms.items()
+                                                    if k in PROGRESS_TERMS), flush=True)
+        warning = collapse_watch.update(step, terms.get("monitor/cos_between", float("nan")))
+        if warning:
+            print(warning, flush=True)
+            mlflow_client.set_tag(mlflow_run, "kdtrack.collapse_warning", warning[:5000])
 
     epoch = start_epoch
     terms: dict[str, float] = {}
-    while epoch < tc.epochs and iteration < total:
+    while (tc.epochs == 0 or epoch < tc.epochs) and iteration < total:  # epochs 0: until max_iterations
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         epoch_start = iteration
@@ -188,21 +282,109 @@ def train_func(loop_config: dict[str, Any]) -> None:
             model, criterion, optimizer, loader, device, epoch, scheduler=scheduler, scaler=scaler,
             amp=tc.amp, grad_clip=tc.grad_clip, teacher=teacher,
             teacher_crop_size=(cfg.teacher.crop_height, cfg.teacher.crop_width),
-            start_iteration=iteration, max_iterations=total, log_every=tc.log_every, log_fn=log_fn)
+            start_iteration=iteration, max_iterations=total, log_every=tc.log_every, log_fn=log_fn,
+            key_encoder=key_encoder)
         completed = iteration - epoch_start >= len(loader)
         next_epoch = epoch + 1 if completed else epoch  # a checkpoint's "epoch" = where a resume starts
-        finished = iteration >= total or next_epoch >= tc.epochs
+        finished = iteration >= total or 0 < tc.epochs <= next_epoch
         if (epoch + 1) % max(tc.checkpoint_every, 1) == 0 or finished:
-            metrics = {**{f"train/{k}": v for k, v in terms.items()}, "epoch": next_epoch,
-                       "iteration": iteration, **resumed, MLFLOW_RUN_ID_KEY: mlflow_run}
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt = None
-                if rank == 0:
+            metrics = _epoch_metrics(terms, next_epoch, iteration, resumed, mlflow_run)
+            with _reporting(rank, metrics) as tmp:
+                if tmp is not None:
                     save_checkpoint(tmp, model=model, config=cfg, criterion=criterion, optimizer=optimizer,
-                                    scheduler=scheduler, scaler=scaler, epoch=next_epoch, iteration=iteration,
+                                    scheduler=scheduler, scaler=scaler, key_encoder=key_encoder,
+                                    epoch=next_epoch, iteration=iteration,
                                     metrics={k: v for k, v in metrics.items() if isinstance(v, float)})
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=ckpt)
+        if finished:
+            break
+        epoch = next_epoch
+    if rank == 0 and mlflow_client is not None:
+        mlflow_client.set_terminated(mlflow_run)
+
+
+def teacher_train_func(loop_config: dict[str, Any]) -> None:
+    """Per-worker loop of ``train.recipe=teacher`` (Ray Train V2): the Re-ID teacher on this rank's
+    share of P x K batches, BoT losses, warm-up + step lr; checkpoints, resume and MLflow as ``train_func``."""
+    import numpy as np
+    import ray.train
+    import ray.train.torch
+    import torch
+    from torch.utils.data import DataLoader
+
+    from kdtrack.checkpoint import restore_training_state, save_checkpoint
+    from kdtrack.engine import (
+        amp_enabled, build_optimizer, build_warmup_scheduler, teacher_train_one_epoch, total_iterations,
+    )
+    from kdtrack.models import build_teacher
+    from kdtrack.reid_data import PKSampler, ReidCropDataset
+
+    cfg = config_from_dict(loop_config["config"])
+    tc, teach = cfg.train, cfg.teacher
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if tc.use_gpu else torch.device("cpu")
+    torch.manual_seed(tc.seed)
+    np.random.seed(tc.seed)
+
+    crops = loop_config["crops"]
+    dataset = ReidCropDataset([c["path"] for c in crops], [c["label"] for c in crops], teach, augment=True,
+                              seed=tc.seed)
+    model = ray.train.torch.prepare_model(build_teacher(teach, int(loop_config["num_classes"])))
+    optimizer = build_optimizer(model.parameters(), tc)
+    sampler = PKSampler(dataset.labels, teach.train_p, teach.train_k, seed=tc.seed, rank=rank, world_size=world)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.loader_workers,
+                        pin_memory=device.type == "cuda")
+    per_epoch = len(sampler)
+    total = total_iterations(tc, per_epoch)
+    scheduler = build_warmup_scheduler(optimizer, tc, total, warmup_iterations=teach.warmup_epochs * per_epoch,
+                                       warmup_factor=teach.warmup_factor)
+    scaler = torch.amp.GradScaler("cuda") if amp_enabled(tc.amp, device) else None
+
+    start_epoch, iteration = 0, 0
+    resumed = {"resumed_from_iteration": -1.0}
+    state = _latest_checkpoint_state(device)
+    if state is not None:
+        start_epoch, iteration = restore_training_state(state, model=model, optimizer=optimizer,
+                                                        scheduler=scheduler, scaler=scaler)
+        resumed["resumed_from_iteration"] = float(iteration)
+        print(f"[rank {rank}] resumed from epoch {start_epoch}, iteration {iteration}", flush=True)
+
+    mlflow_client, mlflow_run = None, ""
+    if rank == 0:
+        mlflow_client, mlflow_run = _mlflow_start(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"])
+        mlflow_client.log_param(mlflow_run, "data/num_id_classes", int(loop_config["num_classes"]))
+        mlflow_client.log_param(mlflow_run, "data/num_train_crops", len(crops))
+        print(f"[teacher] {len(crops)} crops, {loop_config['num_classes']} identities, {world} worker(s) x "
+              f"{teach.train_p}x{teach.train_k} crops per batch, {per_epoch} iterations per epoch, {total} in all",
+              flush=True)
+
+    def log_fn(step: int, terms: dict[str, float]) -> None:
+        if rank != 0:
+            return
+        _log_metrics(mlflow_client, mlflow_run, step, terms)
+        print(f"[iter {step}/{total}] " + " ".join(f"{k}={terms[k]:.4g}" for k in TEACHER_PROGRESS_TERMS if k in terms),
+              flush=True)
+
+    epoch = start_epoch
+    terms: dict[str, float] = {}
+    while (tc.epochs == 0 or epoch < tc.epochs) and iteration < total:
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        epoch_start = iteration
+        iteration, terms = teacher_train_one_epoch(
+            model, optimizer, loader, device, epoch, label_smoothing=teach.label_smoothing,
+            triplet_margin=teach.triplet_margin, scheduler=scheduler, scaler=scaler, amp=tc.amp,
+            grad_clip=tc.grad_clip, start_iteration=iteration, max_iterations=total, log_every=tc.log_every,
+            log_fn=log_fn)
+        next_epoch = epoch + 1 if iteration - epoch_start >= per_epoch else epoch
+        finished = iteration >= total or 0 < tc.epochs <= next_epoch
+        if (epoch + 1) % max(tc.checkpoint_every, 1) == 0 or finished:
+            metrics = _epoch_metrics(terms, next_epoch, iteration, resumed, mlflow_run)
+            with _reporting(rank, metrics) as tmp:
+                if tmp is not None:
+                    save_checkpoint(tmp, model=model, config=cfg, optimizer=optimizer, scheduler=scheduler,
+                                    scaler=scaler, epoch=next_epoch, iteration=iteration,
+                                    metrics={k: v for k, v in metrics.items() if isinstance(v, float)})
         if finished:
             break
         epoch = next_epoch
@@ -224,6 +406,21 @@ def _copy_final_checkpoint(result: Any, out: Path) -> Path:
             return atomic_save(out / FINAL_CHECKPOINT, lambda dst: shutil.copyfileobj(handle, dst))
 
 
+def teacher_loop_data(cfg: Config) -> dict[str, Any]:
+    """Driver side of the teacher recipe: the training crops with contiguous labels, and their class count."""
+    from kdtrack.reid_data import contiguous_labels, read_training_crops
+
+    if not cfg.data.root:
+        raise ConfigError("train.recipe 'teacher' needs --data-root: a folder holding market1501/ (the synthetic "
+                          "world) or an unpacked Market-1501 (bounding_box_train/, query/, bounding_box_test/)")
+    crops, stats = read_training_crops(cfg.data.root, on_error=cfg.data.on_error)
+    labels, class_pids = contiguous_labels([c.pid for c in crops])
+    print(f"{len(crops)} training crops of {len(class_pids)} identities under {cfg.data.root} "
+          f"({stats.filtered_records} junk / distractor crops left out)", flush=True)
+    return {"crops": [{"path": c.path, "label": int(label)} for c, label in zip(crops, labels)],
+            "num_classes": int(len(class_pids))}
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     import ray
     import ray.train
@@ -237,17 +434,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     uri = args.mlflow_uri or cfg.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
-    records = load_records(cfg)
-    if args.smoke_test:
-        records = records[: cfg.train.smoke_iterations * cfg.train.batch_size_per_worker * cfg.train.num_workers]
-    print(f"{len(records)} training records from {', '.join(cfg.data.sources)} under {cfg.data.root}", flush=True)
+    if cfg.train.recipe == TEACHER_RECIPE:
+        train_fn, loop_data = teacher_train_func, teacher_loop_data(cfg)  # smoke test: every crop, few iterations
+    else:
+        records = load_records(cfg)
+        if args.smoke_test:
+            records = records[: cfg.train.smoke_iterations * cfg.train.batch_size_per_worker * cfg.train.num_workers]
+        print(f"{len(records)} training records from {', '.join(cfg.data.sources)} under {cfg.data.root}",
+              flush=True)
+        train_fn, loop_data = train_func, {"records": [r.to_dict() for r in records]}
 
     ensure_ray()  # joins RAY_ADDRESS when set, else starts a local cluster
     trainer = TorchTrainer(
-        train_func,
+        train_fn,
         train_loop_config={
             "config": config_to_dict(cfg),
-            "records": [r.to_dict() for r in records],
+            **loop_data,
             "mlflow_uri": uri,
             "ray_run_name": cfg.train.run_name,
         },

@@ -46,6 +46,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
     scaler: Any | None = None,
+    key_encoder: nn.Module | None = None,
     epoch: int = 0,
     iteration: int = 0,
     metrics: dict[str, float] | None = None,
@@ -58,6 +59,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
+        "key_encoder": key_encoder.state_dict() if key_encoder is not None else None,
         "config": _plain(config_to_dict(config)),
         "epoch": int(epoch),
         "iteration": int(iteration),
@@ -67,6 +69,10 @@ def save_checkpoint(
     if path.is_dir() or path.suffix == "":
         path = path / CHECKPOINT_NAME
     return atomic_save(path, lambda handle: torch.save(state, handle))
+
+
+# (section, field) -> the value a checkpoint saved before the field existed was trained with.
+LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {("model", "embedding_norm"): "none", ("model", "unet_merge"): "add"}
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -88,6 +94,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     # A checkpoint outlives config changes: keys this version no longer has are
     # dropped (and reported), wrong types of known keys are still an error.
     known, dropped = drop_unknown_keys(state["config"])
+    # Fields added after a checkpoint was written take the behaviour it was trained with.
+    for (section, key), value in LEGACY_DEFAULTS.items():
+        if isinstance(known.get(section), dict) and key not in known[section]:
+            known[section] = {**known[section], key: value}
     if dropped:
         warnings.warn(f"{path}: config keys unknown to this kdtrack version ignored: {', '.join(dropped)}",
                       stacklevel=2)
@@ -104,11 +114,17 @@ def restore_training_state(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
     scaler: Any | None = None,
+    key_encoder: nn.Module | None = None,
 ) -> tuple[int, int]:
-    """Load every saved part into live objects; returns ``(epoch, iteration)``."""
+    """Load every saved part into live objects; returns ``(epoch, iteration)``.
+
+    A ``key_encoder`` with no saved state (a checkpoint without one) is re-seeded
+    from the restored student, as a fresh run seeds it."""
     unwrap(model).load_state_dict(state["model"])
+    if key_encoder is not None and state.get("key_encoder") is None:
+        key_encoder.encoder.load_state_dict(unwrap(model).state_dict())
     for obj, key in ((criterion, "criterion"), (optimizer, "optimizer"),
-                     (scheduler, "scheduler"), (scaler, "scaler")):
+                     (scheduler, "scheduler"), (scaler, "scaler"), (key_encoder, "key_encoder")):
         if obj is not None and state.get(key) is not None:
             target = unwrap(obj) if isinstance(obj, nn.Module) else obj
             target.load_state_dict(state[key])

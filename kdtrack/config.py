@@ -35,7 +35,7 @@ class SynthConfig:
     seed: int = 0  # every file is a pure function of (preset fields, seed)
     image_width: int = 320  # still-image and video frame width, pixels
     image_height: int = 192  # still-image and video frame height, pixels
-    num_identities: int = 60  # people in the world's identity bank
+    num_identities: int = 136  # people in the identity bank; >= the sum of the population sizes (*_ids) below
     hard_negative_fraction: float = 0.3  # share of identities cloned from another with small changes
     people_per_image: tuple[int, int] = (2, 9)  # inclusive range of people in a still image
     crowdhuman_train_images: int = 120  # CrowdHuman-style .odgt train images
@@ -48,10 +48,16 @@ class SynthConfig:
     mot_sequences: int = 2  # MOT17-style training sequences (static camera)
     mot_sequence_frames: int = 40  # frames per MOT sequence
     mot_fps: int = 10  # MOT sequence frame rate
+    mot_ids: int = 24  # bank identities walking in MOT sequences (one shared city; a 40-frame tiny sequence uses <= 13)
     person_search_cameras: int = 3  # cameras sharing identities in the person-search set
     person_search_train_images: int = 40  # training frames of the person-search set
     person_search_test_images: int = 40  # test (gallery) frames of the person-search set
-    person_search_queries: int = 20  # query persons
+    person_search_queries: int = 20  # test query persons (one per identity, <= person_search_test_ids)
+    person_search_val_images: int = 20  # validation frames (own identities, same cameras), split "val"
+    person_search_val_queries: int = 8  # val query persons (<= person_search_val_ids), manifest "val_queries"
+    person_search_train_ids: int = 30  # bank identities in person-search train frames
+    person_search_val_ids: int = 12  # bank identities in person-search val frames
+    person_search_test_ids: int = 30  # bank identities in person-search test frames
     person_search_gallery_sizes: tuple[int, ...] = (10, 20)  # CUHK-SYSU style gallery sizes
     reid_train_ids: int = 24  # Market-1501-style identities in bounding_box_train
     reid_test_ids: int = 16  # identities in query + bounding_box_test
@@ -101,11 +107,16 @@ class ModelConfig:
     size_channels: Literal[2, 4] = 4  # 4: l,t,r,b distances; 2: w,h
     embedding_dim: int = 128  # identity channels k (KD: 2048 = teacher dim; IDF: 256)
     normalize_embedding: bool = True  # L2-normalise the identity output (IDF); False for KD regression
+    embedding_norm: Literal["batchnorm", "none"] = "batchnorm"  # centre the identity output before the L2 norm (BatchNorm without affine, as MoCo v2 / SimCLR heads): at init every person shares one direction (cosine 0.94); centring alone delays the id-free collapse but does not prevent it (the key encoder does, README)
     heatmap_bias: float = -2.19  # initial bias of the heatmap logits (prior 0.1)
     width: int = 32  # base channel width of the tiny backbone
     pretrained: str = ""  # local checkpoint path to initialise from ("" = random)
     pretrained_strict: bool = True  # every key of `pretrained` must match the model (False: load the overlap)
     neck_channels: int = 256  # resnet*_unet: width of the deformable skip convs and decoder (PointID: 256)
+    # resnet*_unet decoder merge of the x2 up-sampled map with the level's skip output. "concat" is PointID's
+    # (CVPR 2022, Fig. 2 text: concatenate, then a plain 3x3 conv-BN-ReLU brings 2 x neck_channels back to
+    # neck_channels); "add" sums them (no merge conv; the layout of checkpoints written before this field).
+    unet_merge: Literal["concat", "add"] = "concat"
     input_width: int = 320  # network input width (letterboxed), multiple of 32
     input_height: int = 192  # network input height, multiple of 32
     down_ratio: int = 4  # output stride r
@@ -127,6 +138,17 @@ class TeacherConfig:
     label_smoothing: float = 0.1  # ID cross-entropy label smoothing
     triplet_margin: float = 0.3  # batch-hard triplet margin
     checkpoint: str = ""  # path of a trained teacher checkpoint ("" = untrained)
+    # Training the teacher (train.recipe=teacher, kdtrack.reid_data; BoT strong baseline on Market-1501-style crops).
+    # The batch is train_p x train_k crops per worker (train.batch_size_per_worker is not used); the lr schedule is
+    # train.lr / lr_steps / lr_gamma after the warm-up below.
+    train_p: int = 16  # PK sampler: distinct identities per batch
+    train_k: int = 4  # PK sampler: crops per identity (>= 2 so batch-hard triplets have positives; fewer crops: drawn with replacement)
+    flip_prob: float = 0.5  # random horizontal flip
+    pad: int = 10  # zero padding in pixels before the random crop back to crop_height x crop_width (0 = off)
+    random_erasing: float = 0.5  # probability of random erasing (2-40 % of the crop, aspect 0.3-3.3, mean-pixel fill)
+    warmup_epochs: int = 10  # linear lr warm-up from warmup_factor x train.lr to train.lr over these epochs (0 = off)
+    warmup_factor: float = 0.1  # lr multiplier at the first iteration (BoT: 3.5e-5 -> 3.5e-4)
+    eval_batch_size: int = 64  # crops per teacher forward pass when embedding for evaluation
 
 
 @dataclass(frozen=True)
@@ -146,6 +168,8 @@ class LossConfig:
     s_id_init: float = -1.05  # initial log-variance of the identity term
     temperature: float = 0.07  # contrastive tau
     queue_size: int = 32768  # contrastive negative FIFO queue length
+    key_momentum: float = 0.99  # contrastive: momentum m of the EMA key encoder that fills the queue (MoCo); 0 = the student's own detached embeddings (stale queue: collapses)
+    batch_negatives: bool = True  # contrastive: the other people of the current batch are negatives too (with gradient); False = queue only (the paper's text), which collapses
     id_weight: float = 0.2  # contrastive lambda
     max_objects: int = 500  # K: objects encoded per image (extra are dropped and counted)
     min_overlap: float = 0.7  # gaussian radius rule
@@ -167,12 +191,12 @@ class DecodeConfig:
 class TrainConfig:
     """Optimisation and the Ray Train loop."""
 
-    recipe: Literal["teacher", "kd", "contrastive", "video", "detection"] = "contrastive"  # jobs.train runs detection | contrastive | kd (must match loss.id_mode: none | contrastive | kd)
+    recipe: Literal["teacher", "kd", "contrastive", "video", "detection"] = "contrastive"  # jobs.train runs detection | contrastive | kd (must match loss.id_mode: none | contrastive | kd) and teacher (the Re-ID teacher; loss.id_mode unused); video is not built yet
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-4
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
-    epochs: int = 2
+    epochs: int = 2  # passes over the data; 0 = unbounded: the run length is max_iterations (iteration budgets, IDF)
     max_iterations: int = 0  # >0 stops after this many iterations (iteration schedules)
     lr_steps: tuple[float, ...] = (0.6, 0.8)  # fractions of training where lr drops x0.1
     lr_gamma: float = 0.1  # lr multiplier at each of lr_steps
@@ -185,6 +209,8 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints
     max_failures: int = 0  # Ray Train FailureConfig
     log_every: int = 10  # iterations between metric reports
+    collapse_cosine: float = 0.99  # contrastive: warn when the between-person cosine of the batch stays above this (0 = never)
+    collapse_patience: int = 3  # ... for this many consecutive log_every reports
     seed: int = 0  # seeds model init, shuffling and every augmentation draw
     smoke_iterations: int = 2  # --smoke-test: one epoch of this many iterations on as few records
     run_name: str = "train"  # Ray Train run name under the storage path (same name + path = resume)
@@ -206,6 +232,12 @@ class DataConfig:
     loader_workers: int = 0  # torch DataLoader worker processes per train worker (0 = in the train process)
     mot_split: Literal["train_half", "all"] = "train_half"  # MOT17 frames used for training (val-half kept out)
     max_records: int = 0  # >0 keeps only the first N records (debugging)
+    # Multi-scale training (IDF / PointID): per sample the shorter image side is drawn from this list, the image
+    # resized keeping its aspect so that the longer side stays <= multiscale_max_long_side, placed top-left and
+    # padded (grey) up to multiples of 32; collate pads a batch to its largest H and W. Both views of a sample
+    # share the size. () = off: every image is letterboxed to model.input_width x input_height.
+    multiscale_short_sides: tuple[int, ...] = ()
+    multiscale_max_long_side: int = 1024  # pixels, before the round-up to a multiple of 32
 
 
 @dataclass(frozen=True)
@@ -232,8 +264,26 @@ class EvalConfig:
     ps_gallery_size: int = 100  # CUHK-SYSU gallery size (50, 100, 500, 1000, 2000, 4000; -1 = all test images)
     ps_cross_camera_only: bool = False  # PRW all-frames gallery: only frames from other cameras
     cpus_per_sequence: float = 1.0  # Ray CPUs per sequence-scoring task (jobs.evaluate)
-    gpus_per_sequence: float = -1.0  # Ray GPUs per inference task (mot, person-search); -1 = 1 if the cluster has GPUs, else 0
+    gpus_per_sequence: float = -1.0  # Ray GPUs per inference actor (mot, person-search); -1 = auto: an actor asks for one GPU when one is free as the pool starts (else CPU) and uses whatever Ray granted it
+    # Inference actor pool of `jobs.evaluate mot|person-search`: each actor builds a checkpoint's network once
+    num_actors: int = 0  # inference actors; 0 = auto: one per free GPU, else as many as the free CPUs hold at cpus_per_actor; never more than work items
+    cpus_per_actor: float = 1.0  # Ray CPUs per inference actor (torch threads = max(1, int(this))); fractions (0.5) on a 2-core machine
+    actor_start_timeout_s: float = 120.0  # an actor that asked for a GPU and is not running after this long is replaced by a CPU actor
+    task_retries: int = 2  # retries of one sequence / image batch after a transient error (I/O timeout, stale NFS handle) or a lost actor
+    actor_max_restarts: int = 2  # restarts of an inference actor whose process died (node lost, out-of-memory kill)
+    ps_images_per_task: int = 32  # person search: images per actor call (the unit of scheduling, retry and progress)
+    ps_batch_images: int = 8  # person search: images per network forward (gallery and query images share one pass)
     render_frames: int = 3  # frames per sequence drawn with boxes and ids and logged to MLflow
+    # Oracle-box re-ID (kdtrack.reid_probe, `jobs.evaluate reid`): identity embeddings read at ground-truth boxes
+    reid_protocols: tuple[str, ...] = ("person_search", "mot")  # protocols evaluated (person_search: cross-camera; mot: cross-time)
+    reid_split: str = "test"  # person-search manifest split whose labelled boxes (pid > 0) are queries and gallery
+    reid_mot_split: Literal["all", "train_half", "val_half"] = "val_half"  # MOT17 frames used (training reads train_half)
+    reid_mot_gap: int = 10  # MOT: a same-id pair counts only >= this many frames apart; closer same-id pairs are junk
+    reid_mot_frame_stride: int = 1  # MOT: every n-th frame of the split is used (1 = all)
+    reid_min_visibility: float = 0.5  # MOT: gt boxes less visible than this are left out (their centre may lie on the occluder)
+    reid_ranks: tuple[int, ...] = (1, 5, 10)  # CMC ranks reported as rank{k}
+    reid_batch_images: int = 8  # images per student forward pass
+    reid_baseline_seed: int = -1  # torch seed of the random-init student baseline; -1 = the checkpoint's train.seed (with model.pretrained empty: the weights its training started from)
 
 
 # The tracker's config lives beside the tracker (``from kdtrack.tracker import

@@ -30,14 +30,15 @@ import numpy as np
 import torch
 
 from kdtrack.config import Config
-from kdtrack.letterbox import letterbox
+from kdtrack.formats.mot import DETECTOR_SUFFIXES as MOT_DETECTOR_SUFFIXES  # noqa: F401  (re-exported)
+from kdtrack.formats.mot import dedupe_detector_copies
+from kdtrack.letterbox import DEFAULT_PAD_VALUE, letterbox, resize_pad
 from kdtrack.structures import ImageRecord
 from kdtrack.targets import SLOT_KEYS, encode_targets, person_keys
 from kdtrack.transforms import BoxAugment
 
 UID_BITS = 46  # person_keys allows image uids below 2**(62 - 16)
 KNOWN_SOURCES = ("crowdhuman", "coco", "mot17")
-MOT_DETECTOR_SUFFIXES = ("DPM", "FRCNN", "SDP")  # MOT17 ships each sequence three times, one per detector
 SLOT_AXIS_KEYS = SLOT_KEYS + ("teacher_boxes_xyxy",)  # keys whose axis after (batch) is the slot axis K
 
 
@@ -80,15 +81,21 @@ def _encode_view(
     cfg: Config,
     keys: np.ndarray | None,
     original: tuple[np.ndarray, np.ndarray] | None,
+    short_side: int | None = None,
 ) -> dict[str, np.ndarray]:
+    """Canvas + targets of one view: letterboxed to ``model.input_width x input_height``, or with
+    ``short_side`` (multi-scale) resized and padded by ``resize_pad`` to a per-sample size."""
     m = cfg.model
-    canvas, tf = letterbox(image, m.input_width, m.input_height)
+    if short_side is None:
+        canvas, tf = letterbox(image, m.input_width, m.input_height)
+    else:
+        canvas, tf = resize_pad(image, short_side, cfg.data.multiscale_max_long_side)
     boxes = tf.boxes_to_letterbox(target["boxes_xyxy"])
     ignore = tf.boxes_to_letterbox(target["ignore_boxes_xyxy"])
     rows = target["box_index"]
     ids = keys[rows] if keys is not None else target["ids"]
     enc = encode_targets(
-        boxes, ids, ignore, (m.input_height, m.input_width), down_ratio=m.down_ratio,
+        boxes, ids, ignore, canvas.shape[1:], down_ratio=m.down_ratio,
         size_channels=m.size_channels, max_objects=cfg.loss.max_objects, min_overlap=cfg.loss.min_overlap,
         centre_region_radius=cfg.loss.centre_region_radius, source=record.image_path,
     )
@@ -115,7 +122,12 @@ def training_sample(
     with_original: bool = False,
     augment: BoxAugment | None = None,
 ) -> dict[str, np.ndarray]:
-    """One training sample of ``record`` (see the module docstring for the keys and shapes)."""
+    """One training sample of ``record`` (see the module docstring for the keys and shapes).
+
+    With ``data.multiscale_short_sides`` set, one shorter side is drawn from it with ``rng``
+    (after the views' generators are spawned, so the augmentation draws are the same as without
+    it) and every canvas of the sample (each view, ``orig_image``) gets that size.
+    """
     if views not in (1, 2):
         raise ValueError(f"views must be 1 or 2, got {views}")
     augment = augment or build_augment(cfg)
@@ -127,14 +139,20 @@ def training_sample(
         "ignore_boxes_xyxy": record.ignore_boxes_xyxy,
     }
     keys = person_keys(image_uid(record), record.num_boxes) if cfg.loss.id_mode == "contrastive" else None
+    view_rngs = rng.spawn(views)
+    sides = cfg.data.multiscale_short_sides
+    short_side = int(sides[int(rng.integers(len(sides)))]) if sides else None
     original = None
     if with_original:
         m = cfg.model
-        orig_canvas, tf = letterbox(image, m.input_width, m.input_height)
+        if short_side is None:
+            orig_canvas, tf = letterbox(image, m.input_width, m.input_height)
+        else:
+            orig_canvas, tf = resize_pad(image, short_side, cfg.data.multiscale_max_long_side)
         original = (orig_canvas, tf.boxes_to_letterbox(record.boxes_xyxy))
     per_view = [
-        _encode_view(*augment(image, target, view_rng), record, cfg, keys, original)
-        for view_rng in rng.spawn(views)
+        _encode_view(*augment(image, target, view_rng), record, cfg, keys, original, short_side)
+        for view_rng in view_rngs
     ]
     return {k: np.stack([v[k] for v in per_view]) for k in per_view[0]}
 
@@ -144,6 +162,14 @@ def collate(samples: Sequence[dict[str, np.ndarray]], trim: bool = True) -> dict
 
     With ``trim`` the slot axis K is cut to the most objects of any image in the
     batch (objects sit at the front of the slots, so nothing is lost).
+
+    Samples of different canvas sizes (multi-scale training) are padded at the right and
+    bottom to the batch's largest H and W: ``image``/``orig_image`` with the letterbox grey,
+    ``heatmap``/``ignore`` with zeros (background: no centre, not ignored), and the flat
+    ``y * w + x`` cell indices ``index``/``region_index`` re-addressed for the padded
+    output width (the same cell, so every box still points at its own heatmap peak). Boxes
+    (``teacher_boxes_xyxy``) and sizes are in pixels from the top-left corner: unchanged.
+    Samples of one size are stacked untouched.
     """
     if not samples:
         raise ValueError("collate: empty list of samples")
@@ -154,6 +180,14 @@ def collate(samples: Sequence[dict[str, np.ndarray]], trim: bool = True) -> dict
         if set(s) != keys or s["image"].shape[0] != views:
             raise ValueError(f"collate: sample {j} has keys/views {sorted(s)}/{s['image'].shape[0]}, "
                              f"expected {sorted(keys)}/{views}")
+    if len({s["image"].shape[-2:] for s in samples}) > 1:
+        height = max(s["image"].shape[-2] for s in samples)
+        width = max(s["image"].shape[-1] for s in samples)
+        samples = [_pad_sample(s, height, width) for s in samples]
+        for k in samples[0]:
+            if len({s[k].shape for s in samples}) > 1:
+                raise ValueError(f"collate: key '{k}' has shapes {sorted({s[k].shape for s in samples})} "
+                                 "that padding the canvases does not reconcile")
     for k in samples[0]:
         stacked = np.stack([s[k] for s in samples], axis=1)  # (V, B, ...)
         batch[k] = torch.from_numpy(np.ascontiguousarray(stacked.reshape(-1, *stacked.shape[2:])))
@@ -163,6 +197,31 @@ def collate(samples: Sequence[dict[str, np.ndarray]], trim: bool = True) -> dict
             if k in batch:
                 batch[k] = batch[k][:, :n].contiguous()
     return batch
+
+
+def _pad_sample(sample: dict[str, np.ndarray], height: int, width: int) -> dict[str, np.ndarray]:
+    """One sample's canvases padded right/bottom to ``height x width`` (see :func:`collate`)."""
+    h_in, w_in = sample["image"].shape[-2:]
+    h_map, w_map = sample["heatmap"].shape[-2:]
+    if h_in % h_map or w_in % w_map or h_in // h_map != w_in // w_map:
+        raise ValueError(f"collate: image {h_in}x{w_in} and heatmap {h_map}x{w_map} do not share a stride")
+    stride = h_in // h_map
+    if height % stride or width % stride:
+        raise ValueError(f"collate: padded canvas {height}x{width} is not a multiple of the stride {stride}")
+    pads = {"image": (height, width, np.float32(DEFAULT_PAD_VALUE) / np.float32(255.0)),
+            "orig_image": (height, width, np.float32(DEFAULT_PAD_VALUE) / np.float32(255.0)),
+            "heatmap": (height // stride, width // stride, 0), "ignore": (height // stride, width // stride, 0)}
+    out = dict(sample)
+    for k, (h, w, value) in pads.items():
+        if k in out:
+            a = out[k]
+            spec = [(0, 0)] * (a.ndim - 2) + [(0, h - a.shape[-2]), (0, w - a.shape[-1])]
+            out[k] = np.pad(a, spec, constant_values=value)
+    w_out = width // stride
+    for k in ("index", "region_index"):
+        if k in out:
+            out[k] = (out[k] // w_map) * w_out + out[k] % w_map
+    return out
 
 
 class TrainingDataset(torch.utils.data.Dataset):
@@ -189,14 +248,8 @@ class TrainingDataset(torch.utils.data.Dataset):
                                with_original=self.with_original, augment=self.augment)
 
 
-def _dedupe_mot_copies(seq_dirs: list[Path]) -> list[Path]:
-    """MOT17 ships each sequence once per public detector (same frames): keep the first copy of each."""
-    seen: dict[str, Path] = {}
-    for seq in seq_dirs:
-        base, _, suffix = seq.name.rpartition("-")
-        key = base if suffix in MOT_DETECTOR_SUFFIXES and base else seq.name
-        seen.setdefault(key, seq)
-    return list(seen.values())
+# Moved to kdtrack.formats.mot (public); these names stay for their importers (kdtrack.reid_probe).
+_dedupe_mot_copies = dedupe_detector_copies
 
 
 def load_records_with_stats(cfg: Config) -> tuple[list[ImageRecord], dict[str, Any]]:

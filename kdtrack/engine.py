@@ -44,13 +44,32 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> t
 
 
 def total_iterations(cfg: TrainConfig, iterations_per_epoch: int) -> int:
-    """``epochs * iterations_per_epoch``, capped by ``max_iterations`` when that is > 0."""
+    """The run length in iterations.
+
+    Epoch schedules (``epochs > 0``, KD): ``epochs * iterations_per_epoch``, capped by
+    ``max_iterations`` when that is > 0. Iteration budgets (``epochs == 0``, IDF's 25k):
+    exactly ``max_iterations``, whatever the dataset size (the loader is re-iterated as
+    often as needed).
+    """
+    if cfg.epochs < 0 or cfg.max_iterations < 0:
+        raise ValueError(f"train.epochs and train.max_iterations must be >= 0, got {cfg.epochs} and {cfg.max_iterations}")
+    if cfg.epochs == 0:
+        if cfg.max_iterations == 0:
+            raise ValueError("train.epochs = 0 (unbounded) needs train.max_iterations > 0 to end the run")
+        return cfg.max_iterations
     total = cfg.epochs * int(iterations_per_epoch)
     return min(total, cfg.max_iterations) if cfg.max_iterations > 0 else total
 
 
 def lr_milestones(cfg: TrainConfig, total: int) -> list[int]:
-    """Iterations where the lr drops: ``round(f * total)`` for each ``lr_steps`` fraction."""
+    """Iterations where the lr drops: ``round(f * total)`` for each ``lr_steps`` fraction.
+
+    A milestone ``m`` means iterations ``0 .. m-1`` run at the old lr and iteration ``m``
+    onwards at the new one. An epoch boundary is exact when the fraction is written to full
+    double precision: KD's "lr / 10 at epoch 20 of 30" is ``2/3 = 0.6666666666666666``, and
+    ``round(2/3 * 30 n) == 20 n`` for every n (a rounded ``0.6666667`` is off by one
+    iteration from n = 500,001 iterations per epoch on).
+    """
     for f in cfg.lr_steps:
         if not 0.0 < f < 1.0:
             raise ValueError(f"train.lr_steps must be fractions in (0, 1), got {cfg.lr_steps}")
@@ -58,7 +77,8 @@ def lr_milestones(cfg: TrainConfig, total: int) -> list[int]:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int) -> torch.optim.lr_scheduler.MultiStepLR:
-    """Step schedule stepped once per iteration: lr x ``lr_gamma`` at each milestone."""
+    """Step schedule stepped once per iteration: lr x ``lr_gamma`` at each milestone (``total`` from
+    :func:`total_iterations`)."""
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(cfg, total), gamma=cfg.lr_gamma)
 
 
@@ -112,11 +132,15 @@ def train_step(
     teacher: nn.Module | None = None,
     teacher_crop_size: tuple[int, int] = (256, 128),
     iteration: int = 0,
+    key_encoder: nn.Module | None = None,
 ) -> dict[str, float]:
     """One optimisation step on ``batch`` (a ``kdtrack.data.collate`` dict); returns the loss terms as floats.
 
     ``gather_fn`` (e.g. ``all_gather_cat``) replaces the contrastive loss's queue gather;
-    ``teacher`` computes KD soft targets on the fly (see ``attach_teacher_targets``).
+    ``teacher`` computes KD soft targets on the fly (see ``attach_teacher_targets``);
+    ``key_encoder`` (a ``kdtrack.models.momentum.MomentumEncoder``) fills the contrastive
+    queue and takes one EMA step after the optimizer's. A contrastive criterion with
+    ``loss.key_momentum > 0`` refuses to run without one (a stale queue collapses).
     """
     device = torch.device(device)
     model.train()
@@ -130,7 +154,15 @@ def train_step(
     with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
         outputs = model(batch[MODEL_INPUT_KEY])
     outputs = {k: v.float() for k, v in outputs.items()}
-    terms = criterion(outputs, batch)
+    extra: dict[str, Any] = {}
+    if getattr(criterion, "contrastive", None) is not None:
+        if key_encoder is None and criterion.cfg.key_momentum > 0:
+            raise ValueError("loss.key_momentum > 0: pass key_encoder=MomentumEncoder(model, m) to train_step "
+                             "(or set loss.key_momentum=0 to fill the queue with the student's own embeddings)")
+        if key_encoder is not None:
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                extra["key_embedding"] = key_encoder(batch[MODEL_INPUT_KEY]).float()
+    terms = criterion(outputs, batch, **extra)
     total = terms["total"]
     if not torch.isfinite(total).all():
         values = {k: float(v.detach().float().mean()) for k, v in terms.items() if torch.is_tensor(v)}
@@ -150,6 +182,8 @@ def train_step(
         scaler.update()
     else:
         optimizer.step()
+    if key_encoder is not None:
+        key_encoder.update(model)
     out = {k: float(v.detach().float().mean()) for k, v in terms.items() if torch.is_tensor(v)}
     out["lr"] = float(optimizer.param_groups[0]["lr"])
     return out
@@ -173,6 +207,7 @@ def train_one_epoch(
     max_iterations: int = 0,
     log_every: int = 10,
     log_fn: LogFn | None = None,
+    key_encoder: nn.Module | None = None,
 ) -> tuple[int, dict[str, float]]:
     """Run until the loader is exhausted or the global iteration reaches ``max_iterations`` (> 0).
 
@@ -186,7 +221,7 @@ def train_one_epoch(
             break
         terms = train_step(model, criterion, batch, optimizer, device=device, scaler=scaler, amp=amp,
                            grad_clip=grad_clip, teacher=teacher, teacher_crop_size=teacher_crop_size,
-                           iteration=iteration)
+                           iteration=iteration, key_encoder=key_encoder)
         iteration += 1
         if scheduler is not None:
             scheduler.step()
@@ -195,4 +230,121 @@ def train_one_epoch(
             log_fn(iteration, {**terms, "epoch": float(epoch)})
         if last:
             break  # without fetching (decoding, augmenting) one more batch
+    return iteration, terms
+
+
+# --------------------------------------------------------------------------- the Re-ID teacher (train.recipe=teacher)
+
+
+def build_warmup_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int, *,
+                           warmup_iterations: int, warmup_factor: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """BoT's WarmupMultiStepLR, stepped once per iteration: lr x ``lr_gamma`` at each milestone of
+    :func:`lr_milestones`, times a linear warm-up from ``warmup_factor`` (iteration 0) to 1 (iteration
+    ``warmup_iterations``). BoT steps it per epoch; per iteration the ramp is smooth, same end points."""
+    milestones = lr_milestones(cfg, total)
+    warmup_iterations = max(int(warmup_iterations), 0)
+    if not 0.0 < warmup_factor <= 1.0:
+        raise ValueError(f"warm-up factor must be in (0, 1], got {warmup_factor}")
+
+    def factor(it: int) -> float:
+        scale = cfg.lr_gamma ** sum(it >= m for m in milestones)
+        if it < warmup_iterations:
+            scale *= warmup_factor + (1.0 - warmup_factor) * it / warmup_iterations
+        return scale
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def teacher_train_step(
+    teacher: nn.Module,
+    batch: Mapping[str, Any],
+    optimizer: torch.optim.Optimizer,
+    *,
+    label_smoothing: float,
+    triplet_margin: float,
+    device: torch.device | str,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    grad_clip: float = 0.0,
+    iteration: int = 0,
+) -> dict[str, float]:
+    """One BoT step of the Re-ID teacher on a PK batch (``kdtrack.reid_data``: ``image`` (B, 3, H, W)
+    float [0, 1], ``label`` (B,) contiguous class ids); returns the terms as floats.
+
+    total = label-smoothed ID cross-entropy on the BNNeck classifier logits + batch-hard triplet on
+    the pooled features before the BNNeck (``kdtrack.models.reid_losses.reid_loss``); ``accuracy`` =
+    the batch's top-1 ID accuracy. A non-finite loss raises ``FloatingPointError`` before any weight
+    is touched, as :func:`train_step` does.
+    """
+    from kdtrack.models.reid_losses import reid_loss
+
+    device = torch.device(device)
+    teacher.train()
+    images = batch["image"].to(device, non_blocking=True).float()
+    labels = batch["label"].to(device, non_blocking=True).long()
+    use_amp = amp_enabled(amp, device)
+    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        outputs = teacher(images)
+    outputs = {k: (v.float() if torch.is_tensor(v) else v) for k, v in outputs.items()}
+    terms = reid_loss(outputs, labels, label_smoothing, triplet_margin)
+    total = terms["loss"]
+    if not torch.isfinite(total).all():
+        values = {k: float(v.detach().float()) for k, v in terms.items()}
+        raise FloatingPointError(f"iteration {iteration}: loss is {float(total.detach())}, stopping training; terms: {values}")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+    else:
+        total.backward()
+    if grad_clip > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if scaler is not None and scaler.is_enabled():
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    accuracy = (outputs["logits"].detach().argmax(dim=1) == labels).float().mean()
+    return {"total": float(total.detach()), "id": float(terms["id"]), "triplet": float(terms["triplet"]),
+            "accuracy": float(accuracy), "lr": float(optimizer.param_groups[0]["lr"])}
+
+
+def teacher_train_one_epoch(
+    teacher: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_loader: Iterable[Mapping[str, Any]],
+    device: torch.device | str,
+    epoch: int,
+    *,
+    label_smoothing: float,
+    triplet_margin: float,
+    scheduler: Any | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    grad_clip: float = 0.0,
+    start_iteration: int = 0,
+    max_iterations: int = 0,
+    log_every: int = 10,
+    log_fn: LogFn | None = None,
+) -> tuple[int, dict[str, float]]:
+    """:func:`train_one_epoch` for the teacher: :func:`teacher_train_step` over ``data_loader`` (PK
+    batches) until it is exhausted or the global iteration reaches ``max_iterations`` (> 0); the
+    scheduler steps every iteration; ``log_fn`` as there. Returns ``(global iteration, last terms)``."""
+    iteration = start_iteration
+    terms: dict[str, float] = {}
+    for batch in data_loader:
+        if max_iterations > 0 and iteration >= max_iterations:
+            break
+        terms = teacher_train_step(teacher, batch, optimizer, label_smoothing=label_smoothing,
+                                   triplet_margin=triplet_margin, device=device, scaler=scaler, amp=amp,
+                                   grad_clip=grad_clip, iteration=iteration)
+        iteration += 1
+        if scheduler is not None:
+            scheduler.step()
+        last = max_iterations > 0 and iteration >= max_iterations
+        if log_fn is not None and (iteration == start_iteration + 1 or iteration % max(log_every, 1) == 0 or last):
+            log_fn(iteration, {**terms, "epoch": float(epoch)})
+        if last:
+            break
     return iteration, terms

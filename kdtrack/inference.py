@@ -1,10 +1,11 @@
 """Run a trained student over frames: letterbox -> network -> decode -> tracker.
 
 This is the model-driven half of MOT evaluation (``jobs.evaluate mot``) and of
-person search. No Ray here: the job fans sequences out as Ray tasks and calls
-:func:`track_sequence` inside each. Network time (pre-processing, forward,
-decode) and association time (``Tracker.update``) are measured separately, as
-the papers report them.
+person search. No Ray here: the job runs a pool of actors that each build the
+network once (:func:`student_from_state`) and call :func:`track_sequence` (one
+sequence) or :func:`detect_and_embed_images` (a batch of person-search images).
+Network time (pre-processing, forward, decode) and association time
+(``Tracker.update``) are measured separately, as the papers report them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -34,13 +35,18 @@ from kdtrack.tracker import Tracker, TrackerConfig
 EmbedFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+def student_from_state(model_state: Mapping[str, Any], cfg: Config, device: torch.device | str = "cpu") -> nn.Module:
+    """The student of ``cfg.model`` with ``model_state`` (a checkpoint's ``"model"``), in eval mode on ``device``."""
+    model = build_student(replace(cfg.model, pretrained=""))
+    model.load_state_dict(model_state)
+    return model.to(device).eval()
+
+
 def load_student(checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config]:
     """The student of a kdtrack checkpoint, in eval mode on ``device``, with its config."""
     state = load_checkpoint(checkpoint, map_location="cpu")
     cfg: Config = state["config"]
-    model = build_student(replace(cfg.model, pretrained=""))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg
+    return student_from_state(state["model"], cfg, device), cfg
 
 
 def load_teacher(teacher_cfg: TeacherConfig, checkpoint: str | Path,
@@ -79,6 +85,21 @@ class Detector:
     def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast(self.device.type, enabled=amp_enabled(self.cfg.train.amp, self.device)):
             return self.model(batch)
+
+    def detect_batch(
+        self, images_rgb: Sequence[np.ndarray]
+    ) -> tuple[list[Detections], dict[str, torch.Tensor], list[LetterboxTransform]]:
+        """Several frames in one forward pass (each letterboxed to the network input): per-image
+        detections in original pixels, the batched head outputs ``(B, C, h, w)`` and the transforms."""
+        canvases, transforms = zip(*(letterbox(im, self.cfg.model.input_width, self.cfg.model.input_height)
+                                     for im in images_rgb))
+        batch = torch.from_numpy(np.stack(canvases)).to(self.device)
+        outputs = self.forward(batch)
+        dets = decode_detections(
+            outputs, self.cfg.decode, down_ratio=self.cfg.model.down_ratio, transforms=list(transforms),
+            normalize_embeddings=True, score_threshold=self.score_threshold,
+        )
+        return dets, outputs, list(transforms)
 
     def __call__(self, image_rgb: np.ndarray) -> tuple[Detections, dict[str, torch.Tensor], LetterboxTransform]:
         batch, tf = self.preprocess(image_rgb)
@@ -174,12 +195,19 @@ def student_embedding_at_boxes(detector: Detector, image_rgb: np.ndarray, boxes_
     needed): the identity map at the box centre, as in the training targets.
     """
     batch, tf = detector.preprocess(image_rgb)
-    emb_map = detector.forward(batch)["embedding"].float()[0]  # (k, h, w)
+    emb_map = detector.forward(batch)["embedding"][0]
+    return embeddings_at_boxes(emb_map, tf, boxes_xyxy, detector.cfg.model.down_ratio)
+
+
+def embeddings_at_boxes(emb_map: torch.Tensor, tf: LetterboxTransform, boxes_xyxy: np.ndarray,
+                        down_ratio: int) -> np.ndarray:
+    """``(N, k)`` L2-normalised rows of an identity map ``(k, h, w)`` at the centre cells of
+    ``boxes_xyxy`` (original-image pixels, mapped through the letterbox ``tf``)."""
+    emb_map = emb_map.float()
     k, h, w = emb_map.shape
     boxes = tf.boxes_to_letterbox(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4))
-    r = detector.cfg.model.down_ratio
-    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / r).astype(int), 0, w - 1)
-    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / r).astype(int), 0, h - 1)
+    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / down_ratio).astype(int), 0, w - 1)
+    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / down_ratio).astype(int), 0, h - 1)
     emb = emb_map[:, torch.as_tensor(cy), torch.as_tensor(cx)].T  # (N, k)
     return torch.nn.functional.normalize(emb, dim=1).cpu().numpy()
 
@@ -194,4 +222,45 @@ def detect_images(detector: Detector, image_paths: Sequence[str | Path],
         if embed_fn is not None:
             dets = Detections(dets.boxes_xyxy, dets.scores, embed_fn(image, dets.boxes_xyxy))
         out.append(dets)
+    return out
+
+
+def detect_and_embed_images(
+    detector: Detector,
+    image_paths: Sequence[str | Path],
+    query_boxes_xyxy: Sequence[np.ndarray] | None = None,
+    *,
+    embed_fn: EmbedFn | None = None,
+    batch_size: int = 8,
+) -> list[tuple[Detections, np.ndarray]]:
+    """Person search's model pass: per image, its detections and the embeddings of the query boxes in it.
+
+    ``query_boxes_xyxy[i]`` ``(Q_i, 4)`` are query persons drawn in image ``i`` (original pixels; may
+    be empty). One forward per image, ``batch_size`` images at a time, serves both: the gallery
+    detections and the student's identity map read at each query box centre — the same numbers as
+    :func:`detect_images` and :func:`student_embedding_at_boxes`, which each run their own forward.
+    With ``embed_fn`` (the teacher) detections and query boxes are embedded by it instead.
+    Returns ``[(Detections, (Q_i, k) query embeddings)]`` in input order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if query_boxes_xyxy is None:
+        query_boxes_xyxy = [np.zeros((0, 4), np.float32)] * len(image_paths)
+    if len(query_boxes_xyxy) != len(image_paths):
+        raise ValueError(f"{len(image_paths)} images but {len(query_boxes_xyxy)} query box arrays")
+    down_ratio = detector.cfg.model.down_ratio
+    out: list[tuple[Detections, np.ndarray]] = []
+    for start in range(0, len(image_paths), batch_size):
+        paths = image_paths[start:start + batch_size]
+        images = [read_image_rgb(p) for p in paths]
+        dets, outputs, transforms = detector.detect_batch(images)
+        for i, (image, det, tf) in enumerate(zip(images, dets, transforms)):
+            queries = np.asarray(query_boxes_xyxy[start + i], np.float32).reshape(-1, 4)
+            if embed_fn is not None:
+                det = Detections(det.boxes_xyxy, det.scores, embed_fn(image, det.boxes_xyxy))
+                query_emb = embed_fn(image, queries) if len(queries) else np.zeros((0, det.embeddings.shape[1]),
+                                                                                    np.float32)
+            else:
+                query_emb = embeddings_at_boxes(outputs["embedding"][i], tf, queries, down_ratio)
+            out.append((det, query_emb))
     return out

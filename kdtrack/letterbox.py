@@ -5,16 +5,24 @@ FairMOT). The image is scaled by ``scale = min(H_in / H, W_in / W)`` and centred
 on a canvas filled with ``pad_value`` (127.5 on the 0-255 scale, i.e. 0.5 after
 the division by 255). ``LetterboxTransform`` remembers the mapping so that
 boxes can go to the canvas (targets) and back to the original image (decode).
+
+Multi-scale training (IDF / PointID) uses ``resize_pad`` instead: the shorter
+side is resized to a drawn length (the longer side capped), the image is placed
+at the top-left corner and the canvas padded with the same grey up to multiples
+of 32, so its size varies per image and ``kdtrack.data.collate`` pads a batch
+further (right and bottom) without moving any pixel or box.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 DEFAULT_PAD_VALUE = 127.5  # FairMOT's grey, on the 0-255 scale
+CANVAS_MULTIPLE = 32  # resize_pad rounds the canvas up to this (the coarsest backbone stride)
 
 
 @dataclass(frozen=True)
@@ -74,12 +82,59 @@ def letterbox(
         raise ValueError(f"letterbox: expected an (H, W, 3) image, got shape {image_rgb.shape}")
     h, w = image_rgb.shape[:2]
     tf = letterbox_transform(w, h, input_width, input_height)
-    new_w, new_h = round(w * tf.scale), round(h * tf.scale)
+    return _place(image_rgb, tf, input_width, input_height, pad_value, interpolation), tf
+
+
+def multiscale_transform(
+    orig_width: int, orig_height: int, short_side: int, max_long_side: int, multiple: int = CANVAS_MULTIPLE
+) -> tuple[LetterboxTransform, int, int]:
+    """``(transform, canvas_width, canvas_height)`` of :func:`resize_pad`.
+
+    ``scale = short_side / min(W, H)``, lowered to ``max_long_side / max(W, H)`` when the
+    longer side would exceed it; the resized image sits at (0, 0) and the canvas is its size
+    rounded UP to multiples of ``multiple`` (pad only, never a second resize).
+    """
+    if orig_width <= 0 or orig_height <= 0:
+        raise ValueError(f"resize_pad: image size must be positive, got {orig_width}x{orig_height}")
+    if short_side <= 0 or max_long_side <= 0 or multiple <= 0:
+        raise ValueError(f"resize_pad: short side {short_side}, max long side {max_long_side} and multiple "
+                         f"{multiple} must be positive (data.multiscale_short_sides / multiscale_max_long_side)")
+    scale = short_side / min(orig_width, orig_height)
+    if max(orig_width, orig_height) * scale > max_long_side:
+        scale = max_long_side / max(orig_width, orig_height)
+    new_w, new_h = max(round(orig_width * scale), 1), max(round(orig_height * scale), 1)
+    canvas_w, canvas_h = math.ceil(new_w / multiple) * multiple, math.ceil(new_h / multiple) * multiple
+    return LetterboxTransform(float(scale), 0.0, 0.0, int(orig_width), int(orig_height)), canvas_w, canvas_h
+
+
+def resize_pad(
+    image_rgb: np.ndarray,
+    short_side: int,
+    max_long_side: int = 1024,
+    multiple: int = CANVAS_MULTIPLE,
+    pad_value: float = DEFAULT_PAD_VALUE,
+    interpolation: int = cv2.INTER_AREA,
+) -> tuple[np.ndarray, LetterboxTransform]:
+    """Multi-scale canvas: ``(H, W, 3)`` RGB uint8 -> ``(3, H', W')`` float32 in [0, 1], H' and W'
+    multiples of ``multiple`` (see :func:`multiscale_transform`); padding right/bottom in ``pad_value``."""
+    image_rgb = np.asarray(image_rgb)
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+        raise ValueError(f"resize_pad: expected an (H, W, 3) image, got shape {image_rgb.shape}")
+    h, w = image_rgb.shape[:2]
+    tf, canvas_w, canvas_h = multiscale_transform(w, h, short_side, max_long_side, multiple)
+    return _place(image_rgb, tf, canvas_w, canvas_h, pad_value, interpolation), tf
+
+
+def _place(image_rgb: np.ndarray, tf: LetterboxTransform, canvas_w: int, canvas_h: int, pad_value: float,
+           interpolation: int) -> np.ndarray:
+    """Resize by ``tf.scale``, paste at ``(tf.pad_x, tf.pad_y)`` on a ``pad_value`` canvas, CHW / 255."""
+    h, w = image_rgb.shape[:2]
+    new_w, new_h = max(round(w * tf.scale), 1), max(round(h * tf.scale), 1)
     resized = cv2.resize(image_rgb, (new_w, new_h), interpolation=interpolation).astype(np.float32)
-    canvas = np.full((input_height, input_width, 3), pad_value, dtype=np.float32)
+    canvas = np.full((canvas_h, canvas_w, 3), pad_value, dtype=np.float32)
     x0, y0 = int(tf.pad_x), int(tf.pad_y)
     canvas[y0 : y0 + new_h, x0 : x0 + new_w] = resized
-    return np.ascontiguousarray(canvas.transpose(2, 0, 1) / 255.0, dtype=np.float32), tf
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1) / 255.0, dtype=np.float32)
 
 
 def boxes_to_letterbox(boxes_xyxy: np.ndarray, transform: LetterboxTransform) -> np.ndarray:

@@ -68,6 +68,7 @@ class AugmentParams:
     occlusion_prob: float = 0.0  # random erasing with a random flat colour
     occlusion_area: tuple[float, float] = (0.02, 0.15)  # erased area / image area
     occlusion_aspect: tuple[float, float] = (0.3, 3.3)  # erased height / width
+    occlusion_max_hidden: float = 0.75  # a box hidden by more than this share of its area is dropped
     fill: int = 127  # border colour of warps (FairMOT's grey)
 
 
@@ -134,13 +135,20 @@ class JpegArtifacts(v2.Transform):
 
 
 class Occlusion(v2.Transform):
-    """Random erasing with a flat random colour (images only; the erased people keep their boxes)."""
+    """Random erasing with a flat random colour.
 
-    _transformed_types = (tv_tensors.Image,)
+    A box whose area is hidden by more than ``max_hidden`` collapses to zero
+    width, so that ``SanitizeBoundingBoxes`` drops it with its fields: a person
+    painted over is no longer a detection target nor a contrastive positive
+    (its centre would be a flat rectangle matched to the person of the other view).
+    """
 
-    def __init__(self, area: tuple[float, float], aspect: tuple[float, float]) -> None:
+    _transformed_types = (tv_tensors.Image, tv_tensors.BoundingBoxes)
+
+    def __init__(self, area: tuple[float, float], aspect: tuple[float, float], max_hidden: float = 0.75) -> None:
         super().__init__()
         self.area, self.aspect = area, aspect
+        self.max_hidden = float(max_hidden)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = v2.query_size(flat_inputs)
@@ -155,8 +163,16 @@ class Occlusion(v2.Transform):
         return {"y0": y0, "x0": x0, "eh": eh, "ew": ew, "colour": colour}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        out = inpt.clone()
         y0, x0, eh, ew = params["y0"], params["x0"], params["eh"], params["ew"]
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            boxes = inpt.as_subclass(torch.Tensor).float().clone()  # XYXY (BoxAugment builds them so)
+            ix = (boxes[:, 2].clamp(max=x0 + ew) - boxes[:, 0].clamp(min=x0)).clamp(min=0)
+            iy = (boxes[:, 3].clamp(max=y0 + eh) - boxes[:, 1].clamp(min=y0)).clamp(min=0)
+            area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6)
+            hidden = ix * iy / area > self.max_hidden
+            boxes[hidden, 2] = boxes[hidden, 0]
+            return tv_tensors.wrap(boxes.to(inpt.dtype), like=inpt)
+        out = inpt.clone()
         out[:, y0:y0 + eh, x0:x0 + ew] = params["colour"].to(out.dtype)[:, None, None]
         return out
 
@@ -182,7 +198,8 @@ def build_pipeline(params: AugmentParams | None) -> v2.Transform:
     if p.jpeg_prob:
         ops.append(v2.RandomApply([JpegArtifacts(p.jpeg_quality)], p.jpeg_prob))
     if p.occlusion_prob:
-        ops.append(v2.RandomApply([Occlusion(p.occlusion_area, p.occlusion_aspect)], p.occlusion_prob))
+        ops.append(v2.RandomApply([Occlusion(p.occlusion_area, p.occlusion_aspect, p.occlusion_max_hidden)],
+                                  p.occlusion_prob))
     return v2.Compose(ops) if ops else v2.Identity()
 
 

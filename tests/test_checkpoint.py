@@ -95,3 +95,31 @@ def test_config_keys_from_an_older_version_are_dropped_with_a_warning(tmp_path):
     torch.save(state, path)
     with pytest.raises(Exception, match=r"c\.pt.*train\.epochs"), pytest.warns(UserWarning):
         load_checkpoint(path)
+
+
+def test_checkpoint_from_before_a_model_field_loads_with_the_behaviour_it_was_trained_with(tmp_path):
+    """A student saved before ``model.embedding_norm`` existed had no centring BatchNorm: load_student
+    must rebuild it without one (strict load), not fail on missing keys or add an untrained norm."""
+    import dataclasses
+
+    from kdtrack.inference import load_student
+    from kdtrack.models import build_student
+
+    cfg = load_config("tiny", ["model.embedding_norm=none"])
+    model = build_student(cfg.model)
+    path = save_checkpoint(tmp_path / "old", model=model, config=cfg)
+    state = torch.load(path, weights_only=True)
+    del state["config"]["model"]["embedding_norm"]  # as written by an older kdtrack
+    torch.save(state, path)
+    loaded, loaded_cfg = load_student(path)
+    assert loaded_cfg.model.embedding_norm == "none"
+    assert isinstance(loaded.embedding_norm, nn.Identity)
+    # A current checkpoint keeps its centring norm and its running statistics.
+    new_cfg = load_config("tiny")
+    assert new_cfg.model.embedding_norm == "batchnorm"
+    fresh = build_student(new_cfg.model)
+    fresh.embedding_norm.running_mean.fill_(0.5)
+    new_path = save_checkpoint(tmp_path / "new", model=fresh, config=new_cfg)
+    reloaded, _ = load_student(new_path)
+    assert torch.equal(reloaded.embedding_norm.running_mean, torch.full_like(fresh.embedding_norm.running_mean, 0.5))
+    assert dataclasses.asdict(new_cfg.model)["embedding_norm"] == "batchnorm"

@@ -96,3 +96,109 @@ def test_unknown_source_and_empty_root(tmp_path):
         load_records(load_config("tiny"))
     with pytest.raises(ValueError, match="'kinetics' has no boxes"):
         load_records(_cfg(_world(tmp_path), "data.sources=[kinetics]"))
+
+
+# --------------------------------------------------------------------------- multi-scale training
+
+
+def test_multiscale_sample_size_and_targets(tmp_path):
+    # 160x96, short side 64: scale 2/3 -> 107x64 placed top-left, canvas padded to 128x64
+    cfg = _cfg(_world(tmp_path), "data.multiscale_short_sides=[64]")
+    (record,) = load_records(cfg)
+    s = training_sample(record, cfg, np.random.default_rng(0), views=2)
+    assert s["image"].shape == (2, 3, 64, 128) and s["heatmap"].shape == (2, 1, 16, 32)
+    assert (s["image"][:, :, :, 107:] == np.float32(0.5)).all()  # grey padding, right side only
+    assert (s["image"][:, :, :, :107] != np.float32(0.5)).all()  # the image (grey 90) fills the rest
+    # box 0: xyxy [10,20,50,80] x 2/3 -> centre (20, 33.33) / 4 = (5, 8.33) -> cell (5, 8) -> 8 * 32 + 5
+    assert s["index"][0, 0] == 261 and s["index"][1, 0] == 261
+    np.testing.assert_allclose(s["offset"][0, 0], [0.0, 1 / 3], atol=1e-5)
+    assert s["heatmap"][0, 0, 8, 5] == 1.0
+    ko = training_sample(record, load_config("tiny", [f"data.root={cfg.data.root}", "data.augment=none",
+                                                      "loss.id_mode=kd", "data.multiscale_short_sides=[64]"]),
+                         np.random.default_rng(0), with_original=True)
+    assert ko["orig_image"].shape == ko["image"].shape == (1, 3, 64, 128)
+    np.testing.assert_allclose(ko["teacher_boxes_xyxy"][0, :2], record.boxes_xyxy * np.float32(2 / 3), rtol=1e-5)
+
+
+def test_multiscale_draws_one_size_per_sample_and_caps_the_long_side(tmp_path):
+    root = _world(tmp_path)
+    cfg = _cfg(root, "data.multiscale_short_sides=[64, 96, 128]", "data.augment=idf_view")
+    (record,) = load_records(cfg)
+    # short 64 -> 107x64 -> 128x64; 96 -> 160x96 -> 160x96; 128 -> 213x128 -> 224x128
+    allowed = {(64, 128), (96, 160), (128, 224)}
+    seen = set()
+    for seed in range(12):
+        s = training_sample(record, cfg, np.random.default_rng(seed), views=2)
+        seen.add(s["image"].shape[-2:])  # one (V, ...) array: both views share the size
+    assert seen == allowed
+    # the longer side is capped: short 128 would make it 213 > 200 -> scale 1.25 -> 200x120 -> canvas 224x128
+    capped = _cfg(root, "data.multiscale_short_sides=[128]", "data.multiscale_max_long_side=200")
+    s = training_sample(record, capped, np.random.default_rng(0))
+    assert s["image"].shape[-2:] == (128, 224) and (s["image"][0, :, :, 200:] == np.float32(0.5)).all()
+    assert (s["image"][0, :, 120:] == np.float32(0.5)).all()
+    # the augmentation draws do not depend on the size draw: the same views at another size
+    base = training_sample(record, _cfg(root, "data.multiscale_short_sides=[96]", "data.augment=idf_view"),
+                           np.random.default_rng(3), views=2)
+    fixed = training_sample(record, _cfg(root, "data.augment=idf_view"), np.random.default_rng(3), views=2)
+    np.testing.assert_array_equal(base["box_index"], fixed["box_index"])  # augmentation runs before the resize
+    np.testing.assert_allclose(base["size"], fixed["size"] / 2, rtol=1e-5)  # scale 1 here, 2 on the 320x192 letterbox
+
+
+def test_collate_pads_mixed_sizes_and_readdresses_indices(tmp_path):
+    root = _world(tmp_path)
+    small_cfg = _cfg(root, "data.multiscale_short_sides=[64]", "data.augment=idf_view")
+    big_cfg = _cfg(root, "data.multiscale_short_sides=[128]", "data.augment=idf_view")
+    (record,) = load_records(small_cfg)
+    samples = [training_sample(record, small_cfg, np.random.default_rng(1), views=2),
+               training_sample(record, big_cfg, np.random.default_rng(2), views=2)]
+    batch = collate(samples, trim=False)
+    assert batch["image"].shape == (4, 3, 128, 224) and batch["heatmap"].shape == (4, 1, 32, 56)
+    order = [(0, 0), (1, 0), (0, 1), (1, 1)]  # view-0 images first, then view 1
+    for b, (j, v) in enumerate(order):
+        s = samples[j]
+        h, w = s["heatmap"].shape[-2:]
+        H, W = s["image"].shape[-2:]
+        img, hm = batch["image"][b].numpy(), batch["heatmap"][b, 0].numpy()
+        np.testing.assert_array_equal(img[:, :H, :W], s["image"][v])  # nothing moved
+        assert (img[:, H:] == np.float32(0.5)).all() and (img[:, :, W:] == np.float32(0.5)).all()
+        np.testing.assert_array_equal(hm[:h, :w], s["heatmap"][v, 0])
+        assert hm[h:].sum() == 0 and hm[:, w:].sum() == 0 and batch["ignore"][b, 0, h:].sum() == 0
+        filled = s["mask"][v]
+        assert filled.any()
+        flat = hm.reshape(-1)
+        # every box's centre index still points at its own Gaussian peak (1.0), at the same (y, x) cell
+        idx = batch["index"][b].numpy()[filled]
+        assert (flat[idx] == 1.0).all()
+        np.testing.assert_array_equal(idx // 56, s["index"][v][filled] // w)
+        np.testing.assert_array_equal(idx % 56, s["index"][v][filled] % w)
+        np.testing.assert_array_equal(flat[idx], s["heatmap"][v, 0].reshape(-1)[s["index"][v][filled]])
+        rmask = s["region_mask"][v]
+        ridx = batch["region_index"][b].numpy()[rmask]
+        np.testing.assert_array_equal(ridx // 56, s["region_index"][v][rmask] // w)
+        np.testing.assert_array_equal(ridx % 56, s["region_index"][v][rmask] % w)
+    # samples of one size are stacked untouched (the fixed-size path)
+    same = collate([samples[1], samples[1]], trim=False)
+    np.testing.assert_array_equal(same["index"][0].numpy(), samples[1]["index"][0])
+    assert same["image"].shape == (4, 3, 128, 224)
+
+
+def test_padded_mixed_size_batch_trains(tmp_path):
+    from kdtrack.engine import build_optimizer, train_step
+    from kdtrack.losses import Criterion
+    from kdtrack.models import build_student
+
+    import torch
+
+    root = _world(tmp_path)
+    cfgs = [_cfg(root, f"data.multiscale_short_sides=[{side}]", "data.augment=idf_view", "model.width=8",
+                 "model.head_conv=16", "model.embedding_dim=16", "loss.queue_size=64") for side in (64, 96)]
+    (record,) = load_records(cfgs[0])
+    batch = collate([training_sample(record, c, np.random.default_rng(i), views=2) for i, c in enumerate(cfgs)])
+    torch.manual_seed(0)
+    model, criterion = build_student(cfgs[0].model), Criterion.from_config(cfgs[0])
+    opt = build_optimizer(list(model.parameters()) + list(criterion.parameters()), cfgs[0].train)
+    from kdtrack.models.momentum import MomentumEncoder
+
+    terms = train_step(model, criterion, batch, opt, device="cpu",
+                       key_encoder=MomentumEncoder(model, cfgs[0].loss.key_momentum))
+    assert np.isfinite(terms["total"]) and terms["id"] > 0

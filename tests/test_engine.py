@@ -15,6 +15,7 @@ from kdtrack.engine import (
 from kdtrack.letterbox import letterbox
 from kdtrack.losses import Criterion
 from kdtrack.models import build_student, build_teacher, freeze_teacher
+from kdtrack.models.momentum import MomentumEncoder
 from kdtrack.models.teacher_targets import teacher_embeddings
 from kdtrack.targets import encode_targets, person_keys
 
@@ -47,6 +48,10 @@ def _setup(cfg, seed=0):
     return model, criterion, optimizer
 
 
+def _key_encoder(cfg, model):
+    return MomentumEncoder(model, cfg.loss.key_momentum) if cfg.loss.id_mode == "contrastive" else None
+
+
 def test_step_schedule():
     cfg = load_config("tiny", ["train.lr_steps=[0.6, 0.8]"])
     # milestones round(0.6*100)=60, round(0.8*100)=80
@@ -63,6 +68,20 @@ def test_step_schedule():
     assert total_iterations(load_config("tiny", ["train.max_iterations=5"]).train, 7) == 5
     with pytest.raises(ValueError, match="lr_steps"):
         lr_milestones(load_config("tiny", ["train.lr_steps=[1.5]"]).train, 10)
+
+
+def test_epochs_zero_is_an_iteration_budget():
+    # epochs 0 = unbounded: the run is exactly max_iterations, whatever the epoch length
+    tc = load_config("tiny", ["train.epochs=0", "train.max_iterations=250", "train.lr_steps=[0.6, 0.8]"]).train
+    assert [total_iterations(tc, n) for n in (1, 7, 1000)] == [250, 250, 250]
+    assert lr_milestones(tc, total_iterations(tc, 7)) == [150, 200]
+    # epochs > 0: epochs x epoch length, capped by max_iterations (a cap, not a budget)
+    capped = load_config("tiny", ["train.epochs=3", "train.max_iterations=250"]).train
+    assert total_iterations(capped, 7) == 21 and total_iterations(capped, 1000) == 250
+    with pytest.raises(ValueError, match="max_iterations > 0"):
+        total_iterations(load_config("tiny", ["train.epochs=0"]).train, 7)
+    with pytest.raises(ValueError, match=">= 0"):
+        total_iterations(load_config("tiny", ["train.epochs=-1"]).train, 7)
 
 
 def test_select_device_never_requires_cuda():
@@ -91,27 +110,61 @@ def test_nan_loss_raises_naming_iteration_and_terms():
 
 
 def test_checkpoint_resume_continues_exactly(tmp_path):
-    cfg = load_config("tiny", SMALL)  # contrastive: the criterion holds a queue
+    cfg = load_config("tiny", SMALL)  # contrastive: the criterion holds a queue, a key encoder fills it
     batch = _batch(cfg, views=2)
     model, criterion, optimizer = _setup(cfg)
+    keys = _key_encoder(cfg, model)
     sched = build_scheduler(optimizer, cfg.train, 10)
     for i in range(2):
-        train_step(model, criterion, batch, optimizer, device="cpu", iteration=i)
+        train_step(model, criterion, batch, optimizer, device="cpu", iteration=i, key_encoder=keys)
         sched.step()
     save_checkpoint(tmp_path, model=model, config=cfg, criterion=criterion, optimizer=optimizer,
-                    scheduler=sched, epoch=1, iteration=2)
-    continued = train_step(model, criterion, batch, optimizer, device="cpu", iteration=2)
+                    scheduler=sched, key_encoder=keys, epoch=1, iteration=2)
+    continued = train_step(model, criterion, batch, optimizer, device="cpu", iteration=2, key_encoder=keys)
+    queue_after = criterion.contrastive.queue.clone()
 
     model2, criterion2, optimizer2 = _setup(cfg, seed=123)
+    keys2 = _key_encoder(cfg, model2)
     sched2 = build_scheduler(optimizer2, cfg.train, 10)
     epoch, iteration = restore_training_state(load_checkpoint(tmp_path), model=model2, criterion=criterion2,
-                                              optimizer=optimizer2, scheduler=sched2)
+                                              optimizer=optimizer2, scheduler=sched2, key_encoder=keys2)
     assert (epoch, iteration) == (1, 2)
     # 2 images x 2 people enqueued per step -> 4 persons per step, 8 after two steps
     assert int(criterion2.contrastive.queue_fill) == 8
-    resumed = train_step(model2, criterion2, batch, optimizer2, device="cpu", iteration=2)
+    resumed = train_step(model2, criterion2, batch, optimizer2, device="cpu", iteration=2, key_encoder=keys2)
     assert resumed["id"] > 0  # the restored queue gives negatives at once
     assert resumed["total"] == pytest.approx(continued["total"], rel=1e-5)
+    # The key encoder was restored too: the entries it pushed match the uninterrupted run's.
+    assert torch.allclose(criterion2.contrastive.queue, queue_after, atol=1e-5)
+
+
+def test_momentum_encoder_is_an_ema_and_fills_the_queue():
+    cfg = load_config("tiny", SMALL + ["loss.key_momentum=0.9"])
+    model, criterion, optimizer = _setup(cfg)
+    keys = _key_encoder(cfg, model)
+    before = [p.detach().clone() for p in keys.encoder.parameters()]
+    assert all(not p.requires_grad for p in keys.encoder.parameters())
+    batch = _batch(cfg, views=2)
+    with torch.no_grad():
+        key_map = keys(batch["image"]).clone()  # what the key encoder says before the step
+    train_step(model, criterion, batch, optimizer, device="cpu", key_encoder=keys)
+    # theta_k <- 0.9 theta_k + 0.1 theta_q, with theta_q the student AFTER its step
+    for old, new, q in zip(before, keys.encoder.parameters(), model.parameters()):
+        assert torch.allclose(new, 0.9 * old + 0.1 * q.detach(), atol=1e-6)
+    # The queue holds the key encoder's person means (of the pre-step key map), not the student's.
+    from kdtrack.losses.contrastive import gather_points
+
+    pts, pkeys = gather_points(key_map, batch["region_index"], batch["region_mask"], batch["ids"])
+    emb, uniq = criterion.contrastive.person_embeddings(pts, pkeys)
+    assert torch.allclose(criterion.contrastive.queue[: len(uniq)], emb, atol=1e-5)
+    # Without an encoder the step refuses (a stale self-filled queue collapses), unless m = 0.
+    with pytest.raises(ValueError, match="key_encoder"):
+        train_step(model, criterion, batch, optimizer, device="cpu")
+    cfg0 = load_config("tiny", SMALL + ["loss.key_momentum=0"])
+    m0, c0, o0 = _setup(cfg0)
+    assert np.isfinite(train_step(m0, c0, batch, o0, device="cpu")["total"])
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        MomentumEncoder(model, 1.0)
 
 
 def test_teacher_targets_follow_the_slots():

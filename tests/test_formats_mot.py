@@ -164,3 +164,23 @@ def test_sequence_without_gt_has_no_boxes(tmp_path):
     (seq / "gt" / "gt.txt").unlink()
     _, records = read_mot_sequence(seq)
     assert [r.num_boxes for r in records] == [0, 0]
+
+
+def test_dedupe_detector_copies(tmp_path):
+    """MOT17's three per-detector copies of a sequence -> one; other names untouched; the data.py alias agrees."""
+    from kdtrack.data import _dedupe_mot_copies
+    from kdtrack.formats.mot import dedupe_detector_copies, sequence_base_name
+
+    names = ["MOT17-02-DPM", "MOT17-02-FRCNN", "MOT17-02-SDP", "MOT17-04-DPM", "MOT17-04-FRCNN", "MOT17-04-SDP",
+             "MOT20-01", "MY-SEQ-XYZ"]
+    dirs = [tmp_path / n for n in names]
+    assert sequence_base_name("MOT17-02-FRCNN") == "MOT17-02" and sequence_base_name("MOT20-01") == "MOT20-01"
+    assert [d.name for d in dedupe_detector_copies(dirs)] == ["MOT17-02-DPM", "MOT17-04-DPM", "MOT20-01",
+                                                                "MY-SEQ-XYZ"]
+    assert [d.name for d in dedupe_detector_copies(dirs, "FRCNN")] == ["MOT17-02-FRCNN", "MOT17-04-FRCNN",
+                                                                       "MOT20-01", "MY-SEQ-XYZ"]
+    assert _dedupe_mot_copies(dirs) == dedupe_detector_copies(dirs)
+    with pytest.raises(MissingFileError, match="MOT17-04 has no -SDP copy"):
+        dedupe_detector_copies([d for d in dirs if d.name != "MOT17-04-SDP"], "SDP")
+    with pytest.raises(ValueError, match="detector must be one of"):
+        dedupe_detector_copies(dirs, "YOLO")

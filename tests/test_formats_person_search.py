@@ -48,6 +48,7 @@ def test_manifest_round_trip(tmp_path):
     write_manifest(path, _manifest())
     data = json.loads(path.read_text())
     assert data["format"] == "kdtrack-person-search-v1" and "image_dir" not in data
+    assert "val_queries" not in data  # no val split: the file is as before
     assert set(data["images"][0]) == {"file_name", "width", "height", "camera", "split", "boxes_xywh", "pids"}
     for name in ("a.jpg", "q.jpg", "g1.jpg", "g2.jpg"):
         _jpg(tmp_path / "images" / name)
@@ -72,13 +73,67 @@ def test_manifest_round_trip(tmp_path):
     (lambda d: d["queries"][0]["galleries"]["2"].append("zz.jpg"), r"queries\[0\]: gallery '2' image 'zz.jpg'"),
     (lambda d: d["queries"][0].update(pid=7), r"queries\[0\]: pid 7 has no box"),
     (lambda d: d["images"][2].update(pids=[5]), r"images\[2\]: 2 boxes but 1 pids"),
-    (lambda d: d["images"][1].update(split="val"), r"images\[1\]: split 'val'"),
+    (lambda d: d["images"][1].update(split="dev"), r"images\[1\]: split 'dev'"),
+    (lambda d: d["images"][1].update(split="val"), r"queries\[0\]: test query on val image 'q.jpg'"),
+    (lambda d: d["images"][2].update(split="train"), r"queries\[0\]: gallery '2' image 'g1.jpg' is a train image"),
     (lambda d: d["images"][0].update(boxes_xywh=[[1, 1, 0, 5], [1, 1, 2, 2]]), r"images\[0\]: boxes_xywh\[0\]"),
     (lambda d: d["images"][0].pop("camera"), r"images\[0\]: missing camera"),
 ])
 def test_manifest_validation_names_the_record(tmp_path, edit, message):
     path = tmp_path / "manifest.json"
     write_manifest(path, _manifest())
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(FormatError, match=message):
+        read_manifest(path, check_images=False)
+
+
+def _manifest_with_val(protocol="cuhk"):
+    m = _manifest()
+    m.protocol = protocol
+    m.images += [
+        PersonSearchImage("vq.jpg", W, H, 1, "val", [[1, 1, 10, 20]], [8]),
+        PersonSearchImage("v1.jpg", W, H, 2, "val", [[3, 3, 10, 20]], [8]),
+        PersonSearchImage("v2.jpg", W, H, 3, "val", [[5, 5, 10, 20]], [9]),
+    ]
+    galleries = {"2": ["v1.jpg", "v2.jpg"]} if protocol == "cuhk" else {}
+    m.val_queries = [PersonSearchQuery(8, "vq.jpg", [1, 1, 10, 20], galleries)]
+    if protocol == "prw":
+        m.queries[0].galleries = {}
+    return m
+
+
+@pytest.mark.parametrize("protocol", ["cuhk", "prw"])
+def test_manifest_val_split(tmp_path, protocol):
+    path = tmp_path / "manifest.json"
+    write_manifest(path, _manifest_with_val(protocol))
+    data = json.loads(path.read_text())
+    assert [q["file_name"] for q in data["queries"]] == ["q.jpg"]  # "queries" stay the test queries
+    assert [q["file_name"] for q in data["val_queries"]] == ["vq.jpg"]
+    m = read_manifest(path, check_images=False)
+    assert [q.file_name for q in m.queries_of("val")] == ["vq.jpg"] and m.queries_of("test") == m.queries
+    assert m.queries_of("train") == []
+    with pytest.raises(ValueError, match="split 'dev'"):
+        m.queries_of("dev")
+    (vq,), (tq,) = m.val_queries, m.queries
+    assert (m.query_split(vq), m.query_split(tq)) == ("val", "test")
+    # galleries never cross splits, listed (cuhk) or by the PRW rule (every image of the split but the query's)
+    assert m.gallery(vq) == ["v1.jpg", "v2.jpg"]
+    assert m.gallery(tq) == ["g1.jpg", "g2.jpg"]
+    assert [r.image_id for r in m.image_records("val")] == ["vq.jpg", "v1.jpg", "v2.jpg"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["val_queries"][0].update(file_name="q.jpg", pid=5), r"val_queries\[0\]: val query on test image"),
+    (lambda d: d["val_queries"][0]["galleries"]["2"].append("g1.jpg"),
+     r"val_queries\[0\]: gallery '2' image 'g1.jpg' is a test image, not val"),
+    (lambda d: d["val_queries"][0].update(pid=9), r"val_queries\[0\]: pid 9 has no box"),
+    (lambda d: d.update(val_queries={}), "val_queries must be a list"),
+])
+def test_manifest_val_validation_names_the_record(tmp_path, edit, message):
+    path = tmp_path / "manifest.json"
+    write_manifest(path, _manifest_with_val())
     data = json.loads(path.read_text())
     edit(data)
     path.write_text(json.dumps(data))

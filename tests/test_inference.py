@@ -142,10 +142,9 @@ def test_evaluate_mot_job_from_shell(tiny_world: Path, tmp_path: Path, mlflow_ur
 
 def test_two_step_tracking_embeds_detections_with_the_teacher(tiny_world: Path, tmp_path: Path):
     """KDMOT 'two-step': detected boxes are embedded by the Re-ID teacher, not the student head."""
-    from jobs.evaluate import track_sequence_to_file
+    from jobs.evaluate import InferenceWorker, ModelHandle
     from kdtrack.checkpoint import save_checkpoint
     from kdtrack.config import config_to_dict
-    from kdtrack.formats.mot import read_results
     from kdtrack.models import build_student, build_teacher
 
     torch.manual_seed(0)
@@ -171,8 +170,9 @@ def test_two_step_tracking_embeds_detections_with_the_teacher(tiny_world: Path, 
 
     inference.teacher_embeddings = spy
     try:
-        run = track_sequence_to_file(str(ckpt), str(seq_dir), str(tmp_path / "res.txt"), config_to_dict(cfg),
-                                     split="val_half", embedder="teacher", teacher_checkpoint=str(teacher_path))
+        worker = InferenceWorker(config_to_dict(cfg), embedder="teacher", teacher_checkpoint=str(teacher_path),
+                                 device="cpu")
+        run = worker.track(ModelHandle(str(ckpt)), str(seq_dir), "val", 0)
     finally:
         inference.teacher_embeddings = original
     # the teacher embedded the (up to 5) detections of every frame with its own feature size
@@ -180,7 +180,8 @@ def test_two_step_tracking_embeds_detections_with_the_teacher(tiny_world: Path, 
                                                                cfg.teacher.crop_width)).shape[1]
     assert len(calls) == run["frames"] > 0
     assert all(shape == (n, teacher_dim) for n, shape in calls) and teacher_dim != cfg.model.embedding_dim
-    assert len(read_results(tmp_path / "res.txt")) > 0
+    assert len(run["rows"]) > 0 and run["evaluation"].name == seq_dir.name  # tracked and scored, no file written
+    assert run["model_builds"] == 1 and not list(tmp_path.glob("*.txt"))
 
 
 def test_person_search_inputs_from_checkpoint(tiny_world: Path, tmp_path: Path):
@@ -226,8 +227,8 @@ def test_bad_inputs_name_the_path(tiny_world: Path, tmp_path: Path):
     """No sequences under --data-root, a missing frame, a manifest-less person search: clear errors."""
     import shutil
 
+    from jobs.evaluate import InputError, run_mot_checkpoint
     from jobs.evaluate import main as evaluate_main
-    from jobs.evaluate import run_mot_checkpoint
 
     cfg = load_config("tiny")
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
@@ -245,5 +246,36 @@ def test_bad_inputs_name_the_path(tiny_world: Path, tmp_path: Path):
     with pytest.raises(OSError, match="000003.jpg"):
         track_sequence(Detector(net, cfg, torch.device("cpu")), seq_dir, cfg.tracker)
 
-    with pytest.raises(SystemExit, match="needs --manifest"):
+    with pytest.raises(InputError, match="needs --manifest"):
         evaluate_main(["person-search", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "m.json")])
+
+
+def test_batched_detection_and_query_embedding_equal_the_per_image_passes(tiny_world: Path):
+    """``detect_and_embed_images`` (batches of 3, gallery and queries from one pass) = one forward per call."""
+    from kdtrack.boxes import xywh_to_xyxy
+    from kdtrack.data import read_image_rgb
+    from kdtrack.formats.person_search import read_manifest
+    from kdtrack.inference import detect_and_embed_images, detect_images, student_embedding_at_boxes
+    from kdtrack.models import build_student
+
+    torch.manual_seed(0)
+    cfg = load_config("tiny", ["model.width=8", "model.head_conv=16", "model.embedding_dim=16",
+                               "decode.score_threshold=0.0", "decode.top_k=10"])
+    model = build_student(cfg.model).eval()
+    model.heads["size"][-1].bias.data.fill_(8.0)  # untrained: every peak gets a valid 16x16 box
+    detector = Detector(model, cfg, torch.device("cpu"))
+    manifest = read_manifest(tiny_world / "person_search" / "manifest.json")
+    queries = manifest.queries[:4]
+    paths = [manifest.image_path(q.file_name) for q in queries] + [manifest.image_path(manifest.images[0].file_name)]
+    boxes = [xywh_to_xyxy(np.asarray(q.box_xywh, np.float32)).reshape(1, 4) for q in queries] + [np.zeros((0, 4))]
+    batched = detect_and_embed_images(detector, paths, boxes, batch_size=3)
+    assert len(batched) == 5 and batched[-1][1].shape == (0, 16)
+    for path, box, (dets, query_emb) in zip(paths, boxes, batched):
+        (single,) = detect_images(detector, [path])
+        np.testing.assert_allclose(dets.boxes_xyxy, single.boxes_xyxy, atol=1e-3)
+        np.testing.assert_allclose(dets.scores, single.scores, atol=1e-5)
+        np.testing.assert_allclose(dets.embeddings, single.embeddings, atol=1e-5)
+        if len(box):
+            expected = student_embedding_at_boxes(detector, read_image_rgb(path), box)
+            np.testing.assert_allclose(query_emb, expected, atol=1e-5)
+            np.testing.assert_allclose(np.linalg.norm(query_emb, axis=1), 1.0, atol=1e-5)

@@ -28,8 +28,13 @@ def test_readers_see_exactly_what_the_generator_wrote(tiny_world: Path):
     assert sum(s["frames"] for s in seqs.values()) == counts["mot17/frames"]
     ps = summary["person_search"]
     assert (ps["images"], ps["queries"]) == (counts["person_search/images"], counts["person_search/queries"])
+    for split in ("train", "val", "test"):
+        assert summary[f"person_search/{split}"]["images"] == counts[f"person_search/{split}/images"]
+    assert summary["person_search/val"]["queries"] == counts["person_search/val/queries"] > 0
+    assert summary["person_search/test"]["queries"] == ps["queries"] and summary["person_search/train"]["queries"] == 0
+    assert sum(summary[f"person_search/{s}"]["identities"] for s in ("train", "val", "test")) == ps["identities"]
     assert summary["market1501/bounding_box_train"]["crops"] == counts["market1501/bounding_box_train"]
-    assert "crowdhuman/train" in format_summary(summary)
+    assert "crowdhuman/train" in format_summary(summary) and "person_search/val" in format_summary(summary)
 
 
 def test_inspect_world_on_an_empty_root_reports_nothing(tmp_path: Path):

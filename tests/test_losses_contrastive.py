@@ -13,13 +13,22 @@ from kdtrack.losses.contrastive import DenseContrastiveLoss, gather_points
 from kdtrack.targets import collate_targets, encode_targets
 
 
-def naive_loss(points, keys, queue, queue_keys, tau):
-    """IDF eq. 1-2 written literally: for every anchor v, mean over the other points of its person."""
+def naive_loss(points, keys, queue, queue_keys, tau, batch_negatives=False):
+    """IDF eq. 1-2 written literally: for every anchor v, mean over the other points of its person.
+
+    ``batch_negatives``: every OTHER person of the batch is one more negative, its mean point
+    (renormalised, with gradient)."""
     v = F.normalize(points.double(), dim=1)
     q = queue.double()
+    people = {}
+    for a in range(len(v)):
+        people.setdefault(int(keys[a]), []).append(v[a])
+    means = {key: F.normalize(torch.stack(pts).sum(0), dim=0) for key, pts in people.items()}
     per_anchor = []
     for a in range(len(v)):
         negs = [q[j] for j in range(len(q)) if queue_keys[j] != -1 and queue_keys[j] != keys[a]]
+        if batch_negatives:
+            negs += [mean for key, mean in means.items() if key != int(keys[a])]
         neg_sum = sum((torch.exp(v[a] @ n / tau) for n in negs), torch.tensor(0.0, dtype=torch.float64))
         terms = []
         for p in range(len(v)):
@@ -32,16 +41,17 @@ def naive_loss(points, keys, queue, queue_keys, tau):
     return torch.stack(per_anchor).mean() if per_anchor else torch.tensor(0.0, dtype=torch.float64)
 
 
-def _loss_with_queue(dim, queue, queue_keys, tau=0.07, chunk=4096):
-    loss = DenseContrastiveLoss(dim, queue_size=len(queue), temperature=tau, anchor_chunk=chunk)
+def _loss_with_queue(dim, queue, queue_keys, tau=0.07, chunk=4096, batch_negatives=False):
+    loss = DenseContrastiveLoss(dim, queue_size=len(queue), temperature=tau, anchor_chunk=chunk,
+                                batch_negatives=batch_negatives)
     loss.queue.copy_(queue)
     loss.queue_keys.copy_(queue_keys)
     loss.queue_fill.fill_(int((queue_keys != -1).sum()))
     return loss
 
 
-@pytest.mark.parametrize("chunk", [4096, 7])
-def test_matches_naive_loop(chunk):
+@pytest.mark.parametrize("chunk,batch_negatives", [(4096, False), (7, False), (4096, True), (7, True)])
+def test_matches_naive_loop(chunk, batch_negatives):
     g = torch.Generator().manual_seed(0)
     dim, m = 8, 40
     points = torch.randn(m, dim, generator=g)
@@ -50,14 +60,14 @@ def test_matches_naive_loop(chunk):
     queue = F.normalize(torch.randn(30, dim, generator=g), dim=1)
     queue_keys = torch.randint(0, 12, (30,), generator=g) * 1000
     queue_keys[-5:] = -1  # unused slots
-    loss = _loss_with_queue(dim, queue, queue_keys, tau=0.07, chunk=chunk)
+    loss = _loss_with_queue(dim, queue, queue_keys, tau=0.07, chunk=chunk, batch_negatives=batch_negatives)
     p = points.clone().requires_grad_(True)
     out = loss.loss_from_points(p, keys)
-    ref = naive_loss(points, keys, queue, queue_keys, 0.07)
+    ref = naive_loss(points, keys, queue, queue_keys, 0.07, batch_negatives)
     assert out["id"].item() == pytest.approx(ref.item(), abs=1e-5, rel=1e-5)
-    # Gradients agree with the naive loop's autograd too.
+    # Gradients agree with the naive loop's autograd too (through the batch negatives' means).
     p_ref = points.double().clone().requires_grad_(True)
-    naive_loss(p_ref, keys, queue, queue_keys, 0.07).backward()
+    naive_loss(p_ref, keys, queue, queue_keys, 0.07, batch_negatives).backward()
     out["id"].backward()
     assert torch.allclose(p.grad.double(), p_ref.grad, atol=1e-5)
     assert out["id/anchors"].item() == m - 1
@@ -74,8 +84,24 @@ def test_hand_value_two_points_one_negative():
     assert loss.loss_from_points(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([3, 3]))["id"].item() == 0.0
 
 
+def test_hand_value_batch_negative_without_queue():
+    # tau = 1, empty queue. Person 3: v1 = (1, 0), v2 = (0, 1); person 4: w1 = w2 = (1, 0) (mean (1, 0)).
+    # Person 3's mean is (1, 1)/sqrt2.
+    # l(v1) = -log(e^0 / (e^0 + e^{v1.(1,0)})) = log(1 + e^1) = 1.31326; l(v2) = log(1 + e^0) = 0.69315
+    # l(w1) = l(w2) = -log(e^1 / (e^1 + e^{0.70711})) = log(1 + e^{0.70711 - 1}) = 0.55436
+    # l_id = mean of the four anchors = (1.31326 + 0.69315 + 2 * 0.55436) / 4 = 0.77878
+    pts = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    keys = torch.tensor([3, 3, 4, 4])
+    loss = DenseContrastiveLoss(2, queue_size=4, temperature=1.0)  # batch_negatives defaults to True
+    expected = (math.log(1 + math.e) + math.log(2) + 2 * math.log(1 + math.exp(math.sqrt(0.5) - 1))) / 4
+    assert loss.loss_from_points(pts, keys)["id"].item() == pytest.approx(expected, rel=1e-6)
+    # The paper's text (queue only): an empty queue means no negative, loss 0.
+    loss.batch_negatives = False
+    assert loss.loss_from_points(pts, keys)["id"].item() == 0.0
+
+
 def test_empty_queue_no_people_single_point_are_finite():
-    loss = DenseContrastiveLoss(4, queue_size=8)
+    loss = DenseContrastiveLoss(4, queue_size=8, batch_negatives=False)
     pts = torch.randn(3, 4, requires_grad=True)
     out = loss.loss_from_points(pts, torch.tensor([1, 1, 2]))  # empty queue: -log(e^s/e^s) = 0
     assert out["id"].item() == 0.0
@@ -112,7 +138,7 @@ def test_forward_on_maps_two_views_and_queue_update():
     loss.enqueue(F.normalize(torch.randn(5, 6), dim=1), torch.arange(5))
     points, pkeys = gather_points(emb, batch["region_index"], batch["region_mask"], batch["ids"])
     assert len(points) == int(batch["region_mask"].sum()) and set(pkeys.tolist()) == {100, 101}
-    ref = naive_loss(points.detach(), pkeys, loss.queue.clone(), loss.queue_keys.clone(), 0.07)
+    ref = naive_loss(points.detach(), pkeys, loss.queue.clone(), loss.queue_keys.clone(), 0.07, batch_negatives=True)
     out = loss(emb, batch["region_index"], batch["region_mask"], batch["ids"])
     assert out["id"].item() == pytest.approx(ref.item(), abs=1e-5)
     out["id"].backward()

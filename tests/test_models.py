@@ -36,6 +36,55 @@ def test_student_output_shapes(backbone, deformable):
     assert all(torch.isfinite(v).all() for v in out.values())
 
 
+@pytest.mark.parametrize("backbone,merge,deformable", [
+    ("resnet18_unet", "concat", False), ("resnet18_unet", "concat", True),
+    ("resnet18_unet", "add", False), ("resnet18_unet", "add", True), ("resnet50_unet", "add", True),
+])
+def test_unet_merge_modes(backbone, merge, deformable):
+    torch.manual_seed(0)
+    neck = 32
+    cfg = ModelConfig(backbone=backbone, deformable=deformable, unet_merge=merge, neck_channels=neck, **SMALL)
+    model = build_student(cfg).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 64, 96))
+    assert out["heatmap"].shape == (2, 1, 16, 24) and out["embedding"].shape == (2, 16, 16, 24)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    body = model.body
+    assert body.out_channels == neck
+    other = build_student(dataclasses.replace(cfg, unet_merge="add" if merge == "concat" else "concat")).body
+    concat, add = (body, other) if merge == "concat" else (other, body)
+    # PointID's concat: one plain 3x3 conv-BN-ReLU per finer level maps 2*neck channels back to neck
+    assert add.merges is None and not any("merges" in k for k in add.state_dict())
+    assert len(concat.merges) == 3
+    for block in concat.merges:
+        conv = block[0]
+        assert isinstance(conv, torch.nn.Conv2d) and (conv.in_channels, conv.out_channels) == (2 * neck, neck)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(concat) - count(add) == 3 * (2 * neck * neck * 9 + 2 * neck)  # conv (no bias) + BN
+    assert {k for k in add.state_dict()} == {k for k in concat.state_dict() if "merges" not in k}
+    # the graph is the documented one: up = bilinear x2, then merges(cat[up, skip]) or up + skip
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        c2 = body.layer1(body.stem(x))
+        feats = [c2, body.layer2(c2)]
+        feats += [body.layer3(feats[1])]
+        feats += [body.layer4(feats[2])]
+        y = body.skips[3](feats[3])
+        for level in (2, 1, 0):
+            skip = body.skips[level](feats[level])
+            up = torch.nn.functional.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = body.merges[level](torch.cat([up, skip], 1)) if merge == "concat" else up + skip
+        torch.testing.assert_close(body(x), y)
+
+
+def test_unet_merge_is_validated_and_defaults_to_concat():
+    assert ModelConfig().unet_merge == "concat"
+    from kdtrack.models.resnet_unet import ResNetUNetBody
+
+    with pytest.raises(ValueError, match="unet_merge"):
+        ResNetUNetBody("resnet18", 16, False, "sum")
+
+
 def test_size_channels_two_and_raw_embedding():
     cfg = ModelConfig(size_channels=2, normalize_embedding=False, **SMALL)
     out = build_student(cfg)(torch.rand(1, 3, 64, 64))

@@ -22,7 +22,9 @@ from kdtrack.formats import (
     read_mot_sequence,
     read_video_info,
 )
+from kdtrack.synth import datasets
 from kdtrack.synth.appearance import (
+    APPEARANCE_FIELDS,
     CLONE_ATTRIBUTES,
     appearance_differences,
     make_identity_bank,
@@ -34,14 +36,28 @@ from kdtrack.synth.rng import unit_rng
 from kdtrack.synth.scene import Camera, PersonActor, compose_scene
 from kdtrack.synth.world import generate_world, plan_units
 
-# A world small enough to generate twice in a few seconds, every format present.
+# A world small enough to generate twice in a few seconds, every format present. Populations:
+# 10 MOT + 3/3/4 person-search train/val/test + 2/2 Market = 24 identities.
 MINI = SynthConfig(
-    num_identities=16, crowdhuman_train_images=3, crowdhuman_val_images=2, coco_train_images=3, coco_val_images=2,
+    num_identities=24, crowdhuman_train_images=3, crowdhuman_val_images=2, coco_train_images=3, coco_val_images=2,
     kinetics_clips=1, kinetics_val_clips=1, kinetics_clip_frames=6, mot_sequences=1, mot_sequence_frames=8,
-    person_search_cameras=2, person_search_train_images=4, person_search_test_images=6, person_search_queries=3,
-    person_search_gallery_sizes=(3, 5), reid_cameras=2, reid_train_ids=2, reid_test_ids=2, reid_crops_per_id=2,
-    reid_junk_crops=1, reid_distractor_crops=1, shard_size=3,
+    mot_ids=10, person_search_cameras=2, person_search_train_images=4, person_search_test_images=6,
+    person_search_queries=3, person_search_val_images=4, person_search_val_queries=1, person_search_train_ids=3,
+    person_search_val_ids=3, person_search_test_ids=4, person_search_gallery_sizes=(3, 5), reid_cameras=2,
+    reid_train_ids=2, reid_test_ids=2, reid_crops_per_id=2, reid_junk_crops=1, reid_distractor_crops=1, shard_size=3,
 )
+
+
+@pytest.fixture(scope="module")
+def mini_world(tmp_path_factory) -> Path:
+    """``MINI`` generated once for this module (seed 0); its root."""
+    root = tmp_path_factory.mktemp("mini_world")
+    generate_world(MINI, root)
+    return root
+
+
+def _appearance(ident) -> tuple:
+    return tuple(getattr(ident, f) for f in APPEARANCE_FIELDS)
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -155,14 +171,71 @@ def test_walkers_keep_identity_and_move_with_bounded_speed():
     assert view_from_heading(1.0, 0.1) == "right" and view_from_heading(0.1, -1.0) == "back"
 
 
+# --------------------------------------------------------------------------- identity populations
+
+
+@pytest.mark.parametrize("cfg", [MINI, SynthConfig()], ids=["mini", "tiny"])
+def test_identity_populations_are_disjoint_and_sized(cfg):
+    pops = datasets.identity_populations(cfg)
+    assert tuple(pops) == datasets.POPULATIONS
+    assert {k: len(v) for k, v in pops.items()} == datasets.population_sizes(cfg)
+    every = [p for pids in pops.values() for p in pids]
+    assert len(every) == len(set(every))  # pairwise disjoint
+    assert set(every) <= {ident.pid for ident in datasets.identity_bank(cfg)}
+    assert datasets.identity_populations(cfg) == pops  # deterministic
+    counts = datasets.population_counts(cfg)
+    assert counts["bank"] == cfg.num_identities and counts["unused"] == cfg.num_identities - len(every)
+
+
+def test_populations_keep_hard_negative_clones_with_their_original():
+    cfg = SynthConfig()
+    where = {p: name for name, pids in datasets.identity_populations(cfg).items() for p in pids}
+    clones = [i for i in datasets.identity_bank(cfg) if i.clone_of > 0 and i.pid in where]
+    # families are dealt whole; only the 5 slice boundaries can split one
+    assert clones and sum(where[c.pid] != where.get(c.clone_of) for c in clones) <= len(datasets.POPULATIONS) - 1
+
+
+def test_too_small_identity_bank_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"num_identities = 23 is too small .*mot_ids 10 .*reid_test_ids 2 = 24"):
+        datasets.identity_populations(dataclasses.replace(MINI, num_identities=23))
+    with pytest.raises(ValueError, match="num_identities"):
+        plan_units(dataclasses.replace(MINI, num_identities=23))  # before any unit runs
+    with pytest.raises(ValueError, match="person_search_val_queries = 4 exceeds synth.person_search_val_ids = 3"):
+        datasets.identity_populations(dataclasses.replace(MINI, person_search_val_queries=4))
+    with pytest.raises(ValueError, match="mot_ids must be >= 0"):
+        datasets.identity_populations(dataclasses.replace(MINI, mot_ids=-1))
+
+
+def test_still_images_hold_only_fresh_people(monkeypatch, tmp_path):
+    """CrowdHuman / COCO people are never bank members and never appear in two images (or twice in one)."""
+    scenes = []
+    real = datasets.render_still
+
+    def spy(*args, **kwargs):
+        scenes.append(real(*args, **kwargs))
+        return scenes[-1]
+
+    monkeypatch.setattr(datasets, "render_still", spy)
+    for split in ("train", "val"):
+        datasets.crowdhuman_shard(MINI, str(tmp_path), split, 0)
+        datasets.coco_shard(MINI, str(tmp_path), split, 0)
+    assert len(scenes) == MINI.crowdhuman_train_images + MINI.crowdhuman_val_images + MINI.coco_train_images \
+        + MINI.coco_val_images
+    people = [actor.identity for scene in scenes for actor in scene.people]
+    assert len(people) > 10 and all(ident.pid == -1 for ident in people)
+    looks = [_appearance(ident) for ident in people]
+    assert len(set(looks)) == len(looks)
+    assert not set(looks) & {_appearance(ident) for ident in datasets.identity_bank(MINI)}
+    assert any(ident.changed_attribute for ident in people)  # in-image look-alikes (hard negatives) exist
+
+
 # --------------------------------------------------------------------------- whole world
 
 
-def test_generation_is_deterministic_and_seed_dependent(tmp_path):
-    generate_world(MINI, tmp_path / "a")
+def test_generation_is_deterministic_and_seed_dependent(mini_world, tmp_path):
     generate_world(MINI, tmp_path / "b")
     generate_world(dataclasses.replace(MINI, seed=1), tmp_path / "c")
-    ha, hb, hc = _hashes(tmp_path / "a"), _hashes(tmp_path / "b"), _hashes(tmp_path / "c")
+    ha, hb, hc = _hashes(mini_world), _hashes(tmp_path / "b"), _hashes(tmp_path / "c")
     assert len(ha) > 50 and ha == hb
     common = set(ha) & set(hc)
     assert sum(ha[k] != hc[k] for k in common) > 0.9 * len(common)
@@ -199,6 +272,49 @@ def test_job_cli_smoke(tmp_path, capsys):
     assert summary["seed"] == 3 and summary["counts"]["crowdhuman/train/images"] == 2
     assert json.loads((tmp_path / "world.json").read_text())["counts"] == summary["counts"]
     assert "crowdhuman/train/images" in capsys.readouterr().out
+
+
+def test_mini_world_keeps_populations_apart(mini_world):
+    """MOT walkers, person-search train/val/test and Market train/test never share an identity."""
+    world = json.loads((mini_world / "world.json").read_text())
+    pops = {k: set(v) for k, v in datasets.identity_populations(MINI).items()}
+    assert {k: world["counts"][f"identities/{k}"] for k in pops} == {k: len(v) for k, v in pops.items()}
+
+    track_pids = world["mot17_track_pids"]["MOT17-SYN01-SDP"]
+    gt = read_gt(mini_world / "MOT17" / "train" / "MOT17-SYN01-SDP" / "gt" / "gt.txt")
+    walkers = {str(int(t)) for t in np.unique(gt[np.isin(gt[:, 7], (1, 7)), 1])}
+    assert walkers and walkers <= set(track_pids)
+    mot_pids = {track_pids[t] for t in walkers}
+    assert mot_pids <= pops["mot"]
+
+    manifest = read_manifest(mini_world / "person_search" / "manifest.json")
+    ps = {split: {int(p) for im in manifest.images if im.split == split for p in im.pids if p > 0}
+          for split in ("train", "val", "test")}
+    for split, pids in ps.items():
+        assert pids and pids <= pops[f"person_search_{split}"]
+    assert not ps["train"] & ps["val"] and not ps["train"] & ps["test"] and not ps["val"] & ps["test"]
+
+    market = {}
+    for split in ("bounding_box_train", "query", "bounding_box_test"):
+        crops, _ = read_market1501(mini_world / "market1501", split)
+        market[split] = {c.pid for c in crops if c.pid > 0}
+    assert market["bounding_box_train"] <= pops["market_train"]
+    assert market["query"] | market["bounding_box_test"] <= pops["market_test"]
+    market_pids = set().union(*market.values())
+    assert not mot_pids & (set().union(*ps.values()) | market_pids)
+    assert not set().union(*ps.values()) & market_pids
+
+    # val queries: val images, galleries of val images only; test queries likewise on test
+    assert len(manifest.queries_of("val")) == MINI.person_search_val_queries
+    assert manifest.queries_of("test") == manifest.queries and len(manifest.queries) == MINI.person_search_queries
+    for split in ("val", "test"):
+        for q in manifest.queries_of(split):
+            assert manifest.image(q.file_name).split == split and manifest.query_split(q) == split
+            for size in q.galleries:
+                gallery = manifest.gallery(q, size)
+                assert gallery and {manifest.image(g).split for g in gallery} == {split}
+                assert any(q.pid in manifest.image(g).pids for g in gallery)
+    assert list(manifest.queries_of("val")[0].galleries) == ["3"]  # only the sizes that fit 4 val images
 
 
 # --------------------------------------------------------------------------- the tiny world through the readers
@@ -269,11 +385,16 @@ def test_tiny_world_kinetics_person_search_market(tiny_world):
 
     manifest = read_manifest(tiny_world / "person_search" / "manifest.json")
     assert manifest.protocol == "cuhk" and len(manifest.queries) == cfg.person_search_queries
+    assert len(manifest.val_queries) == cfg.person_search_val_queries
+    assert sum(im.split == "val" for im in manifest.images) == cfg.person_search_val_images
     train_pids = {p for im in manifest.images if im.split == "train" for p in im.pids if p > 0}
+    val_pids = {p for im in manifest.images if im.split == "val" for p in im.pids if p > 0}
     test_pids = {p for im in manifest.images if im.split == "test" for p in im.pids if p > 0}
-    assert train_pids and test_pids and not train_pids & test_pids
+    assert train_pids and val_pids and test_pids
+    assert not train_pids & test_pids and not val_pids & (train_pids | test_pids)
     assert len({im.camera for im in manifest.images}) == cfg.person_search_cameras
-    for q in manifest.queries:
+    assert {im.camera for im in manifest.images if im.split == "val"} == {im.camera for im in manifest.images}
+    for q in manifest.queries + manifest.val_queries:
         qcam = manifest.image(q.file_name).camera
         for size, gallery in q.galleries.items():
             assert len(gallery) <= int(size) and q.file_name not in gallery

@@ -30,6 +30,11 @@ def test_recipe_must_match_the_loss():
         check_recipe(load_config("tiny", ["train.recipe=video"]))
     with pytest.raises(ConfigError, match="must equal the teacher"):
         check_recipe(load_config("tiny", ["train.recipe=kd", "loss.id_mode=kd"]))
+    # IDF stage 1 assumes independent images: video frames (recurring people) are refused.
+    with pytest.raises(ConfigError, match="video frames"):
+        check_recipe(load_config("tiny", ["data.sources=[crowdhuman,mot17]"]))
+    check_recipe(load_config("tiny", ["data.sources=[crowdhuman,coco]"]))
+    check_recipe(load_config("tiny", ["train.recipe=detection", "loss.id_mode=none", "data.sources=[mot17]"]))
 
 
 def test_smoke_run_logs_to_mlflow_and_resumes(ray_session, tiny_world, mlflow_uri, tmp_path):

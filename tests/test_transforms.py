@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from kdtrack.letterbox import letterbox_transform
@@ -99,3 +101,33 @@ def test_letterboxed_boxes_map_back():
     on_canvas = tf.boxes_to_letterbox(boxes)
     np.testing.assert_allclose(on_canvas, [[100 * 0.4 + 32, 20, 200 * 0.4 + 32, 100]], rtol=1e-6)  # [72,20,112,100]
     np.testing.assert_allclose(tf.boxes_from_letterbox(on_canvas), boxes, rtol=1e-5)
+
+
+def test_occlusion_drops_people_it_hides():
+    """A box hidden by more than max_hidden of its area collapses (then sanitize drops it); others stay."""
+    from kdtrack.transforms import Occlusion
+
+    g = np.random.default_rng(0)
+    checked_hidden = checked_kept = 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        x1, y1 = g.uniform(0, 80, 30), g.uniform(0, 50, 30)
+        boxes = np.stack([x1, y1, x1 + g.uniform(4, 30, 30), y1 + g.uniform(4, 30, 30)], 1).astype(np.float32)
+        sample = {"image": tv_tensors.Image(torch.zeros(3, 64, 96, dtype=torch.uint8)),
+                  "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(64, 96))}
+        out = Occlusion(area=(0.1, 0.4), aspect=(0.5, 2.0), max_hidden=0.75)(sample)
+        painted = (out["image"] != 0).any(0).numpy()
+        if not painted.any():
+            continue  # the random colour happened to be black
+        ys, xs = np.nonzero(painted)
+        rx0, rx1, ry0, ry1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        ix = np.clip(np.minimum(boxes[:, 2], rx1) - np.maximum(boxes[:, 0], rx0), 0, None)
+        iy = np.clip(np.minimum(boxes[:, 3], ry1) - np.maximum(boxes[:, 1], ry0), 0, None)
+        hidden = ix * iy / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) > 0.75
+        got = out["boxes"].as_subclass(torch.Tensor).numpy()
+        collapsed = got[:, 2] <= got[:, 0]
+        assert np.array_equal(collapsed, hidden), seed
+        assert np.allclose(got[~hidden], boxes[~hidden])
+        checked_hidden += int(hidden.sum())
+        checked_kept += int((~hidden).sum())
+    assert checked_hidden > 5 and checked_kept > 100

@@ -17,7 +17,7 @@ import configparser
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -45,6 +45,7 @@ SEQINFO_SECTION = "Sequence"
 # column indices in gt rows
 FRAME, TRACK_ID, X, Y, W, H, CONSIDER, CLASS, VISIBILITY = range(GT_COLUMNS)
 SPLITS = ("all", "train_half", "val_half")
+DETECTOR_SUFFIXES = ("DPM", "FRCNN", "SDP")  # MOT17 ships each sequence once per public detector (same frames and gt)
 Split = Literal["all", "train_half", "val_half"]
 
 
@@ -248,6 +249,41 @@ def list_sequences(root: str | os.PathLike, *, detector: str | None = None) -> l
     if detector is not None:
         seqs = [p for p in seqs if p.name.endswith(f"-{detector}")]
     return seqs
+
+
+def sequence_base_name(name: str) -> str:
+    """``MOT17-02-FRCNN`` -> ``MOT17-02``; a name without a MOT17 detector suffix is its own base."""
+    base, _, suffix = name.rpartition("-")
+    return base if base and suffix in DETECTOR_SUFFIXES else name
+
+
+def dedupe_detector_copies(seq_dirs: Sequence[str | os.PathLike], detector: str | None = None) -> list[Path]:
+    """One folder per sequence out of MOT17's per-detector copies, in order of first appearance.
+
+    A real ``MOT17/train`` holds every sequence three times (``-DPM``, ``-FRCNN``, ``-SDP``): the
+    same frames and gt, only ``det/det.txt`` differs, so anything that does not read the public
+    detections (training, private-detection tracking) must use one copy or count each frame three
+    times. ``detector=None`` keeps the first copy of each sequence (the listing is sorted, so DPM on
+    the real data); ``detector="FRCNN"`` keeps ``<base>-FRCNN`` and raises :class:`MissingFileError`
+    naming a sequence that has copies but not that one. Folders without a detector suffix
+    (MOT16, MOT20, custom data) are kept as they are.
+    """
+    if detector is not None and detector not in DETECTOR_SUFFIXES:
+        raise ValueError(f"detector must be one of {DETECTOR_SUFFIXES} (or None for the first copy), got {detector!r}")
+    groups: dict[str, list[Path]] = {}
+    for seq in map(Path, seq_dirs):
+        groups.setdefault(sequence_base_name(seq.name), []).append(seq)
+    kept = []
+    for base, copies in groups.items():
+        if detector is None or all(c.name == base for c in copies):
+            kept.append(copies[0])
+            continue
+        match = [c for c in copies if c.name == f"{base}-{detector}"]
+        if not match:
+            raise MissingFileError(f"{copies[0].parent}: sequence {base} has no -{detector} copy "
+                                   f"(found {', '.join(c.name for c in copies)})")
+        kept.append(match[0])
+    return kept
 
 
 def read_mot_sequence(

@@ -5,13 +5,19 @@ defaults to ``images``; converters of the real datasets set it to the absolute
 image folder)::
 
     {"format": "kdtrack-person-search-v1", "name": str, "protocol": "cuhk" | "prw",
-     "images": [{"file_name", "width", "height", "camera": int, "split": "train" | "test",
+     "images": [{"file_name", "width", "height", "camera": int, "split": "train" | "val" | "test",
                  "boxes_xywh": [[x, y, w, h], ...], "pids": [int, ...]}],
-     "queries": [{"pid", "file_name", "box_xywh", "galleries": {"<size>": [file_name, ...]}}]}
+     "queries": [{"pid", "file_name", "box_xywh", "galleries": {"<size>": [file_name, ...]}}],
+     "val_queries": [same as queries]}  # optional, written only when there are any
 
 pid ``-1`` is an unlabeled person, camera ``-1`` unknown (CUHK-SYSU has none).
-Under protocol "prw" an empty ``galleries`` means the PRW rule: every test
-image except the query's own (:meth:`PersonSearchManifest.gallery`).
+``queries`` are the test queries (as in every earlier manifest): their images
+and galleries are test images. ``val_queries`` (a validation split, e.g. the
+synthetic world's) live on val images with val galleries, so model selection
+never touches the test set; :meth:`PersonSearchManifest.queries_of` gives the
+queries of a split. Under protocol "prw" an empty ``galleries`` means the PRW
+rule: every image of the query's split except its own
+(:meth:`PersonSearchManifest.gallery`).
 """
 
 from __future__ import annotations
@@ -43,7 +49,9 @@ MANIFEST_FORMAT = "kdtrack-person-search-v1"
 MANIFEST_NAME = "manifest.json"
 DEFAULT_IMAGE_DIR = "images"
 PROTOCOLS = ("cuhk", "prw")
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")  # image splits a manifest may hold
+QUERY_SPLITS = ("val", "test")  # splits with queries: "val" -> val_queries, "test" -> queries
+PRW_SPLITS = ("train", "test")  # PRW's frame_<split>.mat lists (CUHK-SYSU and PRW have no val split)
 UNLABELED_PID = -1
 UNKNOWN_CAMERA = -1
 CUHK_GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
@@ -84,7 +92,10 @@ class PersonSearchQuery:
 
 @dataclass
 class PersonSearchManifest:
-    """The whole dataset; ``root`` (not serialised) is the folder ``image_dir`` is relative to."""
+    """The whole dataset; ``root`` (not serialised) is the folder ``image_dir`` is relative to.
+
+    ``queries`` are the test queries; ``val_queries`` those of the optional val split.
+    """
 
     name: str
     images: list[PersonSearchImage]
@@ -92,6 +103,7 @@ class PersonSearchManifest:
     protocol: str
     image_dir: str = DEFAULT_IMAGE_DIR
     root: str = ""
+    val_queries: list[PersonSearchQuery] = field(default_factory=list)
 
     def image_path(self, file_name: str) -> Path:
         return Path(self.root) / self.image_dir / file_name
@@ -103,14 +115,26 @@ class PersonSearchManifest:
             self.__dict__["_index"] = index
         return index[file_name]
 
+    def queries_of(self, split: str) -> list[PersonSearchQuery]:
+        """The queries of ``split``: "test" -> ``queries``, "val" -> ``val_queries``, "train" -> none."""
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} not one of {SPLITS}")
+        return list({"test": self.queries, "val": self.val_queries}.get(split, []))
+
+    def query_split(self, query: PersonSearchQuery) -> str:
+        """The split a query belongs to: "val" for a query on a val image, else "test"."""
+        return "val" if self.image(query.file_name).split == "val" else "test"
+
     def gallery(self, query: PersonSearchQuery, size: int | str | None = None) -> list[str]:
-        """Gallery image names of ``query``: the listed gallery of ``size``, or PRW's all-test-but-own."""
+        """Gallery image names of ``query``: the listed gallery of ``size``, or PRW's all-of-its-split-but-own
+        (validation keeps val queries on val images and test queries on test images)."""
         if size is not None and str(size) in query.galleries:
             return list(query.galleries[str(size)])
         if size is None and len(query.galleries) == 1:
             return list(next(iter(query.galleries.values())))
         if self.protocol == "prw" and size is None:
-            return [img.file_name for img in self.images if img.split == "test" and img.file_name != query.file_name]
+            split = self.query_split(query)
+            return [img.file_name for img in self.images if img.split == split and img.file_name != query.file_name]
         raise KeyError(f"query pid {query.pid} ({query.file_name}) has no gallery of size {size!r}; "
                        f"available: {sorted(query.galleries)}")
 
@@ -139,6 +163,15 @@ class PersonSearchManifest:
 # --------------------------------------------------------------------------- manifest I/O
 
 
+def _query_json(q: PersonSearchQuery) -> dict[str, Any]:
+    return {
+        "pid": int(q.pid),
+        "file_name": q.file_name,
+        "box_xywh": [float(v) for v in q.box_xywh],
+        "galleries": {str(k): list(v) for k, v in q.galleries.items()},
+    }
+
+
 def _to_json(manifest: PersonSearchManifest) -> dict[str, Any]:
     out: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
@@ -155,17 +188,11 @@ def _to_json(manifest: PersonSearchManifest) -> dict[str, Any]:
             }
             for img in manifest.images
         ],
-        "queries": [
-            {
-                "pid": int(q.pid),
-                "file_name": q.file_name,
-                "box_xywh": [float(v) for v in q.box_xywh],
-                "galleries": {str(k): list(v) for k, v in q.galleries.items()},
-            }
-            for q in manifest.queries
-        ],
+        "queries": [_query_json(q) for q in manifest.queries],
         "protocol": manifest.protocol,
     }
+    if manifest.val_queries:  # absent from manifests without a val split (byte-identical to before)
+        out["val_queries"] = [_query_json(q) for q in manifest.val_queries]
     if manifest.image_dir != DEFAULT_IMAGE_DIR:
         out["image_dir"] = manifest.image_dir
     return out
@@ -189,6 +216,23 @@ def _boxes4(value: Any, loc: str, what: str) -> np.ndarray:
     return arr.reshape(-1, 4)
 
 
+def _queries_from_json(items: Any, path: str, key: str) -> list[PersonSearchQuery]:
+    if not isinstance(items, list):
+        raise FormatError(f"{path}: {key} must be a list")
+    queries = []
+    for i, item in enumerate(items):
+        loc = where(path, f"{key}[{i}]")
+        _need(item, ("pid", "file_name", "box_xywh", "galleries"), loc)
+        box = _boxes4(item["box_xywh"], loc, "box_xywh")
+        if len(box) != 1:
+            raise FormatError(f"{loc}: box_xywh must be one [x, y, w, h] box")
+        if not isinstance(item["galleries"], dict):
+            raise FormatError(f"{loc}: galleries must be an object {{size: [file_name, ...]}}")
+        queries.append(PersonSearchQuery(int(item["pid"]), str(item["file_name"]), box[0],
+                                         {str(k): list(v) for k, v in item["galleries"].items()}))
+    return queries
+
+
 def _from_json(data: Any, path: str) -> PersonSearchManifest:
     """Build and validate a manifest from parsed JSON; errors name ``path`` and the record."""
     _need(data, ("format", "name", "images", "queries", "protocol"), path)
@@ -207,19 +251,10 @@ def _from_json(data: Any, path: str) -> PersonSearchManifest:
         except (TypeError, ValueError):
             raise FormatError(f"{loc}: width, height, camera and pids must be integers") from None
         images.append(PersonSearchImage(str(item["file_name"]), width, height, camera, item["split"], boxes, pids))
-    queries = []
-    for i, item in enumerate(data["queries"]):
-        loc = where(path, f"queries[{i}]")
-        _need(item, ("pid", "file_name", "box_xywh", "galleries"), loc)
-        box = _boxes4(item["box_xywh"], loc, "box_xywh")
-        if len(box) != 1:
-            raise FormatError(f"{loc}: box_xywh must be one [x, y, w, h] box")
-        if not isinstance(item["galleries"], dict):
-            raise FormatError(f"{loc}: galleries must be an object {{size: [file_name, ...]}}")
-        queries.append(PersonSearchQuery(int(item["pid"]), str(item["file_name"]), box[0],
-                                         {str(k): list(v) for k, v in item["galleries"].items()}))
+    queries = _queries_from_json(data["queries"], path, "queries")
+    val_queries = _queries_from_json(data.get("val_queries", []), path, "val_queries")
     manifest = PersonSearchManifest(str(data["name"]), images, queries, data["protocol"],
-                                    image_dir=str(data.get("image_dir", DEFAULT_IMAGE_DIR)))
+                                    image_dir=str(data.get("image_dir", DEFAULT_IMAGE_DIR)), val_queries=val_queries)
     validate_manifest(manifest, path)
     return manifest
 
@@ -247,24 +282,32 @@ def validate_manifest(manifest: PersonSearchManifest, path: str = MANIFEST_NAME)
             raise FormatError(f"{loc}: boxes_xywh[{bad[0]}] has non-positive width or height")
         if (img.pids < UNLABELED_PID).any():
             raise FormatError(f"{loc}: pids must be >= {UNLABELED_PID} (-1 = unlabeled)")
-    for i, q in enumerate(manifest.queries):
-        loc = where(path, f"queries[{i}]")
-        if q.pid < 0:
-            raise FormatError(f"{loc}: query pid must be a labeled identity (>= 0), got {q.pid}")
-        img = by_name.get(q.file_name)
-        if img is None:
-            raise FormatError(f"{loc}: query image {q.file_name!r} not in images")
-        x, y, w, h = (float(v) for v in q.box_xywh)
-        if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > img.width or y + h > img.height:
-            raise FormatError(f"{loc}: query box {[x, y, w, h]} not inside its {img.width}x{img.height} image")
-        if q.pid not in img.pids:
-            raise FormatError(f"{loc}: pid {q.pid} has no box in its image {q.file_name!r}")
-        for size, names in q.galleries.items():
-            for name in names:
-                if name not in by_name:
-                    raise FormatError(f"{loc}: gallery {size!r} image {name!r} not in images")
-        if not q.galleries and manifest.protocol != "prw":
-            raise FormatError(f"{loc}: no gallery (only protocol 'prw' may leave galleries empty)")
+    # test queries: never on a val image (older manifests may hold test queries on train frames), test galleries;
+    # val queries: val image, val galleries. So gallery() of a query never crosses val and test.
+    for key, queries, split in (("queries", manifest.queries, "test"), ("val_queries", manifest.val_queries, "val")):
+        for i, q in enumerate(queries):
+            loc = where(path, f"{key}[{i}]")
+            if q.pid < 0:
+                raise FormatError(f"{loc}: query pid must be a labeled identity (>= 0), got {q.pid}")
+            img = by_name.get(q.file_name)
+            if img is None:
+                raise FormatError(f"{loc}: query image {q.file_name!r} not in images")
+            if (img.split == "val") != (split == "val"):
+                raise FormatError(f"{loc}: {split} query on {img.split} image {q.file_name!r}")
+            x, y, w, h = (float(v) for v in q.box_xywh)
+            if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > img.width or y + h > img.height:
+                raise FormatError(f"{loc}: query box {[x, y, w, h]} not inside its {img.width}x{img.height} image")
+            if q.pid not in img.pids:
+                raise FormatError(f"{loc}: pid {q.pid} has no box in its image {q.file_name!r}")
+            for size, names in q.galleries.items():
+                for name in names:
+                    if name not in by_name:
+                        raise FormatError(f"{loc}: gallery {size!r} image {name!r} not in images")
+                    if by_name[name].split != split:
+                        raise FormatError(f"{loc}: gallery {size!r} image {name!r} is a {by_name[name].split} "
+                                          f"image, not {split}")
+            if not q.galleries and manifest.protocol != "prw":
+                raise FormatError(f"{loc}: no gallery (only protocol 'prw' may leave galleries empty)")
 
 
 def write_manifest(path: str | os.PathLike, manifest: PersonSearchManifest) -> Path:
@@ -517,7 +560,7 @@ def convert_prw(root: str | os.PathLike, *, stats: ReadStats | None = None) -> P
     stats = stats if stats is not None else ReadStats()
     frames_dir = root / "frames"
     images: list[PersonSearchImage] = []
-    for split in SPLITS:
+    for split in PRW_SPLITS:
         list_path = root / f"frame_{split}.mat"
         names = _mat_names(_mat_var(_loadmat(list_path), f"img_index_{split}", list_path))
         for name in map(_jpg, names):

@@ -9,16 +9,24 @@ For a centre-region point ``v`` of person ``i`` (all vectors L2-normalised):
   globally unique key in ``targets["ids"]``), minus the anchor ``v`` itself,
   as IDF does. A person with a single point in the whole batch has no
   positive: its point is no anchor (it contributes nothing).
-- ``N_i``: the queue entries whose key differs from ``i``. Other people of
-  the current batch are NOT negatives (the method's definition: only the
-  queue); they enter the queue after this step. With an empty queue the loss
-  is exactly 0 (and so is its gradient).
+- ``N_i``: the queue entries whose key differs from ``i`` and, with
+  ``batch_negatives`` (the default), the other people of the current batch:
+  one mean embedding per person (both views, renormalised) WITH gradient, as
+  the paper's Fig. 3 pushes a person away from the other people of its image.
+  Without them nothing keeps the current people apart: the network lowers the
+  loss by moving every current person to one point away from the (stale)
+  queue, and the embedding collapses (measured: between-person cosine 1.000;
+  see README, "Why the id-free embedding collapsed"). ``batch_negatives=False``
+  is the paper's text (queue only). With no negative at all the loss is
+  exactly 0 (and so is its gradient).
 - ``l_id`` = mean of ``l(v)`` over all anchors of all people; people with id
   < 0 (unknown / DBSCAN outliers) are left out.
 
 After the loss, one embedding per person (mean of its points, renormalised,
 no gradient) is gathered from all workers with ``gather_fn`` and pushed into
-the queue. Queue, keys, pointer and fill count are buffers, so they are
+the queue; with a momentum key encoder (``kdtrack.models.momentum``, MoCo)
+those embeddings come from the key encoder's map of the same batch, so the
+queue holds a slowly moving, consistent copy of the embedding. Queue, keys, pointer and fill count are buffers, so they are
 checkpointed with the module's ``state_dict``.
 """
 
@@ -75,6 +83,7 @@ class DenseContrastiveLoss(nn.Module):
         temperature: float = 0.07,
         gather_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         anchor_chunk: int = ANCHOR_CHUNK,
+        batch_negatives: bool = True,
     ) -> None:
         super().__init__()
         if queue_size <= 0:
@@ -84,6 +93,7 @@ class DenseContrastiveLoss(nn.Module):
         self.temperature = float(temperature)
         self.gather_fn = gather_fn if gather_fn is not None else identity
         self.anchor_chunk = int(anchor_chunk)
+        self.batch_negatives = bool(batch_negatives)
         self.register_buffer("queue", torch.zeros(queue_size, embedding_dim))
         self.register_buffer("queue_keys", torch.full((queue_size,), EMPTY_KEY, dtype=torch.int64))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.int64))
@@ -109,11 +119,12 @@ class DenseContrastiveLoss(nn.Module):
         valid = torch.zeros((U, P), dtype=torch.bool, device=v.device)
         valid[inv[order], pos_in_group] = True
 
-        # Negatives: log-sum-exp over the queue (other people only), chunked over anchors.
+        # Negatives: log-sum-exp over the queue (other people only), chunked over anchors ...
+        anchors, anchor_keys = v[order], keys[order]
+        log_neg_parts = []
         filled = self.queue_keys != EMPTY_KEY
         if bool(filled.any()):
             bank, bank_keys = self.queue[filled].to(v.dtype), self.queue_keys[filled]  # copies: safe to recompute
-            anchors, anchor_keys = v[order], keys[order]
             chunks = []
             for s in range(0, len(anchors), self.anchor_chunk):
                 a, ak = anchors[s : s + self.anchor_chunk], anchor_keys[s : s + self.anchor_chunk]
@@ -121,7 +132,15 @@ class DenseContrastiveLoss(nn.Module):
                     chunks.append(checkpoint(_negative_logsumexp, a, ak, bank, bank_keys, tau, use_reentrant=False))
                 else:
                     chunks.append(_negative_logsumexp(a, ak, bank, bank_keys, tau))
-            log_neg_sorted = torch.cat(chunks)
+            log_neg_parts.append(torch.cat(chunks))
+        # ... and over the other people of this batch (one mean each, with gradient).
+        if self.batch_negatives and U > 1:
+            means = F.normalize(v.new_zeros((U, v.shape[1])).index_add(0, inv, v), dim=1)
+            log_neg_parts.append(_negative_logsumexp(anchors, anchor_keys, means, uniq, tau))
+        if log_neg_parts:
+            log_neg_sorted = log_neg_parts[0]
+            for part in log_neg_parts[1:]:
+                log_neg_sorted = torch.logaddexp(log_neg_sorted, part)
             log_neg = v.new_full((U, P), MASKED_LOGIT)
             log_neg[inv[order], pos_in_group] = log_neg_sorted
         else:
@@ -183,11 +202,18 @@ class DenseContrastiveLoss(nn.Module):
         region_mask: torch.Tensor,
         ids: torch.Tensor,
         update_queue: bool = True,
+        key_embedding: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``l_id`` of a batch (both views inside), then the queue update from all workers."""
+        """``l_id`` of a batch (both views inside), then the queue update from all workers.
+
+        ``key_embedding`` (the momentum key encoder's map of the same batch) fills the
+        queue when given; else the student's own (detached) embeddings do.
+        """
         points, keys = gather_points(embedding, region_index, region_mask, ids)
         terms = self.loss_from_points(points, keys)
         if update_queue:
+            if key_embedding is not None:
+                points, keys = gather_points(key_embedding, region_index, region_mask, ids)
             emb, person = self.person_embeddings(points, keys)
             self.enqueue(self.gather_fn(emb.contiguous()), self.gather_fn(person.contiguous()))
         return terms

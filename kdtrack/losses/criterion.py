@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from kdtrack.config import Config, LossConfig
+from kdtrack.losses.collapse import collapse_stats
 from kdtrack.losses.contrastive import DenseContrastiveLoss
 from kdtrack.losses.detection import DetectionLoss
 from kdtrack.losses.kd import KDLoss
@@ -46,7 +47,8 @@ class Criterion(nn.Module):
         )
         self.kd = KDLoss(embedding_dim, cfg.eta, cfg.num_id_classes) if cfg.id_mode == "kd" else None
         self.contrastive = (
-            DenseContrastiveLoss(embedding_dim, cfg.queue_size, cfg.temperature, gather_fn)
+            DenseContrastiveLoss(embedding_dim, cfg.queue_size, cfg.temperature, gather_fn,
+                                 batch_negatives=cfg.batch_negatives)
             if cfg.id_mode == "contrastive"
             else None
         )
@@ -68,8 +70,11 @@ class Criterion(nn.Module):
         ``outputs``: the student's dict; ``targets``: ``collate_targets`` output.
         KD reads the teacher embeddings from ``extra["teacher"]`` or
         ``targets["teacher"]`` ``(B, K, D)``, aligned with the target slots.
-        Contrastive: the batch must hold both views; ``extra["update_queue"]``
-        (default True) turns the queue update off (e.g. for validation).
+        Contrastive: the batch must hold both views (``extra["views"]``, default
+        2, all view-0 images first; the ``monitor/*`` collapse statistics are
+        computed from them); ``extra["update_queue"]`` (default True) turns the
+        queue update off (e.g. for validation); ``extra["key_embedding"]`` (the
+        momentum key encoder's identity map of the batch) fills the queue.
         """
         terms = dict(self.detection(outputs, targets))
         det = terms["det"]
@@ -87,9 +92,14 @@ class Criterion(nn.Module):
         elif self.contrastive is not None:
             c = self.contrastive(
                 outputs["embedding"], targets["region_index"], targets["region_mask"], targets["ids"],
-                update_queue=bool(extra.get("update_queue", True)),
+                update_queue=bool(extra.get("update_queue", True)), key_embedding=extra.get("key_embedding"),
             )
             c["id/contrastive"] = c["id"]
+            views = int(extra.get("views", 2))
+            if views == 2:  # the collapse monitor (kdtrack.losses.collapse), from this very batch
+                stats = collapse_stats(outputs["embedding"], targets["region_index"], targets["region_mask"],
+                                       targets["ids"], views=views)
+                c.update({f"monitor/{k}": torch.tensor(v) for k, v in stats.items()})
             c["id"] = self.cfg.id_weight * c["id"]
             terms.update(c)
             terms["total"] = det + terms["id"]

@@ -9,7 +9,9 @@ like FairMOT), H and W multiples of 32, and returns, at output stride 4
   (4: l, t, r, b distances; 2: w, h); units are whatever the loss targets use;
 - ``"offset"``:    (B, 2, h, w) sub-cell centre offset (x, y), raw;
 - ``"embedding"``: (B, k, h, w) identity, L2-normalised over channels when
-  ``normalize_embedding`` (IDF), raw otherwise (KD regression to the teacher).
+  ``normalize_embedding`` (IDF; centred first by a BatchNorm without affine
+  when ``embedding_norm = "batchnorm"``), raw otherwise (KD regression to the
+  teacher).
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ def build_body(cfg: ModelConfig) -> nn.Module:
     builders = {
         "tiny": lambda: TinyBody(cfg.width, cfg.deformable),
         "dla34": lambda: DLA34Body(cfg.deformable),
-        "resnet18_unet": lambda: ResNetUNetBody("resnet18", cfg.neck_channels, cfg.deformable),
-        "resnet34_unet": lambda: ResNetUNetBody("resnet34", cfg.neck_channels, cfg.deformable),
-        "resnet50_unet": lambda: ResNetUNetBody("resnet50", cfg.neck_channels, cfg.deformable),
+        "resnet18_unet": lambda: ResNetUNetBody("resnet18", cfg.neck_channels, cfg.deformable, cfg.unet_merge),
+        "resnet34_unet": lambda: ResNetUNetBody("resnet34", cfg.neck_channels, cfg.deformable, cfg.unet_merge),
+        "resnet50_unet": lambda: ResNetUNetBody("resnet50", cfg.neck_channels, cfg.deformable, cfg.unet_merge),
     }
     if cfg.backbone not in builders:
         raise ValueError(f"unknown student backbone '{cfg.backbone}' (known: {', '.join(sorted(builders))})")
@@ -63,6 +65,11 @@ class Student(nn.Module):
             "offset": Head(c, cfg.head_conv, 2),
             "embedding": Head(c, cfg.head_conv, cfg.embedding_dim),
         })
+        # Centring before the L2 norm (IDF only): BatchNorm without affine, as MoCo/SimCLR heads.
+        self.embedding_norm = (
+            nn.BatchNorm2d(cfg.embedding_dim, affine=False)
+            if cfg.normalize_embedding and cfg.embedding_norm == "batchnorm" else nn.Identity()
+        )
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if images.dim() != 4 or images.shape[1] != 3:
@@ -73,7 +80,7 @@ class Student(nn.Module):
         features = self.body(images)
         out = {name: head(features) for name, head in self.heads.items()}
         if self.cfg.normalize_embedding:
-            out["embedding"] = F.normalize(out["embedding"], dim=1)
+            out["embedding"] = F.normalize(self.embedding_norm(out["embedding"]), dim=1)
         return out
 
 

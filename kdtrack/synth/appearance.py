@@ -38,6 +38,7 @@ CLONE_ATTRIBUTES = (
     "logo_color",
 )
 MIN_CLONE_HUE_SHIFT = 20  # OpenCV hue units (0..180): clone colours differ by at least 40 degrees
+MAX_CLONE_TRIES = 1000  # redraws of a clone that would duplicate an existing appearance
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,20 @@ def make_clone(rng: np.random.Generator, base: Identity, pid: int, attribute: st
     return dataclasses.replace(base, pid=pid, clone_of=base.pid, changed_attribute=attribute, **{attribute: value})
 
 
+def appearance_key(ident: Identity) -> tuple:
+    """Everything visible about a person: two identities with equal keys would be indistinguishable."""
+    return tuple(getattr(ident, name) for name in APPEARANCE_FIELDS)
+
+
+def clone_attributes(base: Identity) -> list[str]:
+    """Attributes a clone of ``base`` may change so that the change stays visible."""
+    return [
+        a for a in CLONE_ATTRIBUTES
+        if not (a == "top_pattern" and base.top_color == base.top_color2)
+        and not (a == "hair_color" and base.hair_style == "bald")  # would be invisible
+    ]
+
+
 def make_identity_bank(seed: int, num_identities: int, hard_negative_fraction: float) -> list[Identity]:
     """``num_identities`` people with pids 1..N; the last ``round(fraction * N)`` are clones of earlier ones."""
     if num_identities < 1:
@@ -154,14 +169,17 @@ def make_identity_bank(seed: int, num_identities: int, hard_negative_fraction: f
     num_clones = int(round(hard_negative_fraction * num_identities))
     num_base = num_identities - num_clones
     bank = [random_identity(rng, pid) for pid in range(1, num_base + 1)]
+    looks = {appearance_key(ident) for ident in bank}
     for pid in range(num_base + 1, num_identities + 1):
-        base = bank[int(rng.integers(num_base))]
-        candidates = [
-            a for a in CLONE_ATTRIBUTES
-            if not (a == "top_pattern" and base.top_color == base.top_color2)
-            and not (a == "hair_color" and base.hair_style == "bald")  # would be invisible
-        ]
-        bank.append(make_clone(rng, base, pid, str(rng.choice(candidates))))
+        for _ in range(MAX_CLONE_TRIES):  # two clones making the same change would be identical twins
+            base = bank[int(rng.integers(num_base))]
+            clone = make_clone(rng, base, pid, str(rng.choice(clone_attributes(base))))
+            if appearance_key(clone) not in looks:
+                break
+        else:
+            raise ValueError(f"no distinct clone after {MAX_CLONE_TRIES} tries; lower hard_negative_fraction")
+        looks.add(appearance_key(clone))
+        bank.append(clone)
     return bank
 
 

@@ -5,10 +5,18 @@ from ``unit_rng(cfg.seed, <unit name>)`` only, writes its own media files, and
 returns a small JSON-able dict (annotation entries, boxes) that
 ``kdtrack.synth.world`` gathers into each dataset's annotation file. Layouts
 and annotation files go through the ``kdtrack.formats`` writers.
+
+Who appears where: still images (CrowdHuman, COCO) and Kinetics clips only
+hold fresh people that exist in that one image / clip, as the id-free recipe
+assumes of in-the-wild images. The identity bank is dealt out once, by
+:func:`identity_populations`, into disjoint populations (MOT sequences,
+person-search train / val / test, Market-1501 train / test), so no evaluation
+identity is ever seen in training data.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -23,7 +31,15 @@ from kdtrack.formats import mot as mot_format
 from kdtrack.formats.kinetics import clip_relpath
 from kdtrack.formats.video import write_video
 from kdtrack.io import atomic_write_bytes
-from kdtrack.synth.appearance import Identity, make_identity_bank, mannequin, random_identity
+from kdtrack.synth.appearance import (
+    Identity,
+    appearance_key,
+    clone_attributes,
+    make_clone,
+    make_identity_bank,
+    mannequin,
+    random_identity,
+)
 from kdtrack.synth.motion import simulate_walkers
 from kdtrack.synth.render import VIEWS
 from kdtrack.synth.rng import unit_rng
@@ -58,13 +74,95 @@ OCCLUDER_CATEGORY = {"bench": 15, "box": 33}  # poles are not annotated
 KINETICS_LABELS = ("marching", "jogging", "queuing", "busking")
 YOUTUBE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 MOT_CLASS_PEDESTRIAN, MOT_CLASS_STATIC, MOT_CLASS_DISTRACTOR, MOT_CLASS_REFLECTION = 1, 7, 8, 12
+PERSON_SEARCH_SPLITS = ("train", "val", "test")
+# Disjoint slices of the identity bank, in the order they are dealt, and the SynthConfig field sizing each.
+POPULATION_FIELDS = {
+    "mot": "mot_ids",
+    "person_search_train": "person_search_train_ids",
+    "person_search_val": "person_search_val_ids",
+    "person_search_test": "person_search_test_ids",
+    "market_train": "reid_train_ids",
+    "market_test": "reid_test_ids",
+}
+POPULATIONS = tuple(POPULATION_FIELDS)
 
 
-# --------------------------------------------------------------------------- shared helpers
+# --------------------------------------------------------------------------- identities
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_bank(seed: int, num_identities: int, hard_negative_fraction: float) -> tuple[Identity, ...]:
+    return tuple(make_identity_bank(seed, num_identities, hard_negative_fraction))
 
 
 def identity_bank(cfg: SynthConfig) -> list[Identity]:
-    return make_identity_bank(cfg.seed, cfg.num_identities, cfg.hard_negative_fraction)
+    """The world's persistent people (cached: every unit in a worker process asks for it)."""
+    return list(_cached_bank(cfg.seed, cfg.num_identities, cfg.hard_negative_fraction))
+
+
+def population_sizes(cfg: SynthConfig) -> dict[str, int]:
+    """Requested size of each population, from its ``POPULATION_FIELDS`` config field."""
+    return {name: int(getattr(cfg, field)) for name, field in POPULATION_FIELDS.items()}
+
+
+def check_populations(cfg: SynthConfig) -> None:
+    """Raise ``ValueError`` naming the fields when the bank cannot hold the populations (or their queries)."""
+    sizes = population_sizes(cfg)
+    for name, n in sizes.items():
+        if n < 0:
+            raise ValueError(f"synth.{POPULATION_FIELDS[name]} must be >= 0, got {n}")
+    need = sum(sizes.values())
+    if need > cfg.num_identities:
+        terms = " + ".join(f"{POPULATION_FIELDS[name]} {n}" for name, n in sizes.items())
+        raise ValueError(f"synth.num_identities = {cfg.num_identities} is too small for the disjoint identity "
+                         f"populations: {terms} = {need}; raise synth.num_identities to >= {need} or lower those "
+                         f"fields")
+    for queries, ids, images in (("person_search_queries", "person_search_test_ids", "person_search_test_images"),
+                                 ("person_search_val_queries", "person_search_val_ids", "person_search_val_images")):
+        if getattr(cfg, images) > 0 and getattr(cfg, queries) > getattr(cfg, ids):
+            raise ValueError(f"synth.{queries} = {getattr(cfg, queries)} exceeds synth.{ids} = {getattr(cfg, ids)} "
+                             f"(one query per identity)")
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_populations(seed: int, num_identities: int, hard_negative_fraction: float,
+                        sizes: tuple[tuple[str, int], ...]) -> dict[str, tuple[int, ...]]:
+    bank = _cached_bank(seed, num_identities, hard_negative_fraction)
+    families: dict[int, list[int]] = {}  # original pid -> [original, its clones]
+    for ident in bank:
+        families.setdefault(ident.clone_of if ident.clone_of > 0 else ident.pid, []).append(ident.pid)
+    roots = sorted(families)
+    order = unit_rng(seed, "identity_populations").permutation(len(roots))
+    dealt = [pid for i in order for pid in families[roots[int(i)]]]
+    out, start = {}, 0
+    for name, n in sizes:
+        out[name] = tuple(sorted(dealt[start:start + n]))
+        start += n
+    return out
+
+
+def identity_populations(cfg: SynthConfig) -> dict[str, list[int]]:
+    """Bank pids of each population (``POPULATIONS``), pairwise disjoint: the one source of who appears where.
+
+    Families (an identity and its hard-negative clones) are dealt in a random
+    order and sliced in ``POPULATIONS`` order, so each population keeps its own
+    look-alikes; only a slice boundary splits a family. Different MOT sequences
+    share the "mot" population (one city), no other dataset sees it. Bank
+    members past the populations are unused.
+    """
+    check_populations(cfg)
+    sizes = tuple(population_sizes(cfg).items())
+    pops = _cached_populations(cfg.seed, cfg.num_identities, cfg.hard_negative_fraction, sizes)
+    return {name: list(pids) for name, pids in pops.items()}
+
+
+def population_counts(cfg: SynthConfig) -> dict[str, int]:
+    """Sizes of the bank, each population and the unused rest (recorded in ``world.json``)."""
+    sizes = population_sizes(cfg)
+    return {"bank": cfg.num_identities, **sizes, "unused": cfg.num_identities - sum(sizes.values())}
+
+
+# --------------------------------------------------------------------------- shared helpers
 
 
 def _xywh(box_xyxy: np.ndarray) -> list[float]:
@@ -109,11 +207,18 @@ class StillScene:
         self.poster_placements = poster_placements
 
 
-def render_still(rng: np.random.Generator, cfg: SynthConfig, identities: list[Identity], *, num_people: int,
+def render_still(rng: np.random.Generator, cfg: SynthConfig, identities: list[Identity] | None, *, num_people: int,
                  crowd: bool, poster: bool, num_occluders: int, camera: Camera | None = None,
                  background_styles: tuple[str, str] | None = None, gain: float | None = None,
-                 tint: np.ndarray | None = None, unlabeled_prob: float = 0.0) -> StillScene:
-    """Compose one still image with ``num_people`` people drawn from ``identities`` (with repeats avoided)."""
+                 tint: np.ndarray | None = None, unlabeled_prob: float = 0.0, clone_prob: float = 0.0) -> StillScene:
+    """Compose one still image with ``num_people`` people.
+
+    People come from ``identities`` without repeats; the rest (no ``identities``,
+    the pool used up, or ``unlabeled_prob``) are fresh anonymous people (pid -1)
+    who exist in this image only. ``clone_prob``: chance a fresh person is a
+    one-attribute look-alike of someone earlier in the same image (a hard
+    negative that is still a different person).
+    """
     W, H = cfg.image_width, cfg.image_height
     cam = camera or random_camera(rng, W, H, cfg.horizon_fraction, cfg.person_height_gain)
     styles = background_styles or (None, None)
@@ -121,8 +226,14 @@ def render_still(rng: np.random.Generator, cfg: SynthConfig, identities: list[Id
     people: list[PersonActor] = []
     chosen = rng.permutation(len(identities))[:num_people] if identities else []
     for k in range(num_people):
-        if len(chosen) and k < len(chosen) and rng.random() >= unlabeled_prob:
+        originals = [p.identity for p in people if not p.identity.changed_attribute]
+        if k < len(chosen) and rng.random() >= unlabeled_prob:
             ident = identities[int(chosen[k])]
+        elif originals and clone_prob > 0 and rng.random() < clone_prob:
+            base = originals[int(rng.integers(len(originals)))]
+            ident = make_clone(rng, base, -1, str(rng.choice(clone_attributes(base))))
+            if appearance_key(ident) in {appearance_key(p.identity) for p in people}:
+                ident = random_identity(rng, -1)  # the same change twice would be one person twice
         else:
             ident = random_identity(rng, -1)
         foot_y = _foot_y_for(rng, cam, ident, cfg)
@@ -167,15 +278,16 @@ def crowdhuman_image_id(split: str, index: int, rng: np.random.Generator) -> str
 def crowdhuman_shard(cfg: SynthConfig, out_dir: str, split: str, shard: int) -> dict[str, Any]:
     """Render one shard of the CrowdHuman ``split``; returns its odgt entries in image order."""
     total = cfg.crowdhuman_train_images if split == "train" else cfg.crowdhuman_val_images
-    bank = identity_bank(cfg)
     entries = []
     for index in range(shard * cfg.shard_size, min(total, (shard + 1) * cfg.shard_size)):
         rng = unit_rng(cfg.seed, "crowdhuman", split, index)
-        scene = render_still(rng, cfg, bank, num_people=int(rng.integers(cfg.people_per_image[0],
+        # fresh people only: in-the-wild images never share a person (the id-free recipe's assumption)
+        scene = render_still(rng, cfg, None, num_people=int(rng.integers(cfg.people_per_image[0],
                                                                          cfg.people_per_image[1] + 1)),
                              crowd=rng.random() < cfg.crowd_group_prob, poster=rng.random() < cfg.poster_prob,
                              num_occluders=int(rng.integers(cfg.occluders_per_image[0],
-                                                            cfg.occluders_per_image[1] + 1)))
+                                                            cfg.occluders_per_image[1] + 1)),
+                             clone_prob=cfg.hard_negative_fraction)
         image_id = crowdhuman_image_id(split, index, rng)
         _write_jpeg(Path(out_dir) / "crowdhuman" / "Images" / f"{image_id}.jpg", scene.image, rng, cfg)
         gtboxes = []
@@ -209,16 +321,15 @@ def coco_shard(cfg: SynthConfig, out_dir: str, split: str, shard: int) -> dict[s
     """Render one shard of COCO ``split`` (``train2017``/``val2017``); annotations come without ``id``."""
     total = cfg.coco_train_images if split == "train" else cfg.coco_val_images
     folder = f"{split}2017"
-    bank = identity_bank(cfg)
     images, annotations = [], []
     for index in range(shard * cfg.shard_size, min(total, (shard + 1) * cfg.shard_size)):
         rng = unit_rng(cfg.seed, "coco", split, index)
         no_person = rng.random() < cfg.coco_no_person_fraction
         n_people = 0 if no_person else int(rng.integers(cfg.people_per_image[0], cfg.people_per_image[1] + 1))
         n_occ = int(rng.integers(max(1, cfg.occluders_per_image[0]), max(1, cfg.occluders_per_image[1]) + 1))
-        scene = render_still(rng, cfg, bank, num_people=n_people,
+        scene = render_still(rng, cfg, None, num_people=n_people,  # fresh people only, as in CrowdHuman
                              crowd=(not no_person) and rng.random() < cfg.crowd_group_prob, poster=False,
-                             num_occluders=n_occ)
+                             num_occluders=n_occ, clone_prob=cfg.hard_negative_fraction)
         image_id = coco_image_id(cfg, split, index)
         file_name = f"{image_id:012d}.jpg"
         _write_jpeg(Path(out_dir) / "coco" / folder / file_name, scene.image, rng, cfg)
@@ -270,8 +381,9 @@ def _camera_path(rng: np.random.Generator, cfg: SynthConfig, world_w: int, world
 
 def render_video(rng: np.random.Generator, cfg: SynthConfig, identities: list[Identity], frames: int, fps: float, *,
                  moving_camera: bool, num_static: int = 0, num_mannequins: int = 0, poster: bool = False,
-                 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Frames (BGR uint8) and MOT gt rows ``(N, 9)`` (frame 1-based, id, x, y, w, h, consider, class, vis)."""
+                 ) -> tuple[list[np.ndarray], np.ndarray, dict[int, int]]:
+    """Frames (BGR uint8), MOT gt rows ``(N, 9)`` (frame 1-based, id, x, y, w, h, consider, class, vis) and
+    each walker's track id -> identity pid (mannequins and posters are not walkers)."""
     W, H = cfg.image_width, cfg.image_height
     margin = max(cfg.camera_zoom[1], 1.0) * 1.35 if moving_camera else 1.0
     world_w, world_h = int(math.ceil(W * margin)), int(math.ceil(H * margin))
@@ -343,14 +455,15 @@ def render_video(rng: np.random.Generator, cfg: SynthConfig, identities: list[Id
         if rng.random() < cfg.video_jpeg_prob:
             image = jpeg_roundtrip(image, int(rng.integers(15, 40)))
         out_frames.append(image)
-    return out_frames, np.asarray(rows, np.float64).reshape(-1, 9)
+    track_pids = {int(w.track_id): int(w.identity.pid) for w in walkers}
+    return out_frames, np.asarray(rows, np.float64).reshape(-1, 9), track_pids
 
 
 def kinetics_clip(cfg: SynthConfig, out_dir: str, split: str, index: int) -> dict[str, Any]:
     """One Kinetics-style clip (panning/zooming camera) plus its hidden identity truth beside the dataset."""
     rng = unit_rng(cfg.seed, "kinetics", split, index)
     people = [random_identity(rng, -1) for _ in range(cfg.people_per_video[1] * 3)]  # nobody is in two videos
-    frames, rows = render_video(rng, cfg, people, cfg.kinetics_clip_frames, cfg.kinetics_fps, moving_camera=True)
+    frames, rows, _ = render_video(rng, cfg, people, cfg.kinetics_clip_frames, cfg.kinetics_fps, moving_camera=True)
     label = KINETICS_LABELS[index % len(KINETICS_LABELS)]
     youtube_id = "".join(YOUTUBE_ALPHABET[int(i)] for i in rng.integers(0, len(YOUTUBE_ALPHABET), 11))
     start = int(rng.integers(0, 300))
@@ -395,13 +508,19 @@ def noisy_detections(rng: np.random.Generator, cfg: SynthConfig, gt_rows: np.nda
 
 
 def mot_sequence(cfg: SynthConfig, out_dir: str, index: int) -> dict[str, Any]:
-    """One MOT17-style sequence (static camera): ``seqinfo.ini``, ``img1/``, ``gt/gt.txt``, ``det/det.txt``."""
+    """One MOT17-style sequence (static camera): ``seqinfo.ini``, ``img1/``, ``gt/gt.txt``, ``det/det.txt``.
+
+    Walkers come from the "mot" population only (shared by all sequences, like
+    one city); ``track_pids`` maps gt track ids to bank pids.
+    """
     rng = unit_rng(cfg.seed, "mot17", index)
-    bank = identity_bank(cfg)
-    identities = [bank[i] for i in rng.permutation(len(bank))]
-    frames, rows = render_video(rng, cfg, identities, cfg.mot_sequence_frames, cfg.mot_fps, moving_camera=False,
-                                num_static=cfg.static_people_per_sequence,
-                                num_mannequins=cfg.distractors_per_sequence, poster=rng.random() < cfg.poster_prob)
+    bank = {ident.pid: ident for ident in identity_bank(cfg)}
+    city = identity_populations(cfg)["mot"]
+    identities = [bank[city[int(i)]] for i in rng.permutation(len(city))]
+    frames, rows, track_pids = render_video(rng, cfg, identities, cfg.mot_sequence_frames, cfg.mot_fps,
+                                            moving_camera=False, num_static=cfg.static_people_per_sequence,
+                                            num_mannequins=cfg.distractors_per_sequence,
+                                            poster=rng.random() < cfg.poster_prob)
     name = mot_sequence_name(index)
     seq_dir = Path(out_dir) / "MOT17" / "train" / name
     mot_format.write_seqinfo(seq_dir, mot_format.SeqInfo(name=name, frame_rate=cfg.mot_fps,
@@ -415,18 +534,25 @@ def mot_sequence(cfg: SynthConfig, out_dir: str, index: int) -> dict[str, Any]:
     classes = rows[:, 7].astype(int)
     return {"name": name, "frames": len(frames), "gt_rows": int(len(rows)),
             "pedestrian_tracks": int(len(np.unique(rows[classes == 1, 1]))),
-            "distractor_rows": int((classes != 1).sum())}
+            "distractor_rows": int((classes != 1).sum()),
+            "track_pids": {str(t): p for t, p in sorted(track_pids.items())}}
 
 
 # --------------------------------------------------------------------------- person search
 
 
 def person_search_split_pids(cfg: SynthConfig) -> tuple[list[int], list[int]]:
-    """Bank pids of the train and test halves (disjoint)."""
-    pids = [ident.pid for ident in identity_bank(cfg)]
-    order = unit_rng(cfg.seed, "person_search", "split").permutation(len(pids))
-    half = len(pids) // 2
-    return sorted(pids[i] for i in order[:half]), sorted(pids[i] for i in order[half:])
+    """Bank pids of the train and test populations (see :func:`identity_populations` for val)."""
+    pops = identity_populations(cfg)
+    return pops["person_search_train"], pops["person_search_test"]
+
+
+def person_search_total(cfg: SynthConfig, split: str) -> int:
+    """Frames of person-search ``split`` ("train", "val" or "test")."""
+    if split not in PERSON_SEARCH_SPLITS:
+        raise ValueError(f"person-search split {split!r} not one of {PERSON_SEARCH_SPLITS}")
+    return {"train": cfg.person_search_train_images, "val": cfg.person_search_val_images,
+            "test": cfg.person_search_test_images}[split]
 
 
 def person_search_camera(cfg: SynthConfig, camera: int) -> dict[str, Any]:
@@ -441,16 +567,18 @@ def person_search_camera(cfg: SynthConfig, camera: int) -> dict[str, Any]:
 
 
 def person_search_file_name(cfg: SynthConfig, split: str, index: int) -> str:
-    offset = 0 if split == "train" else cfg.person_search_train_images
+    """Numbered train, then test, then val (added last, so train/test names did not move)."""
+    offset = {"train": 0, "test": cfg.person_search_train_images,
+              "val": cfg.person_search_train_images + cfg.person_search_test_images}[split]
     return f"s{offset + index + 1:05d}.jpg"
 
 
 def person_search_shard(cfg: SynthConfig, out_dir: str, split: str, shard: int) -> dict[str, Any]:
-    """Render one shard of person-search scene images; boxes are clipped to the image."""
-    total = cfg.person_search_train_images if split == "train" else cfg.person_search_test_images
+    """Render one shard of person-search scene images of ``split`` (its own identity population, shared
+    cameras); boxes are clipped to the image."""
+    total = person_search_total(cfg, split)
     bank = {ident.pid: ident for ident in identity_bank(cfg)}
-    train_pids, test_pids = person_search_split_pids(cfg)
-    pool = [bank[p] for p in (train_pids if split == "train" else test_pids)]
+    pool = [bank[p] for p in identity_populations(cfg)[f"person_search_{split}"]]
     cameras = [person_search_camera(cfg, c + 1) for c in range(cfg.person_search_cameras)]
     images = []
     for index in range(shard * cfg.shard_size, min(total, (shard + 1) * cfg.shard_size)):
@@ -479,13 +607,23 @@ def person_search_shard(cfg: SynthConfig, out_dir: str, split: str, shard: int) 
     return {"images": images}
 
 
-def person_search_queries(cfg: SynthConfig, images: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """CUHK-SYSU style queries: a test person seen in >= 2 cameras; gallery per size = every test image
-    showing it from another camera plus random test images without it."""
-    rng = unit_rng(cfg.seed, "person_search", "queries")
-    test = [img for img in images if img["split"] == "test"]
+def person_search_queries(cfg: SynthConfig, images: list[dict[str, Any]],
+                          split: str = "test") -> list[dict[str, Any]]:
+    """CUHK-SYSU style queries of ``split`` ("test" or "val"): a person seen in >= 2 cameras; gallery per size =
+    every image of the split showing it from another camera plus random images of the split without it.
+
+    Val galleries keep the sizes that fit the (smaller) val set, at least the smallest.
+    """
+    if split not in ("test", "val"):
+        raise ValueError(f"person-search queries are drawn for 'test' or 'val', not {split!r}")
+    rng = unit_rng(cfg.seed, "person_search", "queries", *([] if split == "test" else [split]))
+    pool = [img for img in images if img["split"] == split]
+    count = cfg.person_search_queries if split == "test" else cfg.person_search_val_queries
+    sizes = list(cfg.person_search_gallery_sizes)
+    if split != "test":
+        sizes = [s for s in sizes if s < len(pool)] or sizes[:1]
     seen: dict[int, list[tuple[dict, int]]] = {}
-    for img in test:
+    for img in pool:
         for k, pid in enumerate(img["pids"]):
             if pid > 0:
                 seen.setdefault(pid, []).append((img, k))
@@ -495,15 +633,15 @@ def person_search_queries(cfg: SynthConfig, images: list[dict[str, Any]]) -> lis
         good = [(img, k) for img, k in seen[pid] if img["visibility"][k] >= cfg.query_min_visibility]
         if len(cams) >= 2 and good:
             eligible.append((pid, good))
-    pick = sorted(rng.permutation(len(eligible))[: cfg.person_search_queries].tolist())
+    pick = sorted(rng.permutation(len(eligible))[:count].tolist())
     queries = []
     for i in pick:
         pid, good = eligible[i]
         img, k = good[int(rng.integers(len(good)))]
         positives = sorted({o["file_name"] for o, _ in seen[pid] if o["camera"] != img["camera"]})
-        negatives = sorted(o["file_name"] for o in test if pid not in o["pids"])
+        negatives = sorted(o["file_name"] for o in pool if pid not in o["pids"])
         galleries = {}
-        for size in cfg.person_search_gallery_sizes:
+        for size in sizes:
             pos = positives[:size]
             n_neg = min(len(negatives), size - len(pos))
             neg = [negatives[j] for j in sorted(rng.choice(len(negatives), n_neg, replace=False))] if n_neg else []
@@ -517,14 +655,9 @@ def person_search_queries(cfg: SynthConfig, images: list[dict[str, Any]]) -> lis
 
 
 def reid_split_pids(cfg: SynthConfig) -> tuple[list[int], list[int]]:
-    pids = [ident.pid for ident in identity_bank(cfg)]
-    if cfg.reid_train_ids + cfg.reid_test_ids > len(pids):
-        raise ValueError(f"reid_train_ids + reid_test_ids = {cfg.reid_train_ids + cfg.reid_test_ids} exceeds "
-                         f"num_identities = {len(pids)}")
-    order = unit_rng(cfg.seed, "reid", "split").permutation(len(pids))
-    train = sorted(pids[i] for i in order[: cfg.reid_train_ids])
-    test = sorted(pids[i] for i in order[cfg.reid_train_ids: cfg.reid_train_ids + cfg.reid_test_ids])
-    return train, test
+    """Bank pids of the Market-1501 train and test populations."""
+    pops = identity_populations(cfg)
+    return pops["market_train"], pops["market_test"]
 
 
 def reid_camera_look(cfg: SynthConfig, camera: int) -> dict[str, Any]:

@@ -4,6 +4,10 @@
 passes a Ray-backed ``map_fn`` (``kdtrack`` itself never imports Ray). Units
 are independent and pure, so any ``map_fn`` that preserves order gives
 byte-identical files; only ``world.json`` records the (varying) wall time.
+
+``world.json`` also records the identity populations' sizes (``counts``
+``identities/*``, see ``datasets.identity_populations``) and each MOT
+sequence's gt track id -> bank pid (``mot17_track_pids``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from kdtrack.synth import datasets
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 Unit = tuple  # (kind, *args): ("crowdhuman", split, shard), ("mot17", index), ...
 KINETICS_VAL_SPLIT = "val"
+PERSON_SEARCH_IMAGE_ORDER = ("train", "test", "val")  # manifest image order (= file name order)
 
 
 def _shards(total: int, size: int) -> range:
@@ -35,6 +40,7 @@ def plan_units(cfg: SynthConfig) -> list[Unit]:
     """Every work unit of the world, in a fixed order (the order of the gathered results)."""
     if cfg.shard_size < 1:
         raise ValueError(f"synth.shard_size must be >= 1, got {cfg.shard_size}")
+    datasets.check_populations(cfg)  # fail before any unit runs
     units: list[Unit] = []
     for split, n in (("train", cfg.crowdhuman_train_images), ("val", cfg.crowdhuman_val_images)):
         units += [("crowdhuman", split, s) for s in _shards(n, cfg.shard_size)]
@@ -43,8 +49,9 @@ def plan_units(cfg: SynthConfig) -> list[Unit]:
     units += [("kinetics", "train", i) for i in range(cfg.kinetics_clips)]
     units += [("kinetics", KINETICS_VAL_SPLIT, i) for i in range(cfg.kinetics_val_clips)]
     units += [("mot17", i) for i in range(cfg.mot_sequences)]
-    for split, n in (("train", cfg.person_search_train_images), ("test", cfg.person_search_test_images)):
-        units += [("person_search", split, s) for s in _shards(n, cfg.shard_size)]
+    for split in PERSON_SEARCH_IMAGE_ORDER:
+        units += [("person_search", split, s) for s in _shards(datasets.person_search_total(cfg, split),
+                                                                cfg.shard_size)]
     for group, n in (("train", cfg.reid_train_ids), ("test", cfg.reid_test_ids), ("junk", cfg.reid_junk_crops),
                      ("distractor", cfg.reid_distractor_crops)):
         units += [("market1501", group, s) for s in _shards(n, cfg.shard_size)]
@@ -89,7 +96,8 @@ def generate_world(cfg: SynthConfig, out_dir: str | Path, *, map_fn: MapFn = map
     cfg_dict = dataclasses.asdict(cfg)
     results = list(map_fn(run_unit, [(cfg_dict, str(out), tuple(u)) for u in plan]))
     kinds = {u[0] for u in plan}
-    counts: dict[str, Any] = {}
+    counts: dict[str, Any] = {f"identities/{k}": v for k, v in datasets.population_counts(cfg).items()}
+    extra: dict[str, Any] = {}
 
     if "crowdhuman" in kinds:
         for split in ("train", "val"):
@@ -123,23 +131,36 @@ def generate_world(cfg: SynthConfig, out_dir: str | Path, *, map_fn: MapFn = map
         counts["mot17/sequences"] = len(seqs)
         counts["mot17/frames"] = sum(s["frames"] for s in seqs)
         counts["mot17/gt_rows"] = sum(s["gt_rows"] for s in seqs)
+        per_seq = [set(s["track_pids"].values()) for s in seqs]
+        counts["mot17/identities"] = len(set().union(*per_seq))
+        counts["mot17/max_identities_per_sequence"] = max((len(p) for p in per_seq), default=0)
+        extra["mot17_track_pids"] = {s["name"]: s["track_pids"] for s in seqs}
 
     if "person_search" in kinds:
-        images = [img for split in ("train", "test") for r in _gather(results, "person_search", split)
+        images = [img for split in PERSON_SEARCH_IMAGE_ORDER for r in _gather(results, "person_search", split)
                   for img in r["images"]]
-        queries = datasets.person_search_queries(cfg, images)
+        queries = datasets.person_search_queries(cfg, images, "test")
+        val_queries = datasets.person_search_queries(cfg, images, "val")
+
+        def as_queries(items: list[dict]) -> list[ps_format.PersonSearchQuery]:
+            return [ps_format.PersonSearchQuery(pid=q["pid"], file_name=q["file_name"], box_xywh=q["box_xywh"],
+                                                galleries=q["galleries"]) for q in items]
+
         manifest = ps_format.PersonSearchManifest(
             name="synth",
             images=[ps_format.PersonSearchImage(file_name=i["file_name"], width=i["width"], height=i["height"],
                                                 camera=i["camera"], split=i["split"], boxes_xywh=i["boxes_xywh"],
                                                 pids=i["pids"]) for i in images],
-            queries=[ps_format.PersonSearchQuery(pid=q["pid"], file_name=q["file_name"], box_xywh=q["box_xywh"],
-                                                 galleries=q["galleries"]) for q in queries],
+            queries=as_queries(queries),
             protocol="cuhk",
+            val_queries=as_queries(val_queries),
         )
         ps_format.write_manifest(out / "person_search" / "manifest.json", manifest)
         counts["person_search/images"] = len(images)
         counts["person_search/queries"] = len(queries)
+        for split in ("train", "val", "test"):
+            counts[f"person_search/{split}/images"] = sum(1 for i in images if i["split"] == split)
+        counts["person_search/val/queries"] = len(val_queries)
 
     if "market1501" in kinds:
         for r in _gather(results, "market1501"):
@@ -152,6 +173,7 @@ def generate_world(cfg: SynthConfig, out_dir: str | Path, *, map_fn: MapFn = map
         "config": cfg_dict,
         "units": len(plan),
         "counts": counts,
+        **extra,
         "generation_seconds": round(time.perf_counter() - start, 3),
     }
     atomic_write_json(out / "world.json", summary)

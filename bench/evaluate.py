@@ -1,0 +1,195 @@
+"""Benchmark batch evaluation (``jobs.evaluate``): MOT frames/s serial vs Ray actors, person-search queries/s
+before vs after batching, in one run on one machine.
+
+* MOT — ``run_mot_checkpoint`` over the MOT17-style sequences of the ``small`` world (7 x 150 frames,
+  480x288; the val halves by default), the tiny student: serial in this process (``--no-ray``: one
+  worker, torch on every core) vs a Ray pool of ``--actors`` actors (1 CPU and 1 torch thread each).
+  frames/s = frames tracked and scored / wall seconds of the call; the Ray figure includes starting
+  the actors and shipping the weights, not ``ray.init``.
+* Person search — producing the inputs (gallery detections + one embedding per query) from a checkpoint
+  and the small world's manifest (300 test images, 100 queries). *Before*: the code this replaced,
+  reproduced here: gallery images in chunks of 64 as Ray tasks of 1 CPU that each build the network from
+  the checkpoint, then one full-image forward per query on the driver. *After*:
+  ``person_search_inputs_from_checkpoint`` on a pool of ``--actors`` actors (one network build each,
+  ``eval.ps_batch_images`` images per forward, query boxes read from the gallery pass). queries/s =
+  queries / wall seconds; the two must give the same embeddings (checked).
+
+    .venv/bin/python bench/evaluate.py                  # generates runs/bench-world-small once (minutes)
+    .venv/bin/python bench/evaluate.py --smoke-test     # the tiny world, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def make_world(preset: str, out: Path) -> Path:
+    """The MOT17 and person-search parts of a synthetic world (the rest is not needed here), once."""
+    from kdtrack.config import load_config
+    from kdtrack.synth.world import generate_world, plan_units
+
+    if (out / "person_search" / "manifest.json").is_file() and (out / "MOT17" / "train").is_dir():
+        return out
+    cfg = load_config(f"synth_{preset}").synth
+    units = [u for u in plan_units(cfg) if u[0] in ("mot17", "person_search")]
+    print(f"generating the MOT17 and person-search parts of the '{preset}' world into {out} ...", flush=True)
+    generate_world(cfg, out, preset=preset, units=units)
+    return out
+
+
+def make_checkpoint(out: Path) -> Path:
+    """A tiny student (random weights; size-head bias so that peaks become boxes and the tracker works)."""
+    import torch
+
+    from kdtrack.checkpoint import save_checkpoint
+    from kdtrack.config import load_config
+    from kdtrack.models import build_student
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    model = build_student(cfg.model)
+    model.heads["size"][-1].bias.data.fill_(3.0)
+    return save_checkpoint(out, model=model, config=cfg, iteration=1)
+
+
+def bench_mot(world: Path, ckpt: Path, actors: int, half: str) -> dict:
+    from jobs.evaluate import run_mot_checkpoint
+    from kdtrack.config import load_config
+
+    cfg = load_config("tiny", ["eval.render_frames=0", f"eval.num_actors={actors}", "eval.cpus_per_actor=1.0"])
+    root = world / "MOT17" / "train"
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, use_ray in (("serial", False), ("ray", True)):
+            start = time.perf_counter()
+            metrics, runs = run_mot_checkpoint(ckpt, root, Path(tmp) / name, cfg, half=half, use_ray=use_ray)
+            seconds = time.perf_counter() - start
+            frames = sum(r["frames"] for r in runs)
+            rows[name] = {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds,
+                          "sequences": len(runs), "MOTA": metrics["combined"]["MOTA"]}
+    assert rows["serial"]["MOTA"] == rows["ray"]["MOTA"], "serial and Ray tracks differ"
+    rows["speedup"] = rows["ray"]["frames_per_s"] / rows["serial"]["frames_per_s"]
+    return rows
+
+
+def _old_detect_chunk(checkpoint: str, paths: list[str], config: dict) -> list[tuple]:
+    """The replaced Ray task body: build the network from the checkpoint, then detect a chunk of images."""
+    from kdtrack.inference import detect_images
+
+    detector = _old_build_detector(checkpoint, config)
+    return [(d.boxes_xyxy, d.scores, d.embeddings) for d in detect_images(detector, paths)]
+
+
+def _old_build_detector(checkpoint: str, config: dict):
+    from dataclasses import replace
+
+    import torch
+
+    from kdtrack.config import config_from_dict
+    from kdtrack.inference import Detector, load_student
+
+    cli = config_from_dict(config)
+    model, ckpt_cfg = load_student(checkpoint, "cpu")
+    cfg = replace(ckpt_cfg, decode=cli.decode, tracker=cli.tracker, eval=cli.eval, teacher=cli.teacher)
+    return Detector(model, cfg, torch.device("cpu"))
+
+
+def person_search_before(ckpt: Path, manifest_path: Path, cfg) -> tuple[list, dict]:
+    """The person-search inputs as the replaced code made them (student embedder)."""
+    import numpy as np
+
+    from jobs._ray import map_tasks
+    from kdtrack.boxes import xywh_to_xyxy
+    from kdtrack.config import config_to_dict
+    from kdtrack.data import read_image_rgb
+    from kdtrack.formats.person_search import read_manifest
+    from kdtrack.inference import student_embedding_at_boxes
+
+    manifest = read_manifest(manifest_path)
+    test_images = [im for im in manifest.images if im.split == "test"]
+    paths = [str(manifest.image_path(im.file_name)) for im in test_images]
+    config = config_to_dict(cfg)
+    chunks = [paths[i:i + 64] for i in range(0, len(paths), 64)]
+    per_chunk = map_tasks(_old_detect_chunk, [(str(ckpt), c, config) for c in chunks], num_cpus=1.0)
+    gallery = dict(zip((im.file_name for im in test_images), (r for chunk in per_chunk for r in chunk)))
+    detector = _old_build_detector(str(ckpt), config)
+    query_embeddings = []
+    for q in manifest.queries:
+        image = read_image_rgb(manifest.image_path(q.file_name))
+        box = xywh_to_xyxy(np.asarray(q.box_xywh, np.float32))
+        query_embeddings.append(student_embedding_at_boxes(detector, image, box)[0])
+    return query_embeddings, gallery
+
+
+def bench_person_search(world: Path, ckpt: Path, actors: int) -> dict:
+    import numpy as np
+
+    from jobs.evaluate import person_search_inputs_from_checkpoint
+    from kdtrack.config import load_config
+
+    manifest = world / "person_search" / "manifest.json"
+    cfg = load_config("tiny", [f"eval.num_actors={actors}", "eval.cpus_per_actor=1.0"])
+    start = time.perf_counter()
+    before_q, before_g = person_search_before(ckpt, manifest, cfg)
+    before_s = time.perf_counter() - start
+    stats: dict = {}
+    start = time.perf_counter()
+    queries, gallery = person_search_inputs_from_checkpoint(ckpt, manifest, cfg, use_ray=True, stats=stats)
+    after_s = time.perf_counter() - start
+    np.testing.assert_allclose(np.stack([q.embedding for q in queries]), np.stack(before_q), atol=1e-4)
+    for name, (boxes, scores, _) in before_g.items():
+        np.testing.assert_allclose(gallery[name].scores, scores, atol=1e-4)
+    n = len(queries)
+    return {"queries": n, "gallery_images": len(gallery),
+            "before": {"seconds": before_s, "queries_per_s": n / before_s},
+            "after": {"seconds": after_s, "queries_per_s": n / after_s, **stats},
+            "speedup": before_s / after_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", type=Path, default=None, help="existing world root (default: generate one)")
+    parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--half", default="val", choices=("val", "full"), help="MOT frames: val halves or all")
+    parser.add_argument("--smoke-test", action="store_true", help="the tiny world instead of small")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    preset = "tiny" if args.smoke_test else "small"
+    world = make_world(preset, args.world or REPO / "runs" / f"bench-world-{preset}")
+
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = make_checkpoint(Path(tmp) / "ckpt")
+        mot = bench_mot(world, ckpt, args.actors, args.half)
+        ps = bench_person_search(world, ckpt, args.actors)
+    ray.shutdown()
+    print(f"\nMOT ({mot['serial']['sequences']} sequences, {mot['serial']['frames']} frames, '{preset}' world, "
+          f"{args.half} halves, tiny student, {os.cpu_count()} CPUs):")
+    print(f"  serial, one process        {mot['serial']['frames_per_s']:7.1f} frames/s ({mot['serial']['seconds']:.1f} s)")
+    print(f"  Ray, {args.actors} actors               {mot['ray']['frames_per_s']:7.1f} frames/s "
+          f"({mot['ray']['seconds']:.1f} s)")
+    print(f"  speed-up                   {mot['speedup']:7.2f}x")
+    print(f"person search ({ps['queries']} queries, {ps['gallery_images']} gallery images):")
+    print(f"  before (model per chunk, a forward per query)  {ps['before']['queries_per_s']:7.2f} queries/s "
+          f"({ps['before']['seconds']:.1f} s)")
+    print(f"  after ({args.actors} actors, batched, shared pass)   {ps['after']['queries_per_s']:7.2f} queries/s "
+          f"({ps['after']['seconds']:.1f} s; {ps['after']['model_builds']} network builds)")
+    print(f"  speed-up                   {ps['speedup']:7.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"mot": mot, "person_search": ps}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,391 @@
+"""Oracle-box re-identification: how good is an identity embedding, detection left out.
+
+PointID's "oracle detection based inference": every *ground-truth* box is
+embedded (the student's identity map read at the box centre), each box is a
+query against all the others, and retrieval is scored with mAP and CMC
+(:mod:`kdtrack.metrics.retrieval`). It is the identity objective that training
+monitors, Tune sweeps and the demo report. Two protocols over a data root laid
+out as the synthetic world (``jobs.generate_synth``):
+
+- ``person_search`` (cross-camera): the labelled boxes (pid > 0) of one split
+  of ``person_search/manifest.json``; a query's gallery is every labelled box
+  seen by another camera (images without a camera, as in CUHK-SYSU, count as
+  their own camera: retrieval across images).
+- ``mot`` (cross-time): pedestrian gt boxes (class 1, consider flag set,
+  visibility >= ``EvalConfig.reid_min_visibility``) of the MOT17-style
+  sequences under ``MOT17/train`` (``reid_mot_split`` frames, every
+  ``reid_mot_frame_stride``-th); retrieval within each sequence, a same-id pair
+  counts only when its frames are >= ``reid_mot_gap`` apart (closer same-id
+  pairs are junk).
+
+Embedders are :data:`kdtrack.inference.EmbedFn` callables ``(image RGB uint8
+(H, W, 3), boxes_xyxy (N, 4)) -> (N, d)`` L2-normalised; one with an
+``embed_many(images, boxes_list)`` method is called on several images at once.
+Every embedder sees the same boxes and each image is decoded once for all of
+them, so baselines come from the same run:
+
+- ``student``: the checkpoint's identity map at the box centres;
+- ``random``: a randomly initialised student of the same architecture;
+- ``colour``: an HSV colour histogram of the upper and lower half of the box;
+- ``teacher`` (optional): the Re-ID teacher on box crops.
+
+Results also hold a ``chance`` row: the expected scores of a uniformly random
+ranking of the same queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from kdtrack.config import Config, EvalConfig
+from kdtrack.data import _dedupe_mot_copies, read_image_rgb
+from kdtrack.formats.common import FormatError, MissingFileError
+from kdtrack.formats.mot import list_sequences, read_mot_sequence
+from kdtrack.formats.person_search import MANIFEST_NAME, UNKNOWN_CAMERA, read_manifest
+from kdtrack.inference import Detector, EmbedFn
+from kdtrack.metrics.retrieval import JunkRule, RetrievalResult, evaluate_leave_one_out, l2_normalize
+from kdtrack.models import build_student
+
+PROTOCOLS = ("person_search", "mot")
+BASELINES = ("random", "colour")
+CHANCE = "chance"  # results row: expected scores of a random ranking
+PERSON_SEARCH_DIR = "person_search"
+MOT_DIR = "MOT17/train"
+COLOUR_BINS = (8, 4, 4)  # hue x saturation x value bins per box half
+
+
+# --------------------------------------------------------------------------- embedders
+
+
+@dataclass
+class StudentBoxEmbedder:
+    """The student's identity map read at the centre cell of each box, several images per forward pass.
+
+    The same reading as :func:`kdtrack.inference.student_embedding_at_boxes`
+    (and as the training targets): the cell ``floor(centre / down_ratio)`` of
+    the letterboxed image.
+    """
+
+    detector: Detector
+
+    def __call__(self, image_rgb: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
+        return self.embed_many([image_rgb], [boxes_xyxy])[0]
+
+    def embed_many(self, images_rgb: Sequence[np.ndarray], boxes_xyxy: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``(N_i, k)`` float32 L2-normalised embeddings for each image's boxes (original pixels)."""
+        if not images_rgb:
+            return []
+        batches, transforms = zip(*(self.detector.preprocess(image) for image in images_rgb))
+        emb_maps = self.detector.forward(torch.cat(batches))["embedding"].float()  # (B, k, h, w)
+        _, k, h, w = emb_maps.shape
+        r = self.detector.cfg.model.down_ratio
+        out = []
+        for emb_map, tf, boxes in zip(emb_maps, transforms, boxes_xyxy):
+            canvas = tf.boxes_to_letterbox(np.asarray(boxes, np.float32).reshape(-1, 4))
+            cx = np.clip(((canvas[:, 0] + canvas[:, 2]) / 2 / r).astype(int), 0, w - 1)
+            cy = np.clip(((canvas[:, 1] + canvas[:, 3]) / 2 / r).astype(int), 0, h - 1)
+            emb = emb_map[:, torch.as_tensor(cy), torch.as_tensor(cx)].T  # (N, k)
+            out.append(torch.nn.functional.normalize(emb, dim=1).cpu().numpy().astype(np.float32))
+        return out
+
+
+def student_embedder(model: torch.nn.Module, cfg: Config, device: torch.device | str = "cpu") -> StudentBoxEmbedder:
+    """A student (e.g. from :func:`kdtrack.inference.load_student`) as an embedder; put in eval mode."""
+    device = torch.device(device)
+    return StudentBoxEmbedder(Detector(model.to(device).eval(), cfg, device))
+
+
+def random_student_embedder(cfg: Config, device: torch.device | str = "cpu", seed: int = 0) -> StudentBoxEmbedder:
+    """The "random init" baseline: a student of the same ``cfg.model``, weights drawn with ``seed``.
+
+    The global torch RNG is left as it was (the draw happens in a forked RNG).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_student(replace(cfg.model, pretrained=""))
+    return student_embedder(model, cfg, device)
+
+
+def colour_histogram_features(image_rgb: np.ndarray, boxes_xyxy: np.ndarray,
+                              bins: tuple[int, int, int] = COLOUR_BINS) -> np.ndarray:
+    """The "hand-made feature" baseline: HSV histograms of the upper and lower half of each box.
+
+    Each half: ``bins`` = (hue, saturation, value) bins over OpenCV's HSV ranges
+    (H 0..179, S and V 0..255), normalised by its pixel count; the two halves are
+    concatenated and L2-normalised: ``(N, 2 * prod(bins))`` float32. A box with
+    no pixel inside the image gives a zero row.
+    """
+    hb, sb, vb = bins
+    per_half = hb * sb * vb
+    boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    out = np.zeros((len(boxes), 2 * per_half), np.float32)
+    if not len(boxes):
+        return out
+    hsv = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2HSV).astype(np.int64)
+    code = (hsv[..., 0] * hb // 180) * (sb * vb) + (hsv[..., 1] * sb // 256) * vb + hsv[..., 2] * vb // 256
+    height, width = code.shape
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        xa, xb = int(np.clip(np.floor(x1), 0, width)), int(np.clip(np.ceil(x2), 0, width))
+        ya, yb = int(np.clip(np.floor(y1), 0, height)), int(np.clip(np.ceil(y2), 0, height))
+        if xb <= xa or yb <= ya:
+            continue
+        middle = (ya + yb + 1) // 2
+        for j, part in enumerate((code[ya:middle, xa:xb], code[middle:yb, xa:xb])):
+            if part.size:
+                out[i, j * per_half:(j + 1) * per_half] = np.bincount(part.ravel(), minlength=per_half) / part.size
+    return l2_normalize(out)
+
+
+def build_embedders(
+    model: torch.nn.Module,
+    cfg: Config,
+    device: torch.device | str = "cpu",
+    *,
+    baselines: Sequence[str] = BASELINES,
+    teacher_embed: EmbedFn | None = None,
+    seed: int | None = None,
+) -> dict[str, EmbedFn]:
+    """``{"student", *baselines, ["teacher"]}`` embedders for a trained student and its config.
+
+    ``seed`` of the random-init baseline defaults to ``cfg.eval.reid_baseline_seed``,
+    whose -1 means ``cfg.train.seed``: jobs.train seeds torch with it before
+    building the student, so (without ``model.pretrained``) "random" is the
+    network the training run started from.
+    """
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(BASELINES)}")
+    embedders: dict[str, EmbedFn] = {"student": student_embedder(model, cfg, device)}
+    if "random" in baselines:
+        if seed is None:
+            seed = cfg.eval.reid_baseline_seed if cfg.eval.reid_baseline_seed >= 0 else cfg.train.seed
+        embedders["random"] = random_student_embedder(cfg, device, seed)
+    if "colour" in baselines:
+        embedders["colour"] = colour_histogram_features
+    if teacher_embed is not None:
+        embedders["teacher"] = teacher_embed
+    return embedders
+
+
+# --------------------------------------------------------------------------- protocols: the boxes
+
+
+@dataclass
+class ReidBoxSet:
+    """The ground-truth boxes of one protocol, grouped by image (images without boxes left out).
+
+    Per box, in image order: ``ids`` (person / track id), ``groups`` (camera or
+    sequence index), ``times`` (frame number; 0 for still images), all ``(N,)`` int64.
+    """
+
+    protocol: str
+    junk_rule: JunkRule
+    min_gap: int
+    image_paths: list[str]
+    boxes_xyxy: list[np.ndarray]  # per image, (n_i, 4) float32 original pixels
+    ids: np.ndarray
+    groups: np.ndarray
+    times: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def person_search_box_set(manifest_path: str | Path, split: str) -> ReidBoxSet:
+    """Labelled boxes (pid > 0) of ``split`` in a person-search manifest; gallery = other cameras."""
+    manifest_path = Path(manifest_path)
+    if not manifest_path.is_file():
+        raise MissingFileError(f"{manifest_path}: person-search manifest not found")
+    manifest = read_manifest(manifest_path)
+    splits = sorted({img.split for img in manifest.images})
+    if split not in splits:
+        raise FormatError(f"{manifest_path}: no images of split {split!r} (splits present: {', '.join(splits)})")
+    records = manifest.image_records(split)  # boxes clipped to the image as every reader does
+    max_camera = max([int(r.extra["camera"]) for r in records] + [0])
+    paths, boxes, ids, groups = [], [], [], []
+    for index, record in enumerate(records):
+        labelled = record.ids > 0
+        if not labelled.any():
+            continue
+        camera = int(record.extra["camera"])
+        group = camera if camera != UNKNOWN_CAMERA else max_camera + 1 + index  # unknown: its own camera
+        paths.append(record.image_path)
+        boxes.append(record.boxes_xyxy[labelled].astype(np.float32))
+        ids.append(record.ids[labelled])
+        groups.append(np.full(int(labelled.sum()), group))
+    return _box_set("person_search", "cross_camera", 0, paths, boxes, ids, groups,
+                    [np.zeros(len(i), np.int64) for i in ids])
+
+
+def mot_box_set(mot_root: str | Path, cfg: EvalConfig | None = None) -> ReidBoxSet:
+    """Pedestrian gt boxes of every sequence under ``mot_root`` (one copy per MOT17 detector variant)."""
+    cfg = cfg or EvalConfig()
+    if cfg.reid_mot_frame_stride < 1:
+        raise ValueError(f"eval.reid_mot_frame_stride must be >= 1, got {cfg.reid_mot_frame_stride}")
+    seq_dirs = _dedupe_mot_copies(list_sequences(mot_root))
+    if not seq_dirs:
+        raise MissingFileError(f"{mot_root}: no MOT sequences (folders with seqinfo.ini)")
+    paths, boxes, ids, groups, times = [], [], [], [], []
+    for seq_index, seq_dir in enumerate(seq_dirs):
+        _, records = read_mot_sequence(seq_dir, split=cfg.reid_mot_split, min_visibility=cfg.reid_min_visibility)
+        for record in records:
+            if (record.extra["split_frame"] - 1) % cfg.reid_mot_frame_stride or not len(record.ids):
+                continue
+            paths.append(record.image_path)
+            boxes.append(record.boxes_xyxy.astype(np.float32))
+            ids.append(record.ids)
+            groups.append(np.full(len(record.ids), seq_index))
+            times.append(np.full(len(record.ids), int(record.extra["frame"])))
+    return _box_set("mot", "min_time_gap", cfg.reid_mot_gap, paths, boxes, ids, groups, times)
+
+
+def _box_set(protocol: str, junk_rule: JunkRule, min_gap: int, paths: list[str], boxes: list[np.ndarray],
+             ids: list[np.ndarray], groups: list[np.ndarray], times: list[np.ndarray]) -> ReidBoxSet:
+    def cat(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    return ReidBoxSet(protocol, junk_rule, int(min_gap), paths, boxes, cat(ids), cat(groups), cat(times))
+
+
+def load_reid_box_sets(
+    world_root: str | Path,
+    cfg: EvalConfig | None = None,
+    *,
+    split: str | None = None,
+    protocols: Sequence[str] | None = None,
+) -> dict[str, ReidBoxSet]:
+    """The box sets of ``protocols`` (default ``cfg.reid_protocols``) under a world / data root.
+
+    ``person_search/manifest.json`` (split ``split``, default ``cfg.reid_split``)
+    and ``MOT17/train``. Load once, evaluate many times (e.g. during training).
+    A missing file raises ``FileNotFoundError`` naming it.
+    """
+    cfg = cfg or EvalConfig()
+    root = Path(world_root)
+    if not root.is_dir():
+        raise MissingFileError(f"{root}: data root not found (expected {PERSON_SEARCH_DIR}/ and {MOT_DIR}/ in it)")
+    protocols = tuple(protocols or cfg.reid_protocols)
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown re-ID protocol(s) {unknown}; known: {', '.join(PROTOCOLS)}")
+    box_sets = {}
+    for protocol in protocols:
+        if protocol == "person_search":
+            box_sets[protocol] = person_search_box_set(root / PERSON_SEARCH_DIR / MANIFEST_NAME,
+                                                       split or cfg.reid_split)
+        else:
+            box_sets[protocol] = mot_box_set(root / MOT_DIR, cfg)
+    return box_sets
+
+
+# --------------------------------------------------------------------------- embedding and scoring
+
+
+def embed_box_set(box_set: ReidBoxSet, embedders: Mapping[str, EmbedFn], *,
+                  batch_images: int = 8) -> dict[str, np.ndarray]:
+    """``{name: (N, d) float32}`` for every box of ``box_set``; each image is decoded once for all embedders."""
+    per_image: dict[str, list[np.ndarray]] = {name: [] for name in embedders}
+    n_images = len(box_set.image_paths)
+    for start in range(0, n_images, max(1, int(batch_images))):
+        paths = box_set.image_paths[start:start + batch_images]
+        boxes = box_set.boxes_xyxy[start:start + batch_images]
+        images = [read_image_rgb(path) for path in paths]
+        for name, embed in embedders.items():
+            many = getattr(embed, "embed_many", None)
+            outputs = many(images, boxes) if many is not None else [embed(im, b) for im, b in zip(images, boxes)]
+            for path, b, emb in zip(paths, boxes, outputs):
+                emb = np.asarray(emb, np.float32)
+                if emb.ndim != 2 or len(emb) != len(b):
+                    raise ValueError(f"embedder {name!r} returned shape {emb.shape} for {len(b)} boxes of {path}")
+                per_image[name].append(emb)
+    return {name: (np.concatenate(parts) if parts else np.zeros((0, 1), np.float32))
+            for name, parts in per_image.items()}
+
+
+def score_box_set(box_set: ReidBoxSet, features: np.ndarray,
+                  ranks: tuple[int, ...] = (1, 5, 10)) -> RetrievalResult:
+    """Every box a query against all others under the protocol's junk rule."""
+    return evaluate_leave_one_out(features, box_set.ids, junk_rule=box_set.junk_rule, groups=box_set.groups,
+                                  times=box_set.times, min_gap=box_set.min_gap, ranks=tuple(ranks))
+
+
+def evaluate_reid_box_sets(
+    embedders: Mapping[str, EmbedFn],
+    box_sets: Mapping[str, ReidBoxSet],
+    cfg: EvalConfig | None = None,
+) -> dict[str, dict[str, dict[str, float | int]]]:
+    """``{protocol: {embedder | "chance": {"mAP", "rank1", "rank5", "rank10", "queries", "skipped"}}}``.
+
+    mAP / rank-k are fractions in 0..1 (nan when no query has a positive).
+    """
+    cfg = cfg or EvalConfig()
+    if CHANCE in embedders:
+        raise ValueError(f"embedder name {CHANCE!r} is reserved for the random-ranking row")
+    results: dict[str, dict[str, dict[str, float | int]]] = {}
+    for protocol, box_set in box_sets.items():
+        features = embed_box_set(box_set, embedders, batch_images=cfg.reid_batch_images)
+        rows = {}
+        result = None
+        for name, feats in features.items():
+            result = score_box_set(box_set, feats, cfg.reid_ranks)
+            rows[name] = result.summary()
+        if result is None:  # no embedder: the chance row alone
+            result = score_box_set(box_set, np.ones((len(box_set), 1), np.float32), cfg.reid_ranks)
+        rows[CHANCE] = result.chance_summary()  # depends on ids and junk only, not on features
+        results[protocol] = rows
+    return results
+
+
+def evaluate_reid(
+    embedders: Mapping[str, EmbedFn],
+    world_root: str | Path,
+    *,
+    cfg: EvalConfig | None = None,
+    split: str | None = None,
+    protocols: Sequence[str] | None = None,
+) -> dict[str, dict[str, dict[str, float | int]]]:
+    """Oracle-box re-ID of every embedder on the same boxes: :func:`load_reid_box_sets` then
+    :func:`evaluate_reid_box_sets`. ``split``: person-search split (default ``cfg.reid_split``)."""
+    box_sets = load_reid_box_sets(world_root, cfg, split=split, protocols=protocols)
+    return evaluate_reid_box_sets(embedders, box_sets, cfg)
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def flatten_reid_metrics(results: Mapping[str, Any], prefix: str = "reid") -> dict[str, float]:
+    """``{"{prefix}/{protocol}/{embedder}/{metric}": value}`` for every finite number (MLflow keys)."""
+    out = {}
+    for protocol in PROTOCOLS:
+        for name, row in results.get(protocol, {}).items():
+            for metric, value in row.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+                    key = f"{protocol}/{name}/{metric}"
+                    out[f"{prefix}/{key}" if prefix else key] = float(value)
+    return out
+
+
+def format_reid_table(results: Mapping[str, Any]) -> str:
+    """Rows = embedders (chance last), columns = person-search mAP/R1/R5 and MOT mAP/R1, in percent."""
+    columns = [("person_search", "mAP", "PS mAP"), ("person_search", "rank1", "PS R1"),
+               ("person_search", "rank5", "PS R5"), ("mot", "mAP", "MOT mAP"), ("mot", "rank1", "MOT R1")]
+    columns = [c for c in columns if c[0] in results]
+    names = list(dict.fromkeys(n for protocol, _, _ in columns for n in results[protocol] if n != CHANCE))
+    names.append(CHANCE)
+    width = max([len(n) for n in names] + [8])
+    lines = [f"{'embedder':<{width}}" + "".join(f"{title:>9}" for _, _, title in columns)]
+    for name in names:
+        cells = []
+        for protocol, metric, _ in columns:
+            value = results[protocol].get(name, {}).get(metric, float("nan"))
+            cells.append(f"{100 * value:9.1f}" if np.isfinite(value) else f"{'-':>9}")
+        lines.append(f"{name:<{width}}" + "".join(cells))
+    counts = ", ".join(f"{p}: {results[p][CHANCE]['queries']} queries ({results[p][CHANCE]['skipped']} without a "
+                       f"positive)" for p in PROTOCOLS if p in results)
+    return "\n".join(lines + [counts])

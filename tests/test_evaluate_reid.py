@@ -1,0 +1,174 @@
+"""Oracle-box re-ID on the tiny world: protocols, baselines, the ``jobs.evaluate reid`` CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdtrack.config import EvalConfig, load_config
+from kdtrack.data import read_image_rgb
+from kdtrack.formats.common import FormatError
+from kdtrack.reid_probe import (
+    CHANCE,
+    colour_histogram_features,
+    evaluate_reid_box_sets,
+    flatten_reid_metrics,
+    load_reid_box_sets,
+    person_search_box_set,
+    random_student_embedder,
+)
+
+
+@pytest.fixture(scope="module")
+def box_sets(tiny_world: Path):
+    return load_reid_box_sets(tiny_world, EvalConfig())
+
+
+def _key(image: np.ndarray, box: np.ndarray) -> tuple:
+    return hashlib.sha1(image.tobytes()).hexdigest(), tuple(np.round(box, 2))
+
+
+def oracle_embedder(box_sets) -> callable:
+    """One-hot of the true id, looked up by (image content, box): the perfect embedding."""
+    table = {}
+    for box_set in box_sets.values():
+        start = 0
+        for path, boxes in zip(box_set.image_paths, box_set.boxes_xyxy):
+            image = read_image_rgb(path)
+            for box, pid in zip(boxes, box_set.ids[start:start + len(boxes)]):
+                table[_key(image, box)] = int(pid)
+            start += len(boxes)
+    dim = max(table.values()) + 1
+
+    def embed(image, boxes):
+        return np.eye(dim, dtype=np.float32)[[table[_key(image, b)] for b in boxes]]
+
+    return embed
+
+
+def random_features(image, boxes):
+    """Features that know nothing: drawn from a seed fixed by the image and boxes."""
+    seed = int(hashlib.sha1(image.tobytes() + np.asarray(boxes).tobytes()).hexdigest()[:8], 16)
+    return np.random.default_rng(seed).normal(size=(len(boxes), 32))
+
+
+def test_box_sets_of_the_tiny_world(box_sets):
+    ps, mot = box_sets["person_search"], box_sets["mot"]
+    assert len(ps.image_paths) == 40 and len(ps) > 100 and (ps.ids > 0).all()  # 40 test images, labelled boxes
+    assert set(np.unique(ps.groups)) == {1, 2, 3} and ps.junk_rule == "cross_camera"
+    assert mot.junk_rule == "min_time_gap" and mot.min_gap == 10 and set(np.unique(mot.groups)) == {0, 1}
+    assert mot.times.min() >= 22 and mot.times.max() <= 40  # val half of 40-frame sequences: frames 22..40
+    assert sum(len(b) for b in ps.boxes_xyxy) == len(ps) and sum(len(b) for b in mot.boxes_xyxy) == len(mot)
+
+
+def test_oracle_perfect_colour_above_chance_random_at_chance(box_sets):
+    embedders = {"oracle": oracle_embedder(box_sets), "colour": colour_histogram_features,
+                 "noise": random_features}
+    results = evaluate_reid_box_sets(embedders, box_sets, EvalConfig())
+    for protocol in ("person_search", "mot"):
+        rows = results[protocol]
+        assert rows["oracle"]["mAP"] == 1.0 and rows["oracle"]["rank1"] == 1.0, protocol
+        assert rows["oracle"]["queries"] == rows[CHANCE]["queries"] > 20
+        # features that know nothing score the random-ranking expectation (std over seeds: 0.007 PS, 0.02 MOT)
+        assert rows["noise"]["mAP"] == pytest.approx(rows[CHANCE]["mAP"], abs=0.03 if protocol == "person_search"
+                                                     else 0.08)
+    # the colour of the right pixels identifies people across cameras far better than chance: boxes are cut
+    # at the right place (measured: PS mAP 0.18 vs chance 0.07; MOT 0.80 vs 0.20)
+    ps = results["person_search"]
+    assert ps["colour"]["mAP"] > 2 * ps[CHANCE]["mAP"] and ps["colour"]["mAP"] > ps["noise"]["mAP"] + 0.05
+    assert results["mot"]["colour"]["mAP"] > results["mot"][CHANCE]["mAP"] + 0.2
+    flat = flatten_reid_metrics(results)
+    assert flat["reid/person_search/oracle/mAP"] == 1.0 and flat["reid/mot/chance/queries"] > 20
+
+
+def test_student_embedder_reads_the_box_centre_like_inference(box_sets):
+    from kdtrack.inference import student_embedding_at_boxes
+
+    cfg = load_config("tiny")
+    embed = random_student_embedder(cfg, seed=3)
+    box_set = box_sets["person_search"]
+    images = [read_image_rgb(p) for p in box_set.image_paths[:2]]
+    state = torch.random.get_rng_state()
+    batched = embed.embed_many(images, box_set.boxes_xyxy[:2])
+    assert torch.equal(state, torch.random.get_rng_state())  # the baseline's seed leaves the global RNG alone
+    for image, boxes, got in zip(images, box_set.boxes_xyxy[:2], batched):
+        np.testing.assert_allclose(got, student_embedding_at_boxes(embed.detector, image, boxes), atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_colour_histogram_halves():
+    image = np.zeros((20, 10, 3), np.uint8)
+    image[:10] = (255, 0, 0)  # red top
+    image[10:] = (0, 0, 255)  # blue bottom
+    feats = colour_histogram_features(image, np.array([[0, 0, 10, 20], [0, 0, 10, 10], [5, 5, 5, 9]]))
+    assert feats.shape == (3, 256)
+    top, bottom = feats[0, :128], feats[0, 128:]
+    assert np.count_nonzero(top) == 1 and np.count_nonzero(bottom) == 1 and np.argmax(top) != np.argmax(bottom)
+    assert np.linalg.norm(feats[0]) == pytest.approx(1.0)
+    assert np.argmax(feats[1, 128:]) == np.argmax(top)  # a box on the red half only: red in both halves
+    assert not feats[2].any()  # an empty box: zero row
+
+
+def test_split_and_paths_errors(tiny_world: Path, tmp_path: Path):
+    manifest = tiny_world / "person_search" / "manifest.json"
+    with pytest.raises(FormatError, match=r"manifest.json: no images of split 'nope' \(splits present: .*test"):
+        person_search_box_set(manifest, "nope")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "person_search" / "manifest.json")):
+        load_reid_box_sets(tmp_path, protocols=["person_search"])
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "MOT17" / "train")):
+        load_reid_box_sets(tmp_path, protocols=["mot"])
+
+
+def test_cli_writes_json_and_logs_to_mlflow(tiny_world: Path, tmp_path: Path, capsys, monkeypatch):
+    import jobs.evaluate
+    from jobs._mlflow_eval import scalar_metrics
+    from kdtrack.checkpoint import save_checkpoint
+    from kdtrack.models import build_student
+
+    logged = {}
+
+    def log_spy(metrics, *, dataset, tracking_uri, run_id=None, **kwargs):
+        """What log_evaluation_to_mlflow would log (its store round trip is tested in test_evaluate_job.py)."""
+        logged.update(scalar_metrics(metrics, dataset), run_id=run_id, uri=tracking_uri)
+        return "RUN"
+
+    monkeypatch.setattr(jobs.evaluate, "log_evaluation_to_mlflow", log_spy)
+    cfg = load_config("tiny", ["model.width=8", "model.head_conv=16", "model.embedding_dim=16"])  # a fast student
+    torch.manual_seed(cfg.train.seed)  # as jobs.train does before building the student
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=build_student(cfg.model), config=cfg)
+    out = tmp_path / "eval" / "reid.json"
+    # the val split (20 images) and every 4th MOT frame keep the two student passes short
+    jobs.evaluate.main(["reid", "--checkpoint", str(ckpt), "--world", str(tiny_world), "--split", "val",
+                        "--out", str(out), "--set", "eval.reid_mot_frame_stride=4",
+                        "--mlflow-uri", "sqlite:////x/m.db", "--run-id", "TRAIN"])
+    printed = capsys.readouterr().out
+    assert "PS mAP" in printed and "colour" in printed and "logged to MLflow run RUN" in printed
+    record = json.loads(out.read_text())
+    for protocol in ("person_search", "mot"):
+        assert set(record[protocol]) == {"student", "random", "colour", CHANCE}
+        assert record[protocol]["student"]["queries"] > 0
+    assert record["settings"]["mot_frame_stride"] == 4 and record["settings"]["split"] == "val"
+    # untrained: the random-init baseline (seed = the checkpoint's train.seed) is this very network
+    assert record["person_search"]["random"] == record["person_search"]["student"]
+    # metric keys "{dataset}/{protocol}/{embedder}/{metric}", dataset "reid-val" for the val split ("reid" for test)
+    assert logged["reid-val/person_search/colour/mAP"] == pytest.approx(record["person_search"]["colour"]["mAP"])
+    assert "reid-val/mot/student/rank1" in logged and "reid-val/mot/chance/mAP" in logged
+    assert logged["run_id"] == "TRAIN"
+
+
+def test_cli_missing_inputs_give_one_line_naming_the_file(tiny_world: Path, tmp_path: Path):
+    from jobs.evaluate import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["reid", "--checkpoint", str(tmp_path / "c.pt"), "--world", str(tmp_path)])
+    message = str(exc.value)
+    assert str(tmp_path / "person_search" / "manifest.json") in message and "\n" not in message
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        main(["reid", "--checkpoint", str(tmp_path / "c.pt"), "--world", str(tiny_world)])
+    with pytest.raises(SystemExit, match="no images of split 'nope'"):
+        main(["reid", "--checkpoint", str(tmp_path / "c.pt"), "--world", str(tiny_world), "--split", "nope"])

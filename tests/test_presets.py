@@ -1,0 +1,100 @@
+"""The paper presets run the published schedules: run length, lr milestones, batch, multi-scale sizes.
+
+The run length and the milestones are computed exactly as ``jobs.train`` computes them: a
+``DistributedSampler(drop_last=True)`` + ``DataLoader(drop_last=True)`` per worker gives the
+iterations per epoch, then ``engine.total_iterations`` and ``engine.lr_milestones``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from kdtrack.config import PRESET_DIR, TrainConfig, load_config
+from kdtrack.engine import build_scheduler, lr_milestones, total_iterations
+from kdtrack.formats.mot import half_split
+from kdtrack.letterbox import multiscale_transform
+
+CROWDHUMAN_TRAIN = 15_000  # CrowdHuman annotation_train.odgt
+COCO_PERSON_TRAIN = 64_115  # COCO train2017 images with at least one person
+MOT17_LENGTHS = (600, 1050, 837, 525, 654, 900, 750)  # MOT17-02/04/05/09/10/11/13, frames
+MOT17_TRAIN_HALF = sum(len(half_split(n)[0]) for n in MOT17_LENGTHS)
+
+
+def iterations_per_epoch(num_images: int, tc: TrainConfig) -> int:
+    """Batches per worker per epoch, as jobs.train's sampler and loader yield them."""
+    sampler = DistributedSampler(range(num_images), num_replicas=tc.num_workers, rank=0, shuffle=False,
+                                 drop_last=True)
+    return len(DataLoader(range(num_images), batch_size=tc.batch_size_per_worker, sampler=sampler, drop_last=True))
+
+
+def lr_per_iteration(tc: TrainConfig, total: int) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=tc.lr)
+    sched = build_scheduler(opt, tc, total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+def test_every_preset_loads(name):
+    cfg = load_config(name)
+    tc = cfg.train
+    if tc.epochs == 0:  # an iteration budget must say where it ends
+        assert tc.max_iterations > 0
+    assert total_iterations(tc, 10) > 0
+    lr_milestones(tc, total_iterations(tc, 10))  # valid fractions
+
+
+def test_idf_paper_runs_25k_iterations_with_steps_at_15k_and_20k():
+    cfg = load_config("idf_paper")
+    tc = cfg.train
+    assert tc.batch_size_per_worker * tc.num_workers == 32  # 32 image pairs per iteration
+    ipe = iterations_per_epoch(CROWDHUMAN_TRAIN + COCO_PERSON_TRAIN, tc)
+    assert ipe == 2472  # 79,115 images / 8 workers / 4 per batch
+    total = total_iterations(tc, ipe)
+    assert total == 25_000
+    assert lr_milestones(tc, total) == [15_000, 20_000]
+    # the budget does not depend on the dataset size (epochs 0 = unbounded, never caps it)
+    assert all(total_iterations(tc, n) == 25_000 for n in (1, 7, 2472, 100_000))
+    lrs = lr_per_iteration(tc, total)
+    assert lrs[14_999] == pytest.approx(0.01) and lrs[15_000] == pytest.approx(1e-3)
+    assert lrs[19_999] == pytest.approx(1e-3) and lrs[20_000] == pytest.approx(1e-4) and len(lrs) == 25_000
+
+
+def test_idf_paper_multiscale_sizes():
+    data = load_config("idf_paper").data
+    assert data.multiscale_short_sides == (480, 560, 640, 720, 800) and data.multiscale_max_long_side == 1024
+    assert load_config("idf_paper").model.unet_merge == "concat"
+    # a 1920x1080 frame: short side s, long 1920 s / 1080 capped at 1024; canvas rounded up to 32
+    expected = {480: (864, 480), 560: (1024, 576), 640: (1024, 576), 720: (1024, 576), 800: (1024, 576)}
+    for side, canvas in expected.items():
+        tf, w, h = multiscale_transform(1920, 1080, side, data.multiscale_max_long_side)
+        assert (w, h) == canvas and w % 32 == 0 and h % 32 == 0
+        assert round(1920 * tf.scale) <= 1024
+    # a portrait COCO image 427x640: short side 800 -> 800 x 1199 capped -> 683 x 1024 -> canvas 704 x 1024
+    tf, w, h = multiscale_transform(427, 640, 800, 1024)
+    assert (w, h) == (704, 1024) and tf.scale == pytest.approx(1024 / 640)
+
+
+def test_kd_paper_runs_30_epochs_with_the_step_at_epoch_20():
+    cfg = load_config("kd_paper")
+    tc = cfg.train
+    assert tc.batch_size_per_worker * tc.num_workers == 16 and tc.epochs == 30 and tc.max_iterations == 0
+    ipe = iterations_per_epoch(CROWDHUMAN_TRAIN + MOT17_TRAIN_HALF, tc)
+    assert ipe == (CROWDHUMAN_TRAIN + MOT17_TRAIN_HALF) // 4 // 4
+    total = total_iterations(tc, ipe)
+    assert total == 30 * ipe
+    assert lr_milestones(tc, total) == [20 * ipe]
+    lrs = lr_per_iteration(tc, total)
+    assert lrs[20 * ipe - 1] == pytest.approx(1e-4) and lrs[20 * ipe] == pytest.approx(1e-5)
+
+
+def test_kd_paper_step_lands_on_epoch_20_for_any_epoch_length():
+    tc = load_config("kd_paper").train
+    for ipe in list(range(1, 20_001)) + [123_457, 500_001, 999_983, 10**7 + 1]:
+        assert lr_milestones(tc, total_iterations(tc, ipe)) == [20 * ipe], ipe
