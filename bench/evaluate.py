@@ -1,15 +1,19 @@
 """Benchmark batch evaluation (``jobs.evaluate``): MOT frames/s serial vs Ray actors, person-search queries/s
 before vs after batching, in one run on one machine.
 
-* MOT — ``run_mot_checkpoint`` over the MOT17-style sequences of the ``small`` world (7 x 150 frames,
-  480x288; the val halves by default), the tiny student: serial in this process (``--no-ray``: one
-  worker, torch on every core) vs a Ray pool of ``--actors`` actors (1 CPU and 1 torch thread each).
-  frames/s = frames tracked and scored / wall seconds of the call; the Ray figure includes starting
-  the actors and shipping the weights, not ``ray.init``.
+* MOT — ``python -m jobs.evaluate mot`` over the MOT17-style sequences of the ``small`` world (7 x 150
+  frames, 480x288; the val halves by default), the tiny student, each run a fresh process as a user
+  runs it: serial (``--no-ray``: one process) vs a pool of ``--actors`` Ray actors (1 CPU and 1 torch
+  thread each) on the cluster this script started (``RAY_ADDRESS``). The serial run is timed with
+  torch on every core and on one thread (``OMP_NUM_THREADS=1``), and the speed-up is taken against
+  the faster of the two (on a busy machine OpenMP threads that wait for each other can make the
+  multi-thread run several times slower). frames/s = frames tracked and scored / wall seconds of
+  the command (imports, actor start and weight shipping included).
 * Person search — producing the inputs (gallery detections + one embedding per query) from a checkpoint
   and the small world's manifest (300 test images, 100 queries). *Before*: the code this replaced,
   reproduced here: gallery images in chunks of 64 as Ray tasks of 1 CPU that each build the network from
-  the checkpoint, then one full-image forward per query on the driver. *After*:
+  the checkpoint, then one full-image forward per query on the driver (torch threads as the faster
+  serial MOT run). *After*:
   ``person_search_inputs_from_checkpoint`` on a pool of ``--actors`` actors (one network build each,
   ``eval.ps_batch_images`` images per forward, query boxes read from the gallery pass). queries/s =
   queries / wall seconds; the two must give the same embeddings (checked).
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,30 +60,45 @@ def make_checkpoint(out: Path) -> Path:
     from kdtrack.config import load_config
     from kdtrack.models import build_student
 
-    cfg = load_config("tiny")
+    cfg = load_config("tiny", ["decode.top_k=100"])
     torch.manual_seed(0)
     model = build_student(cfg.model)
-    model.heads["size"][-1].bias.data.fill_(3.0)
+    model.heads["heatmap"][-1].bias.data.fill_(0.0)  # random peaks pass the score threshold: the tracker works
+    model.heads["size"][-1].bias.data.fill_(12.0)  # and they become 24x24 boxes the tracker keeps
     return save_checkpoint(out, model=model, config=cfg, iteration=1)
 
 
-def bench_mot(world: Path, ckpt: Path, actors: int, half: str) -> dict:
-    from jobs.evaluate import run_mot_checkpoint
-    from kdtrack.config import load_config
+BENCH_CONFIG = ["decode.top_k=100", "eval.render_frames=0", "eval.cpus_per_actor=1.0"]
 
-    cfg = load_config("tiny", ["eval.render_frames=0", f"eval.num_actors={actors}", "eval.cpus_per_actor=1.0"])
+
+def bench_mot(world: Path, ckpt: Path, actors: int, half: str, address: str) -> dict:
+    import torch
+
     root = world / "MOT17" / "train"
+    sets = [f"--set={item}" for item in (*BENCH_CONFIG, f"eval.num_actors={actors}")]
     rows = {}
+    cores = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
-        for name, use_ray in (("serial", False), ("ray", True)):
+        for name, use_ray, threads in ((f"serial_{cores}t", False, cores), ("serial_1t", False, 1),
+                                       ("ray", True, cores)):
+            out = Path(tmp) / name / "metrics.json"
+            cmd = [sys.executable, "-m", "jobs.evaluate", "mot", "--checkpoint", str(ckpt), "--data-root", str(root),
+                   "--half", half, "--out", str(out), "--no-progress", *sets] + ([] if use_ray else ["--no-ray"])
+            env = {**os.environ, "RAY_ADDRESS": address, "OMP_NUM_THREADS": str(threads)}
             start = time.perf_counter()
-            metrics, runs = run_mot_checkpoint(ckpt, root, Path(tmp) / name, cfg, half=half, use_ray=use_ray)
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
             seconds = time.perf_counter() - start
-            frames = sum(r["frames"] for r in runs)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{name}: {proc.stderr[-2000:]}")
+            combined = json.loads(out.read_text())["combined"]
+            frames = combined["num_frames"]
             rows[name] = {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds,
-                          "sequences": len(runs), "MOTA": metrics["combined"]["MOTA"]}
-    assert rows["serial"]["MOTA"] == rows["ray"]["MOTA"], "serial and Ray tracks differ"
-    rows["speedup"] = rows["ray"]["frames_per_s"] / rows["serial"]["frames_per_s"]
+                          "sequences": len(json.loads(out.read_text())["sequences"]), "threads": threads,
+                          "MOTA": combined["MOTA"], "predictions_per_frame": combined["num_predictions"] / frames}
+    serial = max((rows[f"serial_{cores}t"], rows["serial_1t"]), key=lambda r: r["frames_per_s"])
+    assert abs(serial["MOTA"] - rows["ray"]["MOTA"]) < 1e-6, "serial and Ray tracks differ"
+    rows["serial"] = serial
+    rows["speedup"] = rows["ray"]["frames_per_s"] / serial["frames_per_s"]
     return rows
 
 
@@ -131,27 +151,32 @@ def person_search_before(ckpt: Path, manifest_path: Path, cfg) -> tuple[list, di
     return query_embeddings, gallery
 
 
-def bench_person_search(world: Path, ckpt: Path, actors: int) -> dict:
+def bench_person_search(world: Path, ckpt: Path, actors: int, driver_threads: int) -> dict:
     import numpy as np
+    import torch
 
     from jobs.evaluate import person_search_inputs_from_checkpoint
     from kdtrack.config import load_config
 
     manifest = world / "person_search" / "manifest.json"
-    cfg = load_config("tiny", [f"eval.num_actors={actors}", "eval.cpus_per_actor=1.0"])
+    cfg = load_config("tiny", [*BENCH_CONFIG, f"eval.num_actors={actors}"])
+    cores = torch.get_num_threads()
+    torch.set_num_threads(driver_threads)
     start = time.perf_counter()
     before_q, before_g = person_search_before(ckpt, manifest, cfg)
     before_s = time.perf_counter() - start
+    torch.set_num_threads(cores)
     stats: dict = {}
     start = time.perf_counter()
     queries, gallery = person_search_inputs_from_checkpoint(ckpt, manifest, cfg, use_ray=True, stats=stats)
     after_s = time.perf_counter() - start
     np.testing.assert_allclose(np.stack([q.embedding for q in queries]), np.stack(before_q), atol=1e-4)
-    for name, (boxes, scores, _) in before_g.items():
-        np.testing.assert_allclose(gallery[name].scores, scores, atol=1e-4)
+    for name, (boxes, scores, _) in before_g.items():  # a batched forward differs in the last bits: near-ties may swap
+        assert len(gallery[name].scores) == len(scores)
+        np.testing.assert_allclose(gallery[name].scores, scores, atol=2e-3)
     n = len(queries)
     return {"queries": n, "gallery_images": len(gallery),
-            "before": {"seconds": before_s, "queries_per_s": n / before_s},
+            "before": {"seconds": before_s, "queries_per_s": n / before_s, "driver_threads": driver_threads},
             "after": {"seconds": after_s, "queries_per_s": n / after_s, **stats},
             "speedup": before_s / after_s}
 
@@ -169,21 +194,25 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    context = ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(Path(tmp) / "ckpt")
-        mot = bench_mot(world, ckpt, args.actors, args.half)
-        ps = bench_person_search(world, ckpt, args.actors)
+        mot = bench_mot(world, ckpt, args.actors, args.half, context.address_info["gcs_address"])
+        ps = bench_person_search(world, ckpt, args.actors, mot["serial"]["threads"])
     ray.shutdown()
     print(f"\nMOT ({mot['serial']['sequences']} sequences, {mot['serial']['frames']} frames, '{preset}' world, "
-          f"{args.half} halves, tiny student, {os.cpu_count()} CPUs):")
-    print(f"  serial, one process        {mot['serial']['frames_per_s']:7.1f} frames/s ({mot['serial']['seconds']:.1f} s)")
-    print(f"  Ray, {args.actors} actors               {mot['ray']['frames_per_s']:7.1f} frames/s "
+          f"{args.half} halves, tiny student, {mot['ray']['predictions_per_frame']:.0f} tracker boxes/frame, "
+          f"{os.cpu_count()} CPUs):")
+    for name, row in mot.items():
+        if name.startswith("serial_"):
+            print(f"  serial, one process, {row['threads']} thread(s) {row['frames_per_s']:7.1f} frames/s "
+                  f"({row['seconds']:.1f} s)")
+    print(f"  Ray, {args.actors} actors x 1 thread     {mot['ray']['frames_per_s']:7.1f} frames/s "
           f"({mot['ray']['seconds']:.1f} s)")
-    print(f"  speed-up                   {mot['speedup']:7.2f}x")
+    print(f"  speed-up vs the faster serial run {mot['speedup']:5.2f}x")
     print(f"person search ({ps['queries']} queries, {ps['gallery_images']} gallery images):")
     print(f"  before (model per chunk, a forward per query)  {ps['before']['queries_per_s']:7.2f} queries/s "
-          f"({ps['before']['seconds']:.1f} s)")
+          f"({ps['before']['seconds']:.1f} s; driver {ps['before']['driver_threads']} thread(s))")
     print(f"  after ({args.actors} actors, batched, shared pass)   {ps['after']['queries_per_s']:7.2f} queries/s "
           f"({ps['after']['seconds']:.1f} s; {ps['after']['model_builds']} network builds)")
     print(f"  speed-up                   {ps['speedup']:7.2f}x")

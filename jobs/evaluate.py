@@ -69,22 +69,18 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from jobs._mlflow_eval import log_evaluation_to_mlflow
 from jobs._ray import PoolReport, ensure_ray, map_tasks, run_actor_pool, transient_errors, worker_location
 from kdtrack.config import Config, ConfigError, EvalConfig, load_config
 from kdtrack.formats.common import FormatError
 from kdtrack.io import atomic_write_json
-from kdtrack.metrics.mot import BENCHMARKS, format_table
-from kdtrack.metrics.mot_files import HALVES, evaluate_mot_files
-from kdtrack.metrics.person_search import (
-    GalleryImage,
-    Query,
-    evaluate_person_search,
-    load_person_search_npz,
-    save_person_search_npz,
-)
+
+# The metrics (pandas, motmetrics, TrackEval, scikit-learn) are imported where they are used: an actor
+# unpickling InferenceWorker imports this module, and on a busy node every second of start-up counts.
+if TYPE_CHECKING:
+    from kdtrack.metrics.person_search import GalleryImage, Query
 
 __all__ = [
     "EvaluationFailed", "InputError", "InferenceWorker", "cli", "log_evaluation_to_mlflow", "main",
@@ -118,6 +114,8 @@ def score_mot_results(
     Sequences are scored in parallel Ray tasks when there is more than one and
     ``use_ray``; the combined row sums counts over sequences before ratios.
     """
+    from kdtrack.metrics.mot_files import evaluate_mot_files
+
     cfg = cfg or EvalConfig()
 
     def ray_map(score, files):
@@ -158,8 +156,9 @@ class ModelHandle:
     shipped: list | None = None  # [ObjectRef of {"model": state_dict, "config": Config}], or None
 
 
-def load_checkpoint_infos(paths: Sequence[str | Path]) -> list[CheckpointInfo]:
-    """The checkpoints named by ``--checkpoint`` arguments, each read once here (a bad one stops here).
+def load_checkpoints(paths: Sequence[str | Path], *, ship: bool = False) -> list[tuple[CheckpointInfo, ModelHandle]]:
+    """The checkpoints named by ``--checkpoint`` arguments, each read once here (a bad one stops here),
+    with the handle a worker builds its network from (``ship``: weights put into Ray's object store).
 
     An argument is a checkpoint file; a folder holding ``checkpoint.pt``; or a training run's folder
     (``jobs.train --out``, or its Ray Train run folder), which stands for every ``checkpoint.pt``
@@ -168,54 +167,40 @@ def load_checkpoint_infos(paths: Sequence[str | Path]) -> list[CheckpointInfo]:
     """
     from kdtrack.checkpoint import CHECKPOINT_NAME
 
-    infos: list[CheckpointInfo] = []
+    entries: list[tuple[CheckpointInfo, ModelHandle]] = []
     for arg in paths:
         path = Path(arg).resolve()
         if not path.is_dir():
-            infos.append(_checkpoint_info(path))
+            entries.append(_load_checkpoint(path, ship))
             continue
         below = sorted(p for p in path.rglob(CHECKPOINT_NAME) if p.parent != path)
         top = path / CHECKPOINT_NAME
         if not below and not top.is_file():
             raise InputError(f"{path}: no {CHECKPOINT_NAME} in it or below it")
-        group = [_checkpoint_info(p) for p in below]
+        group = [_load_checkpoint(p, ship) for p in below]
         if top.is_file():
-            final = _checkpoint_info(top)
-            if all(info.iteration != final.iteration for info in group):
+            final = _load_checkpoint(top, ship)
+            if all(info.iteration != final[0].iteration for info, _ in group):
                 group.append(final)
-        infos.extend(sorted(group, key=lambda info: info.iteration))
-    if len(infos) > 1:
-        labels: dict[str, int] = {}
-        for i, info in enumerate(infos):
+        entries.extend(sorted(group, key=lambda entry: entry[0].iteration))
+    if len(entries) > 1:
+        counts: dict[str, int] = {}
+        for i, (info, handle) in enumerate(entries):
             label = f"iter_{info.iteration:07d}"
-            labels[label] = labels.get(label, 0) + 1
-            infos[i] = replace(info, label=label if labels[label] == 1 else f"{label}_{labels[label]}")
-    return infos
+            counts[label] = counts.get(label, 0) + 1
+            entries[i] = (replace(info, label=label if counts[label] == 1 else f"{label}_{counts[label]}"), handle)
+    return entries
 
 
-def _checkpoint_info(path: Path) -> CheckpointInfo:
+def _load_checkpoint(path: Path, ship: bool) -> tuple[CheckpointInfo, ModelHandle]:
     from kdtrack.checkpoint import load_checkpoint
 
     try:
         state = load_checkpoint(path, map_location="cpu")
     except (OSError, ValueError) as exc:  # missing, unreadable, not a kdtrack checkpoint: the message names it
         raise InputError(str(exc)) from None
-    return CheckpointInfo(str(path), int(state.get("iteration", 0)))
-
-
-def _model_handles(checkpoints: Sequence[CheckpointInfo], use_ray: bool) -> list[ModelHandle]:
-    """One handle per checkpoint; with Ray the student weights go into the object store once each."""
-    if not use_ray:
-        return [ModelHandle(c.path) for c in checkpoints]
-    from kdtrack.checkpoint import load_checkpoint
-
-    ray = ensure_ray()
-    handles = []
-    for c in checkpoints:
-        state = load_checkpoint(c.path, map_location="cpu")
-        handles.append(ModelHandle(c.path, [ray.put({"model": state["model"], "config": state["config"]})]))
-        del state
-    return handles
+    shipped = [ensure_ray().put({"model": state["model"], "config": state["config"]})] if ship else None
+    return CheckpointInfo(str(path), int(state.get("iteration", 0))), ModelHandle(str(path), shipped)
 
 
 # --------------------------------------------------------------------------- the inference worker
@@ -499,13 +484,12 @@ def run_mot_checkpoints(
 
     seq_dirs = mot_sequence_dirs(data_root, sequences, detector)
     worker_kwargs = _worker_kwargs(cfg, embedder, teacher_checkpoint)
-    infos = load_checkpoint_infos(checkpoints)
+    infos, handles = zip(*load_checkpoints(checkpoints, ship=use_ray))
     split = "val_half" if half == "val" else "all"
     frames = {d.name: len(split_frames(read_seqinfo(d).seq_length, split)) for d in seq_dirs}
     results_dir = Path(results_dir).resolve()
     render_dir = Path(render_dir).resolve() if render_dir else None
     num_render = cfg.eval.render_frames if render_dir else 0
-    handles = _model_handles(infos, use_ray)
     items = [(c, d) for c in range(len(infos)) for d in seq_dirs]
     calls = [("track", (handles[c], str(d), half, num_render)) for c, d in items]
     evaluations = [CheckpointEvaluation(info, {}) for info in infos]
@@ -598,6 +582,8 @@ def load_person_search_inputs(detections: str | Path) -> tuple[list[Query], dict
 
     :func:`person_search_checkpoints` returns the same ``(queries, gallery)`` pair from a checkpoint.
     """
+    from kdtrack.metrics.person_search import load_person_search_npz
+
     return load_person_search_npz(detections)
 
 
@@ -635,7 +621,7 @@ def person_search_checkpoints(
 
     from kdtrack.boxes import xywh_to_xyxy
     from kdtrack.formats.person_search import read_manifest
-    from kdtrack.metrics.person_search import queries_from_manifest
+    from kdtrack.metrics.person_search import GalleryImage, queries_from_manifest
 
     if manifest_path is None:
         raise InputError("person-search --checkpoint needs --manifest")
@@ -644,7 +630,7 @@ def person_search_checkpoints(
     except (OSError, ValueError) as exc:
         raise InputError(str(exc)) from None
     worker_kwargs = _worker_kwargs(cfg, embedder, teacher_checkpoint)
-    infos = load_checkpoint_infos(checkpoints)
+    infos, handles = zip(*load_checkpoints(checkpoints, ship=use_ray))
     images = [im.file_name for im in manifest.images if im.split == "test"]
     images += [name for name in dict.fromkeys(q.file_name for q in manifest.queries) if name not in set(images)]
     position = {name: i for i, name in enumerate(images)}
@@ -657,7 +643,6 @@ def person_search_checkpoints(
     boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in query_boxes]
     per_task = images_per_task or cfg.eval.ps_images_per_task
     chunks = [range(s, min(s + per_task, len(images))) for s in range(0, len(images), per_task)]
-    handles = _model_handles(infos, use_ray)
     items = [(c, chunk) for c in range(len(infos)) for chunk in chunks]
     calls = [("detect", (handles[c], [str(manifest.image_path(images[i])) for i in chunk],
                          [boxes[i] for i in chunk])) for c, chunk in items]
@@ -725,6 +710,8 @@ def person_search_inputs_from_checkpoint(
 def score_person_search(
     queries: Sequence[Query], gallery: dict[str, GalleryImage], gallery_size: int | None, cfg: EvalConfig
 ) -> dict[str, Any]:
+    from kdtrack.metrics.person_search import evaluate_person_search
+
     return evaluate_person_search(queries, gallery, gallery_size=gallery_size, cfg=cfg)
 
 
@@ -833,6 +820,9 @@ def run_reid(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from kdtrack.metrics.mot import BENCHMARKS
+    from kdtrack.metrics.mot_files import HALVES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
 
@@ -913,6 +903,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.mode == "reid":
         return run_reid(args, cfg)
     if args.mode == "mot-files":
+        from kdtrack.metrics.mot import format_table
+
         metrics = score_mot_results(
             args.gt_root, args.results, args.benchmark, args.half,
             sequences=args.sequences, cfg=cfg.eval, use_ray=not args.no_ray,
@@ -928,6 +920,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _main_mot(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    from kdtrack.metrics.mot import format_table
+
     if args.association:
         cfg = replace(cfg, tracker=replace(cfg.tracker, mode=args.association))
     results_dir = args.results_dir or (args.out.resolve().parent / "results")
@@ -956,6 +950,8 @@ def _main_mot(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
 
 
 def _main_person_search(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    from kdtrack.metrics.person_search import save_person_search_npz
+
     eval_cfg = cfg.eval
     if args.cross_camera_only:
         eval_cfg = replace(eval_cfg, ps_cross_camera_only=True)

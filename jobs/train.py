@@ -183,6 +183,22 @@ def _epoch_metrics(terms: dict[str, float], epoch: int, iteration: int, resumed:
             MLFLOW_RUN_ID_KEY: mlflow_run}
 
 
+def _close_epoch(rank: int, tc: Any, *, epoch: int, epoch_start: int, iteration: int, per_epoch: int, total: int,
+                 terms: dict[str, float], resumed: dict[str, float], mlflow_run: str,
+                 save: Any) -> tuple[bool, int]:
+    """After an epoch of either loop: checkpoint (``save(tmp, next_epoch, float_metrics)`` on rank 0) and
+    report every ``checkpoint_every`` epochs and at the end. Returns ``(finished, next epoch)``; a
+    checkpoint's epoch is where a resume starts (the same one when the epoch was cut by the budget)."""
+    next_epoch = epoch + 1 if iteration - epoch_start >= per_epoch else epoch
+    finished = iteration >= total or 0 < tc.epochs <= next_epoch
+    if (epoch + 1) % max(tc.checkpoint_every, 1) == 0 or finished:
+        metrics = _epoch_metrics(terms, next_epoch, iteration, resumed, mlflow_run)
+        with _reporting(rank, metrics) as tmp:
+            if tmp is not None:
+                save(tmp, next_epoch, {k: v for k, v in metrics.items() if isinstance(v, float)})
+    return finished, next_epoch
+
+
 @contextlib.contextmanager
 def _reporting(rank: int, metrics: dict[str, Any]) -> Iterator[str | None]:
     """``with _reporting(rank, metrics) as tmp:`` rank 0 writes its checkpoint into ``tmp`` (None on other
@@ -284,20 +300,14 @@ def train_func(loop_config: dict[str, Any]) -> None:
             teacher_crop_size=(cfg.teacher.crop_height, cfg.teacher.crop_width),
             start_iteration=iteration, max_iterations=total, log_every=tc.log_every, log_fn=log_fn,
             key_encoder=key_encoder)
-        completed = iteration - epoch_start >= len(loader)
-        next_epoch = epoch + 1 if completed else epoch  # a checkpoint's "epoch" = where a resume starts
-        finished = iteration >= total or 0 < tc.epochs <= next_epoch
-        if (epoch + 1) % max(tc.checkpoint_every, 1) == 0 or finished:
-            metrics = _epoch_metrics(terms, next_epoch, iteration, resumed, mlflow_run)
-            with _reporting(rank, metrics) as tmp:
-                if tmp is not None:
-                    save_checkpoint(tmp, model=model, config=cfg, criterion=criterion, optimizer=optimizer,
-                                    scheduler=scheduler, scaler=scaler, key_encoder=key_encoder,
-                                    epoch=next_epoch, iteration=iteration,
-                                    metrics={k: v for k, v in metrics.items() if isinstance(v, float)})
+        finished, epoch = _close_epoch(
+            rank, tc, epoch=epoch, epoch_start=epoch_start, iteration=iteration, per_epoch=len(loader),
+            total=total, terms=terms, resumed=resumed, mlflow_run=mlflow_run,
+            save=lambda tmp, next_epoch, metrics: save_checkpoint(
+                tmp, model=model, config=cfg, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+                scaler=scaler, key_encoder=key_encoder, epoch=next_epoch, iteration=iteration, metrics=metrics))
         if finished:
             break
-        epoch = next_epoch
     if rank == 0 and mlflow_client is not None:
         mlflow_client.set_terminated(mlflow_run)
 
@@ -376,18 +386,14 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
             triplet_margin=teach.triplet_margin, scheduler=scheduler, scaler=scaler, amp=tc.amp,
             grad_clip=tc.grad_clip, start_iteration=iteration, max_iterations=total, log_every=tc.log_every,
             log_fn=log_fn)
-        next_epoch = epoch + 1 if iteration - epoch_start >= per_epoch else epoch
-        finished = iteration >= total or 0 < tc.epochs <= next_epoch
-        if (epoch + 1) % max(tc.checkpoint_every, 1) == 0 or finished:
-            metrics = _epoch_metrics(terms, next_epoch, iteration, resumed, mlflow_run)
-            with _reporting(rank, metrics) as tmp:
-                if tmp is not None:
-                    save_checkpoint(tmp, model=model, config=cfg, optimizer=optimizer, scheduler=scheduler,
-                                    scaler=scaler, epoch=next_epoch, iteration=iteration,
-                                    metrics={k: v for k, v in metrics.items() if isinstance(v, float)})
+        finished, epoch = _close_epoch(
+            rank, tc, epoch=epoch, epoch_start=epoch_start, iteration=iteration, per_epoch=per_epoch,
+            total=total, terms=terms, resumed=resumed, mlflow_run=mlflow_run,
+            save=lambda tmp, next_epoch, metrics: save_checkpoint(
+                tmp, model=model, config=cfg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                epoch=next_epoch, iteration=iteration, metrics=metrics))
         if finished:
             break
-        epoch = next_epoch
     if rank == 0 and mlflow_client is not None:
         mlflow_client.set_terminated(mlflow_run)
 

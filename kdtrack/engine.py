@@ -118,6 +118,30 @@ def average_gradients(module: nn.Module) -> None:
             p.grad.div_(world)
 
 
+def backward_and_step(total: torch.Tensor, optimizer: torch.optim.Optimizer, *,
+                      scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0,
+                      sync: Callable[[], None] | None = None) -> None:
+    """zero_grad -> (scaled) backward -> ``sync()`` (e.g. averaging gradients DDP does not see) ->
+    clip -> (scaled) step: the update shared by the student and the teacher steps."""
+    optimizer.zero_grad(set_to_none=True)
+    scaled = scaler is not None and scaler.is_enabled()
+    if scaled:
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+    else:
+        total.backward()
+    if sync is not None:
+        sync()
+    if grad_clip > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if scaled:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 def train_step(
     model: nn.Module,
     criterion: nn.Module,
@@ -167,21 +191,7 @@ def train_step(
     if not torch.isfinite(total).all():
         values = {k: float(v.detach().float().mean()) for k, v in terms.items() if torch.is_tensor(v)}
         raise FloatingPointError(f"iteration {iteration}: loss is {float(total.detach())}, stopping training; terms: {values}")
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(total).backward()
-        scaler.unscale_(optimizer)
-    else:
-        total.backward()
-    average_gradients(criterion)
-    if grad_clip > 0:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    if scaler is not None and scaler.is_enabled():
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    backward_and_step(total, optimizer, scaler=scaler, grad_clip=grad_clip, sync=lambda: average_gradients(criterion))
     if key_encoder is not None:
         key_encoder.update(model)
     out = {k: float(v.detach().float().mean()) for k, v in terms.items() if torch.is_tensor(v)}
@@ -291,20 +301,7 @@ def teacher_train_step(
     if not torch.isfinite(total).all():
         values = {k: float(v.detach().float()) for k, v in terms.items()}
         raise FloatingPointError(f"iteration {iteration}: loss is {float(total.detach())}, stopping training; terms: {values}")
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(total).backward()
-        scaler.unscale_(optimizer)
-    else:
-        total.backward()
-    if grad_clip > 0:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    if scaler is not None and scaler.is_enabled():
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    backward_and_step(total, optimizer, scaler=scaler, grad_clip=grad_clip)
     accuracy = (outputs["logits"].detach().argmax(dim=1) == labels).float().mean()
     return {"total": float(total.detach()), "id": float(terms["id"]), "triplet": float(terms["triplet"]),
             "accuracy": float(accuracy), "lr": float(optimizer.param_groups[0]["lr"])}

@@ -16,6 +16,7 @@ Totals per ``id_mode``:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 import torch
@@ -99,7 +100,7 @@ class Criterion(nn.Module):
             if views == 2:  # the collapse monitor (kdtrack.losses.collapse), from this very batch
                 stats = collapse_stats(outputs["embedding"], targets["region_index"], targets["region_mask"],
                                        targets["ids"], views=views)
-                c.update({f"monitor/{k}": torch.tensor(v) for k, v in stats.items()})
+                c.update({f"monitor/{k}": torch.tensor(v) for k, v in stats.items() if math.isfinite(v)})  # undefined: absent
             c["id"] = self.cfg.id_weight * c["id"]
             terms.update(c)
             terms["total"] = det + terms["id"]
