@@ -888,6 +888,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     ps.add_argument("--cross-camera-only", action="store_true", help="all-frames gallery: other cameras only")
     common(ps, checkpoint_tag=False)
     add_reid_parser(sub)
+    mk = sub.add_parser("market1501", help="Market-1501 protocol on crops: a teacher (or student) checkpoint vs "
+                                           "the colour histogram and chance")
+    mk.add_argument("--checkpoint", required=True, help="a teacher (train.recipe=teacher) or student checkpoint")
+    mk.add_argument("--data-root", required=True, type=Path,
+                    help="a root holding market1501/ (a synthetic world) or an unpacked Market-1501")
+    mk.add_argument("--batch-size", type=int, default=None, help="crops per forward pass (default: teacher.eval_batch_size)")
+    common(mk, checkpoint_tag=False)
     return parser
 
 
@@ -902,6 +909,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg: Config = load_config(args.config, args.overrides)
     if args.mode == "reid":
         return run_reid(args, cfg)
+    if args.mode == "market1501":
+        from jobs._market_eval import run_market1501
+
+        return run_market1501(args.checkpoint, args.data_root, out=args.out, mlflow_uri=args.mlflow_uri,
+                              run_id=args.run_id, batch_size=args.batch_size, experiment=args.experiment)
     if args.mode == "mot-files":
         from kdtrack.metrics.mot import format_table
 

@@ -113,3 +113,22 @@ def test_market_eval_of_a_student_checkpoint(tiny_world, tmp_path):
     assert set(record["results"]) == {"student", "colour", "chance"}
     assert record["results"]["student"]["queries"] == 16
     assert json.loads((tmp_path / "m.json").read_text())["settings"]["embedders"] == ["student", "colour"]
+
+
+def test_market_eval_through_the_evaluate_cli(tiny_world, tmp_path, capsys):
+    """``python -m jobs.evaluate market1501`` runs the same evaluation; a missing root is a one-line exit 2."""
+    from jobs import evaluate
+    from kdtrack.checkpoint import save_checkpoint
+    from kdtrack.models import build_student
+
+    cfg = load_config("tiny", ["model.width=8", "model.head_conv=16", "model.embedding_dim=16",
+                               "model.input_width=64", "model.input_height=128"])
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "student.pt", model=build_student(cfg.model), config=cfg)
+    record = evaluate.main(["market1501", "--checkpoint", str(ckpt), "--data-root", str(tiny_world),
+                            "--out", str(tmp_path / "m.json")])
+    assert set(record["results"]) == {"student", "colour", "chance"}
+    assert (tmp_path / "m.json").exists()
+    code = evaluate.cli(["market1501", "--checkpoint", str(ckpt), "--data-root", str(tmp_path / "nowhere"),
+                         "--out", str(tmp_path / "x.json")])
+    assert code == 2 and "nowhere" in capsys.readouterr().err
