@@ -50,6 +50,11 @@ Modes (argparse subcommands):
     python -m jobs.evaluate reid --checkpoint CKPT --world W [--split test] \
         [--baselines random,colour] [--teacher-checkpoint T] [--out metrics.json]
 
+* ``market1501``: the Market-1501 protocol on crops for a teacher (or student)
+  checkpoint, with the colour histogram and chance (``jobs._market_eval``)::
+
+    python -m jobs.evaluate market1501 --checkpoint T --data-root W --out market.json
+
 ``--checkpoint`` (mot, person-search) takes files, folders holding
 ``checkpoint.pt``, or a training run's folder (``jobs.train --out``): every
 checkpoint below it. Each is logged at its training iteration as the MLflow
