@@ -224,14 +224,35 @@ def train_one_epoch(
     ``log_fn(iteration, terms)`` is called at the first iteration, every ``log_every`` and
     at the last one. Returns ``(global iteration, last terms)``.
     """
+    def step(batch: Mapping[str, Any], iteration: int) -> dict[str, float]:
+        return train_step(model, criterion, batch, optimizer, device=device, scaler=scaler, amp=amp,
+                          grad_clip=grad_clip, teacher=teacher, teacher_crop_size=teacher_crop_size,
+                          iteration=iteration, key_encoder=key_encoder)
+
+    return run_epoch(step, data_loader, epoch, scheduler=scheduler, start_iteration=start_iteration,
+                     max_iterations=max_iterations, log_every=log_every, log_fn=log_fn)
+
+
+def run_epoch(
+    step: Callable[[Mapping[str, Any], int], dict[str, float]],
+    data_loader: Iterable[Mapping[str, Any]],
+    epoch: int,
+    *,
+    scheduler: Any | None = None,
+    start_iteration: int = 0,
+    max_iterations: int = 0,
+    log_every: int = 10,
+    log_fn: LogFn | None = None,
+) -> tuple[int, dict[str, float]]:
+    """The epoch loop shared by the student and the teacher: ``step(batch, iteration)`` per batch,
+    the scheduler stepped every iteration, ``log_fn`` at the first, every ``log_every``-th and the
+    last iteration; stops at ``max_iterations`` (> 0) without fetching one more batch."""
     iteration = start_iteration
     terms: dict[str, float] = {}
     for batch in data_loader:
         if max_iterations > 0 and iteration >= max_iterations:
             break
-        terms = train_step(model, criterion, batch, optimizer, device=device, scaler=scaler, amp=amp,
-                           grad_clip=grad_clip, teacher=teacher, teacher_crop_size=teacher_crop_size,
-                           iteration=iteration, key_encoder=key_encoder)
+        terms = step(batch, iteration)
         iteration += 1
         if scheduler is not None:
             scheduler.step()
@@ -328,20 +349,10 @@ def teacher_train_one_epoch(
     """:func:`train_one_epoch` for the teacher: :func:`teacher_train_step` over ``data_loader`` (PK
     batches) until it is exhausted or the global iteration reaches ``max_iterations`` (> 0); the
     scheduler steps every iteration; ``log_fn`` as there. Returns ``(global iteration, last terms)``."""
-    iteration = start_iteration
-    terms: dict[str, float] = {}
-    for batch in data_loader:
-        if max_iterations > 0 and iteration >= max_iterations:
-            break
-        terms = teacher_train_step(teacher, batch, optimizer, label_smoothing=label_smoothing,
-                                   triplet_margin=triplet_margin, device=device, scaler=scaler, amp=amp,
-                                   grad_clip=grad_clip, iteration=iteration)
-        iteration += 1
-        if scheduler is not None:
-            scheduler.step()
-        last = max_iterations > 0 and iteration >= max_iterations
-        if log_fn is not None and (iteration == start_iteration + 1 or iteration % max(log_every, 1) == 0 or last):
-            log_fn(iteration, {**terms, "epoch": float(epoch)})
-        if last:
-            break
-    return iteration, terms
+    def step(batch: Mapping[str, Any], iteration: int) -> dict[str, float]:
+        return teacher_train_step(teacher, batch, optimizer, label_smoothing=label_smoothing,
+                                  triplet_margin=triplet_margin, device=device, scaler=scaler, amp=amp,
+                                  grad_clip=grad_clip, iteration=iteration)
+
+    return run_epoch(step, data_loader, epoch, scheduler=scheduler, start_iteration=start_iteration,
+                     max_iterations=max_iterations, log_every=log_every, log_fn=log_fn)
