@@ -248,7 +248,7 @@ class TrainingDataset(torch.utils.data.Dataset):
                                with_original=self.with_original, augment=self.augment)
 
 
-# Moved to kdtrack.formats.mot (public); these names stay for their importers (kdtrack.reid_probe).
+# Moved to kdtrack.formats.mot (public: dedupe_detector_copies); the old private name stays for external importers.
 _dedupe_mot_copies = dedupe_detector_copies
 
 
@@ -278,7 +278,7 @@ def load_records_with_stats(cfg: Config) -> tuple[list[ImageRecord], dict[str, A
                 on_error=cfg.data.on_error)
         elif source == "mot17":
             recs, st = [], None
-            for seq in _dedupe_mot_copies(mot.list_sequences(root / "MOT17" / "train")):
+            for seq in dedupe_detector_copies(mot.list_sequences(root / "MOT17" / "train")):
                 _, seq_recs, seq_st = mot.read_mot_sequence_with_stats(
                     seq, split=cfg.data.mot_split, min_visibility=cfg.data.min_visibility,
                     on_error=cfg.data.on_error)

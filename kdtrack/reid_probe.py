@@ -44,11 +44,11 @@ import numpy as np
 import torch
 
 from kdtrack.config import Config, EvalConfig
-from kdtrack.data import _dedupe_mot_copies, read_image_rgb
+from kdtrack.data import read_image_rgb
 from kdtrack.formats.common import FormatError, MissingFileError
-from kdtrack.formats.mot import list_sequences, read_mot_sequence
+from kdtrack.formats.mot import dedupe_detector_copies, list_sequences, read_mot_sequence
 from kdtrack.formats.person_search import MANIFEST_NAME, UNKNOWN_CAMERA, read_manifest
-from kdtrack.inference import Detector, EmbedFn
+from kdtrack.inference import Detector, EmbedFn, embeddings_at_boxes
 from kdtrack.metrics.retrieval import JunkRule, RetrievalResult, evaluate_leave_one_out, l2_normalize
 from kdtrack.models import build_student
 
@@ -82,17 +82,10 @@ class StudentBoxEmbedder:
         if not images_rgb:
             return []
         batches, transforms = zip(*(self.detector.preprocess(image) for image in images_rgb))
-        emb_maps = self.detector.forward(torch.cat(batches))["embedding"].float()  # (B, k, h, w)
-        _, k, h, w = emb_maps.shape
+        emb_maps = self.detector.forward(torch.cat(batches))["embedding"]  # (B, k, h, w)
         r = self.detector.cfg.model.down_ratio
-        out = []
-        for emb_map, tf, boxes in zip(emb_maps, transforms, boxes_xyxy):
-            canvas = tf.boxes_to_letterbox(np.asarray(boxes, np.float32).reshape(-1, 4))
-            cx = np.clip(((canvas[:, 0] + canvas[:, 2]) / 2 / r).astype(int), 0, w - 1)
-            cy = np.clip(((canvas[:, 1] + canvas[:, 3]) / 2 / r).astype(int), 0, h - 1)
-            emb = emb_map[:, torch.as_tensor(cy), torch.as_tensor(cx)].T  # (N, k)
-            out.append(torch.nn.functional.normalize(emb, dim=1).cpu().numpy().astype(np.float32))
-        return out
+        return [embeddings_at_boxes(emb_map, tf, boxes, r).astype(np.float32)
+                for emb_map, tf, boxes in zip(emb_maps, transforms, boxes_xyxy)]
 
 
 def student_embedder(model: torch.nn.Module, cfg: Config, device: torch.device | str = "cpu") -> StudentBoxEmbedder:
@@ -228,7 +221,7 @@ def mot_box_set(mot_root: str | Path, cfg: EvalConfig | None = None) -> ReidBoxS
     cfg = cfg or EvalConfig()
     if cfg.reid_mot_frame_stride < 1:
         raise ValueError(f"eval.reid_mot_frame_stride must be >= 1, got {cfg.reid_mot_frame_stride}")
-    seq_dirs = _dedupe_mot_copies(list_sequences(mot_root))
+    seq_dirs = dedupe_detector_copies(list_sequences(mot_root))
     if not seq_dirs:
         raise MissingFileError(f"{mot_root}: no MOT sequences (folders with seqinfo.ini)")
     paths, boxes, ids, groups, times = [], [], [], [], []

@@ -20,9 +20,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from kdtrack.losses.contrastive import gather_points
+from kdtrack.losses.contrastive import gather_points, person_means
 
 COLLAPSE_CAUSES = (
     "likely causes: a stale negative queue without in-batch negatives (loss.batch_negatives=false), "
@@ -36,9 +35,7 @@ def _person_means(embedding: torch.Tensor, region_index: torch.Tensor, region_ma
     points, keys = gather_points(embedding, region_index, region_mask, ids)
     if len(points) == 0:
         return points.new_zeros((0, embedding.shape[1])), keys
-    uniq, inv = torch.unique(keys, return_inverse=True)
-    sums = points.new_zeros((len(uniq), points.shape[1])).index_add_(0, inv, F.normalize(points.float(), dim=1))
-    return F.normalize(sums, dim=1), uniq
+    return person_means(points, keys)
 
 
 @torch.no_grad()

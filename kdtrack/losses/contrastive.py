@@ -75,6 +75,14 @@ def gather_points(
     return pts[sel], keys[sel]
 
 
+def person_means(points: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, k)`` L2-normalised mean of each person's L2-normalised points and the sorted keys ``(U,)``."""
+    v = F.normalize(points.float(), dim=1)
+    uniq, inv = torch.unique(keys, return_inverse=True)
+    sums = v.new_zeros((len(uniq), v.shape[1])).index_add(0, inv, v)
+    return F.normalize(sums, dim=1), uniq
+
+
 class DenseContrastiveLoss(nn.Module):
     def __init__(
         self,
@@ -171,10 +179,7 @@ class DenseContrastiveLoss(nn.Module):
         """One L2-normalised mean embedding per person: ``(U, k)`` and keys ``(U,)``."""
         if len(points) == 0:
             return points.new_zeros((0, self.queue.shape[1])), keys.new_zeros((0,))
-        v = F.normalize(points.detach().float(), dim=1)
-        uniq, inv = torch.unique(keys, return_inverse=True)
-        sums = v.new_zeros((len(uniq), v.shape[1])).index_add_(0, inv, v)
-        return F.normalize(sums, dim=1), uniq
+        return person_means(points.detach(), keys)
 
     @torch.no_grad()
     def enqueue(self, embeddings: torch.Tensor, keys: torch.Tensor) -> None:
