@@ -77,8 +77,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from jobs._mlflow_eval import log_evaluation_to_mlflow
+from jobs._cli import InputError, run_cli  # noqa: F401  (InputError: part of this module's API)
 from jobs._ray import PoolReport, ensure_ray, map_tasks, run_actor_pool, transient_errors, worker_location
-from kdtrack.config import Config, ConfigError, EvalConfig, load_config
+from kdtrack.config import Config, EvalConfig, load_config
 from kdtrack.formats.common import FormatError
 from kdtrack.io import atomic_write_json
 
@@ -91,10 +92,6 @@ __all__ = [
     "EvaluationFailed", "InputError", "InferenceWorker", "cli", "log_evaluation_to_mlflow", "main",
     "person_search_checkpoints", "run_mot_checkpoints", "run_reid", "score_mot_results", "score_person_search",
 ]
-
-
-class InputError(ValueError):
-    """A bad path or argument, found on the driver before any work starts; the message names it."""
 
 
 class EvaluationFailed(RuntimeError):
@@ -1074,15 +1071,7 @@ def _write_and_log(args: argparse.Namespace, cfg: Config, dataset: str, evaluati
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python -m jobs.evaluate``: exit 0; 2 with one line on a bad config key or input path;
     1 when some sequences / image batches failed (after writing the others)."""
-    try:
-        main(argv)
-    except (ConfigError, InputError, FileNotFoundError, FormatError) as exc:
-        print(f"evaluate: {exc}", file=sys.stderr)
-        return 2
-    except EvaluationFailed as exc:
-        print(f"evaluate: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(main, argv, "evaluate", partial_failure=(EvaluationFailed,))
 
 
 if __name__ == "__main__":

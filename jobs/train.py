@@ -1,7 +1,7 @@
 """Train on Ray Train (V2 ``TorchTrainer``): the student (detection, contrastive (IDF) or KD recipe) or the Re-ID teacher.
 
     python -m jobs.train --config tiny --data-root DIR --out DIR [--set section.field=value ...]
-                         [--mlflow-uri URI] [--smoke-test]
+                         [--mlflow-uri URI] [--smoke-test] [--init-from CKPT]
 
 The driver reads the annotation files (``kdtrack.data.load_records``) and
 ships the records to the workers; each worker feeds a plain torch
@@ -18,6 +18,13 @@ final checkpoint is copied to ``<out>/checkpoint.pt`` (atomically).
 
 ``--smoke-test``: ``train.max_iterations = train.smoke_iterations`` on just
 enough records for that many iterations per epoch.
+
+``train.recipe=video`` is IDF stage 2: the samples are two frames of a
+pseudo-labelled clip (``data.pseudo_labels``, ``kdtrack.video_pairs``) whose
+person keys are the pseudo ids; ``--init-from`` (``train.init_from``) starts
+from the stage-1 network (weights only) and ``train.freeze`` keeps parts of
+the student fixed (``kdtrack.engine.freeze_parts``; stage 2 freezes the
+detection heads, stage 3 the body and the identity head).
 
 ``train.recipe=teacher`` trains the Re-ID teacher instead (``teacher_train_func``):
 the driver reads ``<data-root>/market1501/bounding_box_train`` (or an unpacked
@@ -46,7 +53,8 @@ from typing import Any, Iterator
 
 from kdtrack.config import Config, ConfigError, config_from_dict, config_to_dict, flatten_config, load_config
 
-RECIPE_ID_MODE = {"detection": "none", "contrastive": "contrastive", "kd": "kd"}  # recipes this job runs
+RECIPE_ID_MODE = {"detection": "none", "contrastive": "contrastive", "kd": "kd", "video": "contrastive"}  # recipes this job runs
+CONTRASTIVE_RECIPES = ("contrastive", "video")  # two views per sample, the contrastive queue and its key encoder
 TEACHER_RECIPE = "teacher"  # the Re-ID teacher on Market-1501-style crops: no student, loss.id_mode unused
 TEACHER_PROGRESS_TERMS = ("total", "id", "triplet", "accuracy", "lr")  # printed by the teacher loop
 FINAL_CHECKPOINT = "checkpoint.pt"
@@ -66,6 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder: Ray storage, MLflow db, checkpoint.pt")
     parser.add_argument("--mlflow-uri", default=None, help="absolute MLflow tracking URI (overrides mlflow.tracking_uri)")
     parser.add_argument("--smoke-test", action="store_true", help="a few iterations on a few records")
+    parser.add_argument("--init-from", default=None,
+                        help="start from this kdtrack checkpoint's network weights (fresh optimizer; train.init_from)")
     return parser
 
 
@@ -88,6 +98,12 @@ def check_recipe(cfg: Config) -> None:
                 f"train.recipe 'contrastive' (IDF stage 1) treats every person of every image as a unique identity; "
                 f"data.sources {video} are video frames where the same people recur (false negatives): use still "
                 f"images only (--set data.sources=[crowdhuman,coco]); video belongs to stage 2 (pseudo-labels)")
+    if recipe == "video" and not cfg.data.pseudo_labels:
+        raise ConfigError("train.recipe 'video' (IDF stage 2) trains on pseudo-labelled frame pairs: pass "
+                          "--set data.pseudo_labels=L/labels.parquet (from python -m jobs.pseudo_label) and "
+                          "--init-from the stage-1 checkpoint")
+    if cfg.train.init_from and not Path(cfg.train.init_from).is_file():
+        raise ConfigError(f"train.init_from: {cfg.train.init_from} is not a file")
     if recipe == "kd":
         from kdtrack.models import teacher_feature_dim
 
@@ -95,6 +111,27 @@ def check_recipe(cfg: Config) -> None:
         if cfg.model.embedding_dim != dim:
             raise ConfigError(f"train.recipe 'kd': model.embedding_dim ({cfg.model.embedding_dim}) must equal the "
                               f"teacher's feature dimension ({dim})")
+        check_kd_teacher(cfg)
+
+
+KD_TEACHER_PASS = "pass --set teacher.checkpoint=T/checkpoint.pt"
+KD_TEACHER_HELP = (f"train one with train.recipe=teacher (python -m jobs.train --config teacher_cpu --data-root W "
+                   f"--out T) and {KD_TEACHER_PASS}")
+
+
+def check_kd_teacher(cfg: Config) -> None:
+    """``train.recipe=kd`` distils a *trained* teacher: random teacher weights would teach the student nothing
+    while every loss curve looks normal, so an untrained teacher is refused, not warned about."""
+    t = cfg.teacher
+    if t.embeddings:
+        raise ConfigError(f"teacher.embeddings={t.embeddings!r}: offline teacher embeddings (jobs.teacher_embeddings) "
+                          f"are not built yet; distil the teacher online: unset teacher.embeddings and "
+                          f"{KD_TEACHER_PASS}")
+    if not t.checkpoint:
+        raise ConfigError(f"train.recipe 'kd' distils a trained Re-ID teacher, but teacher.checkpoint is empty and "
+                          f"teacher.embeddings is not set: {KD_TEACHER_HELP}")
+    if not Path(t.checkpoint).is_file():
+        raise ConfigError(f"teacher.checkpoint: {t.checkpoint} is not a file ({KD_TEACHER_HELP})")
 
 
 def check_teacher_recipe(cfg: Config) -> None:
@@ -103,6 +140,8 @@ def check_teacher_recipe(cfg: Config) -> None:
     if t.checkpoint:
         raise ConfigError(f"train.recipe 'teacher' trains the teacher and writes <out>/checkpoint.pt; "
                           f"teacher.checkpoint must be empty, got {t.checkpoint!r}")
+    if t.pretrained and not Path(t.pretrained).is_file():
+        raise ConfigError(f"teacher.pretrained: {t.pretrained} is not a file")
     if t.train_p < 2 or t.train_k < 2:
         raise ConfigError(f"train.recipe 'teacher': batch-hard triplets need teacher.train_p >= 2 identities x "
                           f"teacher.train_k >= 2 crops per batch, got {t.train_p} x {t.train_k}")
@@ -118,7 +157,12 @@ def resolve_config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if args.data_root is not None:
         overrides.append(f"data.root={Path(args.data_root).resolve()}")
+    if getattr(args, "init_from", None):
+        overrides.append(f"train.init_from={Path(args.init_from).resolve()}")
     cfg = load_config(args.config, overrides)
+    if cfg.teacher.checkpoint:  # the Ray workers' working directory is not the caller's
+        cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(
+            cfg.teacher, checkpoint=str(Path(cfg.teacher.checkpoint).resolve())))
     if args.smoke_test:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_iterations=cfg.train.smoke_iterations))
     check_recipe(cfg)
@@ -210,6 +254,17 @@ def _reporting(rank: int, metrics: dict[str, Any]) -> Iterator[str | None]:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
 
 
+def build_kd_teacher(cfg: Config, device: Any = "cpu") -> Any:
+    """The frozen KD teacher with ``teacher.checkpoint``'s trained weights: ``build_teacher`` reads the file with
+    ``torch.load(weights_only=True)`` and loads it strictly (a saved Re-ID classifier dropped), printing what
+    it loaded. ``check_recipe`` refuses a missing checkpoint on the driver; this refuses it in the worker too."""
+    from kdtrack.models import build_teacher, freeze_teacher
+
+    if not cfg.teacher.checkpoint:
+        raise ConfigError(f"train.recipe 'kd' needs a trained teacher: {KD_TEACHER_HELP}")
+    return freeze_teacher(build_teacher(cfg.teacher)).to(device)
+
+
 def train_func(loop_config: dict[str, Any]) -> None:
     """Per-worker training loop (Ray Train V2)."""
     import numpy as np
@@ -220,10 +275,18 @@ def train_func(loop_config: dict[str, Any]) -> None:
 
     from kdtrack.checkpoint import restore_training_state, save_checkpoint
     from kdtrack.data import TrainingDataset, collate
-    from kdtrack.engine import amp_enabled, build_optimizer, build_scheduler, total_iterations, train_one_epoch
+    from kdtrack.engine import (
+        amp_enabled,
+        build_optimizer,
+        build_scheduler,
+        freeze_parts,
+        total_iterations,
+        train_one_epoch,
+        trainable_parameters,
+    )
     from kdtrack.losses import Criterion, all_gather_cat
     from kdtrack.losses.collapse import CollapseWatch
-    from kdtrack.models import build_student, build_teacher, freeze_teacher
+    from kdtrack.models import build_student
     from kdtrack.models.momentum import MomentumEncoder
     from kdtrack.structures import ImageRecord
 
@@ -235,24 +298,35 @@ def train_func(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
 
-    model = ray.train.torch.prepare_model(build_student(cfg.model))
+    student = build_student(cfg.model)
+    if tc.init_from:  # IDF stages 2 / 3: the previous stage's network, weights only
+        from kdtrack.checkpoint import load_checkpoint
+
+        student.load_state_dict(load_checkpoint(tc.init_from, map_location="cpu")["model"])
+    frozen = freeze_parts(student, tc.freeze)
+    if rank == 0 and frozen:
+        print(f"frozen: {', '.join(frozen)}", flush=True)
+    model = ray.train.torch.prepare_model(student)
     criterion = Criterion.from_config(cfg, gather_fn=all_gather_cat if world > 1 else None).to(device)
-    teacher = None
-    if tc.recipe == "kd":
-        teacher = freeze_teacher(build_teacher(cfg.teacher)).to(device)
-    optimizer = build_optimizer(list(model.parameters()) + list(criterion.parameters()), tc)
+    teacher = build_kd_teacher(cfg, device) if tc.recipe == "kd" else None
+    optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), tc)
     key_encoder = None
-    if tc.recipe == "contrastive" and cfg.loss.key_momentum > 0:
+    if tc.recipe in CONTRASTIVE_RECIPES and cfg.loss.key_momentum > 0:
         key_encoder = MomentumEncoder(model, cfg.loss.key_momentum).to(device)
 
-    records = [ImageRecord.from_dict(r) for r in loop_config["records"]]
-    dataset = TrainingDataset(records, cfg, views=2 if tc.recipe == "contrastive" else 1,
-                              with_original=tc.recipe == "kd")
+    if tc.recipe == "video":
+        from kdtrack.video_pairs import ClipLabels, VideoPairDataset
+
+        dataset = VideoPairDataset([ClipLabels(**c) for c in loop_config["clips"]], cfg)
+    else:
+        records = [ImageRecord.from_dict(r) for r in loop_config["records"]]
+        dataset = TrainingDataset(records, cfg, views=2 if tc.recipe == "contrastive" else 1,
+                                  with_original=tc.recipe == "kd")
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=tc.batch_size_per_worker, sampler=sampler, collate_fn=collate,
                         num_workers=cfg.data.loader_workers, drop_last=True)
     if len(loader) == 0:
-        raise ValueError(f"{len(records)} records on {world} worker(s) do not fill one batch of "
+        raise ValueError(f"{len(dataset)} samples on {world} worker(s) do not fill one batch of "
                          f"{tc.batch_size_per_worker}")
     total = total_iterations(tc, len(loader))
     scheduler = build_scheduler(optimizer, tc, total)
@@ -442,6 +516,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     uri = args.mlflow_uri or cfg.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
     if cfg.train.recipe == TEACHER_RECIPE:
         train_fn, loop_data = teacher_train_func, teacher_loop_data(cfg)  # smoke test: every crop, few iterations
+    elif cfg.train.recipe == "video":
+        from kdtrack.video_pairs import read_clip_labels
+
+        clips = read_clip_labels(cfg.data.pseudo_labels, cfg.data.root)
+        if args.smoke_test:
+            clips = clips[: cfg.train.smoke_iterations * cfg.train.batch_size_per_worker * cfg.train.num_workers]
+        print(f"{len(clips)} pseudo-labelled clips from {cfg.data.pseudo_labels} ({cfg.data.pair_sampling} frame "
+              f"pairs), initialised from {cfg.train.init_from or 'random weights'}", flush=True)
+        train_fn, loop_data = train_func, {"clips": [dataclasses.asdict(c) for c in clips]}
     else:
         records = load_records(cfg)
         if args.smoke_test:

@@ -72,7 +72,10 @@ def save_checkpoint(
 
 
 # (section, field) -> the value a checkpoint saved before the field existed was trained with.
-LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {("model", "embedding_norm"): "none", ("model", "unet_merge"): "add"}
+LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("model", "embedding_norm"): "none", ("model", "unet_merge"): "add",
+    ("loss", "kd_reduction"): "mean",  # KD checkpoints before loss.kd_reduction averaged over channels too
+}
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -110,8 +110,8 @@ class ModelConfig:
     embedding_norm: Literal["batchnorm", "none"] = "batchnorm"  # centre the identity output before the L2 norm (BatchNorm without affine, as MoCo v2 / SimCLR heads): at init every person shares one direction (cosine 0.94); centring alone delays the id-free collapse but does not prevent it (the key encoder does, README)
     heatmap_bias: float = -2.19  # initial bias of the heatmap logits (prior 0.1)
     width: int = 32  # base channel width of the tiny backbone
-    pretrained: str = ""  # local checkpoint path to initialise from ("" = random)
-    pretrained_strict: bool = True  # every key of `pretrained` must match the model (False: load the overlap)
+    pretrained: str = ""  # local checkpoint to initialise from ("" = random): a kdtrack checkpoint, a torchvision ImageNet ResNet (resnet*_unet encoder) or a CenterNet/FairMOT DLA-34 (dla34: ctdet_coco_dla_2x.pth); the format is read from the keys, a one-line report says what loaded
+    pretrained_strict: bool = True  # a kdtrack `pretrained` must match every key (False: load the overlap); torchvision / CenterNet weights always load their overlap; loading nothing at all is always an error
     neck_channels: int = 256  # resnet*_unet: width of the deformable skip convs and decoder (PointID: 256)
     # resnet*_unet decoder merge of the x2 up-sampled map with the level's skip output. "concat" is PointID's
     # (CVPR 2022, Fig. 2 text: concatenate, then a plain 3x3 conv-BN-ReLU brings 2 x neck_channels back to
@@ -137,7 +137,9 @@ class TeacherConfig:
     crop_width: int = 128  # teacher input width
     label_smoothing: float = 0.1  # ID cross-entropy label smoothing
     triplet_margin: float = 0.3  # batch-hard triplet margin
-    checkpoint: str = ""  # path of a trained teacher checkpoint ("" = untrained)
+    checkpoint: str = ""  # path of a trained teacher checkpoint ("" = untrained; train.recipe=kd refuses that without teacher.embeddings)
+    embeddings: str = ""  # parquet of offline teacher embeddings (jobs.teacher_embeddings; not built yet)
+    pretrained: str = ""  # ImageNet ResNet state dict (torchvision or IBN-Net keys) that initialises the backbone for train.recipe=teacher; ignored when checkpoint is set
     # Training the teacher (train.recipe=teacher, kdtrack.reid_data; BoT strong baseline on Market-1501-style crops).
     # The batch is train_p x train_k crops per worker (train.batch_size_per_worker is not used); the lr schedule is
     # train.lr / lr_steps / lr_gamma after the warm-up below.
@@ -163,6 +165,7 @@ class LossConfig:
     id_mode: Literal["kd", "contrastive", "none"] = "contrastive"  # which identity loss
     eta: float = 1.0  # KD: weight of the soft (teacher) term; 1 - eta for hard-label CE
     num_id_classes: int = 0  # KD hard labels: classifier size (0 = no classifier)
+    kd_reduction: Literal["sum_per_object", "mean"] = "sum_per_object"  # KD soft smooth-L1: summed over the embedding channels and averaged over objects (KDMOT's per-object scale; its trainer also sums over objects, kdtrack.losses.kd) | averaged over the channels too (k times weaker: 2048 for KDMOT)
     uncertainty: bool = True  # Kendall uncertainty weighting of L_det and L_id (id_mode kd only; IDF adds lambda l_id)
     s_det_init: float = -1.85  # initial log-variance of the detection term
     s_id_init: float = -1.05  # initial log-variance of the identity term
@@ -191,7 +194,7 @@ class DecodeConfig:
 class TrainConfig:
     """Optimisation and the Ray Train loop."""
 
-    recipe: Literal["teacher", "kd", "contrastive", "video", "detection"] = "contrastive"  # jobs.train runs detection | contrastive | kd (must match loss.id_mode: none | contrastive | kd) and teacher (the Re-ID teacher; loss.id_mode unused); video is not built yet
+    recipe: Literal["teacher", "kd", "contrastive", "video", "detection"] = "contrastive"  # jobs.train runs detection | contrastive | kd | video (must match loss.id_mode: none | contrastive | kd | contrastive) and teacher (the Re-ID teacher; loss.id_mode unused); video = IDF stage 2 on pseudo-labelled frame pairs (data.pseudo_labels)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-4
     momentum: float = 0.9  # SGD only
@@ -214,6 +217,8 @@ class TrainConfig:
     seed: int = 0  # seeds model init, shuffling and every augmentation draw
     smoke_iterations: int = 2  # --smoke-test: one epoch of this many iterations on as few records
     run_name: str = "train"  # Ray Train run name under the storage path (same name + path = resume)
+    init_from: str = ""  # a kdtrack checkpoint whose network weights start this run (weights only: fresh optimizer, schedule, queue); IDF stages 2 and 3
+    freeze: tuple[str, ...] = ()  # student parts kept fixed (no gradient, BatchNorm statistics fixed): body | identity | detection (the heatmap, size and offset heads). IDF stage 2 freezes detection, stage 3 body + identity
 
 
 @dataclass(frozen=True)
@@ -238,6 +243,9 @@ class DataConfig:
     # share the size. () = off: every image is letterboxed to model.input_width x input_height.
     multiscale_short_sides: tuple[int, ...] = ()
     multiscale_max_long_side: int = 1024  # pixels, before the round-up to a multiple of 32
+    # IDF stage 2 (train.recipe=video): frame pairs of pseudo-labelled clips (jobs.pseudo_label)
+    pseudo_labels: str = ""  # labels.parquet of jobs.pseudo_label; its clips are read under <root>/kinetics
+    pair_sampling: Literal["biased", "random"] = "biased"  # biased: one frame from each half of a clip (the paper's choice); random: any two labelled frames
 
 
 @dataclass(frozen=True)
@@ -286,6 +294,26 @@ class EvalConfig:
     reid_baseline_seed: int = -1  # torch seed of the random-init student baseline; -1 = the checkpoint's train.seed (with model.pretrained empty: the weights its training started from)
 
 
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    """IDF stage 2 pseudo-labelling (`jobs.pseudo_label`): detect + embed every n-th frame of each unlabeled
+    clip, then DBSCAN over all person embeddings of one video (METHOD.md section 4)."""
+
+    frame_stride: int = 1  # every n-th decoded frame of a clip is run through the network
+    score_threshold: float = 0.4  # detections kept for clustering (the tracking threshold)
+    max_frames: int = 0  # >0: at most this many frames per clip (after the stride), evenly spread
+    batch_frames: int = 8  # frames per network forward
+    eps: float = 0.02  # DBSCAN neighbourhood radius (cosine distance = 1 - cos). Measured on the small world with an idf_cpu stage-1 embedding: 0.3 merges each clip into one cluster (ARI 0.47); 0.02 gives the best ARI (0.68, README); consecutive frames of one person are near-duplicates, so DBSCAN chains them at a small radius
+    min_samples: int = 3  # DBSCAN core-point size (the point itself included, as scikit-learn counts)
+    metric: Literal["cosine", "euclidean"] = "cosine"  # on L2-normalised embeddings both give the same clusters at matching eps
+    min_track_frames: int = 2  # a cluster is a valid trajectory when it spans this many frames, with boxes in both halves of the clip; a video is kept when it has one
+    num_actors: int = 0  # inference actors; 0 = auto (one per free GPU, else free CPUs / cpus_per_actor)
+    cpus_per_actor: float = 1.0  # Ray CPUs per inference actor (fractions on a 2-core machine)
+    gpus_per_actor: float = -1.0  # -1 = one GPU per actor when the cluster has free GPUs, else CPU
+    cluster_cpus: float = 0.5  # Ray CPUs per per-video DBSCAN task
+    truth_iou: float = 0.5  # quality against hidden truth: a detection matches a true box at IoU >= this
+
+
 # The tracker's config lives beside the tracker (``from kdtrack.tracker import
 # TrackerConfig`` is its public API); it is still one frozen dataclass, one home.
 from kdtrack.tracker.config import TrackerConfig  # noqa: E402
@@ -305,6 +333,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
 
 
 # --------------------------------------------------------------------------- loading

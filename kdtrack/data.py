@@ -74,10 +74,10 @@ def read_image_rgb(path: str | Path, expected_size: tuple[int, int] | None = Non
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _encode_view(
+def encode_view(
     image: np.ndarray,
     target: dict[str, np.ndarray],
-    record: ImageRecord,
+    source: str,
     cfg: Config,
     keys: np.ndarray | None,
     original: tuple[np.ndarray, np.ndarray] | None,
@@ -97,7 +97,7 @@ def _encode_view(
     enc = encode_targets(
         boxes, ids, ignore, canvas.shape[1:], down_ratio=m.down_ratio,
         size_channels=m.size_channels, max_objects=cfg.loss.max_objects, min_overlap=cfg.loss.min_overlap,
-        centre_region_radius=cfg.loss.centre_region_radius, source=record.image_path,
+        centre_region_radius=cfg.loss.centre_region_radius, source=source,
     )
     out = {k: v.numpy() for k, v in enc.items()}
     slot_rows = out["box_index"]  # row in the augmented list (-1 empty) -> original annotation row
@@ -151,7 +151,7 @@ def training_sample(
             orig_canvas, tf = resize_pad(image, short_side, cfg.data.multiscale_max_long_side)
         original = (orig_canvas, tf.boxes_to_letterbox(record.boxes_xyxy))
     per_view = [
-        _encode_view(*augment(image, target, view_rng), record, cfg, keys, original, short_side)
+        encode_view(*augment(image, target, view_rng), record.image_path, cfg, keys, original, short_side)
         for view_rng in view_rngs
     ]
     return {k: np.stack([v[k] for v in per_view]) for k in per_view[0]}
@@ -224,15 +224,13 @@ def _pad_sample(sample: dict[str, np.ndarray], height: int, width: int) -> dict[
     return out
 
 
-class TrainingDataset(torch.utils.data.Dataset):
-    """Map-style dataset over records; sample ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i])``."""
+class EpochSeededDataset(torch.utils.data.Dataset):
+    """Map-style dataset whose sample ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i])``: new
+    augmentations every epoch, the same ones on any worker and on a rerun. Subclasses define ``sample``."""
 
-    def __init__(self, records: Sequence[ImageRecord], cfg: Config, *, views: int = 1,
-                 with_original: bool = False) -> None:
-        self.records = list(records)
+    def __init__(self, items: Sequence[Any], cfg: Config) -> None:
+        self.items = list(items)
         self.cfg = cfg
-        self.views = views
-        self.with_original = with_original
         self.augment = build_augment(cfg)
         self.epoch = 0
 
@@ -240,12 +238,31 @@ class TrainingDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.cfg.train.seed, self.epoch, int(i)])
-        return training_sample(self.records[i], self.cfg, rng, views=self.views,
-                               with_original=self.with_original, augment=self.augment)
+        return self.sample(self.items[i], np.random.default_rng([self.cfg.train.seed, self.epoch, int(i)]))
+
+    def sample(self, item: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class TrainingDataset(EpochSeededDataset):
+    """Image records: one view (detection, KD) or two augmented views (IDF stage 1) per sample."""
+
+    def __init__(self, records: Sequence[ImageRecord], cfg: Config, *, views: int = 1,
+                 with_original: bool = False) -> None:
+        super().__init__(records, cfg)
+        self.views = views
+        self.with_original = with_original
+
+    @property
+    def records(self) -> list[ImageRecord]:
+        return self.items
+
+    def sample(self, item: ImageRecord, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return training_sample(item, self.cfg, rng, views=self.views, with_original=self.with_original,
+                               augment=self.augment)
 
 
 # Moved to kdtrack.formats.mot (public: dedupe_detector_copies); the old private name stays for external importers.

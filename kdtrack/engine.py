@@ -142,6 +142,48 @@ def backward_and_step(total: torch.Tensor, optimizer: torch.optim.Optimizer, *,
         optimizer.step()
 
 
+# Student parts ``train.freeze`` names (module paths of ``kdtrack.models.student.Student``).
+FREEZABLE_PARTS: dict[str, tuple[str, ...]] = {
+    "body": ("body",),
+    "identity": ("heads.embedding", "embedding_norm"),
+    "detection": ("heads.heatmap", "heads.size", "heads.offset"),
+}
+FROZEN_ATTR = "_kdtrack_frozen_modules"
+
+
+def freeze_parts(model: nn.Module, parts: Iterable[str]) -> list[str]:
+    """Fix the named student parts (IDF stages 2 and 3): no gradient, and their BatchNorm statistics
+    kept (the modules stay in eval mode through :func:`set_train_mode`). Returns the module paths."""
+    net = getattr(model, "module", model)  # DDP wraps the student
+    paths: list[str] = []
+    for part in parts:
+        if part not in FREEZABLE_PARTS:
+            raise ValueError(f"train.freeze: unknown part '{part}' (known: {', '.join(FREEZABLE_PARTS)})")
+        paths.extend(FREEZABLE_PARTS[part])
+    modules = dict(net.named_modules())
+    for path in paths:
+        if path not in modules:
+            raise ValueError(f"train.freeze: the student has no module '{path}'")
+        for p in modules[path].parameters():
+            p.requires_grad_(False)
+    setattr(net, FROZEN_ATTR, tuple(paths))
+    set_train_mode(model)
+    return paths
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()``, except the parts :func:`freeze_parts` fixed, which stay in eval mode."""
+    model.train()
+    net = getattr(model, "module", model)
+    modules = dict(net.named_modules())
+    for path in getattr(net, FROZEN_ATTR, ()):
+        modules[path].eval()
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
 def train_step(
     model: nn.Module,
     criterion: nn.Module,
@@ -167,7 +209,7 @@ def train_step(
     ``loss.key_momentum > 0`` refuses to run without one (a stale queue collapses).
     """
     device = torch.device(device)
-    model.train()
+    set_train_mode(model)
     criterion.train()
     if gather_fn is not None and getattr(criterion, "contrastive", None) is not None:
         criterion.contrastive.gather_fn = gather_fn

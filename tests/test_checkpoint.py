@@ -123,3 +123,21 @@ def test_checkpoint_from_before_a_model_field_loads_with_the_behaviour_it_was_tr
     reloaded, _ = load_student(new_path)
     assert torch.equal(reloaded.embedding_norm.running_mean, torch.full_like(fresh.embedding_norm.running_mean, 0.5))
     assert dataclasses.asdict(new_cfg.model)["embedding_norm"] == "batchnorm"
+
+
+def test_kd_checkpoint_from_before_kd_reduction_keeps_its_loss_scale(tmp_path):
+    """KD checkpoints written before ``loss.kd_reduction`` averaged the smooth-L1 over channels too: a resume
+    must keep that ("mean"), not jump to the new per-object sum."""
+    cfg = load_config("tiny")
+    path = save_checkpoint(tmp_path / "old", model=build_student_for(cfg), config=cfg)
+    state = torch.load(path, weights_only=True)
+    del state["config"]["loss"]["kd_reduction"]
+    torch.save(state, path)
+    assert load_checkpoint(path)["config"].loss.kd_reduction == "mean"
+    assert load_config("tiny").loss.kd_reduction == "sum_per_object"
+
+
+def build_student_for(cfg):
+    from kdtrack.models import build_student
+
+    return build_student(cfg.model)

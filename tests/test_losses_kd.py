@@ -27,7 +27,7 @@ def _setup():
 def test_soft_loss_hand_and_torch_reference():
     emb, index, mask, teacher = _setup()
     # d = [0.5, -2.0, 0.0, 1.5]: 0.5*0.25 = 0.125, 2-0.5 = 1.5, 0, 1.5-0.5 = 1.0 -> mean 2.625/4 = 0.65625
-    terms = KDLoss(2)(emb, index, mask, teacher)
+    terms = KDLoss(2, reduction="mean")(emb, index, mask, teacher)
     assert terms["id/soft"].item() == pytest.approx(0.65625)
     ref = F.smooth_l1_loss(torch.tensor([[0.5, -2.0], [0.0, 1.5]]), torch.zeros(2, 2), beta=1.0)
     assert terms["id"].item() == pytest.approx(ref.item())
@@ -39,7 +39,7 @@ def test_soft_loss_hand_and_torch_reference():
 def test_eta_mix_with_hard_labels():
     torch.manual_seed(0)
     emb, index, mask, teacher = _setup()
-    kd = KDLoss(2, eta=0.5, num_id_classes=3)
+    kd = KDLoss(2, eta=0.5, num_id_classes=3, reduction="mean")
     ids = torch.tensor([[2, -1, 0]])  # second object unlabeled, third slot empty
     terms = kd(emb, index, mask, teacher, ids)
     logits = torch.tensor([[0.5, -2.0]]) @ kd.classifier.weight.detach().T

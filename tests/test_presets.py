@@ -98,3 +98,25 @@ def test_kd_paper_step_lands_on_epoch_20_for_any_epoch_length():
     tc = load_config("kd_paper").train
     for ipe in list(range(1, 20_001)) + [123_457, 500_001, 999_983, 10**7 + 1]:
         assert lr_milestones(tc, total_iterations(tc, ipe)) == [20 * ipe], ipe
+
+
+def test_kd_cpu_distils_the_teacher_cpu_checkpoint(tmp_path):
+    import dataclasses
+
+    from jobs.train import check_recipe
+    from kdtrack.checkpoint import save_checkpoint
+    from kdtrack.models import build_teacher, teacher_feature_dim
+
+    kd, teacher = load_config("kd_cpu"), load_config("teacher_cpu")
+    assert (kd.train.recipe, kd.loss.id_mode, kd.data.sources) == ("kd", "kd", ("crowdhuman", "mot17"))
+    assert kd.model.embedding_dim == teacher_feature_dim(kd.teacher) == 128 and not kd.model.normalize_embedding
+    assert kd.loss.kd_reduction == "sum_per_object" and kd.loss.eta == 1.0 and kd.loss.uncertainty
+    # what `--config teacher_cpu --out T` writes loads key for key (strictly) into kd_cpu's teacher
+    path = save_checkpoint(tmp_path, model=build_teacher(teacher.teacher, num_classes=7), config=teacher)
+    check_recipe(load_config("kd_cpu", [f"teacher.checkpoint={path}"]))
+    build_teacher(dataclasses.replace(kd.teacher, checkpoint=str(path)))
+    # an iteration budget (the small world's ~381 iterations per epoch do not change it), lr / 10 at 2/3
+    tc = kd.train
+    assert tc.batch_size_per_worker * tc.num_workers == 4
+    assert all(total_iterations(tc, n) == 900 for n in (7, 381, 10_000))
+    assert lr_milestones(tc, 900) == [600]

@@ -42,8 +42,6 @@ def test_teacher_recipe_checks():
         check_recipe(load_config("teacher_cpu", ["teacher.train_k=1"]))
     with pytest.raises(ConfigError, match="probability"):
         check_recipe(load_config("teacher_cpu", ["teacher.random_erasing=1.5"]))
-    with pytest.raises(ConfigError, match="known: detection, contrastive, kd, teacher"):
-        check_recipe(load_config("tiny", ["train.recipe=video"]))
 
 
 @pytest.mark.parametrize("iterations_per_epoch", [1, 7, 202, 1000])

@@ -46,7 +46,8 @@ class Criterion(nn.Module):
             cfg.focal_alpha, cfg.focal_beta, cfg.heatmap_weight, cfg.size_weight, cfg.offset_weight,
             cfg.size_loss_scale,
         )
-        self.kd = KDLoss(embedding_dim, cfg.eta, cfg.num_id_classes) if cfg.id_mode == "kd" else None
+        self.kd = (KDLoss(embedding_dim, cfg.eta, cfg.num_id_classes, cfg.kd_reduction)
+                   if cfg.id_mode == "kd" else None)
         self.contrastive = (
             DenseContrastiveLoss(embedding_dim, cfg.queue_size, cfg.temperature, gather_fn,
                                  batch_negatives=cfg.batch_negatives)

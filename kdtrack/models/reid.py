@@ -20,7 +20,7 @@ from torchvision.models import resnet18, resnet50
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from kdtrack.config import TeacherConfig
-from kdtrack.models.weights import load_weights
+from kdtrack.models.weights import LoadReport, load_pretrained, torchvision_resnet_converter
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -160,15 +160,34 @@ def teacher_feature_dim(cfg: TeacherConfig) -> int:
     return {"resnet50": 2048, "resnet50_ibn": 2048, "resnet18": 512}.get(cfg.backbone, 8 * cfg.width)
 
 
+# torchvision ResNet names -> ReIDNet.body = Sequential(conv1, bn1, relu, maxpool, layer1..layer4)
+TORCHVISION_TO_BODY = torchvision_resnet_converter("body.0", "body.1", [f"body.{i}" for i in range(4, 8)])
+
+
+def load_teacher_weights(model: ReIDNet, cfg: TeacherConfig) -> LoadReport | None:
+    """``cfg.checkpoint`` (a trained teacher, kdtrack format, every key) or else ``cfg.pretrained`` (an
+    ImageNet ResNet to start teacher training from, torchvision / IBN-Net keys: the backbone is loaded,
+    GeM, BNNeck and classifier keep their init, ``fc`` is dropped; every backbone shape must fit). A plain
+    torchvision R50 into ``resnet50_ibn`` splits each IBN block's ``bn1`` (``torchvision_resnet_converter``).
+    ``None`` when neither is set."""
+    if cfg.checkpoint:
+        ignore = ("classifier.",) if model.classifier is None else ()  # KD drops a saved classifier
+        return load_pretrained(model, cfg.checkpoint, strict=True, ignore_prefixes=ignore,
+                               hint="ImageNet weights initialise teacher training: teacher.pretrained")
+    if cfg.pretrained:
+        return load_pretrained(model, cfg.pretrained, strict=True, converters={"torchvision": TORCHVISION_TO_BODY},
+                               hint="a trained teacher goes to teacher.checkpoint")
+    return None
+
+
 def build_teacher(cfg: TeacherConfig, num_classes: int = 0) -> ReIDNet:
-    """The teacher; ``cfg.checkpoint`` (local path) loads trained weights.
+    """The teacher; ``cfg.checkpoint`` (local path) loads trained weights, else ``cfg.pretrained``
+    initialises the backbone (``load_teacher_weights``).
 
     Loading for KD (``num_classes = 0``) drops a saved classifier; otherwise keys must match.
     """
     model = ReIDNet(cfg, num_classes)
-    if cfg.checkpoint:
-        ignore = ("classifier.",) if num_classes == 0 else ()
-        load_weights(model, cfg.checkpoint, strict=True, ignore_prefixes=ignore)
+    load_teacher_weights(model, cfg)
     return model
 
 

@@ -25,7 +25,14 @@ from kdtrack.models.dla_up import DLA34Body
 from kdtrack.models.heads import Head
 from kdtrack.models.resnet_unet import ResNetUNetBody
 from kdtrack.models.tiny import TinyBody
-from kdtrack.models.weights import load_weights
+from kdtrack.models.weights import (
+    Converter,
+    LoadReport,
+    centernet_dla_converter,
+    identity_converter,
+    load_pretrained,
+    torchvision_resnet_converter,
+)
 
 INPUT_MULTIPLE = 32  # coarsest backbone stride: H and W must be multiples of it
 OUTPUT_KEYS = ("heatmap", "size", "offset", "embedding")
@@ -84,9 +91,32 @@ class Student(nn.Module):
         return out
 
 
+def pretrained_converters(model: Student) -> dict[str, Converter]:
+    """Checkpoint formats that can initialise ``model`` (``kdtrack.models.weights``): our own always;
+    torchvision ImageNet ResNets for the ResNet-UNet encoder (``body.stem`` / ``body.layerN``);
+    CenterNet / FairMOT DLA-34 (``ctdet_coco_dla_2x.pth``) for the DLA-34 body, neck and heads."""
+    converters: dict[str, Converter] = {"kdtrack": identity_converter}
+    if isinstance(model.body, ResNetUNetBody):
+        converters["torchvision"] = torchvision_resnet_converter(
+            "body.stem.0", "body.stem.1", [f"body.layer{i}" for i in range(1, 5)])
+    if isinstance(model.body, DLA34Body):
+        converters["centernet"] = centernet_dla_converter("body", "heads")
+    return converters
+
+
+def load_student_weights(model: Student, path: str, strict: bool = True) -> LoadReport:
+    """``path`` (kdtrack, torchvision or CenterNet, by its keys) into ``model``; see ``load_pretrained``."""
+    return load_pretrained(model, path, strict=strict, converters=pretrained_converters(model))
+
+
 def build_student(cfg: ModelConfig) -> Student:
-    """The student for ``cfg``; ``cfg.pretrained`` (a local path) initialises its weights."""
+    """The student for ``cfg``; ``cfg.pretrained`` (a local path) initialises its weights.
+
+    A kdtrack checkpoint must match the whole network when ``cfg.pretrained_strict``; a torchvision
+    ImageNet ResNet (``resnet*_unet``) or a CenterNet/FairMOT DLA-34 (``dla34``) loads its overlap.
+    Loading nothing at all is an error either way.
+    """
     model = Student(cfg)
     if cfg.pretrained:
-        load_weights(model, cfg.pretrained, strict=cfg.pretrained_strict)
+        load_student_weights(model, cfg.pretrained, strict=cfg.pretrained_strict)
     return model

@@ -1,0 +1,460 @@
+"""IDF stage 2 pseudo-labelling, as a Ray job (METHOD.md section 4).
+
+    python -m jobs.pseudo_label --checkpoint CKPT --videos ROOT/kinetics --out L [--split train] [--oracle-truth]
+                                [--set pseudo.eps=0.3 ...] [--mlflow-uri sqlite:////abs/mlflow.db]
+
+1. **Inference** (the expensive part): an actor pool (``jobs._ray.run_actor_pool``, the one
+   ``jobs.evaluate`` uses: the network built once per actor from weights shipped through the object
+   store, a GPU per actor when one is free as it starts, retries, a lost actor replaced) runs the
+   stage-1 student over every ``pseudo.frame_stride``-th frame of each clip, decoded by seeking with
+   OpenCV. Each finished clip comes back to this driver, which writes ``L/parts/<video>.npz``
+   atomically: a rerun over the same ``--out`` skips finished clips (resume).
+2. **Clustering**: one Ray Data row per video, ``map`` -> scikit-learn DBSCAN of that video's
+   embeddings, in parallel (``pseudo.cluster_cpus`` each). Cheap, so it is redone on every run:
+   changing ``pseudo.eps`` re-clusters without re-running the network.
+3. Pseudo ids made unique across videos (sorted video order), then written atomically:
+   ``L/labels.parquet`` (video, frame, x1, y1, x2, y2, score, pseudo_id; -1 = outlier),
+   ``L/videos.parquet`` (per video: boxes, clusters, outliers, valid trajectories, kept, status)
+   and ``L/summary.json``; with the hidden truth beside the clips (``kinetics_truth/``, the synthetic
+   world's) also ARI / NMI / purity / trajectories recovered. Logged to MLflow with ``--mlflow-uri``.
+
+Bad clips (not found, undecodable, zero frames) and clips without a detection are counted and
+skipped, never fatal; the job exits 1 only when no clip could be clustered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from jobs._ray import ensure_ray, run_actor_pool
+from jobs._cli import InputError, run_cli
+from jobs.evaluate import InferenceWorker, ModelHandle, _Progress, load_checkpoints
+from kdtrack.config import Config, ConfigError, config_to_dict, flatten_config, load_config
+from kdtrack.formats.common import ReadStats
+from kdtrack.formats.kinetics import read_kinetics
+from kdtrack.io import atomic_save, atomic_write_json
+from kdtrack.pseudo_labels import (
+    VideoDetections,
+    clustering_quality,
+    dbscan_labels,
+    global_pseudo_ids,
+    match_to_truth,
+    summarize_labels,
+)
+
+PARTS_DIR = "parts"
+LABELS_FILE = "labels.parquet"
+VIDEOS_FILE = "videos.parquet"
+SUMMARY_FILE = "summary.json"
+SPLIT_CSV = {"train": "train.csv", "val": "validate.csv", "validate": "validate.csv", "test": "test.csv"}
+STATUS_OK, STATUS_NO_DETECTIONS = "ok", "no_detections"
+# what a part was computed with: a resumed run must not mix parts of another network or frame sampling
+INFERENCE_FIELDS = ("frame_stride", "max_frames", "score_threshold")
+
+
+class PseudoLabelFailed(RuntimeError):
+    """No clip could be clustered (every one was bad); the summary was written."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def list_clips(videos_root: str | Path, split: str) -> tuple[list[tuple[str, str]], "ReadStats"]:
+    """``([(video, path)], read stats)`` of one split's csv: ``video`` is the clip's path relative to the
+    Kinetics root without extension (``train/<label>/<id>_<start>_<end>``). Clips listed but absent
+    (dead YouTube links in real Kinetics) and malformed rows are counted in the stats, not fatal."""
+    root = Path(videos_root).resolve()
+    csv_path = root / SPLIT_CSV.get(split, f"{split}.csv")
+    if not csv_path.is_file():
+        raise InputError(f"{csv_path}: no clip list for split '{split}' under --videos {root}")
+    clips, stats = read_kinetics(csv_path, root, on_error="skip")
+    return [(str(Path(c.path).relative_to(root).with_suffix("")), c.path) for c in clips], stats
+
+
+def part_path(out: Path, video: str) -> Path:
+    return out / PARTS_DIR / f"{video}.npz"
+
+
+def save_part(out: Path, det: VideoDetections, status: str, inference_key: str) -> Path:
+    return atomic_save(part_path(out, det.video), lambda handle: np.savez(
+        handle, frames=det.frames, boxes_xyxy=det.boxes_xyxy, scores=det.scores, embeddings=det.embeddings,
+        num_frames=np.int64(det.num_frames), status=np.str_(status), inference_key=np.str_(inference_key)))
+
+
+def load_part(path: Path, video: str) -> tuple[VideoDetections, str, str]:
+    """``(detections, status, inference key)`` of a finished clip."""
+    with np.load(path, allow_pickle=False) as z:
+        det = VideoDetections(video, z["frames"], z["boxes_xyxy"], z["scores"], z["embeddings"], int(z["num_frames"]))
+        return det, str(z["status"]), str(z["inference_key"])
+
+
+def inference_key(checkpoint: str, iteration: int, cfg: Config) -> str:
+    settings = {name: getattr(cfg.pseudo, name) for name in INFERENCE_FIELDS}
+    return json.dumps({"checkpoint": str(Path(checkpoint).resolve()), "iteration": int(iteration), **settings},
+                      sort_keys=True)
+
+
+# --------------------------------------------------------------------------- inference (actor pool)
+
+
+class ClipWorker(InferenceWorker):
+    """An inference actor that runs the stage-1 network over clips (the evaluation worker's network
+    cache and device rule)."""
+
+    def embed_clip(self, model: ModelHandle, path: str, video: str) -> dict[str, Any]:
+        from jobs._ray import transient_errors, worker_location
+        from kdtrack.formats.video import VideoError
+        from kdtrack.pseudo_labels import detect_clip
+
+        start = time.monotonic()
+        try:
+            with transient_errors():
+                detector, _ = self._network(model)
+                det = detect_clip(detector, path, video, stride=self.cfg.pseudo.frame_stride,
+                                  max_frames=self.cfg.pseudo.max_frames, batch_frames=self.cfg.pseudo.batch_frames)
+        except VideoError as exc:  # a bad clip is data, not a failure of the job
+            return {"video": video, "status": "undecodable", "error": str(exc), **worker_location()}
+        return {"video": video, "status": STATUS_OK if len(det) else STATUS_NO_DETECTIONS, "error": "",
+                "frames": det.frames, "boxes_xyxy": det.boxes_xyxy, "scores": det.scores,
+                "embeddings": det.embeddings, "num_frames": det.num_frames, "seconds": time.monotonic() - start,
+                "device": str(self.device), **worker_location()}
+
+
+def run_inference(clips: Sequence[tuple[str, str]], out: Path, checkpoint: str, cfg: Config, *,
+                  use_ray: bool, progress: bool) -> list[dict[str, str]]:
+    """Run the network over ``clips`` and write one part per finished clip; returns the bad clips."""
+    from kdtrack.engine import select_device
+
+    (info, handle), = load_checkpoints([checkpoint], ship=use_ray)
+    key = inference_key(info.path, info.iteration, cfg)
+    job_cfg = replace(cfg, decode=replace(cfg.decode, score_threshold=cfg.pseudo.score_threshold))
+    bad: list[dict[str, str]] = []
+    bar = _Progress(len(clips), len(clips), unit="clip", items="clips", desc="pseudo-label inference",
+                    enabled=progress)
+
+    def on_done(outcome) -> None:
+        video = clips[outcome.index][0]
+        value = outcome.value or {}
+        if outcome.error or value.get("status") == "undecodable":
+            error = outcome.error or value.get("error", "")
+            bad.append({"video": video, "status": "failed" if outcome.error else "undecodable", "error": error})
+            bar.update(1, ok=False, line=f"{video}: skipped ({error})")
+            return
+        det = VideoDetections(video, value["frames"], value["boxes_xyxy"], value["scores"], value["embeddings"],
+                              value["num_frames"])
+        save_part(out, det, value["status"], key)
+        bar.update(1, ok=True)
+
+    calls = [("embed_clip", (handle, path, video)) for video, path in clips]
+    pseudo = cfg.pseudo
+    try:
+        run_actor_pool(
+            ClipWorker, {"config": config_to_dict(job_cfg), "device": None, "num_threads": max(1, int(pseudo.cpus_per_actor))},
+            calls, use_ray=use_ray, num_actors=pseudo.num_actors, num_cpus=pseudo.cpus_per_actor,
+            num_gpus=pseudo.gpus_per_actor, max_restarts=cfg.eval.actor_max_restarts,
+            max_task_retries=cfg.eval.task_retries, start_timeout_s=cfg.eval.actor_start_timeout_s,
+            local_kwargs={"device": str(select_device(False)), "num_threads": 0}, on_done=on_done)
+    finally:
+        bar.close()
+    return bad
+
+
+# --------------------------------------------------------------------------- clustering (Ray Data)
+
+
+def _cluster_row(row: dict[str, Any], *, eps: float, min_samples: int, metric: str) -> dict[str, Any]:
+    embeddings = np.asarray(row["embeddings"], np.float32).reshape(int(row["n"]), -1)
+    return {"video": row["video"], "labels": dbscan_labels(embeddings, eps=eps, min_samples=min_samples,
+                                                           metric=metric)}
+
+
+def cluster_videos(videos: Sequence[VideoDetections], cfg: Config, *, use_ray: bool = True) -> dict[str, np.ndarray]:
+    """``{video: (N,) local DBSCAN labels}``: one Ray Data row per video, clustered in parallel
+    (``pseudo.cluster_cpus`` per task); in-process without ``use_ray``. Same partitions either way."""
+    p = cfg.pseudo
+    kwargs = {"eps": p.eps, "min_samples": p.min_samples, "metric": p.metric}
+    rows = [{"video": v.video, "n": len(v), "embeddings": np.asarray(v.embeddings, np.float32).ravel()}
+            for v in videos]
+    if not use_ray or not rows:
+        return {row["video"]: _cluster_row(row, **kwargs)["labels"] for row in rows}
+    ensure_ray()
+    import ray.data
+
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 200))
+    labelled = ds.map(_cluster_row, fn_kwargs=kwargs, num_cpus=p.cluster_cpus)
+    return {row["video"]: np.asarray(row["labels"], np.int64) for row in labelled.iter_rows()}
+
+
+# --------------------------------------------------------------------------- oracle labels
+
+
+def truth_videos(clips: Sequence[tuple[str, str]], truth_root: Path,
+                 min_visibility: float) -> tuple[list[VideoDetections], dict[str, np.ndarray]]:
+    """``--oracle-truth``: the hidden truth as if it were the clustering (pedestrian boxes at least this
+    visible, one label per true track): stage 2's upper bound, and its pipeline tested without a network."""
+    from kdtrack.boxes import xywh_to_xyxy
+    from kdtrack.formats.mot import read_gt
+    from kdtrack.formats.video import read_video_info
+
+    videos, local = [], {}
+    for video, path in clips:
+        truth_path = truth_root / f"{video}.txt"
+        if not truth_path.is_file():
+            raise InputError(f"--oracle-truth: no truth file {truth_path} for clip {path}")
+        rows = read_gt(truth_path)
+        rows = rows[(rows[:, 7] == 1) & (rows[:, 8] >= min_visibility)]
+        _, labels = np.unique(rows[:, 1].astype(np.int64), return_inverse=True)
+        videos.append(VideoDetections(video, rows[:, 0].astype(np.int64), xywh_to_xyxy(rows[:, 2:6]),
+                                      np.ones(len(rows), np.float32), np.zeros((len(rows), 0), np.float32),
+                                      read_video_info(path)[0]))
+        local[video] = labels.astype(np.int64).reshape(-1)
+    return videos, local
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def truth_root_for(videos_root: Path) -> Path:
+    """The synthetic world writes hidden identities beside the dataset: ``<root>/../kinetics_truth``."""
+    return videos_root.resolve().parent / "kinetics_truth"
+
+
+def measure_quality(videos: Sequence[VideoDetections], ids: dict[str, np.ndarray], truth_root: Path,
+                    iou: float) -> dict[str, Any] | None:
+    """ARI / NMI / purity / trajectories recovered over boxes matched to a true person (None without truth)."""
+    from kdtrack.formats.mot import read_gt
+
+    if not truth_root.is_dir():
+        return None
+    true_all, pseudo_all, truth_boxes, matched_boxes, per_video_ari = [], [], 0, 0, []
+    for det in videos:
+        path = truth_root / f"{det.video}.txt"
+        if not path.is_file():
+            continue
+        truth = read_gt(path)
+        truth_boxes += len(truth)
+        matched = match_to_truth(det.frames, det.boxes_xyxy, truth, iou)
+        ok = matched >= 0
+        matched_boxes += int(ok.sum())
+        true_ids = [f"{det.video}/{t}" for t in matched[ok]]
+        true_all.extend(true_ids)
+        pseudo_all.extend(ids[det.video][ok].tolist())
+        if ok.sum() > 1:
+            per_video_ari.append(clustering_quality(true_ids, ids[det.video][ok])["ari"])
+    quality = clustering_quality(true_all, pseudo_all)
+    quality["mean_video_ari"] = float(np.mean(per_video_ari)) if per_video_ari else float("nan")
+    quality["detections_matched"] = matched_boxes
+    quality["truth_boxes"] = truth_boxes
+    return quality
+
+
+def write_outputs(out: Path, videos: Sequence[VideoDetections], local: dict[str, np.ndarray],
+                  bad: Sequence[dict[str, str]], cfg: Config) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """``labels.parquet`` and ``videos.parquet``, atomically; returns the global ids and the video rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = global_pseudo_ids(local)
+    order = sorted(videos, key=lambda v: v.video)
+    columns: dict[str, list] = {name: [] for name in ("video", "frame", "x1", "y1", "x2", "y2", "score", "pseudo_id")}
+    for det in order:
+        columns["video"].extend([det.video] * len(det))
+        columns["frame"].append(det.frames.astype(np.int32))
+        for i, name in enumerate(("x1", "y1", "x2", "y2")):
+            columns[name].append(det.boxes_xyxy[:, i].astype(np.float32))
+        columns["score"].append(det.scores.astype(np.float32))
+        columns["pseudo_id"].append(ids[det.video].astype(np.int64))
+    table = pa.table({
+        "video": pa.array(columns["video"], pa.string()),
+        **{name: pa.array(np.concatenate(columns[name]) if columns[name] else np.zeros(0, dtype))
+           for name, dtype in (("frame", np.int32), ("x1", np.float32), ("y1", np.float32), ("x2", np.float32),
+                               ("y2", np.float32), ("score", np.float32), ("pseudo_id", np.int64))},
+    })
+    atomic_save(out / LABELS_FILE, lambda handle: pq.write_table(table, handle))
+    video_rows = [{**row, "status": STATUS_OK if row["boxes"] else STATUS_NO_DETECTIONS, "error": ""}
+                  for row in summarize_labels(order, local, cfg.pseudo.min_track_frames)]
+    video_rows += [{"video": b["video"], "frames": 0, "boxes": 0, "clusters": 0, "outliers": 0,
+                    "outlier_fraction": float("nan"), "valid_trajectories": 0, "kept": False,
+                    "status": b["status"], "error": b["error"]} for b in bad]
+    atomic_save(out / VIDEOS_FILE, lambda handle: pq.write_table(pa.Table.from_pylist(video_rows), handle))
+    return ids, video_rows
+
+
+def _log_mlflow(uri: str, cfg: Config, summary: dict[str, Any], out: Path, checkpoint: str) -> str:
+    from jobs._mlflow_eval import log_evaluation_to_mlflow
+
+    params = {k.removeprefix("pseudo."): v for k, v in flatten_config(cfg).items() if k.startswith("pseudo.")}
+    return log_evaluation_to_mlflow(
+        {k: v for k, v in summary.items() if not isinstance(v, (dict, list))} | (summary.get("quality") or {}),
+        dataset="pseudo_labels", tracking_uri=uri, experiment=cfg.mlflow.experiment, checkpoint=checkpoint,
+        run_name="pseudo_label", params=params, result_files=[out / VIDEOS_FILE])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.pseudo_label", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="the stage-1 (id-free image) checkpoint (required unless --oracle-truth)")
+    p.add_argument("--videos", required=True, type=Path, help="Kinetics root: <split>.csv and <split>/<label>/*.mp4")
+    p.add_argument("--out", required=True, type=Path, help="output folder (rerun over it to resume)")
+    p.add_argument("--split", default="train", help="clip list: train (train.csv), val (validate.csv), test")
+    p.add_argument("--truth", type=Path, default=None,
+                   help="hidden identity truth, <video>.txt MOT rows (default: <videos>/../kinetics_truth if present)")
+    p.add_argument("--config", default=None, help="preset or YAML for pseudo.* / eval.* (default: the checkpoint's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value, e.g. pseudo.eps=0.25")
+    p.add_argument("--max-videos", type=int, default=0, help=">0: only the first N clips of the list (debugging)")
+    p.add_argument("--mlflow-uri", default=None, help="absolute tracking URI; logging is off without one")
+    p.add_argument("--oracle-truth", action="store_true",
+                   help="no network: write the hidden truth (--truth) as the labels (stage 2's upper bound)")
+    p.add_argument("--no-ray", action="store_true", help="run inference and clustering in this process")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from kdtrack.checkpoint import load_checkpoint
+
+    args = get_args_parser().parse_args(argv)
+    if args.oracle_truth:
+        return _main_oracle(args)
+    if args.checkpoint is None:
+        raise InputError("--checkpoint is required (the stage-1 network), unless --oracle-truth")
+    if not args.checkpoint.is_file():
+        raise InputError(f"--checkpoint {args.checkpoint}: file not found")
+    base = load_checkpoint(args.checkpoint, map_location="cpu")["config"] if args.config is None else None
+    cfg = load_config(args.config, args.overrides) if base is None else _with_overrides(base, args.overrides)
+    videos_root = args.videos.resolve()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    clips, listing = list_clips(videos_root, args.split)
+    if args.max_videos > 0:
+        clips = clips[:args.max_videos]
+    (info, _), = load_checkpoints([args.checkpoint])
+    key = inference_key(info.path, info.iteration, cfg)
+    start = time.time()
+
+    todo, finished = [], []
+    for video, path in clips:
+        part = part_path(out, video)
+        if not part.is_file():
+            todo.append((video, path))
+            continue
+        det, status, part_key = load_part(part, video)
+        if part_key != key:
+            raise InputError(f"{part}: computed with {part_key}, this run is {key}; use a new --out (or delete "
+                             f"{out / PARTS_DIR}) to pseudo-label with another checkpoint or frame sampling")
+        finished.append(video)
+    print(f"{len(clips)} clips of split '{args.split}' under {videos_root}: {len(finished)} done before "
+          f"(resumed), {len(todo)} to run; {listing.missing_images} listed but missing, "
+          f"{listing.skipped_records} malformed rows", flush=True)
+    bad: list[dict[str, str]] = []
+    if todo:
+        bad = run_inference(todo, out, str(args.checkpoint), cfg, use_ray=not args.no_ray,
+                             progress=not args.no_progress)
+    inference_seconds = time.time() - start
+
+    videos, empty = [], 0
+    for video, _ in clips:
+        part = part_path(out, video)
+        if part.is_file():
+            det, status, _ = load_part(part, video)
+            empty += status == STATUS_NO_DETECTIONS
+            videos.append(det)
+    start = time.time()
+    local = cluster_videos(videos, cfg, use_ray=not args.no_ray)
+    cluster_seconds = time.time() - start
+    ids, video_rows = write_outputs(out, videos, local, bad, cfg)
+
+    truth_root = args.truth.resolve() if args.truth else truth_root_for(videos_root)
+    quality = measure_quality(videos, ids, truth_root, cfg.pseudo.truth_iou)
+    boxes = sum(len(v) for v in videos)
+    clustered = [r for r in video_rows if r["status"] == STATUS_OK]
+    summary: dict[str, Any] = {
+        "checkpoint": info.path, "checkpoint_iteration": info.iteration, "split": args.split,
+        "videos": len(clips), "videos_clustered": len(clustered), "videos_kept": sum(r["kept"] for r in clustered),
+        "videos_no_detections": empty, "videos_bad": len(bad), "videos_missing": listing.missing_images,
+        "csv_rows_malformed": listing.skipped_records, "boxes": boxes,
+        "pseudo_ids": int(sum(r["clusters"] for r in clustered)),
+        "outlier_fraction": float(sum(r["outliers"] for r in clustered) / boxes) if boxes else float("nan"),
+        "inference_seconds": round(inference_seconds, 2), "cluster_seconds": round(cluster_seconds, 2),
+        "cluster_boxes_per_second": round(boxes / cluster_seconds, 1) if cluster_seconds > 0 else float("nan"),
+        "pseudo": {k.removeprefix("pseudo."): v for k, v in flatten_config(cfg).items() if k.startswith("pseudo.")},
+        "bad_examples": bad[:20], "listing_problems": listing.messages, "quality": quality,
+    }
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    print(_summary_line(summary), flush=True)
+    uri = args.mlflow_uri or cfg.mlflow.tracking_uri
+    if uri:
+        summary["mlflow_run_id"] = _log_mlflow(uri, cfg, summary, out, info.path)
+    if not clustered:
+        raise PseudoLabelFailed(f"no clip could be clustered ({len(bad)} bad, {empty} without detections); "
+                                f"see {out / SUMMARY_FILE}")
+    return summary
+
+
+def _main_oracle(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = load_config(args.config, args.overrides)
+    videos_root, out = args.videos.resolve(), args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    clips, listing = list_clips(videos_root, args.split)
+    if args.max_videos > 0:
+        clips = clips[:args.max_videos]
+    truth_root = args.truth.resolve() if args.truth else truth_root_for(videos_root)
+    videos, local = truth_videos(clips, truth_root, cfg.data.min_visibility)
+    _, video_rows = write_outputs(out, videos, local, [], cfg)
+    summary = {"oracle_truth": str(truth_root), "videos": len(clips), "videos_missing": listing.missing_images,
+               "videos_kept": sum(r["kept"] for r in video_rows), "boxes": sum(len(v) for v in videos),
+               "pseudo_ids": int(sum(r["clusters"] for r in video_rows))}
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    print(f"oracle labels from {truth_root}: {summary['videos_kept']}/{len(clips)} clips kept, {summary['boxes']} "
+          f"boxes, {summary['pseudo_ids']} identities", flush=True)
+    return summary
+
+
+def _with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """The checkpoint's config with ``--set`` overrides applied (via a round trip through a dict)."""
+    from kdtrack.config import config_from_dict, parse_override
+
+    data = config_to_dict(cfg)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            if k not in node or not isinstance(node[k], dict):
+                raise ConfigError(f"--set {text}: unknown section '{k}'")
+            node = node[k]
+        if keys[-1] not in node:
+            raise ConfigError(f"--set {text}: unknown key '{'.'.join(keys)}'")
+        node[keys[-1]] = value
+    return config_from_dict(data, source="--set")
+
+
+def _summary_line(s: dict[str, Any]) -> str:
+    line = (f"pseudo-labels: {s['videos_clustered']}/{s['videos']} clips clustered ({s['videos_kept']} kept, "
+            f"{s['videos_bad']} bad, {s['videos_no_detections']} without detections), {s['boxes']} boxes, "
+            f"{s['pseudo_ids']} pseudo ids, outliers {s['outlier_fraction']:.1%}")
+    q = s.get("quality")
+    if q:
+        line += (f"; vs hidden truth ({q['detections_matched']} of {s['boxes']} boxes matched): ARI {q['ari']:.3f}, "
+                 f"NMI {q['nmi']:.3f}, purity {q['purity']:.3f}, trajectories recovered "
+                 f"{q['trajectories_recovered']:.1%}")
+    return line
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Exit 0; 2 with one line on a bad config key or path; 1 when no clip could be clustered."""
+    return run_cli(main, argv, "pseudo_label", partial_failure=(PseudoLabelFailed,))
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

@@ -1,0 +1,130 @@
+"""IDF stages 2 and 3: pseudo-labelled frame pairs, frozen parts, and the video recipe on Ray Train."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jobs import pseudo_label
+from jobs import train as train_job
+from kdtrack.checkpoint import load_checkpoint, save_checkpoint
+from kdtrack.config import ConfigError, load_config
+from kdtrack.data import collate
+from kdtrack.engine import build_optimizer, freeze_parts, train_step, trainable_parameters
+from kdtrack.losses import Criterion
+from kdtrack.models import build_student
+from kdtrack.models.momentum import MomentumEncoder
+from kdtrack.video_pairs import ClipLabels, VideoPairDataset, read_clip_labels
+
+FAST = ["model.width=8", "model.head_conv=16", "model.embedding_dim=16", "loss.queue_size=64"]
+
+
+@pytest.fixture(scope="module")
+def oracle_labels(tiny_world: Path, tmp_path_factory) -> Path:
+    """Stage-2 labels written from the tiny world's hidden truth (``jobs.pseudo_label --oracle-truth``)."""
+    out = tmp_path_factory.mktemp("oracle")
+    pseudo_label.main(["--oracle-truth", "--videos", str(tiny_world / "kinetics"), "--out", str(out)])
+    return out / "labels.parquet"
+
+
+def _video_cfg(tiny_world: Path, labels: Path, *extra: str):
+    return load_config("tiny", [*FAST, "train.recipe=video", "loss.id_mode=contrastive", f"data.root={tiny_world}",
+                                f"data.pseudo_labels={labels}", *extra])
+
+
+def test_biased_pairs_take_one_frame_from_each_half() -> None:
+    frames = np.array([1, 2, 3, 7, 8, 10])
+    clip = ClipLabels("v", "v.mp4", 10, frames, {}, {})
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a, b = clip.pair(rng, "biased")
+        assert a <= 5 < b
+    pairs = {clip.pair(rng, "random") for _ in range(200)}
+    assert any(a > 5 and b > 5 for a, b in pairs) and all(a != b for a, b in pairs)
+
+
+def test_pair_samples_share_pseudo_ids_across_frames(tiny_world: Path, oracle_labels: Path) -> None:
+    cfg = _video_cfg(tiny_world, oracle_labels)
+    clips = read_clip_labels(oracle_labels, tiny_world)
+    assert clips and all(len(c.frames) >= 2 for c in clips)
+    ds = VideoPairDataset(clips, cfg)
+    shared = 0
+    for i in range(len(ds)):
+        sample = ds[i]
+        assert sample["image"].shape[0] == 2  # two views: the two frames
+        keys = [set(sample["ids"][v][sample["mask"][v] > 0].tolist()) for v in range(2)]
+        labelled = {int(k) for f in clips[i].ids.values() for k in f if k >= 0}
+        assert (keys[0] | keys[1]) - {-1} <= labelled
+        shared += bool(keys[0] & keys[1])
+    assert shared >= len(ds) // 2  # most pairs hold a person seen in both frames: a cross-time positive
+    batch = collate([ds[0], ds[1]])
+    assert batch["image"].shape[0] == 4
+
+
+def _changed(before: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str) -> bool:
+    after = model.state_dict()
+    return any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix)
+               and after[k].dtype.is_floating_point)
+
+
+def test_frozen_parts_do_not_change(tiny_world: Path, oracle_labels: Path) -> None:
+    cfg = _video_cfg(tiny_world, oracle_labels)
+    batch = collate([VideoPairDataset(read_clip_labels(oracle_labels, tiny_world), cfg)[i] for i in range(2)])
+    for parts, fixed, moving in ((("detection",), ("heads.heatmap", "heads.size", "heads.offset"),
+                                  ("body", "heads.embedding")),
+                                 (("body", "identity"), ("body", "heads.embedding", "embedding_norm"),
+                                  ("heads.heatmap",))):
+        torch.manual_seed(0)
+        model = build_student(cfg.model)
+        freeze_parts(model, parts)
+        loss_cfg = cfg if "detection" in parts else load_config(
+            "tiny", [*FAST, "loss.id_mode=none", "loss.heatmap_weight=1"])
+        criterion = Criterion.from_config(loss_cfg)
+        optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), cfg.train)
+        keys = MomentumEncoder(model, 0.99) if "detection" in parts else None
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        for it in range(2):
+            train_step(model, criterion, batch, optimizer, device="cpu", iteration=it, key_encoder=keys)
+        for prefix in fixed:  # parameters and BatchNorm statistics
+            assert not _changed(before, model, prefix), prefix
+        for prefix in moving:
+            assert _changed(before, model, prefix), prefix
+    with pytest.raises(ValueError, match="unknown part"):
+        freeze_parts(build_student(cfg.model), ["neck"])
+
+
+def test_video_recipe_needs_labels_and_init_file(tiny_world: Path, tmp_path: Path) -> None:
+    args = argparse.Namespace(config="tiny", overrides=["train.recipe=video", "loss.id_mode=contrastive"],
+                              data_root=str(tiny_world), smoke_test=False, init_from=None)
+    with pytest.raises(ConfigError, match="data.pseudo_labels"):
+        train_job.resolve_config(args)
+    args.overrides.append("data.pseudo_labels=x.parquet")
+    args.init_from = str(tmp_path / "missing.pt")
+    with pytest.raises(ConfigError, match="init_from"):
+        train_job.resolve_config(args)
+
+
+def test_video_recipe_trains_from_init_with_detection_frozen(ray_session, tiny_world: Path, oracle_labels: Path,
+                                                             tmp_path: Path, mlflow_uri: str) -> None:
+    cfg = load_config("tiny", FAST)
+    torch.manual_seed(3)
+    init = save_checkpoint(tmp_path / "stage1", model=build_student(cfg.model), config=cfg, iteration=7)
+    out = tmp_path / "stage2"
+    overrides = [*FAST, "train.recipe=video", "loss.id_mode=contrastive", "train.freeze=[detection]",
+                 f"data.pseudo_labels={oracle_labels}", "loss.heatmap_weight=0", "loss.size_weight=0",
+                 "loss.offset_weight=0", "loss.id_weight=1", "train.cpus_per_worker=1", "train.smoke_iterations=2"]
+    args = train_job.get_args_parser().parse_args(
+        ["--config", "tiny", "--data-root", str(tiny_world), "--out", str(out), "--mlflow-uri", mlflow_uri,
+         "--smoke-test", "--init-from", str(init), *[x for o in overrides for x in ("--set", o)]])
+    result = train_job.main(args)
+    start, end = load_checkpoint(init)["model"], load_checkpoint(result["checkpoint"])["model"]
+    assert load_checkpoint(result["checkpoint"])["iteration"] == 2
+    for key in start:
+        same = torch.equal(start[key], end[key])
+        if key.startswith(("heads.heatmap", "heads.size", "heads.offset")):
+            assert same, key  # frozen
+    assert not all(torch.equal(start[k], end[k]) for k in start if k.startswith("heads.embedding"))
