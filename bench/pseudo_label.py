@@ -24,6 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# One BLAS thread, as each Ray task gets (OMP_NUM_THREADS = its CPUs): otherwise the "single-process" loop
+# would already run its distance matrices on every core and the comparison would not be one core vs N.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 from kdtrack.config import load_config  # noqa: E402
 from kdtrack.pseudo_labels import VideoDetections  # noqa: E402

@@ -58,6 +58,7 @@ SPLIT_CSV = {"train": "train.csv", "val": "validate.csv", "validate": "validate.
 STATUS_OK, STATUS_NO_DETECTIONS = "ok", "no_detections"
 # what a part was computed with: a resumed run must not mix parts of another network or frame sampling
 INFERENCE_FIELDS = ("frame_stride", "max_frames", "score_threshold")
+CLUSTER_BLOCKS_PER_TASK = 4  # Ray Data blocks of videos per concurrent clustering task
 
 
 class PseudoLabelFailed(RuntimeError):
@@ -171,9 +172,9 @@ def run_inference(clips: Sequence[tuple[str, str]], out: Path, checkpoint: str, 
 
 
 def _cluster_row(row: dict[str, Any], *, eps: float, min_samples: int, metric: str) -> dict[str, Any]:
-    embeddings = np.asarray(row["embeddings"], np.float32).reshape(int(row["n"]), -1)
-    return {"video": row["video"], "labels": dbscan_labels(embeddings, eps=eps, min_samples=min_samples,
-                                                           metric=metric)}
+    embeddings = np.frombuffer(row["embeddings"], np.float32).reshape(int(row["n"]), -1)
+    labels = dbscan_labels(embeddings, eps=eps, min_samples=min_samples, metric=metric)
+    return {"video": row["video"], "labels": labels.astype(np.int64).tobytes()}
 
 
 def cluster_videos(videos: Sequence[VideoDetections], cfg: Config, *, use_ray: bool = True) -> dict[str, np.ndarray]:
@@ -181,16 +182,21 @@ def cluster_videos(videos: Sequence[VideoDetections], cfg: Config, *, use_ray: b
     (``pseudo.cluster_cpus`` per task); in-process without ``use_ray``. Same partitions either way."""
     p = cfg.pseudo
     kwargs = {"eps": p.eps, "min_samples": p.min_samples, "metric": p.metric}
-    rows = [{"video": v.video, "n": len(v), "embeddings": np.asarray(v.embeddings, np.float32).ravel()}
+    # embeddings travel as raw bytes: an Arrow binary column costs nothing to build, where nested
+    # float lists / tensor columns made the driver-side conversion slower than the clustering itself
+    rows = [{"video": v.video, "n": len(v), "embeddings": np.ascontiguousarray(v.embeddings, np.float32).tobytes()}
             for v in videos]
     if not use_ray or not rows:
-        return {row["video"]: _cluster_row(row, **kwargs)["labels"] for row in rows}
-    ensure_ray()
+        return {row["video"]: np.frombuffer(_cluster_row(row, **kwargs)["labels"], np.int64) for row in rows}
+    ray = ensure_ray()
     import ray.data
 
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 200))
+    # a few blocks per concurrent task: one block per video made Ray Data's per-task overhead cost more
+    # than the clustering (bench/pseudo_label.py: 200 blocks 0.6x a single core, 8 blocks 1.9x on 2 CPUs)
+    slots = max(1.0, ray.cluster_resources().get("CPU", 1.0) / max(p.cluster_cpus, 1e-3))
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), int(CLUSTER_BLOCKS_PER_TASK * slots))))
     labelled = ds.map(_cluster_row, fn_kwargs=kwargs, num_cpus=p.cluster_cpus)
-    return {row["video"]: np.asarray(row["labels"], np.int64) for row in labelled.iter_rows()}
+    return {row["video"]: np.frombuffer(row["labels"], np.int64).copy() for row in labelled.iter_rows()}
 
 
 # --------------------------------------------------------------------------- oracle labels
