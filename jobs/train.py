@@ -64,6 +64,9 @@ VIDEO_SOURCES = ("mot17", "kinetics")  # frames of one video share people: never
 # Terms in the printed progress line (every term goes to MLflow): losses, lr and the collapse monitor.
 PROGRESS_TERMS = ("total", "det", "id", "lr", "monitor/cos_between", "monitor/xview_top1")
 CHECKPOINT_TAG = "kdtrack.final_checkpoint"
+# Train V2 patches print() in its workers to log through its own logger, and also prints when stdout is
+# wrapped (it is, in a Ray worker): every progress line reached the driver twice. Plain print, once.
+WORKER_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -172,11 +175,25 @@ def resolve_config(args: argparse.Namespace) -> Config:
 # --------------------------------------------------------------------------- worker
 
 
-def _mlflow_start(cfg: Config, uri: str, ray_run_name: str) -> Any:
-    """Rank 0 only: a client and a new run with every config field as a param."""
+def _mlflow_start(cfg: Config, uri: str, ray_run_name: str, resume_state: dict[str, Any] | None = None) -> Any:
+    """Rank 0 only: a client and the run to log into. A resume (a rerun, or a worker-group restart after a
+    failure) reopens the run its checkpoint names, so one training run stays one MLflow run and its curves
+    continue; otherwise (or when that run is not in this tracking store) a new run with every config field
+    as a param."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
+    previous = str((resume_state or {}).get("mlflow_run_id", "") or "")
+    if previous:
+        try:
+            client.get_run(previous)
+        except MlflowException:
+            print(f"MLflow run {previous} of the checkpoint is not in {uri}: logging into a new run", flush=True)
+        else:
+            client.update_run(previous, status="RUNNING")
+            client.set_tag(previous, "kdtrack.resumed_at_iteration", str(int(resume_state.get("iteration", 0))))
+            return client, previous
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
     if experiment is None:
         artifact_root = None
@@ -347,7 +364,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
 
     mlflow_client, mlflow_run = None, ""
     if rank == 0:
-        mlflow_client, mlflow_run = _mlflow_start(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"])
+        mlflow_client, mlflow_run = _mlflow_start(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state)
 
     collapse_watch = CollapseWatch(tc.collapse_cosine, tc.collapse_patience)
 
@@ -379,7 +396,8 @@ def train_func(loop_config: dict[str, Any]) -> None:
             total=total, terms=terms, resumed=resumed, mlflow_run=mlflow_run,
             save=lambda tmp, next_epoch, metrics: save_checkpoint(
                 tmp, model=model, config=cfg, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-                scaler=scaler, key_encoder=key_encoder, epoch=next_epoch, iteration=iteration, metrics=metrics))
+                scaler=scaler, key_encoder=key_encoder, epoch=next_epoch, iteration=iteration, metrics=metrics,
+                mlflow_run_id=mlflow_run))
         if finished:
             break
     if rank == 0 and mlflow_client is not None:
@@ -435,7 +453,7 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
 
     mlflow_client, mlflow_run = None, ""
     if rank == 0:
-        mlflow_client, mlflow_run = _mlflow_start(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"])
+        mlflow_client, mlflow_run = _mlflow_start(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state)
         mlflow_client.log_param(mlflow_run, "data/num_id_classes", int(loop_config["num_classes"]))
         mlflow_client.log_param(mlflow_run, "data/num_train_crops", len(crops))
         print(f"[teacher] {len(crops)} crops, {loop_config['num_classes']} identities, {world} worker(s) x "
@@ -465,7 +483,7 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
             total=total, terms=terms, resumed=resumed, mlflow_run=mlflow_run,
             save=lambda tmp, next_epoch, metrics: save_checkpoint(
                 tmp, model=model, config=cfg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                epoch=next_epoch, iteration=iteration, metrics=metrics))
+                epoch=next_epoch, iteration=iteration, metrics=metrics, mlflow_run_id=mlflow_run))
         if finished:
             break
     if rank == 0 and mlflow_client is not None:
@@ -549,6 +567,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         run_config=ray.train.RunConfig(
             storage_path=str(out / RAY_STORAGE_DIR), name=cfg.train.run_name,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            worker_runtime_env=WORKER_RUNTIME_ENV,
         ),
     )
     start = time.time()

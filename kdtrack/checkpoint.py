@@ -50,8 +50,10 @@ def save_checkpoint(
     epoch: int = 0,
     iteration: int = 0,
     metrics: dict[str, float] | None = None,
+    mlflow_run_id: str = "",
 ) -> Path:
-    """Save everything needed to resume exactly; returns the written path."""
+    """Save everything needed to resume exactly (``mlflow_run_id``: the run a resume keeps logging into);
+    returns the written path."""
     state = {
         "format_version": FORMAT_VERSION,
         "model": unwrap(model).state_dict(),
@@ -64,6 +66,7 @@ def save_checkpoint(
         "epoch": int(epoch),
         "iteration": int(iteration),
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+        "mlflow_run_id": str(mlflow_run_id),
     }
     path = Path(path)
     if path.is_dir() or path.suffix == "":

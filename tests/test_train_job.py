@@ -63,6 +63,11 @@ def test_smoke_run_logs_to_mlflow_and_resumes(ray_session, tiny_world, mlflow_ur
     state2 = load_checkpoint(ckpt_path)
     assert state2["iteration"] == 4
     assert int(state2["criterion"]["contrastive.queue_fill"]) > fill
+    # one training run = one MLflow run: the resume reopened it (id kept in the checkpoint), the curve goes on
+    assert second["mlflow_run_id"] == first["mlflow_run_id"] == state2["mlflow_run_id"]
+    assert len(mlflow.search_runs(experiment_names=["kdtrack"])) == 1
+    history = mlflow.tracking.MlflowClient(mlflow_uri).get_metric_history(first["mlflow_run_id"], "train/total")
+    assert {1, 2, 4} <= {m.step for m in history}
 
 
 def test_kd_smoke_run_distils_a_trained_teacher(ray_session, tiny_world, mlflow_uri, tmp_path):
