@@ -77,6 +77,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder: Ray storage, MLflow db, checkpoint.pt")
     parser.add_argument("--mlflow-uri", default=None, help="absolute MLflow tracking URI (overrides mlflow.tracking_uri)")
     parser.add_argument("--smoke-test", action="store_true", help="a few iterations on a few records")
+    parser.add_argument("--storage", default=None,
+                        help="Ray Train storage: a path every node sees (NFS) or an object-store URI (s3://, gs://); "
+                             "default <out>/ray_results (one machine)")
     parser.add_argument("--init-from", default=None,
                         help="start from this kdtrack checkpoint's network weights (fresh optimizer; train.init_from)")
     return parser
@@ -107,6 +110,8 @@ def check_recipe(cfg: Config) -> None:
                           "--init-from the stage-1 checkpoint")
     if cfg.train.init_from and not Path(cfg.train.init_from).is_file():
         raise ConfigError(f"train.init_from: {cfg.train.init_from} is not a file")
+    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():  # on the driver, before any GPU is reserved
+        raise ConfigError(f"model.pretrained: {cfg.model.pretrained} is not a file")
     if recipe == "kd":
         from kdtrack.models import teacher_feature_dim
 
@@ -156,6 +161,28 @@ def check_teacher_recipe(cfg: Config) -> None:
                           f"got {t.pad}, {t.warmup_epochs}, {t.warmup_factor}")
 
 
+def storage_path(storage: str | None, out: Path) -> str:
+    """Ray Train's ``storage_path``: a URI (``s3://bucket/runs``) passes through untouched, a local path is
+    made absolute (the workers do not share the caller's working directory), none means ``<out>/ray_results``."""
+    if not storage:
+        return str(Path(out).resolve() / RAY_STORAGE_DIR)
+    if "://" in storage:
+        return storage
+    return str(Path(storage).resolve())
+
+
+def _absolute_files(cfg: Config) -> Config:
+    """Weights paths made absolute on the driver: a job runs in an extracted copy of the working dir and
+    Ray workers start elsewhere, so a relative path would point at nothing there."""
+    def absolute(path: str) -> str:
+        return str(Path(path).resolve()) if path and "://" not in path else path
+
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, pretrained=absolute(cfg.model.pretrained)),
+        teacher=dataclasses.replace(cfg.teacher, checkpoint=absolute(cfg.teacher.checkpoint),
+                                    pretrained=absolute(cfg.teacher.pretrained)))
+
+
 def resolve_config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if args.data_root is not None:
@@ -163,9 +190,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if getattr(args, "init_from", None):
         overrides.append(f"train.init_from={Path(args.init_from).resolve()}")
     cfg = load_config(args.config, overrides)
-    if cfg.teacher.checkpoint:  # the Ray workers' working directory is not the caller's
-        cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(
-            cfg.teacher, checkpoint=str(Path(cfg.teacher.checkpoint).resolve())))
+    cfg = _absolute_files(cfg)  # the Ray workers' working directory is not the caller's
     if args.smoke_test:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_iterations=cfg.train.smoke_iterations))
     check_recipe(cfg)
@@ -565,8 +590,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            storage_path=str(out / RAY_STORAGE_DIR), name=cfg.train.run_name,
+            storage_path=storage_path(getattr(args, "storage", None), out), name=cfg.train.run_name,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None),
             worker_runtime_env=WORKER_RUNTIME_ENV,
         ),
     )

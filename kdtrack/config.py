@@ -210,7 +210,8 @@ class TrainConfig:
     amp: bool = True  # mixed precision when on GPU (ignored on CPU)
     grad_clip: float = 0.0  # max gradient norm (0 = off)
     checkpoint_every: int = 1  # epochs between checkpoints
-    max_failures: int = 0  # Ray Train FailureConfig
+    max_failures: int = 0  # Ray Train FailureConfig: worker-group restarts from the last checkpoint (the paper presets allow 3)
+    keep_checkpoints: int = 0  # Ray Train CheckpointConfig(num_to_keep): the N most recent checkpoints stay in storage (0 = all; a KD checkpoint is ~250 MB)
     log_every: int = 10  # iterations between metric reports
     collapse_cosine: float = 0.99  # contrastive: warn when the between-person cosine of the batch stays above this (0 = never)
     collapse_patience: int = 3  # ... for this many consecutive log_every reports

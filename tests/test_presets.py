@@ -120,3 +120,9 @@ def test_kd_cpu_distils_the_teacher_cpu_checkpoint(tmp_path):
     assert tc.batch_size_per_worker * tc.num_workers == 4
     assert all(total_iterations(tc, n) == 900 for n in (7, 381, 10_000))
     assert lr_milestones(tc, 900) == [600]
+
+
+@pytest.mark.parametrize("name", ["kd_paper", "idf_paper", "teacher_paper"])
+def test_paper_presets_survive_worker_loss_and_bound_their_checkpoints(name):
+    tc = load_config(name).train
+    assert tc.max_failures >= 3 and tc.keep_checkpoints > 0

@@ -16,11 +16,34 @@ FAST = ["model.input_width=160", "model.input_height=96", "model.width=16", "mod
         "model.deformable=false", "loss.queue_size=256", "train.batch_size_per_worker=2"]
 
 
-def _args(world, out, uri, *extra):
+def _args(world, out, uri, *extra, storage=None):
     argv = ["--config", "tiny", "--data-root", str(world), "--out", str(out), "--mlflow-uri", uri, "--smoke-test"]
+    if storage is not None:
+        argv += ["--storage", str(storage)]
     for item in FAST + list(extra):
         argv += ["--set", item]
     return get_args_parser().parse_args(argv)
+
+
+def test_storage_uri_passes_through_and_local_paths_become_absolute(tmp_path, monkeypatch):
+    from jobs.train import storage_path
+
+    monkeypatch.chdir(tmp_path)
+    assert storage_path("s3://bucket/kdtrack/runs", tmp_path / "out") == "s3://bucket/kdtrack/runs"
+    assert storage_path("gs://b/r", tmp_path) == "gs://b/r"
+    assert storage_path("shared/runs", tmp_path / "out") == str(tmp_path / "shared" / "runs")
+    assert storage_path(None, tmp_path / "out") == str(tmp_path / "out" / "ray_results")
+
+
+def test_relative_weights_paths_are_resolved_and_checked_on_the_driver(tmp_path, monkeypatch):
+    from jobs.train import resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    args = get_args_parser().parse_args(["--out", "o", "--set", "model.pretrained=w.pt"])
+    with pytest.raises(ConfigError, match="model.pretrained"):
+        resolve_config(args)
+    (tmp_path / "w.pt").write_bytes(b"")
+    assert resolve_config(args).model.pretrained == str(tmp_path / "w.pt")
 
 
 def test_recipe_must_match_the_loss():
@@ -39,7 +62,8 @@ def test_recipe_must_match_the_loss():
 
 def test_smoke_run_logs_to_mlflow_and_resumes(ray_session, tiny_world, mlflow_uri, tmp_path):
     out = tmp_path / "run"
-    first = main(_args(tiny_world, out, mlflow_uri))
+    storage = tmp_path / "shared_storage"  # --storage: Ray Train's checkpoints live there, not under --out
+    first = main(_args(tiny_world, out, mlflow_uri, "train.keep_checkpoints=1", storage=storage))
     ckpt_path = out / "checkpoint.pt"
     assert first["checkpoint"] == str(ckpt_path)
     state = load_checkpoint(ckpt_path)
@@ -57,7 +81,8 @@ def test_smoke_run_logs_to_mlflow_and_resumes(ray_session, tiny_world, mlflow_ur
     assert run[f"tags.{CHECKPOINT_TAG}"] == str(ckpt_path)
 
     # Same --out and run name: Ray Train hands the last checkpoint back; 4 iterations now.
-    second = main(_args(tiny_world, out, mlflow_uri, "train.smoke_iterations=4"))
+    second = main(_args(tiny_world, out, mlflow_uri, "train.smoke_iterations=4", "train.keep_checkpoints=1",
+                        storage=storage))
     assert second["metrics"]["resumed_from_iteration"] == 2
     assert second["metrics"]["resumed_queue_fill"] == fill  # criterion state restored
     state2 = load_checkpoint(ckpt_path)
@@ -68,6 +93,9 @@ def test_smoke_run_logs_to_mlflow_and_resumes(ray_session, tiny_world, mlflow_ur
     assert len(mlflow.search_runs(experiment_names=["kdtrack"])) == 1
     history = mlflow.tracking.MlflowClient(mlflow_uri).get_metric_history(first["mlflow_run_id"], "train/total")
     assert {1, 2, 4} <= {m.step for m in history}
+    # the storage holds the run; CheckpointConfig(num_to_keep=1) left only the newest checkpoint there
+    assert not (out / "ray_results").exists()
+    assert len(list(storage.rglob("checkpoint.pt"))) == 1
 
 
 def test_kd_smoke_run_distils_a_trained_teacher(ray_session, tiny_world, mlflow_uri, tmp_path):
