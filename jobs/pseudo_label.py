@@ -132,6 +132,8 @@ class ClipWorker(InferenceWorker):
 def run_inference(clips: Sequence[tuple[str, str]], out: Path, checkpoint: str, cfg: Config, *,
                   use_ray: bool, progress: bool) -> list[dict[str, str]]:
     """Run the network over ``clips`` and write one part per finished clip; returns the bad clips."""
+    import torch
+
     from kdtrack.engine import select_device
 
     (info, handle), = load_checkpoints([checkpoint], ship=use_ray)
@@ -162,7 +164,8 @@ def run_inference(clips: Sequence[tuple[str, str]], out: Path, checkpoint: str, 
             calls, use_ray=use_ray, num_actors=pseudo.num_actors, num_cpus=pseudo.cpus_per_actor,
             num_gpus=pseudo.gpus_per_actor, max_restarts=cfg.eval.actor_max_restarts,
             max_task_retries=cfg.eval.task_retries, start_timeout_s=cfg.eval.actor_start_timeout_s,
-            local_kwargs={"device": str(select_device(False)), "num_threads": 0}, on_done=on_done)
+            local_kwargs={"device": str(select_device(pseudo.gpus_per_actor != 0 and torch.cuda.is_available())),
+                          "num_threads": 0}, on_done=on_done)
     finally:
         bar.close()
     return bad
