@@ -251,6 +251,16 @@ def _latest_checkpoint_state(device: Any) -> dict[str, Any] | None:
         return load_checkpoint(ckpt_dir, map_location=device)
 
 
+def perf_suffix(step: int, total: int, terms: dict[str, float]) -> str:
+    """`` | 12.3 img/s, data wait 8%, ETA 0:41:10`` from ``engine.run_epoch``'s perf terms (rank 0's view)."""
+    if "perf/images_per_s" not in terms:
+        return ""
+    eta = max(0, total - step) * terms["perf/seconds_per_iteration"]
+    hours, rest = divmod(int(round(eta)), 3600)
+    return (f" | {terms['perf/images_per_s']:.1f} img/s, data wait {terms['perf/data_wait']:.0%}, "
+            f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d}")
+
+
 def _log_metrics(client: Any, run_id: str, step: int, terms: dict[str, float]) -> None:
     """Rank 0: every finite term as ``train/<term>`` at ``step``."""
     import math
@@ -398,7 +408,8 @@ def train_func(loop_config: dict[str, Any]) -> None:
             return
         _log_metrics(mlflow_client, mlflow_run, step, terms)
         print(f"[iter {step}/{total}] " + " ".join(f"{k.removeprefix('monitor/')}={v:.4f}" for k, v in terms.items()
-                                                    if k in PROGRESS_TERMS), flush=True)
+                                                    if k in PROGRESS_TERMS) + perf_suffix(step, total, terms),
+              flush=True)
         warning = collapse_watch.update(step, terms.get("monitor/cos_between", float("nan")))
         if warning:
             print(warning, flush=True)
@@ -489,8 +500,8 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
         if rank != 0:
             return
         _log_metrics(mlflow_client, mlflow_run, step, terms)
-        print(f"[iter {step}/{total}] " + " ".join(f"{k}={terms[k]:.4g}" for k in TEACHER_PROGRESS_TERMS if k in terms),
-              flush=True)
+        print(f"[iter {step}/{total}] " + " ".join(f"{k}={terms[k]:.4g}" for k in TEACHER_PROGRESS_TERMS if k in terms)
+              + perf_suffix(step, total, terms), flush=True)
 
     epoch = start_epoch
     terms: dict[str, float] = {}

@@ -9,6 +9,7 @@ every loss term, before any weight is touched.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -275,6 +276,14 @@ def train_one_epoch(
                      max_iterations=max_iterations, log_every=log_every, log_fn=log_fn)
 
 
+def batch_images(batch: Any) -> int:
+    """Images in a batch: a collate dict's ``image`` rows (both views count), else the first tensor's rows."""
+    if isinstance(batch, Mapping) and MODEL_INPUT_KEY in batch:
+        return int(len(batch[MODEL_INPUT_KEY]))
+    first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    return int(len(first)) if hasattr(first, "__len__") else 0
+
+
 def run_epoch(
     step: Callable[[Mapping[str, Any], int], dict[str, float]],
     data_loader: Iterable[Mapping[str, Any]],
@@ -288,19 +297,39 @@ def run_epoch(
 ) -> tuple[int, dict[str, float]]:
     """The epoch loop shared by the student and the teacher: ``step(batch, iteration)`` per batch,
     the scheduler stepped every iteration, ``log_fn`` at the first, every ``log_every``-th and the
-    last iteration; stops at ``max_iterations`` (> 0) without fetching one more batch."""
+    last iteration; stops at ``max_iterations`` (> 0) without fetching one more batch.
+
+    Each report also carries, since the previous one, ``perf/images_per_s`` (this worker's images,
+    both views counted), ``perf/data_wait`` (the share of wall time spent waiting for the next batch:
+    near 1 means the input pipeline, not the network, sets the pace) and ``perf/seconds_per_iteration``.
+    """
     iteration = start_iteration
     terms: dict[str, float] = {}
-    for batch in data_loader:
+    window_start = time.perf_counter()
+    waited, images, steps = 0.0, 0, 0
+    batches = iter(data_loader)
+    while True:
+        fetch_start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        waited += time.perf_counter() - fetch_start
         if max_iterations > 0 and iteration >= max_iterations:
             break
         terms = step(batch, iteration)
         iteration += 1
+        images += batch_images(batch)
+        steps += 1
         if scheduler is not None:
             scheduler.step()
         last = max_iterations > 0 and iteration >= max_iterations
         if log_fn is not None and (iteration == start_iteration + 1 or iteration % max(log_every, 1) == 0 or last):
-            log_fn(iteration, {**terms, "epoch": float(epoch)})
+            elapsed = max(time.perf_counter() - window_start, 1e-9)
+            perf = {"perf/images_per_s": images / elapsed, "perf/data_wait": min(1.0, waited / elapsed),
+                    "perf/seconds_per_iteration": elapsed / steps}
+            log_fn(iteration, {**terms, **perf, "epoch": float(epoch)})
+            window_start, waited, images, steps = time.perf_counter(), 0.0, 0, 0
         if last:
             break  # without fetching (decoding, augmenting) one more batch
     return iteration, terms

@@ -179,3 +179,27 @@ def test_teacher_targets_follow_the_slots():
     (ref,) = teacher_embeddings(teacher, orig, [boxes[0, 1:2]], out_size=crop)
     torch.testing.assert_close(out[0, 1], ref[0], rtol=1e-4, atol=1e-5)
     assert torch.count_nonzero(out[0, 2]) == 0
+
+
+def test_run_epoch_reports_throughput_and_data_wait():
+    """perf/* terms: images counted per batch, and a slow loader shows up as data wait, not as step time."""
+    import time as _time
+
+    from jobs.train import perf_suffix
+    from kdtrack.engine import run_epoch
+
+    def slow_loader():
+        for _ in range(4):
+            _time.sleep(0.05)  # the input pipeline is the bottleneck
+            yield {"image": torch.zeros(6, 3, 4, 4)}
+
+    reports = []
+    iteration, _ = run_epoch(lambda batch, it: {"total": 1.0}, slow_loader(), 0, log_every=2,
+                             log_fn=lambda it, terms: reports.append((it, terms)))
+    assert iteration == 4 and [it for it, _ in reports] == [1, 2, 4]
+    terms = reports[-1][1]
+    assert terms["perf/data_wait"] > 0.8  # two 50 ms waits against microsecond steps
+    assert 6 * 2 / 0.2 < terms["perf/images_per_s"] < 6 * 2 / 0.09  # 12 images in about 0.1 s
+    assert terms["perf/seconds_per_iteration"] >= 0.045
+    line = perf_suffix(2, 10, {"perf/images_per_s": 12.0, "perf/data_wait": 0.25, "perf/seconds_per_iteration": 450.0})
+    assert line == " | 12.0 img/s, data wait 25%, ETA 1:00:00"
