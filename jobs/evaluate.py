@@ -195,12 +195,22 @@ def load_checkpoints(paths: Sequence[str | Path], *, ship: bool = False) -> list
 
 
 def _load_checkpoint(path: Path, ship: bool) -> tuple[CheckpointInfo, ModelHandle]:
+    return checkpoint_entry(path, read_checkpoint(path), ship)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A kdtrack checkpoint's state on CPU; a missing, unreadable or foreign file is an :class:`InputError`."""
     from kdtrack.checkpoint import load_checkpoint
 
     try:
-        state = load_checkpoint(path, map_location="cpu")
-    except (OSError, ValueError) as exc:  # missing, unreadable, not a kdtrack checkpoint: the message names it
+        return load_checkpoint(path, map_location="cpu")
+    except (OSError, ValueError) as exc:  # the message names the file
         raise InputError(str(exc)) from None
+
+
+def checkpoint_entry(path: str | Path, state: dict[str, Any], ship: bool) -> tuple[CheckpointInfo, ModelHandle]:
+    """The checkpoint ``state`` read from ``path`` as a work item's network (``ship``: weights put into Ray's
+    object store once, so workers need no access to the file)."""
     shipped = [ensure_ray().put({"model": state["model"], "config": state["config"]})] if ship else None
     return CheckpointInfo(str(path), int(state.get("iteration", 0))), ModelHandle(str(path), shipped)
 
@@ -550,27 +560,12 @@ def _add_fps(metrics: dict[str, Any], runs: Sequence[dict[str, Any]]) -> None:
     metrics["combined"]["association_fps"] = frames / max(sum(r["association_seconds"] for r in runs), 1e-9)
 
 
-def run_mot_checkpoint(
-    checkpoint: str | Path,
-    data_root: str | Path,
-    results_dir: str | Path,
-    cfg: Config,
-    *,
-    half: str = "full",
-    sequences: Sequence[str] | None = None,
-    detector: str | None = None,
-    embedder: str = "student",
-    teacher_checkpoint: str = "",
-    render_dir: str | Path = "",
-    use_ray: bool = True,
-    progress: bool = False,
-) -> tuple[dict[str, dict], list[dict[str, Any]]]:
-    """One checkpoint (:func:`run_mot_checkpoints`): ``(metrics, runs)``; ``metrics["failed"]``
-    names the sequences that failed, if any."""
-    (ev,), _ = run_mot_checkpoints(
-        [checkpoint], data_root, results_dir, cfg, half=half, sequences=sequences, detector=detector,
-        embedder=embedder, teacher_checkpoint=teacher_checkpoint, render_dir=render_dir, use_ray=use_ray,
-        progress=progress)
+def run_mot_checkpoint(checkpoint: str | Path, data_root: str | Path, results_dir: str | Path, cfg: Config,
+                       **options: Any) -> tuple[dict[str, dict], list[dict[str, Any]]]:
+    """One checkpoint (:func:`run_mot_checkpoints`, same keyword options; no progress bar unless asked):
+    ``(metrics, runs)``; ``metrics["failed"]`` names the sequences that failed, if any."""
+    options.setdefault("progress", False)
+    (ev,), _ = run_mot_checkpoints([checkpoint], data_root, results_dir, cfg, **options)
     for run in ev.runs:
         run["rendered"] = [str(p) for p in ev.rendered_frames if p.name.startswith(f"{run['name']}_")]
     return ev.metrics, ev.runs

@@ -36,8 +36,8 @@ import numpy as np
 
 from jobs._ray import ensure_ray, run_actor_pool
 from jobs._cli import InputError, run_cli
-from jobs.evaluate import InferenceWorker, ModelHandle, _Progress, load_checkpoints
-from kdtrack.config import Config, ConfigError, config_to_dict, flatten_config, load_config
+from jobs.evaluate import InferenceWorker, ModelHandle, _Progress, checkpoint_entry, read_checkpoint
+from kdtrack.config import Config, apply_overrides, config_to_dict, flatten_config, load_config
 from kdtrack.formats.common import ReadStats
 from kdtrack.formats.kinetics import read_kinetics
 from kdtrack.io import atomic_save, atomic_write_json
@@ -129,15 +129,14 @@ class ClipWorker(InferenceWorker):
                 "device": str(self.device), **worker_location()}
 
 
-def run_inference(clips: Sequence[tuple[str, str]], out: Path, checkpoint: str, cfg: Config, *,
+def run_inference(clips: Sequence[tuple[str, str]], out: Path, handle: ModelHandle, key: str, cfg: Config, *,
                   use_ray: bool, progress: bool) -> list[dict[str, str]]:
-    """Run the network over ``clips`` and write one part per finished clip; returns the bad clips."""
+    """Run the network of ``handle`` over ``clips`` and write one part per finished clip (tagged ``key``);
+    returns the bad clips."""
     import torch
 
     from kdtrack.engine import select_device
 
-    (info, handle), = load_checkpoints([checkpoint], ship=use_ray)
-    key = inference_key(info.path, info.iteration, cfg)
     job_cfg = replace(cfg, decode=replace(cfg.decode, score_threshold=cfg.pseudo.score_threshold))
     bad: list[dict[str, str]] = []
     bar = _Progress(len(clips), len(clips), unit="clip", items="clips", desc="pseudo-label inference",
@@ -175,7 +174,7 @@ def run_inference(clips: Sequence[tuple[str, str]], out: Path, checkpoint: str, 
 
 
 def _cluster_row(row: dict[str, Any], *, eps: float, min_samples: int, metric: str) -> dict[str, Any]:
-    embeddings = np.frombuffer(row["embeddings"], np.float32).reshape(int(row["n"]), -1)
+    embeddings = np.frombuffer(row["embeddings"], np.float32).reshape(int(row["n"]), int(row["k"]))
     labels = dbscan_labels(embeddings, eps=eps, min_samples=min_samples, metric=metric)
     return {"video": row["video"], "labels": labels.astype(np.int64).tobytes()}
 
@@ -187,8 +186,8 @@ def cluster_videos(videos: Sequence[VideoDetections], cfg: Config, *, use_ray: b
     kwargs = {"eps": p.eps, "min_samples": p.min_samples, "metric": p.metric}
     # embeddings travel as raw bytes: an Arrow binary column costs nothing to build, where nested
     # float lists / tensor columns made the driver-side conversion slower than the clustering itself
-    rows = [{"video": v.video, "n": len(v), "embeddings": np.ascontiguousarray(v.embeddings, np.float32).tobytes()}
-            for v in videos]
+    rows = [{"video": v.video, "n": len(v), "k": int(v.embeddings.shape[1]),
+             "embeddings": np.ascontiguousarray(v.embeddings, np.float32).tobytes()} for v in videos]
     if not use_ray or not rows:
         return {row["video"]: np.frombuffer(_cluster_row(row, **kwargs)["labels"], np.int64) for row in rows}
     ray = ensure_ray()
@@ -331,8 +330,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from kdtrack.checkpoint import load_checkpoint
-
     args = get_args_parser().parse_args(argv)
     if args.oracle_truth:
         return _main_oracle(args)
@@ -340,19 +337,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise InputError("--checkpoint is required (the stage-1 network), unless --oracle-truth")
     if not args.checkpoint.is_file():
         raise InputError(f"--checkpoint {args.checkpoint}: file not found")
-    base = load_checkpoint(args.checkpoint, map_location="cpu")["config"] if args.config is None else None
-    cfg = load_config(args.config, args.overrides) if base is None else _with_overrides(base, args.overrides)
-    videos_root = args.videos.resolve()
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    clips, listing = list_clips(videos_root, args.split)
-    if args.max_videos > 0:
-        clips = clips[:args.max_videos]
-    (info, _), = load_checkpoints([args.checkpoint])
+    state = read_checkpoint(args.checkpoint)  # read once: config, iteration and the weights to ship
+    cfg = load_config(args.config, args.overrides) if args.config else apply_overrides(state["config"], args.overrides)
+    videos_root, out, clips, listing = _clip_list(args)
+    info, _ = checkpoint_entry(args.checkpoint.resolve(), state, ship=False)
     key = inference_key(info.path, info.iteration, cfg)
     start = time.time()
 
-    todo, finished = [], []
+    loaded: dict[str, tuple[VideoDetections, str]] = {}  # video -> (detections, status), each part read once
+    todo = []
     for video, path in clips:
         part = part_path(out, video)
         if not part.is_file():
@@ -362,23 +355,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if part_key != key:
             raise InputError(f"{part}: computed with {part_key}, this run is {key}; use a new --out (or delete "
                              f"{out / PARTS_DIR}) to pseudo-label with another checkpoint or frame sampling")
-        finished.append(video)
-    print(f"{len(clips)} clips of split '{args.split}' under {videos_root}: {len(finished)} done before "
+        loaded[video] = (det, status)
+    print(f"{len(clips)} clips of split '{args.split}' under {videos_root}: {len(loaded)} done before "
           f"(resumed), {len(todo)} to run; {listing.missing_images} listed but missing, "
           f"{listing.skipped_records} malformed rows", flush=True)
     bad: list[dict[str, str]] = []
     if todo:
-        bad = run_inference(todo, out, str(args.checkpoint), cfg, use_ray=not args.no_ray,
-                             progress=not args.no_progress)
+        _, handle = checkpoint_entry(info.path, state, ship=not args.no_ray)
+        bad = run_inference(todo, out, handle, key, cfg, use_ray=not args.no_ray, progress=not args.no_progress)
+        for video, _ in todo:
+            if part_path(out, video).is_file():
+                det, status, _ = load_part(part_path(out, video), video)
+                loaded[video] = (det, status)
     inference_seconds = time.time() - start
 
-    videos, empty = [], 0
-    for video, _ in clips:
-        part = part_path(out, video)
-        if part.is_file():
-            det, status, _ = load_part(part, video)
-            empty += status == STATUS_NO_DETECTIONS
-            videos.append(det)
+    videos = [loaded[video][0] for video, _ in clips if video in loaded]
+    empty = sum(loaded[video][1] == STATUS_NO_DETECTIONS for video, _ in clips if video in loaded)
     start = time.time()
     local = cluster_videos(videos, cfg, use_ray=not args.no_ray)
     cluster_seconds = time.time() - start
@@ -411,13 +403,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-def _main_oracle(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = load_config(args.config, args.overrides)
+def _clip_list(args: argparse.Namespace) -> tuple[Path, Path, list[tuple[str, str]], ReadStats]:
+    """``(videos root, out folder (created), clips, listing stats)`` of the command line."""
     videos_root, out = args.videos.resolve(), args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     clips, listing = list_clips(videos_root, args.split)
-    if args.max_videos > 0:
-        clips = clips[:args.max_videos]
+    return videos_root, out, clips[:args.max_videos] if args.max_videos > 0 else clips, listing
+
+
+def _main_oracle(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = load_config(args.config, args.overrides)
+    videos_root, out, clips, listing = _clip_list(args)
     truth_root = args.truth.resolve() if args.truth else truth_root_for(videos_root)
     videos, local = truth_videos(clips, truth_root, cfg.data.min_visibility)
     _, video_rows = write_outputs(out, videos, local, [], cfg)
@@ -428,24 +424,6 @@ def _main_oracle(args: argparse.Namespace) -> dict[str, Any]:
     print(f"oracle labels from {truth_root}: {summary['videos_kept']}/{len(clips)} clips kept, {summary['boxes']} "
           f"boxes, {summary['pseudo_ids']} identities", flush=True)
     return summary
-
-
-def _with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
-    """The checkpoint's config with ``--set`` overrides applied (via a round trip through a dict)."""
-    from kdtrack.config import config_from_dict, parse_override
-
-    data = config_to_dict(cfg)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            if k not in node or not isinstance(node[k], dict):
-                raise ConfigError(f"--set {text}: unknown section '{k}'")
-            node = node[k]
-        if keys[-1] not in node:
-            raise ConfigError(f"--set {text}: unknown key '{'.'.join(keys)}'")
-        node[keys[-1]] = value
-    return config_from_dict(data, source="--set")
 
 
 def _summary_line(s: dict[str, Any]) -> str:

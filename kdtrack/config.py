@@ -515,6 +515,16 @@ def load_config(preset: str | Path | None = None, overrides: Sequence[str] = ())
         path = preset_path(preset)
         data, source = _read_with_bases(path, seen=()), str(path)
         _build(Config, data, "", source)  # unknown keys / types reported against the file
+    return _build(Config, _merge_overrides(data, overrides), "", source)
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """``--set`` overrides on a config that exists already (a checkpoint's), checked as :func:`load_config`
+    checks them (an unknown key or a wrong type names the ``--set``)."""
+    return _build(Config, _merge_overrides(config_to_dict(cfg), overrides), "", "<config>")
+
+
+def _merge_overrides(data: dict, overrides: Sequence[str]) -> dict:
     for text in overrides:
         parts, value = parse_override(text)
         nested: Any = value
@@ -522,7 +532,7 @@ def load_config(preset: str | Path | None = None, overrides: Sequence[str] = ())
             nested = {part: nested}
         data = _merge(data, nested)
         _build(Config, data, "", f"--set {text}")
-    return _build(Config, data, "", source)
+    return data
 
 
 def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict:

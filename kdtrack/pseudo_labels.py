@@ -204,10 +204,11 @@ def detect_clip(detector, path: str, video: str, *, stride: int, max_frames: int
             boxes.append(det.boxes_xyxy)
             scores.append(det.scores)
             embeddings.append(det.embeddings)
-    k = max((e.shape[1] for e in embeddings if e.ndim == 2), default=0)  # a frame without detections is (0, 0)
+    k = max((e.shape[1] for e in embeddings if e.ndim == 2), default=0)  # a frame without detections may be (0, 0)
+    rows = [np.asarray(e, np.float32).reshape(-1, k) for e in embeddings if len(e)]
     return VideoDetections(
         video=video, frames=np.concatenate(frames).astype(np.int64),
         boxes_xyxy=np.concatenate(boxes).astype(np.float32).reshape(-1, 4),
         scores=np.concatenate(scores).astype(np.float32),
-        embeddings=np.concatenate([np.asarray(e, np.float32).reshape(-1, k) for e in embeddings]),
+        embeddings=np.concatenate(rows) if rows else np.zeros((0, k), np.float32),  # no detection in the clip
         num_frames=int(num_frames))

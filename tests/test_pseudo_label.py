@@ -178,3 +178,14 @@ def test_cli_exit_codes(tmp_path: Path, checkpoint: Path, tiny_world: Path, caps
     (empty / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n")
     assert pseudo_label.cli(["--checkpoint", str(checkpoint), "--videos", str(empty), "--out", str(tmp_path / "o2"),
                              "--no-ray", "--no-progress"]) == 1
+
+
+def test_a_clip_without_any_detection_is_counted_not_failed(tiny_world: Path, tmp_path: Path, checkpoint: Path) -> None:
+    """Nothing above the score threshold in any frame: the clip is 'no_detections' (counted), not a failure."""
+    out = tmp_path / "none"
+    args = ["--checkpoint", str(checkpoint), "--videos", str(tiny_world / "kinetics"), "--out", str(out),
+            "--set", "pseudo.score_threshold=0.99", "--set", "pseudo.max_frames=2", "--max-videos", "2",
+            "--no-ray", "--no-progress"]
+    assert pseudo_label.cli(args) == 1  # nothing at all to cluster: exit 1, summary written
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["videos_no_detections"] == 2 and summary["videos_bad"] == 0
