@@ -1,0 +1,181 @@
+"""The IDF stages measured end to end on a synthetic world (README, "IDF stages 2 and 3" and the stage-1 table).
+
+In-process loops (no Ray, one torch thread) with the presets' settings -- ``idf_cpu`` (stage 1),
+``idf_video_cpu`` (stage 2), ``idf_det_cpu`` (stage 3) -- and, between them, ``jobs.pseudo_label``
+itself. Every probe line is JSON: oracle-box re-ID mAP (person search cross-camera, MOT cross-time;
+``kdtrack.reid_probe``, what ``jobs.evaluate reid`` runs), the scene-code cosines on the person-search
+boxes (different people of one image / of different images, the same person in another camera), and
+detection recall / precision / AP on the CrowdHuman val images. The random-init and colour-histogram
+baselines are probed once, on the same boxes.
+
+    python -m jobs.generate_synth --preset small --out W --seed 0
+    python bench/idf_stages.py --world W --out runs/idf-stages                      # README numbers
+    python bench/idf_stages.py --world W --out runs/idf-stages --stage1-iters 0     # stage 2 from random init
+    python bench/idf_stages.py --world W --out runs/idf-stages --set data.pair_sampling=random
+    python bench/idf_stages.py --world W --out runs/hue0 --aug hue=0.0 --labels none  # stage 1 only, no hue jitter
+
+Stage-1 variants: ``--aug`` (``idf_view`` transform fields) and ``--set`` (config overrides, all stages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kdtrack.transforms as transforms  # noqa: E402
+from jobs import pseudo_label  # noqa: E402
+from kdtrack.checkpoint import save_checkpoint  # noqa: E402
+from kdtrack.config import Config, load_config  # noqa: E402
+from kdtrack.data import TrainingDataset, collate, load_records, read_image_rgb  # noqa: E402
+from kdtrack.engine import build_optimizer, build_scheduler, freeze_parts, train_step, trainable_parameters  # noqa: E402
+from kdtrack.formats.crowdhuman import read_crowdhuman  # noqa: E402
+from kdtrack.inference import Detector  # noqa: E402
+from kdtrack.losses import Criterion  # noqa: E402
+from kdtrack.metrics.detection import detection_metrics  # noqa: E402
+from kdtrack.models import build_student  # noqa: E402
+from kdtrack.models.momentum import MomentumEncoder  # noqa: E402
+from kdtrack.reid_probe import build_embedders, embed_box_set, load_reid_box_sets, score_box_set  # noqa: E402
+from kdtrack.video_pairs import VideoPairDataset, read_clip_labels  # noqa: E402
+
+
+def scene_cosines(box_set: Any, features: np.ndarray) -> dict[str, float]:
+    """Mean cosine of different people in one image / in different images, and of the same person in
+    the same camera (other images) / in another camera: how much of the embedding is the scene."""
+    f = features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-9)
+    image = np.concatenate([np.full(len(b), i) for i, b in enumerate(box_set.boxes_xyxy)])
+    cos = f @ f.T
+    other_id = box_set.ids[:, None] != box_set.ids[None]
+    same_image = image[:, None] == image[None]
+    same_cam = box_set.groups[:, None] == box_set.groups[None]
+    pairs = {"cos_other_id_same_image": other_id & same_image, "cos_other_id_other_image": other_id & ~same_image,
+             "cos_same_id_same_camera": ~other_id & same_cam & ~same_image,
+             "cos_same_id_other_camera": ~other_id & ~same_cam}
+    return {name: round(float(cos[mask].mean()), 3) if mask.any() else float("nan") for name, mask in pairs.items()}
+
+
+class Probe:
+    """Re-ID, scene cosines and detection of a model, on boxes loaded once."""
+
+    def __init__(self, world: Path, cfg: Config) -> None:
+        self.cfg = cfg
+        self.box_sets = load_reid_box_sets(world, cfg.eval, protocols=("person_search", "mot"))
+        self.val, _ = read_crowdhuman(world / "crowdhuman" / "annotation_val.odgt", world / "crowdhuman" / "Images")
+
+    def __call__(self, model: torch.nn.Module, baselines: tuple[str, ...] = ()) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        embedders = build_embedders(model, self.cfg, seed=self.cfg.train.seed, baselines=baselines)
+        for protocol, box_set in self.box_sets.items():
+            for name, features in embed_box_set(box_set, embedders).items():
+                out[f"{protocol}/{name}/mAP"] = round(100 * score_box_set(box_set, features).summary()["mAP"], 1)
+                if protocol == "person_search" and name != "colour":
+                    out.update({f"{name}/{k}": v for k, v in scene_cosines(box_set, features).items()})
+        model.eval()
+        detector = Detector(model, self.cfg, torch.device("cpu"), score_threshold=0.05)
+        found = [detector(read_image_rgb(r.image_path))[0] for r in self.val]
+        det = detection_metrics([(d.boxes_xyxy, d.scores) for d in found], [r.boxes_xyxy for r in self.val],
+                                score_threshold=0.4)
+        out.update({f"detection/{k}": round(det[k], 3) for k in ("recall", "precision", "ap")})
+        model.train()
+        return out
+
+
+def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *, stage: str,
+          probe: Callable[[], dict[str, Any]], probe_every: int) -> None:
+    """The stages' loop: ``train_step`` over shuffled batches (a new order and new draws every epoch)."""
+    freeze_parts(model, cfg.train.freeze)
+    criterion = Criterion.from_config(cfg)
+    optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, iterations)
+    keys = MomentumEncoder(model, cfg.loss.key_momentum) if cfg.loss.id_mode == "contrastive" else None
+    bs, it, epoch, start = cfg.train.batch_size_per_worker, 0, 0, time.time()
+    while it < iterations:
+        dataset.set_epoch(epoch)
+        order = np.random.default_rng([cfg.train.seed, epoch]).permutation(len(dataset))
+        for s in range(0, len(order) - bs + 1, bs):
+            terms = train_step(model, criterion, collate([dataset[int(i)] for i in order[s:s + bs]]), optimizer,
+                               device="cpu", iteration=it, key_encoder=keys)
+            scheduler.step()
+            it += 1
+            if it % 50 == 0:
+                print(json.dumps({"stage": stage, "it": it, "s": round(time.time() - start),
+                                  **{k: round(v, 3) for k, v in terms.items()
+                                     if k in ("det", "id/contrastive", "monitor/cos_between", "monitor/xview_top1")}}),
+                      flush=True)
+            if (probe_every and it % probe_every == 0) or it == iterations:
+                print(json.dumps({"stage": stage, "it": it, **probe()}), flush=True)
+            if it >= iterations:
+                break
+        epoch += 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--world", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--stage1-iters", type=int, default=900, help="0: stage 2 starts from random init")
+    ap.add_argument("--stage2-iters", type=int, default=400)
+    ap.add_argument("--stage3-iters", type=int, default=300)
+    ap.add_argument("--probe-every", type=int, default=300)
+    ap.add_argument("--labels", default="pseudo,oracle", help="stage-2 label sets: pseudo, oracle (or none)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value (all stages)")
+    ap.add_argument("--aug", action="append", default=[], help="idf_view transform field=value (stage 1)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    world, out = args.world.resolve(), args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    common = [f"data.root={world}", *args.overrides]
+    cfg1 = load_config("idf_cpu", common)
+    probe = Probe(world, cfg1)
+
+    torch.manual_seed(cfg1.train.seed)
+    model = build_student(cfg1.model)
+    print(json.dumps({"stage": "init", "it": 0, **probe(model, baselines=("random", "colour"))}), flush=True)
+    if args.stage1_iters > 0:
+        view = transforms.PRESETS["idf_view"]
+        if args.aug:
+            changes = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in args.aug)}
+            transforms.PRESETS["idf_view"] = dataclasses.replace(view, **changes)
+        train(model, cfg1, TrainingDataset(load_records(cfg1), cfg1, views=2), args.stage1_iters, stage="stage1",
+              probe=lambda: probe(model), probe_every=args.probe_every)
+        transforms.PRESETS["idf_view"] = view  # stage 2 augments its frames with the preset's transforms
+    stage1 = save_checkpoint(out / "stage1", model=model, config=cfg1, iteration=args.stage1_iters)
+
+    for labels in [x for x in args.labels.split(",") if x and x != "none"]:
+        label_dir = out / f"labels_{labels}"
+        if labels == "oracle":
+            pseudo_label.main(["--oracle-truth", "--videos", str(world / "kinetics"), "--out", str(label_dir)])
+        elif args.stage1_iters > 0:
+            print(json.dumps({"stage": "pseudo_label", **pseudo_label.main(
+                ["--checkpoint", str(stage1), "--videos", str(world / "kinetics"), "--out", str(label_dir),
+                 "--no-ray", "--no-progress", *[x for o in args.overrides for x in ("--set", o)]])["quality"]}),
+                flush=True)
+        else:
+            continue  # a random-init network detects nothing: no pseudo-labels of its own
+        cfg2 = load_config("idf_video_cpu", [*common, f"data.pseudo_labels={label_dir / 'labels.parquet'}"])
+        model2 = build_student(cfg2.model)
+        model2.load_state_dict(model.state_dict())
+        train(model2, cfg2, VideoPairDataset(read_clip_labels(cfg2.data.pseudo_labels, world), cfg2),
+              args.stage2_iters, stage=f"stage2_{labels}", probe=lambda m=model2: probe(m),
+              probe_every=args.probe_every)
+        save_checkpoint(out / f"stage2_{labels}", model=model2, config=cfg2, iteration=args.stage2_iters)
+        cfg3 = load_config("idf_det_cpu", common)
+        model3 = build_student(cfg3.model)
+        model3.load_state_dict(model2.state_dict())
+        train(model3, cfg3, TrainingDataset(load_records(cfg3), cfg3, views=1), args.stage3_iters,
+              stage=f"stage3_{labels}", probe=lambda m=model3: probe(m), probe_every=0)
+        save_checkpoint(out / f"stage3_{labels}", model=model3, config=cfg3, iteration=args.stage3_iters)
+
+
+if __name__ == "__main__":
+    main()
