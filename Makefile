@@ -7,7 +7,7 @@ STAMP := $(VENV)/.kdtrack-installed
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean cluster-up cluster-down
 
 install: $(STAMP)
 
@@ -32,6 +32,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+# A local Ray head for `ray job submit` (token auth, dashboard on 127.0.0.1:8265); cluster-down stops only it.
+cluster-up: $(STAMP)
+	scripts/cluster.sh up
+
+cluster-down:
+	scripts/cluster.sh down
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -108,6 +108,7 @@ def check_recipe(cfg: Config) -> None:
         raise ConfigError("train.recipe 'video' (IDF stage 2) trains on pseudo-labelled frame pairs: pass "
                           "--set data.pseudo_labels=L/labels.parquet (from python -m jobs.pseudo_label) and "
                           "--init-from the stage-1 checkpoint")
+    check_validation(cfg)
     if cfg.train.init_from and not Path(cfg.train.init_from).is_file():
         raise ConfigError(f"train.init_from: {cfg.train.init_from} is not a file")
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():  # on the driver, before any GPU is reserved
@@ -120,6 +121,34 @@ def check_recipe(cfg: Config) -> None:
             raise ConfigError(f"train.recipe 'kd': model.embedding_dim ({cfg.model.embedding_dim}) must equal the "
                               f"teacher's feature dimension ({dim})")
         check_kd_teacher(cfg)
+
+
+def check_validation(cfg: Config) -> None:
+    """``train.report_every`` and ``train.val_*`` checked on the driver: the validation boxes are read here
+    once (a missing manifest or split is an error naming it before any worker starts)."""
+    tc = cfg.train
+    if tc.report_every < 0:
+        raise ConfigError(f"train.report_every must be >= 0 (0 = report after epochs), got {tc.report_every}")
+    if not tc.val_protocols:
+        return
+    from kdtrack.formats.common import FormatError
+    from kdtrack.reid_probe import PROTOCOLS, load_reid_box_sets
+
+    unknown = [p for p in tc.val_protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ConfigError(f"train.val_protocols: unknown {unknown} (known: {', '.join(PROTOCOLS)})")
+    root = tc.val_root or cfg.data.root
+    if not root:
+        raise ConfigError("train.val_protocols needs a world holding person_search/: set train.val_root or "
+                          "--data-root")
+    try:
+        box_sets = load_reid_box_sets(root, cfg.eval, split=tc.val_split, protocols=tc.val_protocols)
+    except (OSError, FormatError, ValueError) as exc:
+        raise ConfigError(f"train.val_protocols: {exc}") from None
+    empty = [p for p, box_set in box_sets.items() if len(box_set) == 0]
+    if empty:
+        raise ConfigError(f"train.val_protocols: no labelled boxes for {empty} under {root} "
+                          f"(split {tc.val_split!r})")
 
 
 KD_TEACHER_PASS = "pass --set teacher.checkpoint=T/checkpoint.pt"
@@ -145,6 +174,9 @@ def check_kd_teacher(cfg: Config) -> None:
 def check_teacher_recipe(cfg: Config) -> None:
     """``train.recipe=teacher``: trained from scratch, and a PK batch that batch-hard mining can use."""
     t = cfg.teacher
+    if cfg.train.report_every or cfg.train.val_protocols:
+        raise ConfigError("train.recipe 'teacher' reports after epochs and is validated with python -m "
+                          "jobs.evaluate market1501: leave train.report_every at 0 and train.val_protocols empty")
     if t.checkpoint:
         raise ConfigError(f"train.recipe 'teacher' trains the teacher and writes <out>/checkpoint.pt; "
                           f"teacher.checkpoint must be empty, got {t.checkpoint!r}")
@@ -179,6 +211,7 @@ def _absolute_files(cfg: Config) -> Config:
 
     return dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, pretrained=absolute(cfg.model.pretrained)),
+        train=dataclasses.replace(cfg.train, val_root=absolute(cfg.train.val_root)),
         teacher=dataclasses.replace(cfg.teacher, checkpoint=absolute(cfg.teacher.checkpoint),
                                     pretrained=absolute(cfg.teacher.pretrained)))
 
@@ -200,16 +233,17 @@ def resolve_config(args: argparse.Namespace) -> Config:
 # --------------------------------------------------------------------------- worker
 
 
-def _mlflow_start(cfg: Config, uri: str, ray_run_name: str, resume_state: dict[str, Any] | None = None) -> Any:
+def _mlflow_start(cfg: Config, uri: str, ray_run_name: str, resume_state: dict[str, Any] | None = None,
+                  run_id: str = "") -> Any:
     """Rank 0 only: a client and the run to log into. A resume (a rerun, or a worker-group restart after a
     failure) reopens the run its checkpoint names, so one training run stays one MLflow run and its curves
-    continue; otherwise (or when that run is not in this tracking store) a new run with every config field
-    as a param."""
+    continue; else ``run_id``, a run the caller made (a Tune trial's child run); otherwise (or when that
+    run is not in this tracking store) a new run with every config field as a param."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    previous = str((resume_state or {}).get("mlflow_run_id", "") or "")
+    previous = str((resume_state or {}).get("mlflow_run_id", "") or "") or run_id
     if previous:
         try:
             client.get_run(previous)
@@ -217,25 +251,36 @@ def _mlflow_start(cfg: Config, uri: str, ray_run_name: str, resume_state: dict[s
             print(f"MLflow run {previous} of the checkpoint is not in {uri}: logging into a new run", flush=True)
         else:
             client.update_run(previous, status="RUNNING")
-            client.set_tag(previous, "kdtrack.resumed_at_iteration", str(int(resume_state.get("iteration", 0))))
+            if resume_state is not None:
+                client.set_tag(previous, "kdtrack.resumed_at_iteration", str(int(resume_state.get("iteration", 0))))
             return client, previous
-    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
-    if experiment is None:
-        artifact_root = None
-        if uri.startswith("sqlite:///"):  # keep artifacts beside the db, not in the worker's CWD
-            artifact_root = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-        experiment_id = client.create_experiment(cfg.mlflow.experiment, artifact_location=artifact_root)
-    else:
-        experiment_id = experiment.experiment_id
-    run = client.create_run(experiment_id, run_name=cfg.mlflow.run_name or ray_run_name,
-                            tags={"kdtrack.recipe": cfg.train.recipe, "kdtrack.ray_run": ray_run_name})
+    experiment_id = mlflow_experiment_id(client, cfg.mlflow.experiment, uri)
+    return client, create_mlflow_run(client, experiment_id, cfg, cfg.mlflow.run_name or ray_run_name,
+                                     {"kdtrack.ray_run": ray_run_name})
+
+
+def mlflow_experiment_id(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created when missing (a sqlite store keeps artifacts beside its db,
+    not in the working directory of whichever process created it)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_root = None
+    if uri.startswith("sqlite:///"):
+        artifact_root = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=artifact_root)
+
+
+def create_mlflow_run(client: Any, experiment_id: str, cfg: Config, run_name: str, tags: dict[str, str]) -> str:
+    """A new run of one training run: tagged with its recipe, every config field a param."""
     from mlflow.entities import Param
 
+    run = client.create_run(experiment_id, run_name=run_name, tags={"kdtrack.recipe": cfg.train.recipe, **tags})
     params = [Param(k, str(v)) for k, v in flatten_config(cfg).items()]
     batch_limit = 100  # MLflow's log_batch cap on params per call
     for start in range(0, len(params), batch_limit):
         client.log_batch(run.info.run_id, params=params[start:start + batch_limit])
-    return client, run.info.run_id
+    return run.info.run_id
 
 
 def _latest_checkpoint_state(device: Any) -> dict[str, Any] | None:
@@ -261,14 +306,14 @@ def perf_suffix(step: int, total: int, terms: dict[str, float]) -> str:
             f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d}")
 
 
-def _log_metrics(client: Any, run_id: str, step: int, terms: dict[str, float]) -> None:
-    """Rank 0: every finite term as ``train/<term>`` at ``step``."""
+def _log_metrics(client: Any, run_id: str, step: int, terms: dict[str, float], prefix: str = "train/") -> None:
+    """Rank 0: every finite term as ``<prefix><term>`` (``train/<term>``) at ``step``."""
     import math
 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(f"train/{k}", float(v), now, step) for k, v in terms.items()
+    client.log_batch(run_id, metrics=[Metric(f"{prefix}{k}", float(v), now, step) for k, v in terms.items()
                                       if math.isfinite(v)])
 
 
@@ -285,10 +330,12 @@ def _close_epoch(rank: int, tc: Any, *, epoch: int, epoch_start: int, iteration:
     """After an epoch of either loop: checkpoint (``save(tmp, next_epoch, float_metrics)`` on rank 0) and
     report every ``checkpoint_every`` epochs and at the end. Returns ``(finished, next epoch)``; a
     checkpoint's epoch is where a resume starts (the same one when the epoch was cut by the budget)."""
+    from kdtrack.losses.distributed import mean_over_ranks
+
     next_epoch = epoch + 1 if iteration - epoch_start >= per_epoch else epoch
     finished = iteration >= total or 0 < tc.epochs <= next_epoch
     if (epoch + 1) % max(tc.checkpoint_every, 1) == 0 or finished:
-        metrics = _epoch_metrics(terms, next_epoch, iteration, resumed, mlflow_run)
+        metrics = _epoch_metrics(mean_over_ranks(terms), next_epoch, iteration, resumed, mlflow_run)
         with _reporting(rank, metrics) as tmp:
             if tmp is not None:
                 save(tmp, next_epoch, {k: v for k, v in metrics.items() if isinstance(v, float)})
@@ -326,17 +373,19 @@ def train_func(loop_config: dict[str, Any]) -> None:
     from torch.utils.data import DataLoader, DistributedSampler
 
     from kdtrack.checkpoint import restore_training_state, save_checkpoint
-    from kdtrack.data import TrainingDataset, collate
+    from kdtrack.data import SkipFirstSampler, TrainingDataset, collate
     from kdtrack.engine import (
         amp_enabled,
         build_optimizer,
         build_scheduler,
         freeze_parts,
+        set_train_mode,
         total_iterations,
         train_one_epoch,
         trainable_parameters,
     )
     from kdtrack.losses import Criterion, all_gather_cat
+    from kdtrack.losses.distributed import mean_over_ranks
     from kdtrack.losses.collapse import CollapseWatch
     from kdtrack.models import build_student
     from kdtrack.models.momentum import MomentumEncoder
@@ -347,6 +396,8 @@ def train_func(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if tc.use_gpu else torch.device("cpu")
+    if device.type == "cpu":  # Ray sets OMP threads from whole CPUs: a fractional share would leave one thread
+        torch.set_num_threads(max(1, int(round(tc.cpus_per_worker))))
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
 
@@ -374,13 +425,15 @@ def train_func(loop_config: dict[str, Any]) -> None:
         records = [ImageRecord.from_dict(r) for r in loop_config["records"]]
         dataset = TrainingDataset(records, cfg, views=2 if tc.recipe == "contrastive" else 1,
                                   with_original=tc.recipe == "kd")
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed, drop_last=True)
+    sampler = SkipFirstSampler(
+        DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed, drop_last=True))
     loader = DataLoader(dataset, batch_size=tc.batch_size_per_worker, sampler=sampler, collate_fn=collate,
                         num_workers=cfg.data.loader_workers, drop_last=True)
-    if len(loader) == 0:
+    per_epoch = len(loader)
+    if per_epoch == 0:
         raise ValueError(f"{len(dataset)} samples on {world} worker(s) do not fill one batch of "
                          f"{tc.batch_size_per_worker}")
-    total = total_iterations(tc, len(loader))
+    total = total_iterations(tc, per_epoch)
     scheduler = build_scheduler(optimizer, tc, total)
     use_amp = amp_enabled(tc.amp, device)
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
@@ -399,11 +452,14 @@ def train_func(loop_config: dict[str, Any]) -> None:
 
     mlflow_client, mlflow_run = None, ""
     if rank == 0:
-        mlflow_client, mlflow_run = _mlflow_start(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state)
+        mlflow_client, mlflow_run = _mlflow_start(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state,
+                                                  run_id=loop_config.get(MLFLOW_RUN_ID_KEY, ""))
+    validate = build_validation(cfg, device) if rank == 0 else None
 
     collapse_watch = CollapseWatch(tc.collapse_cosine, tc.collapse_patience)
 
     def log_fn(step: int, terms: dict[str, float]) -> None:
+        terms = mean_over_ranks(terms)  # every rank calls log_fn at the same iterations
         if rank != 0:
             return
         _log_metrics(mlflow_client, mlflow_run, step, terms)
@@ -415,29 +471,89 @@ def train_func(loop_config: dict[str, Any]) -> None:
             print(warning, flush=True)
             mlflow_client.set_tag(mlflow_run, "kdtrack.collapse_warning", warning[:5000])
 
-    epoch = start_epoch
-    terms: dict[str, float] = {}
-    while (tc.epochs == 0 or epoch < tc.epochs) and iteration < total:  # epochs 0: until max_iterations
+    def save(tmp: str, next_epoch: int, metrics: dict[str, float]) -> None:
+        save_checkpoint(tmp, model=model, config=cfg, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+                        scaler=scaler, key_encoder=key_encoder, epoch=next_epoch, iteration=iteration,
+                        metrics=metrics, mlflow_run_id=mlflow_run)
+
+    epoch, finished = start_epoch, iteration >= total
+    # a checkpoint taken inside an epoch (report_every) resumes that epoch after the batches it had done
+    sampler.skip = iteration - start_epoch * per_epoch if 0 < iteration - start_epoch * per_epoch < per_epoch else 0
+    while not finished and (tc.epochs == 0 or epoch < tc.epochs):  # epochs 0: until max_iterations
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
-        epoch_start = iteration
-        iteration, terms = train_one_epoch(
-            model, criterion, optimizer, loader, device, epoch, scheduler=scheduler, scaler=scaler,
-            amp=tc.amp, grad_clip=tc.grad_clip, teacher=teacher,
-            teacher_crop_size=(cfg.teacher.crop_height, cfg.teacher.crop_width),
-            start_iteration=iteration, max_iterations=total, log_every=tc.log_every, log_fn=log_fn,
-            key_encoder=key_encoder)
-        finished, epoch = _close_epoch(
-            rank, tc, epoch=epoch, epoch_start=epoch_start, iteration=iteration, per_epoch=len(loader),
-            total=total, terms=terms, resumed=resumed, mlflow_run=mlflow_run,
-            save=lambda tmp, next_epoch, metrics: save_checkpoint(
-                tmp, model=model, config=cfg, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-                scaler=scaler, key_encoder=key_encoder, epoch=next_epoch, iteration=iteration, metrics=metrics,
-                mlflow_run_id=mlflow_run))
-        if finished:
-            break
+        done_before = sampler.skip
+        epoch_start = iteration - done_before
+        batches = iter(loader)
+        while True:  # the epoch, cut at every report_every-th iteration
+            stop = next_report_iteration(tc, iteration, total)
+            iteration, terms = train_one_epoch(
+                model, criterion, optimizer, batches, device, epoch, scheduler=scheduler, scaler=scaler,
+                amp=tc.amp, grad_clip=tc.grad_clip, teacher=teacher,
+                teacher_crop_size=(cfg.teacher.crop_height, cfg.teacher.crop_width),
+                start_iteration=iteration, max_iterations=stop, log_every=tc.log_every, log_fn=log_fn,
+                key_encoder=key_encoder)
+            epoch_done = iteration - epoch_start >= per_epoch
+            next_epoch = epoch + 1 if epoch_done else epoch
+            finished = iteration >= total or 0 < tc.epochs <= next_epoch
+            if report_due(tc, epoch=epoch, iteration=iteration, epoch_done=epoch_done, finished=finished):
+                metrics = _epoch_metrics(mean_over_ranks(terms), next_epoch, iteration, resumed, mlflow_run)
+                if validate is not None:
+                    val = validate(model)
+                    set_train_mode(model)
+                    metrics.update(val)
+                    _log_metrics(mlflow_client, mlflow_run, iteration, val, prefix="")
+                    print(f"[iter {iteration}/{total}] validation: "
+                          + " ".join(f"{k}={v:.4f}" for k, v in val.items()), flush=True)
+                with _reporting(rank, metrics) as tmp:
+                    if tmp is not None:
+                        save(tmp, next_epoch, {k: v for k, v in metrics.items() if isinstance(v, float)})
+            if epoch_done or finished:
+                break
+        sampler.skip = 0
+        epoch = next_epoch
     if rank == 0 and mlflow_client is not None:
         mlflow_client.set_terminated(mlflow_run)
+
+
+def next_report_iteration(tc: Any, iteration: int, total: int) -> int:
+    """Where the next stretch of training stops: the next multiple of ``train.report_every`` (capped at
+    ``total``), or ``total`` when reports follow epochs."""
+    if tc.report_every <= 0:
+        return total
+    return min(total, (iteration // tc.report_every + 1) * tc.report_every)
+
+
+def report_due(tc: Any, *, epoch: int, iteration: int, epoch_done: bool, finished: bool) -> bool:
+    """A report (checkpoint + metrics) is due at the end, at every ``report_every``-th iteration when it is
+    set, else after every ``checkpoint_every``-th full epoch."""
+    if finished:
+        return True
+    if tc.report_every > 0:
+        return iteration % tc.report_every == 0
+    return epoch_done and (epoch + 1) % max(tc.checkpoint_every, 1) == 0
+
+
+def build_validation(cfg: Config, device: Any) -> Any:
+    """Rank 0: ``validate(model) -> {"val/<protocol>/<metric>": value}``, oracle-box re-ID of the student's
+    identity embedding on ``train.val_protocols`` (person search: ``train.val_split``, people no training
+    split shows), or None when validation is off. The boxes are read once, here."""
+    tc = cfg.train
+    if not tc.val_protocols:
+        return None
+    from kdtrack.reid_probe import evaluate_reid_box_sets, load_reid_box_sets, student_embedder
+
+    box_sets = load_reid_box_sets(tc.val_root or cfg.data.root, cfg.eval, split=tc.val_split,
+                                  protocols=tc.val_protocols)
+
+    def validate(model: Any) -> dict[str, float]:
+        net = getattr(model, "module", model)  # DDP wraps the student
+        results = evaluate_reid_box_sets({"student": student_embedder(net, cfg, device)}, box_sets, cfg.eval)
+        return {f"val/{protocol}/{metric}": float(value) for protocol, rows in results.items()
+                for metric, value in rows["student"].items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+    return validate
 
 
 def teacher_train_func(loop_config: dict[str, Any]) -> None:
@@ -453,6 +569,7 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
     from kdtrack.engine import (
         amp_enabled, build_optimizer, build_warmup_scheduler, teacher_train_one_epoch, total_iterations,
     )
+    from kdtrack.losses.distributed import mean_over_ranks
     from kdtrack.models import build_teacher
     from kdtrack.reid_data import PKSampler, ReidCropDataset
 
@@ -497,6 +614,7 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
               flush=True)
 
     def log_fn(step: int, terms: dict[str, float]) -> None:
+        terms = mean_over_ranks(terms)
         if rank != 0:
             return
         _log_metrics(mlflow_client, mlflow_run, step, terms)
@@ -555,58 +673,72 @@ def teacher_loop_data(cfg: Config) -> dict[str, Any]:
             "num_classes": int(len(class_pids))}
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from jobs._ray import ensure_ray
+def training_data(cfg: Config, smoke_test: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Driver side: ``(train_fn, loop data)`` of the recipe: the records (or crops, or pseudo-labelled clips)
+    the workers train on. ``smoke_test`` keeps just enough of them for ``train.smoke_iterations``."""
     from kdtrack.data import load_records
 
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    cfg = resolve_config(args)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    uri = args.mlflow_uri or cfg.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
+    keep = cfg.train.smoke_iterations * cfg.train.batch_size_per_worker * cfg.train.num_workers
     if cfg.train.recipe == TEACHER_RECIPE:
-        train_fn, loop_data = teacher_train_func, teacher_loop_data(cfg)  # smoke test: every crop, few iterations
-    elif cfg.train.recipe == "video":
+        return teacher_train_func, teacher_loop_data(cfg)  # smoke test: every crop, few iterations
+    if cfg.train.recipe == "video":
         from kdtrack.video_pairs import read_clip_labels
 
         clips = read_clip_labels(cfg.data.pseudo_labels, cfg.data.root)
-        if args.smoke_test:
-            clips = clips[: cfg.train.smoke_iterations * cfg.train.batch_size_per_worker * cfg.train.num_workers]
+        clips = clips[:keep] if smoke_test else clips
         print(f"{len(clips)} pseudo-labelled clips from {cfg.data.pseudo_labels} ({cfg.data.pair_sampling} frame "
               f"pairs), initialised from {cfg.train.init_from or 'random weights'}", flush=True)
-        train_fn, loop_data = train_func, {"clips": [dataclasses.asdict(c) for c in clips]}
-    else:
-        records = load_records(cfg)
-        if args.smoke_test:
-            records = records[: cfg.train.smoke_iterations * cfg.train.batch_size_per_worker * cfg.train.num_workers]
-        print(f"{len(records)} training records from {', '.join(cfg.data.sources)} under {cfg.data.root}",
-              flush=True)
-        train_fn, loop_data = train_func, {"records": [r.to_dict() for r in records]}
+        return train_func, {"clips": [dataclasses.asdict(c) for c in clips]}
+    records = load_records(cfg)
+    records = records[:keep] if smoke_test else records
+    print(f"{len(records)} training records from {', '.join(cfg.data.sources)} under {cfg.data.root}", flush=True)
+    return train_func, {"records": [r.to_dict() for r in records]}
 
-    ensure_ray()  # joins RAY_ADDRESS when set, else starts a local cluster
-    trainer = TorchTrainer(
+
+def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlflow_uri: str, storage: str,
+                  mlflow_run_id: str = "", callbacks: list | None = None) -> Any:
+    """The ``TorchTrainer`` of one training run (``jobs.train``, and each ``jobs.tune`` trial with a
+    ``TuneReportCallback``): Ray Train run ``train.run_name`` under ``storage``; ``mlflow_run_id``, a run
+    made by the caller, is the one the workers log into (a resume reopens its checkpoint's run)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
         train_fn,
         train_loop_config={
             "config": config_to_dict(cfg),
             **loop_data,
-            "mlflow_uri": uri,
+            "mlflow_uri": mlflow_uri,
             "ray_run_name": cfg.train.run_name,
+            MLFLOW_RUN_ID_KEY: mlflow_run_id,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            storage_path=storage_path(getattr(args, "storage", None), out), name=cfg.train.run_name,
+            storage_path=storage, name=cfg.train.run_name,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None),
             worker_runtime_env=WORKER_RUNTIME_ENV,
+            callbacks=callbacks or None,
         ),
     )
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from jobs._ray import ensure_ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    cfg = resolve_config(args)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    uri = args.mlflow_uri or cfg.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
+    train_fn, loop_data = training_data(cfg, args.smoke_test)
+
+    ensure_ray()  # joins RAY_ADDRESS when set, else starts a local cluster
+    trainer = build_trainer(cfg, train_fn, loop_data, mlflow_uri=uri,
+                            storage=storage_path(getattr(args, "storage", None), out))
     start = time.time()
     result = trainer.fit()
     elapsed = time.time() - start

@@ -209,7 +209,8 @@ class TrainConfig:
     use_gpu: bool = False  # one GPU per worker (NCCL) when True; gloo on CPU
     amp: bool = True  # mixed precision when on GPU (ignored on CPU)
     grad_clip: float = 0.0  # max gradient norm (0 = off)
-    checkpoint_every: int = 1  # epochs between checkpoints
+    checkpoint_every: int = 1  # epochs between checkpoints (when report_every is 0)
+    report_every: int = 0  # >0: report (checkpoint + metrics + validation) every this many iterations and at the end, not at epoch ends (iteration budgets, Tune's ASHA rungs); student recipes
     max_failures: int = 0  # Ray Train FailureConfig: worker-group restarts from the last checkpoint (the paper presets allow 3)
     keep_checkpoints: int = 0  # Ray Train CheckpointConfig(num_to_keep): the N most recent checkpoints stay in storage (0 = all; a KD checkpoint is ~250 MB)
     log_every: int = 10  # iterations between metric reports
@@ -220,6 +221,11 @@ class TrainConfig:
     run_name: str = "train"  # Ray Train run name under the storage path (same name + path = resume)
     init_from: str = ""  # a kdtrack checkpoint whose network weights start this run (weights only: fresh optimizer, schedule, queue); IDF stages 2 and 3
     freeze: tuple[str, ...] = ()  # student parts kept fixed (no gradient, BatchNorm statistics fixed): body | identity | detection (the heatmap, size and offset heads). IDF stage 2 freezes detection, stage 3 body + identity
+    # Validation at every report (rank 0): oracle-box re-ID of the identity embedding on held-out people
+    # (kdtrack.reid_probe), logged as val/<protocol>/<metric> and reported to Ray Train / Tune (the sweep objective)
+    val_protocols: tuple[str, ...] = ()  # () = off; person_search (the val split's own identities) | mot (MOT17 val half: the test protocol's frames, not held out)
+    val_split: str = "val"  # person-search manifest split of the validation queries and gallery
+    val_root: str = ""  # data root holding person_search/ (and MOT17/); "" = data.root
 
 
 @dataclass(frozen=True)
@@ -440,6 +446,12 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Config:
     return _build(Config, data, "", source)
 
 
+def build_dataclass(cls: type, data: Mapping[str, Any], source: str, prefix: str = "") -> Any:
+    """Any frozen config dataclass (e.g. a Tune sweep's) from a mapping, checked like :class:`Config`:
+    an unknown key or a wrong type is a :class:`ConfigError` naming the key and ``source``."""
+    return _build(cls, data, prefix, source)
+
+
 def drop_unknown_keys(data: Mapping[str, Any], cls: type = Config, prefix: str = "") -> tuple[dict, list[str]]:
     """``(known part of data, dropped 'section.key' names)`` — for configs saved by older versions."""
     hints = typing.get_type_hints(cls)
@@ -551,8 +563,8 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict:
     return merged
 
 
-def dump_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically)."""
+def dump_config(cfg: Config, path: str | Path, header: str = "") -> None:
+    """Write the resolved config as YAML (atomically), after ``header`` (comment lines) when given."""
     from kdtrack.io import atomic_write_text
 
     def plain(obj: Any) -> Any:
@@ -562,4 +574,4 @@ def dump_config(cfg: Config, path: str | Path) -> None:
             return [plain(v) for v in obj]
         return obj
 
-    atomic_write_text(path, yaml.safe_dump(plain(config_to_dict(cfg)), sort_keys=False))
+    atomic_write_text(path, header + yaml.safe_dump(plain(config_to_dict(cfg)), sort_keys=False))

@@ -247,6 +247,27 @@ class EpochSeededDataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
 
+class SkipFirstSampler(torch.utils.data.Sampler):
+    """The wrapped sampler's order with its first ``skip`` indices left out, for one epoch: a resume from a
+    checkpoint taken inside an epoch (``train.report_every``) continues that epoch where it stopped, with
+    the same samples and, the draws being seeded by (seed, epoch, record), the same augmentations."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler, skip: int = 0):
+        self.sampler, self.skip = sampler, max(0, int(skip))
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for position, index in enumerate(self.sampler):
+            if position >= self.skip:
+                yield index
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
 class TrainingDataset(EpochSeededDataset):
     """Image records: one view (detection, KD) or two augmented views (IDF stage 1) per sample."""
 

@@ -123,3 +123,88 @@ def test_kd_smoke_run_distils_a_trained_teacher(ray_session, tiny_world, mlflow_
     assert state["config"].teacher.checkpoint == str(teacher_ckpt)
     assert state["config"].loss.kd_reduction == "sum_per_object"
     assert math.isfinite(result["metrics"]["train/id"]) and result["metrics"]["train/id"] > 0
+
+
+def test_report_every_cuts_epochs_validates_and_resumes_inside_an_epoch(ray_session, tiny_world, mlflow_uri,
+                                                                         tmp_path):
+    """train.report_every: reports (checkpoint + validation) at iterations 2 and 3 of a 4-iteration epoch;
+    a rerun with a longer budget resumes at iteration 3 and finishes that epoch with its one remaining batch
+    (SkipFirstSampler), so iteration 6 lands in epoch 1, not in a repeated epoch 0."""
+    out = tmp_path / "run"
+
+    def args(max_iterations):
+        argv = ["--config", "tiny", "--data-root", str(tiny_world), "--out", str(out), "--mlflow-uri", mlflow_uri]
+        for item in FAST + ["data.max_records=8", "train.epochs=0", f"train.max_iterations={max_iterations}",
+                            "train.report_every=2", "train.val_protocols=[person_search]", "train.log_every=1"]:
+            argv += ["--set", item]
+        return get_args_parser().parse_args(argv)
+
+    first = main(args(3))
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 0  # cut inside epoch 0 (4 iterations)
+    assert 0.0 <= first["metrics"]["val/person_search/mAP"] <= 1.0
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    history = client.get_metric_history(first["mlflow_run_id"], "val/person_search/mAP")
+    assert sorted(m.step for m in history) == [2, 3]  # every report_every-th iteration and the last
+
+    second = main(args(6))
+    assert second["metrics"]["resumed_from_iteration"] == 3
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["iteration"] == 6 and state["epoch"] == 1
+    history = client.get_metric_history(first["mlflow_run_id"], "val/person_search/mAP")
+    assert sorted(m.step for m in history) == [2, 3, 4, 6]
+
+
+def test_validation_and_report_settings_are_checked_on_the_driver(tiny_world, tmp_path):
+    from jobs.train import next_report_iteration, report_due
+
+    with pytest.raises(ConfigError, match="no images of split 'nope'"):
+        check_recipe(load_config("tiny", [f"data.root={tiny_world}", "train.val_protocols=[person_search]",
+                                          "train.val_split=nope"]))
+    with pytest.raises(ConfigError, match="unknown"):
+        check_recipe(load_config("tiny", [f"data.root={tiny_world}", "train.val_protocols=[market]"]))
+    with pytest.raises(ConfigError, match="manifest"):
+        check_recipe(load_config("tiny", [f"data.root={tmp_path}", "train.val_protocols=[person_search]"]))
+    with pytest.raises(ConfigError, match="report_every"):
+        check_recipe(load_config("tiny", ["train.report_every=-1"]))
+    check_recipe(load_config("tiny", [f"data.root={tiny_world}", "train.val_protocols=[person_search]"]))
+
+    tc = load_config("tiny", ["train.report_every=5", "train.checkpoint_every=2"]).train
+    assert [next_report_iteration(tc, i, 12) for i in (0, 4, 5, 11)] == [5, 5, 10, 12]
+    assert report_due(tc, epoch=0, iteration=10, epoch_done=False, finished=False)
+    assert not report_due(tc, epoch=1, iteration=8, epoch_done=True, finished=False)  # epochs do not report
+    assert report_due(tc, epoch=0, iteration=7, epoch_done=False, finished=True)
+    by_epoch = load_config("tiny", ["train.checkpoint_every=2"]).train
+    assert next_report_iteration(by_epoch, 3, 12) == 12
+    assert report_due(by_epoch, epoch=1, iteration=8, epoch_done=True, finished=False)
+    assert not report_due(by_epoch, epoch=0, iteration=4, epoch_done=True, finished=False)
+
+
+def test_skip_first_sampler_resumes_an_epoch_where_it_stopped():
+    from torch.utils.data import DistributedSampler
+
+    from kdtrack.data import SkipFirstSampler
+
+    inner = DistributedSampler(list(range(10)), num_replicas=1, rank=0, shuffle=True, seed=3)
+    inner.set_epoch(2)
+    full = list(inner)
+    sampler = SkipFirstSampler(DistributedSampler(list(range(10)), num_replicas=1, rank=0, shuffle=True, seed=3), 4)
+    sampler.set_epoch(2)  # forwarded: the same epoch order
+    assert list(sampler) == full[4:] and len(sampler) == 6
+    sampler.skip = 0
+    assert list(sampler) == full
+
+
+def test_two_worker_ddp_run_logs_terms_averaged_over_ranks(ray_session, tiny_world, mlflow_uri, tmp_path):
+    """Two Ray Train workers (gloo, half a CPU each) train one DDP model: the queue is filled from both
+    ranks and the logged losses are the mean over ranks (kdtrack.losses.distributed.mean_over_ranks,
+    checked on a real 2-process group in tests/test_losses_distributed.py)."""
+    out = tmp_path / "ddp"
+    result = main(_args(tiny_world, out, mlflow_uri, "train.num_workers=2", "train.cpus_per_worker=0.5",
+                        "train.log_every=1"))
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["iteration"] == 2  # 2 iterations x 2 images x 2 workers = the smoke test's 8 records
+    assert math.isfinite(result["metrics"]["train/total"])
+    assert int(state["criterion"]["contrastive.queue_fill"]) > 0
+    history = mlflow.tracking.MlflowClient(mlflow_uri).get_metric_history(result["mlflow_run_id"],
+                                                                           "train/perf/images_per_s")
+    assert {m.step for m in history} == {1, 2}

@@ -1,0 +1,414 @@
+"""Ray Tune sweeps of a training recipe on a measured identity objective, compared in MLflow.
+
+    python -m jobs.tune --config tune_idf_cpu --data-root W --out S [--num-samples N]
+                        [--set tune.field=value | section.field=value ...] [--mlflow-uri URI] [--storage URI]
+
+The sweep preset (``tune/configs/<name>.yaml``, checked by ``tune.spec``) names a ``jobs.train``
+preset, the fields searched and the budget. Each trial is a Tune function (a small CPU share) that
+applies its sampled values to the base config and builds and fits the *same* ``TorchTrainer`` as
+``jobs.train`` (``jobs.train.build_trainer``) with a ``TuneReportCallback``; at every
+``train.report_every`` iterations rank 0 measures oracle-box re-ID of the identity embedding on the
+person-search *validation* split (its own identities; no final report reads it) and reports it with
+the checkpoint. That value, ``tune.metric``, is the objective: ASHA stops weak trials at its rungs
+(in iterations), random search or Optuna TPE draws the values. The records are read once, on the
+driver, and shipped through the object store.
+
+MLflow (default ``sqlite:///<S>/mlflow.db``): one parent run per sweep (the search space, the budget,
+the random-init and colour-histogram baselines scored on the same validation boxes, the best trial
+and ``best_config.yaml``) and one child run per trial (its params, training curves and objective at
+every report). A trial that fails (a NaN loss, a bad value) is FAILED in MLflow and ERROR in Tune,
+and the sweep goes on; a trial ASHA stopped is KILLED with tag ``kdtrack.tune.outcome=stopped_early``.
+
+Written to ``S`` (atomically): ``best_config.yaml`` (a preset ``jobs.train --config S/best_config.yaml``
+takes as it is), ``summary.csv`` (the table printed at the end, from ``mlflow.search_runs``) and
+``sweep.json``. Exit code 1 when no trial finished with a finite objective, 2 on a config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from kdtrack.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, dump_config
+from tune.spec import SweepSpec, check_resources, load_sweep, override_text
+
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's nesting tag: the UI shows children under their parent
+OUTCOME_TAG = "kdtrack.tune.outcome"  # completed | stopped_early | failed
+TRIAL_TAG = "kdtrack.tune.trial_id"
+BEST_CONFIG = "best_config.yaml"
+SUMMARY_CSV = "summary.csv"
+SWEEP_JSON = "sweep.json"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="tune_idf_cpu", help="sweep preset (tune/configs/<name>.yaml) or YAML path")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="tune.FIELD=VALUE | SECTION.FIELD=VALUE",
+                        help="tune.* changes the sweep; any other field is fixed for every trial")
+    parser.add_argument("--data-root", default=None, help="dataset root (the world holding the validation split)")
+    parser.add_argument("--out", required=True, help="output folder: MLflow db, Ray results, best_config.yaml")
+    parser.add_argument("--num-samples", type=int, default=None, help="trials (overrides tune.num_samples)")
+    parser.add_argument("--mlflow-uri", default=None, help="absolute MLflow tracking URI")
+    parser.add_argument("--storage", default=None,
+                        help="Ray storage every node sees (NFS path or s3:// / gs:// URI); default <out>/ray_results")
+    return parser
+
+
+def resolve_sweep(args: argparse.Namespace) -> SweepSpec:
+    """The checked sweep: preset + ``--set`` + ``--data-root``, paths made absolute, the base config
+    checked as ``jobs.train`` checks it (validation boxes read once here)."""
+    from jobs.train import _absolute_files, check_recipe
+
+    overrides = list(args.overrides)
+    if args.data_root is not None:
+        overrides.append(f"data.root={Path(args.data_root).resolve()}")
+    spec = load_sweep(args.config, overrides, num_samples=args.num_samples)
+    base = _absolute_files(spec.base)
+    check_recipe(base)
+    return dataclasses.replace(spec, base=base)
+
+
+def trial_config(base: Config, values: dict[str, Any], run_name: str) -> Config:
+    """The base config with a trial's sampled values (``{field: value}``) and its own Ray Train run name."""
+    cfg = apply_overrides(base, [override_text(k, _plain(v)) for k, v in values.items()])
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_name=run_name))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (what Tune's samplers return) as Python numbers."""
+    return value.item() if hasattr(value, "item") else value
+
+
+# --------------------------------------------------------------------------- one trial (a Tune function)
+
+
+def run_trial(values: dict[str, Any], *, base: dict[str, Any], train_fn: Any, loop_data: dict[str, Any],
+              mlflow_uri: str, experiment_id: str, parent_run_id: str, storage: str) -> None:
+    """One trial: a child MLflow run, then ``jobs.train``'s ``TorchTrainer`` with a ``TuneReportCallback``.
+    Any failure marks the child run FAILED (with the error) and is re-raised, so Tune records it."""
+    import ray.tune
+    from mlflow.tracking import MlflowClient
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from jobs.train import build_trainer, check_recipe, create_mlflow_run
+
+    context = ray.tune.get_context()
+    trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    base_cfg = config_from_dict(base)
+    run_id = ""
+    try:
+        cfg = trial_config(base_cfg, values, f"train-{trial_id}")
+        run_id = create_mlflow_run(client, experiment_id, cfg, trial_name,
+                                   {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id, "kdtrack.ray_run": cfg.train.run_name})
+        check_recipe(cfg)  # a bad sampled value fails this trial, not the sweep
+        trainer = build_trainer(cfg, train_fn, loop_data, mlflow_uri=mlflow_uri, storage=storage,
+                                mlflow_run_id=run_id, callbacks=[TuneReportCallback()])
+        trainer.fit()
+    except BaseException as exc:
+        if not run_id:  # the values did not even make a config: still one child run, with the error
+            run_id = client.create_run(experiment_id, run_name=trial_name,
+                                       tags={PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id}).info.run_id
+            for key, value in values.items():
+                client.log_param(run_id, key, str(_plain(value)))
+        client.set_tag(run_id, OUTCOME_TAG, "failed")
+        client.set_tag(run_id, "kdtrack.tune.error", error_line(exc)[:5000])
+        client.set_tag(run_id, "kdtrack.tune.traceback", f"{type(exc).__name__}: {exc}"[-5000:])
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_tag(run_id, OUTCOME_TAG, "completed")
+
+
+# --------------------------------------------------------------------------- the sweep (driver)
+
+
+class _TrialLog:
+    """Tune callback on the driver: what became of every trial (id, values, status, last report, error)."""
+
+    def __init__(self) -> None:
+        from ray.tune import Callback
+
+        log = self
+
+        class Recorder(Callback):
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                log.record(trial, error="")
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                log.record(trial, error=str(getattr(trial, "error_file", "") or "error"))
+
+        self.callback = Recorder()
+        self.trials: dict[str, dict[str, Any]] = {}
+
+    def record(self, trial: Any, error: str) -> None:
+        last = dict(trial.last_result or {})
+        self.trials[trial.trial_id] = {
+            "trial_id": trial.trial_id, "values": {k: _plain(v) for k, v in trial.config.items()},
+            "iteration": int(last.get("iteration", 0) or 0), "failed": bool(error), "error_file": error,
+            "last_result": {k: _plain(v) for k, v in last.items() if isinstance(_plain(v), (int, float, str))},
+        }
+
+
+def validation_baselines(spec: SweepSpec) -> dict[str, dict[str, float]]:
+    """``{embedder: {metric: value}}``: the random-init student (the trials' starting weights when the
+    config has no pretrained weights) and the colour histogram, plus chance, on the validation boxes
+    the trials are scored on. A trial that does not beat these has not learned identity."""
+    import torch
+
+    from kdtrack.reid_probe import (
+        BASELINES, CHANCE, colour_histogram_features, evaluate_reid_box_sets, load_reid_box_sets,
+        random_student_embedder,
+    )
+
+    cfg, tc = spec.base, spec.base.train
+    unknown = [b for b in spec.tune.baselines if b not in BASELINES]
+    if unknown:
+        raise ConfigError(f"tune.baselines: unknown {unknown} (known: {', '.join(BASELINES)})")
+    embedders: dict[str, Any] = {}
+    if "random" in spec.tune.baselines:
+        embedders["random"] = random_student_embedder(cfg, torch.device("cpu"), tc.seed)
+    if "colour" in spec.tune.baselines:
+        embedders["colour"] = colour_histogram_features
+    box_sets = load_reid_box_sets(tc.val_root or cfg.data.root, cfg.eval, split=tc.val_split,
+                                  protocols=(spec.protocol,))
+    rows = evaluate_reid_box_sets(embedders, box_sets, cfg.eval)[spec.protocol]
+    return {name: {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}
+            for name, row in rows.items() if name in embedders or name == CHANCE}
+
+
+def summary_frame(uri: str, experiment_id: str, parent_run_id: str, spec: SweepSpec) -> Any:
+    """One row per trial from ``mlflow.search_runs`` (children of the sweep's parent run), best first."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_ids=[experiment_id],
+                              filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    metric = f"metrics.{spec.tune.metric}"
+    columns = {"tags.mlflow.runName": "trial", f"tags.{OUTCOME_TAG}": "outcome", "status": "status",
+               **{f"params.{k}": k for k in spec.search}, "metrics.tune/last_iteration": "iterations",
+               metric: spec.tune.metric}
+    for column in columns:
+        if column not in runs.columns:
+            runs[column] = None
+    frame = runs[list(columns)].rename(columns=columns)
+    return frame.sort_values(spec.tune.metric, ascending=spec.tune.mode == "min", na_position="last")
+
+
+def format_summary(frame: Any, baselines: dict[str, dict[str, float]], metric: str) -> str:
+    """The summary frame as a table (numbers to 4 significant digits), then the baselines' objective."""
+    from tabulate import tabulate
+
+    def cell(value: Any) -> str:
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return "-"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return str(value)
+        if not math.isfinite(number):
+            return str(value)
+        return str(int(number)) if number.is_integer() and abs(number) < 1e9 else f"{number:.4g}"
+
+    rows = [[cell(v) for v in row] for row in frame.astype(object).values.tolist()]
+    lines = [tabulate(rows, headers=list(frame.columns), tablefmt="github", disable_numparse=True)]
+    key = metric.split("/")[-1]
+    if baselines:
+        lines.append("same validation boxes: " + ", ".join(
+            f"{name} {row[key]:.4g}" for name, row in baselines.items() if key in row))
+    return "\n".join(lines)
+
+
+def error_line(exc: BaseException) -> str:
+    """The root cause of a failed trial in one line: the last ``SomethingError: ...`` line of the message
+    (a Ray Train ``WorkerGroupError`` carries the worker's traceback), else the exception itself."""
+    import re
+
+    text = f"{type(exc).__name__}: {exc}"
+    causes = re.findall(r"^\s*(?:\S*\.)?(\w+(?:Error|Exception|Interrupt): .+)$", str(exc), flags=re.MULTILINE)
+    return causes[-1].strip() if causes else text.splitlines()[0]
+
+
+def _write_best_config(out: Path, spec: SweepSpec, best_values: dict[str, Any], best_value: float,
+                       trial_id: str, baselines: dict[str, dict[str, float]]) -> Path:
+    cfg = trial_config(spec.base, best_values, "best")
+    key = spec.tune.metric.split("/")[-1]
+    header = (f"# Best trial {trial_id} of the sweep {spec.source}: {spec.tune.metric} = {best_value:.4f} "
+              f"({spec.tune.mode}) at its last report.\n"
+              + "".join(f"#   {k}: {v}\n" for k, v in best_values.items())
+              + ("# same validation boxes: " + ", ".join(f"{name} {row[key]:.4f}" for name, row in baselines.items()
+                                                        if key in row) + "\n" if baselines else "")
+              + "# python -m jobs.train --config <this file> --out O\n")
+    path = out / BEST_CONFIG
+    dump_config(cfg, path, header=header)
+    return path
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    from jobs._ray import ensure_ray
+    from jobs.train import mlflow_experiment_id, storage_path, training_data
+    from kdtrack.io import atomic_write_json, atomic_write_text
+    from tune.spaces import param_space, scheduler, search_algorithm
+
+    spec = resolve_sweep(args)
+    sweep = spec.tune
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    uri = args.mlflow_uri or spec.base.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
+    storage = storage_path(args.storage, out)
+    search_alg, trial_scheduler = search_algorithm(spec), scheduler(spec)
+    train_fn, loop_data = training_data(spec.base)
+
+    ray = ensure_ray()
+    cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    try:
+        check_resources(spec, cluster_cpus)
+    except ConfigError as exc:
+        if not os.environ.get("RAY_ADDRESS"):  # a cluster we started cannot grow
+            raise
+        print(f"warning: {exc} (an autoscaling cluster may still add nodes)", flush=True)
+
+    baselines = validation_baselines(spec)
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = mlflow_experiment_id(client, sweep.experiment or spec.base.mlflow.experiment, uri)
+    sweep_name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent = client.create_run(experiment_id, run_name=sweep_name,
+                               tags={"kdtrack.sweep": spec.source, "kdtrack.recipe": spec.base.train.recipe})
+    parent_id = parent.info.run_id
+    for key, value in {**{f"tune.{k}": v for k, v in dataclasses.asdict(sweep).items()},
+                       **{f"search.{k}": d.describe() for k, d in spec.search.items()},
+                       **{f"set.{t.split('=', 1)[0]}": t.split("=", 1)[1] for t in spec.fixed},
+                       "train_config": spec.train_config}.items():
+        client.log_param(parent_id, key, str(value)[:6000])
+    for name, row in baselines.items():
+        for metric, value in row.items():
+            if math.isfinite(value):
+                client.log_metric(parent_id, f"baseline/{name}/{metric}", value)
+    print(f"sweep {sweep_name}: {sweep.num_samples} trial(s) of {spec.source}, objective {sweep.metric} "
+          f"({sweep.mode}), {sweep.searcher} search, {sweep.scheduler} scheduler; MLflow parent run {parent_id} "
+          f"({uri})", flush=True)
+
+    trial_log = _TrialLog()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=config_to_dict(spec.base), train_fn=train_fn, loop_data=loop_data,
+                             mlflow_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id,
+                             storage=storage),
+        {"CPU": sweep.trial_cpus})
+    tuner = tune.Tuner(
+        trainable, param_space=param_space(spec),
+        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
+                                    search_alg=search_alg, scheduler=trial_scheduler,
+                                    max_concurrent_trials=None if sweep.searcher == "random"
+                                    else sweep.max_concurrent_trials),
+        run_config=tune.RunConfig(name=sweep_name, storage_path=storage, callbacks=[trial_log.callback],
+                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False), verbose=1),
+    )
+    start = time.time()
+    try:
+        results = tuner.fit()
+    except BaseException as exc:
+        client.set_tag(parent_id, "kdtrack.tune.error", f"{type(exc).__name__}: {exc}"[:5000])
+        client.set_terminated(parent_id, status="FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
+        raise
+    elapsed = time.time() - start
+
+    trials = _reconcile_children(client, experiment_id, parent_id, trial_log, spec)
+    best = _best(trials, spec)
+    summary = summary_frame(uri, experiment_id, parent_id, spec)
+    table = format_summary(summary, baselines, sweep.metric)
+    print(table, flush=True)
+    atomic_write_text(out / SUMMARY_CSV, summary.to_csv(index=False))
+    client.log_artifact(parent_id, str(out / SUMMARY_CSV))
+    client.log_metric(parent_id, "tune/trials_failed", sum(t["outcome"] == "failed" for t in trials))
+    client.log_metric(parent_id, "tune/trials_stopped_early", sum(t["outcome"] == "stopped_early" for t in trials))
+    client.log_metric(parent_id, "tune/seconds", elapsed)
+    record: dict[str, Any] = {"sweep": sweep_name, "source": spec.source, "metric": sweep.metric, "mode": sweep.mode,
+                              "mlflow_uri": uri, "mlflow_parent_run_id": parent_id, "seconds": elapsed,
+                              "baselines": baselines, "trials": trials, "best": None,
+                              "tune_errors": len(results.errors)}
+    if best is None:
+        client.set_tag(parent_id, "kdtrack.tune.error", "no trial finished with a finite objective")
+        client.set_terminated(parent_id, status="FAILED")
+        atomic_write_json(out / SWEEP_JSON, record)
+        print(f"no trial finished with a finite {sweep.metric}; see {out / SWEEP_JSON}", flush=True)
+        return {**record, "exit_code": 1}
+    best_path = _write_best_config(out, spec, best["values"], best["objective"], best["trial_id"], baselines)
+    client.log_artifact(parent_id, str(best_path))
+    client.log_metric(parent_id, f"best/{sweep.metric}", best["objective"])
+    client.set_tag(parent_id, "kdtrack.tune.best_trial", best["trial_id"])
+    for key, value in best["values"].items():
+        client.log_param(parent_id, f"best.{key}", str(value))
+    client.set_terminated(parent_id)
+    record["best"] = {**best, "config": str(best_path)}
+    atomic_write_json(out / SWEEP_JSON, record)
+    print(f"best trial {best['trial_id']}: {sweep.metric} = {best['objective']:.4f} with "
+          + ", ".join(f"{k}={v}" for k, v in best["values"].items())
+          + f"\nbest config: {best_path}\n({len(trials)} trials in {elapsed:.0f} s; "
+          f"mlflow ui --backend-store-uri {uri})", flush=True)
+    return {**record, "exit_code": 0}
+
+
+def _reconcile_children(client: Any, experiment_id: str, parent_id: str, trial_log: _TrialLog,
+                        spec: SweepSpec) -> list[dict[str, Any]]:
+    """Each trial's outcome in its child run. A trial ASHA stopped never reached the end of its training
+    loop, so its run is still RUNNING: it becomes KILLED, ``outcome=stopped_early``."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                              max_results=10000)
+    by_trial = {run.data.tags.get(TRIAL_TAG, ""): run for run in runs}
+    max_t = spec.base.train.max_iterations
+    trials = []
+    for trial_id, info in sorted(trial_log.trials.items()):
+        run = by_trial.get(trial_id)
+        objective = info["last_result"].get(spec.tune.metric)
+        if info["failed"]:
+            outcome = "failed"
+        elif info["iteration"] < max_t:
+            outcome = "stopped_early"
+        else:
+            outcome = "completed"
+        if run is not None:  # Tune may end a trial (ASHA at a rung, or at max_t) before its own last words
+            run_id = run.info.run_id
+            client.log_metric(run_id, "tune/last_iteration", info["iteration"])
+            client.set_tag(run_id, OUTCOME_TAG, outcome)
+            if run.info.status == "RUNNING":
+                client.set_terminated(run_id, status={"stopped_early": "KILLED", "failed": "FAILED"}.get(outcome,
+                                                                                                       "FINISHED"))
+        trials.append({**info, "outcome": outcome, "objective": objective,
+                       "mlflow_run_id": run.info.run_id if run is not None else ""})
+    return trials
+
+
+def _best(trials: Sequence[dict[str, Any]], spec: SweepSpec) -> dict[str, Any] | None:
+    """The trial with the best objective at its last report (failed trials and non-finite values left out)."""
+    scored = [t for t in trials if t["outcome"] != "failed" and isinstance(t["objective"], (int, float))
+              and math.isfinite(t["objective"])]
+    if not scored:
+        return None
+    sign = 1.0 if spec.tune.mode == "max" else -1.0
+    best = max(scored, key=lambda t: (sign * t["objective"], t["iteration"]))
+    return {"trial_id": best["trial_id"], "values": best["values"], "objective": float(best["objective"]),
+            "iteration": best["iteration"]}
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    try:
+        result = main(get_args_parser().parse_args(argv))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    return int(result["exit_code"])
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
