@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -80,6 +81,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", default=None,
                         help="Ray Train storage: a path every node sees (NFS) or an object-store URI (s3://, gs://); "
                              "default <out>/ray_results (one machine)")
+    parser.add_argument("--resume-policy", choices=("strict", "force"), default=None,
+                        help="a resume with changed training fields: strict refuses it naming them (default, "
+                             "train.resume_policy), force continues")
     parser.add_argument("--init-from", default=None,
                         help="start from this kdtrack checkpoint's network weights (fresh optimizer; train.init_from)")
     return parser
@@ -222,6 +226,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         overrides.append(f"data.root={Path(args.data_root).resolve()}")
     if getattr(args, "init_from", None):
         overrides.append(f"train.init_from={Path(args.init_from).resolve()}")
+    if getattr(args, "resume_policy", None):
+        overrides.append(f"train.resume_policy={args.resume_policy}")
     cfg = load_config(args.config, overrides)
     cfg = _absolute_files(cfg)  # the Ray workers' working directory is not the caller's
     if args.smoke_test:
@@ -271,15 +277,29 @@ def mlflow_experiment_id(client: Any, name: str, uri: str) -> str:
     return client.create_experiment(name, artifact_location=artifact_root)
 
 
+def unused_sections(recipe: str) -> tuple[str, ...]:
+    """Config sections a training recipe never reads: left out of its MLflow params (they stay in the
+    ``config.yaml`` artifact)."""
+    unused = ["synth", "pseudo"]  # the world generator; jobs.pseudo_label
+    if recipe not in ("kd", TEACHER_RECIPE):
+        unused.append("teacher")
+    return tuple(unused)
+
+
 def create_mlflow_run(client: Any, experiment_id: str, cfg: Config, run_name: str, tags: dict[str, str]) -> str:
-    """A new run of one training run: tagged with its recipe, every config field a param."""
+    """A new run of one training run: tagged with its recipe, the config fields it reads as params, the
+    whole resolved config as the artifact ``config.yaml`` (``jobs.train --config`` takes it as it is)."""
+    import yaml
     from mlflow.entities import Param
 
     run = client.create_run(experiment_id, run_name=run_name, tags={"kdtrack.recipe": cfg.train.recipe, **tags})
-    params = [Param(k, str(v)) for k, v in flatten_config(cfg).items()]
+    skip = unused_sections(cfg.train.recipe)
+    params = [Param(k, str(v)) for k, v in flatten_config(cfg).items() if k.split(".", 1)[0] not in skip]
     batch_limit = 100  # MLflow's log_batch cap on params per call
     for start in range(0, len(params), batch_limit):
         client.log_batch(run.info.run_id, params=params[start:start + batch_limit])
+    plain = json.loads(json.dumps(config_to_dict(cfg)))  # tuples as lists: plain YAML
+    client.log_text(run.info.run_id, yaml.safe_dump(plain, sort_keys=False), "config.yaml")
     return run.info.run_id
 
 
@@ -296,6 +316,84 @@ def _latest_checkpoint_state(device: Any) -> dict[str, Any] | None:
         return load_checkpoint(ckpt_dir, map_location=device)
 
 
+def resume_change_lines(changes: list[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+
+
+def _note_resume_changes(state: dict[str, Any] | None, cfg: Config, sink: MlflowSink | None) -> None:
+    """In the worker, on a resume: fields changed since the checkpoint are refused under
+    ``train.resume_policy=strict`` (the driver checks first, from the checkpoint's config.json; this is the
+    backstop for checkpoints without one), or printed and tagged in MLflow under ``force``."""
+    from kdtrack.checkpoint import resume_changes
+
+    if state is None:
+        return
+    changes = resume_changes(state["config"], cfg)
+    if not changes:
+        return
+    text = resume_change_lines(changes)
+    if cfg.train.resume_policy == "strict":
+        raise ConfigError(f"resuming run '{cfg.train.run_name}' with changed training fields ({text}): "
+                          f"{RESUME_HELP}")
+    if sink is not None:
+        print(f"warning: resumed with changed fields (train.resume_policy=force): {text}", flush=True)
+        sink.tag("kdtrack.resume_changed", text[:5000])
+
+
+RESUME_HELP = ("start a new run (another --out or --set train.run_name=...), or pass --resume-policy force to "
+               "continue the checkpoint's optimiser and schedule state under the new values")
+
+
+def check_resume(cfg: Config, storage: str) -> None:
+    """On the driver, before any worker starts: the newest checkpoint of ``train.run_name`` under ``storage``
+    (a path or a pyarrow URI) is the one Ray Train will resume from; a change of a training field since then
+    is refused under ``train.resume_policy=strict``, naming the fields."""
+    from kdtrack.checkpoint import CONFIG_SIDECAR, resume_changes
+
+    found = latest_checkpoint_config(storage, cfg.train.run_name)
+    if found is None:
+        return
+    where, saved = found
+    changes = resume_changes(saved["config"], cfg)
+    if not changes:
+        return
+    text = resume_change_lines(changes)
+    if cfg.train.resume_policy == "strict":
+        raise ConfigError(f"{where}/{CONFIG_SIDECAR}: run '{cfg.train.run_name}' resumes from iteration "
+                          f"{saved.get('iteration', '?')} but these training fields changed: {text}; {RESUME_HELP}")
+    print(f"warning: resuming from {where} (iteration {saved.get('iteration', '?')}) with changed fields "
+          f"(train.resume_policy=force): {text}", flush=True)
+
+
+def latest_checkpoint_config(storage: str, run_name: str) -> tuple[str, dict[str, Any]] | None:
+    """``(checkpoint folder, its config.json)`` of the newest Ray Train checkpoint of ``run_name`` (Ray names
+    them checkpoint_<timestamp>), or None. Works on local paths and object-store URIs (pyarrow)."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    from kdtrack.checkpoint import CONFIG_SIDECAR
+
+    if "://" in storage:
+        fs, root = pafs.FileSystem.from_uri(storage)
+    else:
+        fs, root = pafs.LocalFileSystem(), storage
+    run_dir = f"{root.rstrip('/')}/{run_name}"
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
+    except OSError:
+        return None
+    folders = sorted(i.path for i in infos if i.type == pafs.FileType.Directory
+                     and i.base_name.startswith("checkpoint_"))
+    for folder in reversed(folders):
+        try:
+            with fs.open_input_stream(f"{folder}/{CONFIG_SIDECAR}") as handle:
+                return folder, json.loads(handle.read())
+        except (OSError, ValueError):  # an older checkpoint without config.json (the worker checks those)
+            continue
+    return None
+
+
 def perf_suffix(step: int, total: int, terms: dict[str, float]) -> str:
     """`` | 12.3 img/s, data wait 8%, ETA 0:41:10`` from ``engine.run_epoch``'s perf terms (rank 0's view)."""
     if "perf/images_per_s" not in terms:
@@ -306,15 +404,68 @@ def perf_suffix(step: int, total: int, terms: dict[str, float]) -> str:
             f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d}")
 
 
-def _log_metrics(client: Any, run_id: str, step: int, terms: dict[str, float], prefix: str = "train/") -> None:
-    """Rank 0: every finite term as ``<prefix><term>`` (``train/<term>``) at ``step``."""
-    import math
+class MlflowSink:
+    """Rank 0's MLflow logging, best-effort: a failed call (tracking server down, network hiccup) is a warning,
+    its metrics are kept (up to ``max_pending``) and sent with the next call; training never stops for it."""
 
-    from mlflow.entities import Metric
+    def __init__(self, client: Any, run_id: str, max_pending: int = 100_000):
+        self.client, self.run_id, self.max_pending = client, run_id, max_pending
+        self.pending: list[Any] = []
+        self.failing = False
 
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(f"{prefix}{k}", float(v), now, step) for k, v in terms.items()
-                                      if math.isfinite(v)])
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001  (any client error: logging must not kill training)
+            if not self.failing:
+                print(f"warning: MLflow {what} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                      f"training goes on, metrics are kept and retried", flush=True)
+            self.failing = True
+            return False
+        if self.failing:
+            print("MLflow reachable again: pending metrics sent", flush=True)
+        self.failing = False
+        return True
+
+    def metrics(self, step: int, terms: dict[str, float], prefix: str = "train/") -> None:
+        """Every finite term as ``<prefix><term>`` (``train/<term>``) at ``step``, with what is pending."""
+        import math
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = self.pending + [Metric(f"{prefix}{k}", float(v), now, step) for k, v in terms.items()
+                                if math.isfinite(v)]
+        self.pending = []
+        for start in range(0, len(batch), 1000):  # MLflow's log_batch cap on metrics per call
+            chunk = batch[start:start + 1000]
+            if not self._call("log_batch", self.client.log_batch, self.run_id, metrics=chunk):
+                self.pending = (chunk + batch[start + 1000:])[-self.max_pending:]
+                return
+
+    def tag(self, key: str, value: str) -> None:
+        self._call("set_tag", self.client.set_tag, self.run_id, key, value)
+
+    def param(self, key: str, value: Any) -> None:
+        self._call("log_param", self.client.log_param, self.run_id, key, value)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.pending:
+            self.metrics(0, {}, prefix="")
+        self._call("set_terminated", self.client.set_terminated, self.run_id, status=status)
+
+
+@contextlib.contextmanager
+def _failed_run_on_error(sink: MlflowSink | None) -> Iterator[None]:
+    """A training loop that raises marks its MLflow run FAILED with the error (a Ray restart, or a rerun,
+    reopens it as RUNNING)."""
+    try:
+        yield
+    except BaseException as exc:
+        if sink is not None:
+            sink.tag("kdtrack.error", f"{type(exc).__name__}: {exc}"[:5000])
+            sink.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
 
 
 def _epoch_metrics(terms: dict[str, float], epoch: int, iteration: int, resumed: dict[str, float],
@@ -450,10 +601,14 @@ def train_func(loop_config: dict[str, Any]) -> None:
             resumed["resumed_queue_fill"] = float(criterion.contrastive.queue_fill)
         print(f"[rank {rank}] resumed from epoch {start_epoch}, iteration {iteration}", flush=True)
 
-    mlflow_client, mlflow_run = None, ""
+    sink, mlflow_run = None, ""
     if rank == 0:
         mlflow_client, mlflow_run = _mlflow_start(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state,
                                                   run_id=loop_config.get(MLFLOW_RUN_ID_KEY, ""))
+        sink = MlflowSink(mlflow_client, mlflow_run)
+        _note_resume_changes(state, cfg, sink)
+    else:
+        _note_resume_changes(state, cfg, None)
     validate = build_validation(cfg, device) if rank == 0 else None
 
     collapse_watch = CollapseWatch(tc.collapse_cosine, tc.collapse_patience)
@@ -462,14 +617,14 @@ def train_func(loop_config: dict[str, Any]) -> None:
         terms = mean_over_ranks(terms)  # every rank calls log_fn at the same iterations
         if rank != 0:
             return
-        _log_metrics(mlflow_client, mlflow_run, step, terms)
+        sink.metrics(step, terms)
         print(f"[iter {step}/{total}] " + " ".join(f"{k.removeprefix('monitor/')}={v:.4f}" for k, v in terms.items()
                                                     if k in PROGRESS_TERMS) + perf_suffix(step, total, terms),
               flush=True)
         warning = collapse_watch.update(step, terms.get("monitor/cos_between", float("nan")))
         if warning:
             print(warning, flush=True)
-            mlflow_client.set_tag(mlflow_run, "kdtrack.collapse_warning", warning[:5000])
+            sink.tag("kdtrack.collapse_warning", warning[:5000])
 
     def save(tmp: str, next_epoch: int, metrics: dict[str, float]) -> None:
         save_checkpoint(tmp, model=model, config=cfg, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
@@ -479,41 +634,42 @@ def train_func(loop_config: dict[str, Any]) -> None:
     epoch, finished = start_epoch, iteration >= total
     # a checkpoint taken inside an epoch (report_every) resumes that epoch after the batches it had done
     sampler.skip = iteration - start_epoch * per_epoch if 0 < iteration - start_epoch * per_epoch < per_epoch else 0
-    while not finished and (tc.epochs == 0 or epoch < tc.epochs):  # epochs 0: until max_iterations
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        done_before = sampler.skip
-        epoch_start = iteration - done_before
-        batches = iter(loader)
-        while True:  # the epoch, cut at every report_every-th iteration
-            stop = next_report_iteration(tc, iteration, total)
-            iteration, terms = train_one_epoch(
-                model, criterion, optimizer, batches, device, epoch, scheduler=scheduler, scaler=scaler,
-                amp=tc.amp, grad_clip=tc.grad_clip, teacher=teacher,
-                teacher_crop_size=(cfg.teacher.crop_height, cfg.teacher.crop_width),
-                start_iteration=iteration, max_iterations=stop, log_every=tc.log_every, log_fn=log_fn,
-                key_encoder=key_encoder)
-            epoch_done = iteration - epoch_start >= per_epoch
-            next_epoch = epoch + 1 if epoch_done else epoch
-            finished = iteration >= total or 0 < tc.epochs <= next_epoch
-            if report_due(tc, epoch=epoch, iteration=iteration, epoch_done=epoch_done, finished=finished):
-                metrics = _epoch_metrics(mean_over_ranks(terms), next_epoch, iteration, resumed, mlflow_run)
-                if validate is not None:
-                    val = validate(model)
-                    set_train_mode(model)
-                    metrics.update(val)
-                    _log_metrics(mlflow_client, mlflow_run, iteration, val, prefix="")
-                    print(f"[iter {iteration}/{total}] validation: "
-                          + " ".join(f"{k}={v:.4f}" for k, v in val.items()), flush=True)
-                with _reporting(rank, metrics) as tmp:
-                    if tmp is not None:
-                        save(tmp, next_epoch, {k: v for k, v in metrics.items() if isinstance(v, float)})
-            if epoch_done or finished:
-                break
-        sampler.skip = 0
-        epoch = next_epoch
-    if rank == 0 and mlflow_client is not None:
-        mlflow_client.set_terminated(mlflow_run)
+    with _failed_run_on_error(sink):
+        while not finished and (tc.epochs == 0 or epoch < tc.epochs):  # epochs 0: until max_iterations
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            done_before = sampler.skip
+            epoch_start = iteration - done_before
+            batches = iter(loader)
+            while True:  # the epoch, cut at every report_every-th iteration
+                stop = next_report_iteration(tc, iteration, total)
+                iteration, terms = train_one_epoch(
+                    model, criterion, optimizer, batches, device, epoch, scheduler=scheduler, scaler=scaler,
+                    amp=tc.amp, grad_clip=tc.grad_clip, teacher=teacher,
+                    teacher_crop_size=(cfg.teacher.crop_height, cfg.teacher.crop_width),
+                    start_iteration=iteration, max_iterations=stop, log_every=tc.log_every, log_fn=log_fn,
+                    key_encoder=key_encoder)
+                epoch_done = iteration - epoch_start >= per_epoch
+                next_epoch = epoch + 1 if epoch_done else epoch
+                finished = iteration >= total or 0 < tc.epochs <= next_epoch
+                if report_due(tc, epoch=epoch, iteration=iteration, epoch_done=epoch_done, finished=finished):
+                    metrics = _epoch_metrics(mean_over_ranks(terms), next_epoch, iteration, resumed, mlflow_run)
+                    if validate is not None:
+                        val = validate(model)
+                        set_train_mode(model)
+                        metrics.update(val)
+                        sink.metrics(iteration, val, prefix="")
+                        print(f"[iter {iteration}/{total}] validation: "
+                              + " ".join(f"{k}={v:.4f}" for k, v in val.items()), flush=True)
+                    with _reporting(rank, metrics) as tmp:
+                        if tmp is not None:
+                            save(tmp, next_epoch, {k: v for k, v in metrics.items() if isinstance(v, float)})
+                if epoch_done or finished:
+                    break
+            sampler.skip = 0
+            epoch = next_epoch
+    if sink is not None:
+        sink.finish()
 
 
 def next_report_iteration(tc: Any, iteration: int, total: int) -> int:
@@ -604,11 +760,15 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
         resumed["resumed_from_iteration"] = float(iteration)
         print(f"[rank {rank}] resumed from epoch {start_epoch}, iteration {iteration}", flush=True)
 
-    mlflow_client, mlflow_run = None, ""
+    sink, mlflow_run = None, ""
     if rank == 0:
         mlflow_client, mlflow_run = _mlflow_start(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state)
-        mlflow_client.log_param(mlflow_run, "data/num_id_classes", int(loop_config["num_classes"]))
-        mlflow_client.log_param(mlflow_run, "data/num_train_crops", len(crops))
+        sink = MlflowSink(mlflow_client, mlflow_run)
+        sink.param("data/num_id_classes", int(loop_config["num_classes"]))
+        sink.param("data/num_train_crops", len(crops))
+        _note_resume_changes(state, cfg, sink)
+    else:
+        _note_resume_changes(state, cfg, None)
         print(f"[teacher] {len(crops)} crops, {loop_config['num_classes']} identities, {world} worker(s) x "
               f"{teach.train_p}x{teach.train_k} crops per batch, {per_epoch} iterations per epoch, {total} in all",
               flush=True)
@@ -617,31 +777,32 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
         terms = mean_over_ranks(terms)
         if rank != 0:
             return
-        _log_metrics(mlflow_client, mlflow_run, step, terms)
+        sink.metrics(step, terms)
         print(f"[iter {step}/{total}] " + " ".join(f"{k}={terms[k]:.4g}" for k in TEACHER_PROGRESS_TERMS if k in terms)
               + perf_suffix(step, total, terms), flush=True)
 
     epoch = start_epoch
     terms: dict[str, float] = {}
-    while (tc.epochs == 0 or epoch < tc.epochs) and iteration < total:
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        epoch_start = iteration
-        iteration, terms = teacher_train_one_epoch(
-            model, optimizer, loader, device, epoch, label_smoothing=teach.label_smoothing,
-            triplet_margin=teach.triplet_margin, scheduler=scheduler, scaler=scaler, amp=tc.amp,
-            grad_clip=tc.grad_clip, start_iteration=iteration, max_iterations=total, log_every=tc.log_every,
-            log_fn=log_fn)
-        finished, epoch = _close_epoch(
-            rank, tc, epoch=epoch, epoch_start=epoch_start, iteration=iteration, per_epoch=per_epoch,
-            total=total, terms=terms, resumed=resumed, mlflow_run=mlflow_run,
-            save=lambda tmp, next_epoch, metrics: save_checkpoint(
-                tmp, model=model, config=cfg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                epoch=next_epoch, iteration=iteration, metrics=metrics, mlflow_run_id=mlflow_run))
-        if finished:
-            break
-    if rank == 0 and mlflow_client is not None:
-        mlflow_client.set_terminated(mlflow_run)
+    with _failed_run_on_error(sink):
+        while (tc.epochs == 0 or epoch < tc.epochs) and iteration < total:
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            epoch_start = iteration
+            iteration, terms = teacher_train_one_epoch(
+                model, optimizer, loader, device, epoch, label_smoothing=teach.label_smoothing,
+                triplet_margin=teach.triplet_margin, scheduler=scheduler, scaler=scaler, amp=tc.amp,
+                grad_clip=tc.grad_clip, start_iteration=iteration, max_iterations=total, log_every=tc.log_every,
+                log_fn=log_fn)
+            finished, epoch = _close_epoch(
+                rank, tc, epoch=epoch, epoch_start=epoch_start, iteration=iteration, per_epoch=per_epoch,
+                total=total, terms=terms, resumed=resumed, mlflow_run=mlflow_run,
+                save=lambda tmp, next_epoch, metrics: save_checkpoint(
+                    tmp, model=model, config=cfg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                    epoch=next_epoch, iteration=iteration, metrics=metrics, mlflow_run_id=mlflow_run))
+            if finished:
+                break
+    if sink is not None:
+        sink.finish()
 
 
 # --------------------------------------------------------------------------- driver
@@ -686,13 +847,24 @@ def training_data(cfg: Config, smoke_test: bool = False) -> tuple[Any, dict[str,
 
         clips = read_clip_labels(cfg.data.pseudo_labels, cfg.data.root)
         clips = clips[:keep] if smoke_test else clips
+        _check_fills_a_batch(len(clips), "pseudo-labelled clips", cfg)
         print(f"{len(clips)} pseudo-labelled clips from {cfg.data.pseudo_labels} ({cfg.data.pair_sampling} frame "
               f"pairs), initialised from {cfg.train.init_from or 'random weights'}", flush=True)
         return train_func, {"clips": [dataclasses.asdict(c) for c in clips]}
     records = load_records(cfg)
     records = records[:keep] if smoke_test else records
     print(f"{len(records)} training records from {', '.join(cfg.data.sources)} under {cfg.data.root}", flush=True)
+    _check_fills_a_batch(len(records), "training records", cfg)
     return train_func, {"records": [r.to_dict() for r in records]}
+
+
+def _check_fills_a_batch(count: int, what: str, cfg: Config) -> None:
+    """On the driver, before any worker (or GPU) is reserved: each worker needs one full batch."""
+    need = cfg.train.batch_size_per_worker * cfg.train.num_workers
+    if count < need:
+        raise ConfigError(f"{count} {what} do not fill one batch: train.batch_size_per_worker "
+                          f"{cfg.train.batch_size_per_worker} x train.num_workers {cfg.train.num_workers} = {need} "
+                          f"(check data.root / data.sources / data.max_records)")
 
 
 def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlflow_uri: str, storage: str,
@@ -735,10 +907,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     uri = args.mlflow_uri or cfg.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
     train_fn, loop_data = training_data(cfg, args.smoke_test)
+    storage = storage_path(getattr(args, "storage", None), out)
+    check_resume(cfg, storage)
 
     ensure_ray()  # joins RAY_ADDRESS when set, else starts a local cluster
-    trainer = build_trainer(cfg, train_fn, loop_data, mlflow_uri=uri,
-                            storage=storage_path(getattr(args, "storage", None), out))
+    trainer = build_trainer(cfg, train_fn, loop_data, mlflow_uri=uri, storage=storage)
     start = time.time()
     result = trainer.fit()
     elapsed = time.time() - start

@@ -70,8 +70,46 @@ def save_checkpoint(
     }
     path = Path(path)
     if path.is_dir() or path.suffix == "":
+        # a checkpoint folder (Ray Train's) also gets its config as JSON: a driver checks a resume against it
+        # without reading the weights (possibly from object storage)
+        from kdtrack.io import atomic_write_json
+
+        atomic_write_json(path / CONFIG_SIDECAR, {"config": state["config"], "epoch": state["epoch"],
+                                                  "iteration": state["iteration"]})
         path = path / CHECKPOINT_NAME
     return atomic_save(path, lambda handle: torch.save(state, handle))
+
+
+CONFIG_SIDECAR = "config.json"
+# Fields a resumed run may change: where things live, how often it logs / keeps checkpoints / validates, and
+# settings read only when a run starts. Any other change (lr, schedule, budget, batch, model, loss, data) would
+# silently continue the old optimiser state and schedule under a new config.
+RESUME_FREE_SECTIONS = ("mlflow", "eval", "pseudo", "synth", "decode")
+RESUME_FREE_FIELDS = frozenset({
+    "data.root", "data.loader_workers", "data.prefetch_batches", "data.map_num_cpus", "data.on_error",
+    "train.max_failures", "train.keep_checkpoints", "train.log_every", "train.collapse_cosine",
+    "train.collapse_patience", "train.cpus_per_worker", "train.use_gpu", "train.amp", "train.run_name",
+    "train.init_from", "train.report_every", "train.checkpoint_every", "train.val_protocols", "train.val_split",
+    "train.val_root", "train.resume_policy", "train.smoke_iterations", "model.pretrained", "teacher.checkpoint",
+    "teacher.pretrained", "teacher.embeddings",
+})
+
+
+def resume_changes(saved: Config | dict, new: Config) -> list[tuple[str, Any, Any]]:
+    """``[(section.field, saved value, new value)]`` for every field a resume must not change silently
+    (see :data:`RESUME_FREE_FIELDS`); keys the saved config lacks (older versions) are left out."""
+    import json
+
+    def flat(cfg: Config | dict) -> dict[str, Any]:
+        data = config_to_dict(cfg) if not isinstance(cfg, dict) else cfg
+        data = json.loads(json.dumps(_plain(data)))  # tuples and lists compare alike
+        return {f"{section}.{name}": value for section, values in data.items() if isinstance(values, dict)
+                for name, value in values.items()}
+
+    old, cur = flat(saved), flat(new)
+    return [(key, old[key], cur[key]) for key in sorted(cur)
+            if key in old and old[key] != cur[key] and key not in RESUME_FREE_FIELDS
+            and key.split(".", 1)[0] not in RESUME_FREE_SECTIONS]
 
 
 # (section, field) -> the value a checkpoint saved before the field existed was trained with.

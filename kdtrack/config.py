@@ -219,6 +219,7 @@ class TrainConfig:
     seed: int = 0  # seeds model init, shuffling and every augmentation draw
     smoke_iterations: int = 2  # --smoke-test: one epoch of this many iterations on as few records
     run_name: str = "train"  # Ray Train run name under the storage path (same name + path = resume)
+    resume_policy: Literal["strict", "force"] = "strict"  # a resume with changed training fields (lr, schedule, budget, batch, model, loss, data; kdtrack.checkpoint.RESUME_FREE_FIELDS may change): strict = refuse, naming them; force = continue with the checkpoint's optimiser and schedule state (tagged in MLflow)
     init_from: str = ""  # a kdtrack checkpoint whose network weights start this run (weights only: fresh optimizer, schedule, queue); IDF stages 2 and 3
     freeze: tuple[str, ...] = ()  # student parts kept fixed (no gradient, BatchNorm statistics fixed): body | identity | detection (the heatmap, size and offset heads). IDF stage 2 freezes detection, stage 3 body + identity
     # Validation at every report (rank 0): oracle-box re-ID of the identity embedding on held-out people

@@ -80,9 +80,14 @@ def test_smoke_run_logs_to_mlflow_and_resumes(ray_session, tiny_world, mlflow_ur
     assert math.isfinite(run["metrics.train/total"]) and run["metrics.train/det"] > 0
     assert run[f"tags.{CHECKPOINT_TAG}"] == str(ckpt_path)
 
-    # Same --out and run name: Ray Train hands the last checkpoint back; 4 iterations now.
+    # Same --out and run name, a longer budget: a changed training field is refused on the driver, naming it
+    # (the schedule would silently continue with the old milestones) ...
+    with pytest.raises(ConfigError, match=r"train.max_iterations: 2 -> 4.*--resume-policy force"):
+        main(_args(tiny_world, out, mlflow_uri, "train.smoke_iterations=4", "train.keep_checkpoints=1",
+                   storage=storage))
+    # ... unless asked for: Ray Train hands the last checkpoint back; 4 iterations now.
     second = main(_args(tiny_world, out, mlflow_uri, "train.smoke_iterations=4", "train.keep_checkpoints=1",
-                        storage=storage))
+                        "train.resume_policy=force", storage=storage))
     assert second["metrics"]["resumed_from_iteration"] == 2
     assert second["metrics"]["resumed_queue_fill"] == fill  # criterion state restored
     state2 = load_checkpoint(ckpt_path)
@@ -91,6 +96,12 @@ def test_smoke_run_logs_to_mlflow_and_resumes(ray_session, tiny_world, mlflow_ur
     # one training run = one MLflow run: the resume reopened it (id kept in the checkpoint), the curve goes on
     assert second["mlflow_run_id"] == first["mlflow_run_id"] == state2["mlflow_run_id"]
     assert len(mlflow.search_runs(experiment_names=["kdtrack"])) == 1
+    reopened = mlflow.tracking.MlflowClient(mlflow_uri).get_run(first["mlflow_run_id"])
+    assert "train.max_iterations: 2 -> 4" in reopened.data.tags["kdtrack.resume_changed"]
+    assert "synth.seed" not in reopened.data.params and "teacher.arch" not in reopened.data.params  # unused
+    config_artifact = mlflow.artifacts.download_artifacts(run_id=first["mlflow_run_id"], artifact_path="config.yaml",
+                                                          tracking_uri=mlflow_uri)
+    assert load_config(config_artifact).model.input_width == 160  # the resolved config, loadable as a preset
     history = mlflow.tracking.MlflowClient(mlflow_uri).get_metric_history(first["mlflow_run_id"], "train/total")
     assert {1, 2, 4} <= {m.step for m in history}
     # the storage holds the run; CheckpointConfig(num_to_keep=1) left only the newest checkpoint there
@@ -135,6 +146,7 @@ def test_report_every_cuts_epochs_validates_and_resumes_inside_an_epoch(ray_sess
     def args(max_iterations):
         argv = ["--config", "tiny", "--data-root", str(tiny_world), "--out", str(out), "--mlflow-uri", mlflow_uri]
         for item in FAST + ["data.max_records=8", "train.epochs=0", f"train.max_iterations={max_iterations}",
+                            "train.resume_policy=force",
                             "train.report_every=2", "train.val_protocols=[person_search]", "train.log_every=1"]:
             argv += ["--set", item]
         return get_args_parser().parse_args(argv)
@@ -208,3 +220,51 @@ def test_two_worker_ddp_run_logs_terms_averaged_over_ranks(ray_session, tiny_wor
     history = mlflow.tracking.MlflowClient(mlflow_uri).get_metric_history(result["mlflow_run_id"],
                                                                            "train/perf/images_per_s")
     assert {m.step for m in history} == {1, 2}
+
+
+def test_mlflow_sink_outage_is_a_warning_and_metrics_are_retried(capsys):
+    from jobs.train import MlflowSink
+
+    class FlakyClient:
+        def __init__(self):
+            self.down, self.sent, self.status = True, [], None
+
+        def log_batch(self, run_id, metrics=()):
+            if self.down:
+                raise ConnectionError("tracking server unreachable")
+            self.sent.extend((m.key, m.step) for m in metrics)
+
+        def set_terminated(self, run_id, status="FINISHED"):
+            self.status = status
+
+    client = FlakyClient()
+    sink = MlflowSink(client, "run")
+    sink.metrics(1, {"total": 1.0})
+    sink.metrics(2, {"total": 0.5, "nan": float("nan")})
+    assert client.sent == [] and len(sink.pending) == 2
+    assert capsys.readouterr().out.count("warning: MLflow log_batch failed") == 1  # once per outage
+    client.down = False
+    sink.metrics(3, {"total": 0.25})
+    assert client.sent == [("train/total", 1), ("train/total", 2), ("train/total", 3)] and sink.pending == []
+    sink.finish()
+    assert client.status == "FINISHED"
+
+
+def test_too_few_records_for_one_batch_is_refused_on_the_driver(tiny_world):
+    from jobs.train import training_data
+
+    cfg = load_config("tiny", [f"data.root={tiny_world}", "data.max_records=3", "train.batch_size_per_worker=2",
+                               "train.num_workers=2"])
+    with pytest.raises(ConfigError, match="3 training records do not fill one batch"):
+        training_data(cfg)
+
+
+def test_a_crashed_training_run_is_failed_in_mlflow_with_its_error(ray_session, tiny_world, mlflow_uri, tmp_path):
+    import ray.train
+
+    with pytest.raises(ray.train.TrainingFailedError):
+        main(_args(tiny_world, tmp_path / "nan", mlflow_uri, "train.lr=1e30", "train.smoke_iterations=3"))
+    mlflow.set_tracking_uri(mlflow_uri)
+    runs = mlflow.search_runs(experiment_names=["kdtrack"])
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "FAILED"
+    assert runs.iloc[0]["tags.kdtrack.error"].startswith("FloatingPointError: iteration")

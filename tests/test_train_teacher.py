@@ -77,7 +77,7 @@ def test_teacher_smoke_run_resumes_and_evaluates_on_market(ray_session, tiny_wor
     assert teacher.embed(torch.rand(2, 3, 64, 32)).shape == (2, 32)
 
     # same --out and run name: resumes from iteration 2
-    second = main(_args(tiny_world, out, mlflow_uri, "train.smoke_iterations=3"))
+    second = main(_args(tiny_world, out, mlflow_uri, "train.smoke_iterations=3", "train.resume_policy=force"))
     assert second["metrics"]["resumed_from_iteration"] == 2
     assert load_checkpoint(ckpt_path)["iteration"] == 3
 
