@@ -320,49 +320,44 @@ def resume_change_lines(changes: list[tuple[str, Any, Any]]) -> str:
     return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
 
 
-def _note_resume_changes(state: dict[str, Any] | None, cfg: Config, sink: MlflowSink | None) -> None:
-    """In the worker, on a resume: fields changed since the checkpoint are refused under
-    ``train.resume_policy=strict`` (the driver checks first, from the checkpoint's config.json; this is the
-    backstop for checkpoints without one), or printed and tagged in MLflow under ``force``."""
+def resume_verdict(saved_config: Config | dict, cfg: Config, refused: str) -> str:
+    """The training fields changed since a checkpoint, as text ("" = none). Under
+    ``train.resume_policy=strict`` a change is a ConfigError (``refused`` says which checkpoint);
+    under ``force`` it is printed and returned, for MLflow."""
     from kdtrack.checkpoint import resume_changes
 
+    text = resume_change_lines(resume_changes(saved_config, cfg))
+    if not text:
+        return ""
+    if cfg.train.resume_policy == "strict":
+        raise ConfigError(f"{refused} but these training fields changed: {text}; start a new run (another --out "
+                          f"or --set train.run_name=...), or pass --resume-policy force to continue the "
+                          f"checkpoint's optimiser and schedule state under the new values")
+    print(f"warning: resuming with changed fields (train.resume_policy=force): {text}", flush=True)
+    return text
+
+
+def _note_resume_changes(state: dict[str, Any] | None, cfg: Config, sink: MlflowSink | None) -> None:
+    """In the worker, on a resume: :func:`resume_verdict` (the driver checked first, from the checkpoint's
+    config.json; this is the backstop for checkpoints without one), the changes tagged in MLflow."""
     if state is None:
         return
-    changes = resume_changes(state["config"], cfg)
-    if not changes:
-        return
-    text = resume_change_lines(changes)
-    if cfg.train.resume_policy == "strict":
-        raise ConfigError(f"resuming run '{cfg.train.run_name}' with changed training fields ({text}): "
-                          f"{RESUME_HELP}")
-    if sink is not None:
-        print(f"warning: resumed with changed fields (train.resume_policy=force): {text}", flush=True)
+    text = resume_verdict(state["config"], cfg, f"run '{cfg.train.run_name}' resumes from iteration "
+                                                 f"{state.get('iteration', '?')}")
+    if text and sink is not None:
         sink.tag("kdtrack.resume_changed", text[:5000])
-
-
-RESUME_HELP = ("start a new run (another --out or --set train.run_name=...), or pass --resume-policy force to "
-               "continue the checkpoint's optimiser and schedule state under the new values")
 
 
 def check_resume(cfg: Config, storage: str) -> None:
     """On the driver, before any worker starts: the newest checkpoint of ``train.run_name`` under ``storage``
-    (a path or a pyarrow URI) is the one Ray Train will resume from; a change of a training field since then
-    is refused under ``train.resume_policy=strict``, naming the fields."""
-    from kdtrack.checkpoint import CONFIG_SIDECAR, resume_changes
+    (a path or a pyarrow URI) is the one Ray Train will resume from; :func:`resume_verdict` on its config."""
+    from kdtrack.checkpoint import CONFIG_SIDECAR
 
     found = latest_checkpoint_config(storage, cfg.train.run_name)
-    if found is None:
-        return
-    where, saved = found
-    changes = resume_changes(saved["config"], cfg)
-    if not changes:
-        return
-    text = resume_change_lines(changes)
-    if cfg.train.resume_policy == "strict":
-        raise ConfigError(f"{where}/{CONFIG_SIDECAR}: run '{cfg.train.run_name}' resumes from iteration "
-                          f"{saved.get('iteration', '?')} but these training fields changed: {text}; {RESUME_HELP}")
-    print(f"warning: resuming from {where} (iteration {saved.get('iteration', '?')}) with changed fields "
-          f"(train.resume_policy=force): {text}", flush=True)
+    if found is not None:
+        where, saved = found
+        resume_verdict(saved["config"], cfg, f"{where}/{CONFIG_SIDECAR}: run '{cfg.train.run_name}' resumes from "
+                                             f"iteration {saved.get('iteration', '?')}")
 
 
 def latest_checkpoint_config(storage: str, run_name: str) -> tuple[str, dict[str, Any]] | None:

@@ -479,15 +479,15 @@ def flatten_config(cfg: Config) -> dict[str, Any]:
     return flat
 
 
-def preset_path(name_or_path: str | Path) -> Path:
-    """A preset name (``tiny``) resolves to ``kdtrack/configs/tiny.yaml``; a path is used as is."""
+def preset_path(name_or_path: str | Path, folder: Path = PRESET_DIR, kind: str = "preset") -> Path:
+    """A preset name (``tiny``) resolves to ``<folder>/tiny.yaml`` (``kdtrack/configs``); a path is used as is."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         return path
-    candidate = PRESET_DIR / f"{name_or_path}.yaml"
+    candidate = folder / f"{name_or_path}.yaml"
     if not candidate.exists():
-        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown preset '{name_or_path}' (known: {', '.join(known)})")
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(f"unknown {kind} '{name_or_path}' (known: {', '.join(known)})")
     return candidate
 
 

@@ -35,6 +35,7 @@ from kdtrack.config import (
     build_dataclass,
     load_config,
     parse_override,
+    preset_path,
     read_yaml,
 )
 
@@ -108,14 +109,7 @@ class SweepSpec:
 
 def sweep_path(name_or_path: str | Path) -> Path:
     """``tune_idf_cpu`` -> ``tune/configs/tune_idf_cpu.yaml``; a ``.yaml`` path is used as is."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        return path
-    candidate = SWEEP_DIR / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        known = sorted(p.stem for p in SWEEP_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown sweep preset '{name_or_path}' (known: {', '.join(known)})")
-    return candidate
+    return preset_path(name_or_path, SWEEP_DIR, "sweep preset")
 
 
 def override_text(key: str, value: Any) -> str:
