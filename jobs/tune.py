@@ -381,9 +381,11 @@ def _reconcile_children(client: Any, experiment_id: str, parent_id: str, trial_l
             run_id = run.info.run_id
             client.log_metric(run_id, "tune/last_iteration", info["iteration"])
             client.set_tag(run_id, OUTCOME_TAG, outcome)
-            if run.info.status == "RUNNING":
-                client.set_terminated(run_id, status={"stopped_early": "KILLED", "failed": "FAILED"}.get(outcome,
-                                                                                                       "FINISHED"))
+            status = {"stopped_early": "KILLED", "failed": "FAILED"}.get(outcome, "FINISHED")
+            # a stopped trial's workers may have raised as Tune tore them down (FAILED): it was stopped, not
+            # broken; one that still reached its last iteration first stays FINISHED
+            if run.info.status == "RUNNING" or (outcome == "stopped_early" and run.info.status == "FAILED"):
+                client.set_terminated(run_id, status=status)
         trials.append({**info, "outcome": outcome, "objective": objective,
                        "mlflow_run_id": run.info.run_id if run is not None else ""})
     return trials
