@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -52,7 +51,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from kdtrack.config import Config, ConfigError, config_from_dict, config_to_dict, flatten_config, load_config
+from jobs._mlflow_train import MlflowSink, failed_run_on_error, start_run
+from jobs._resume import check_resume, note_resume_changes
+from kdtrack.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 
 RECIPE_ID_MODE = {"detection": "none", "contrastive": "contrastive", "kd": "kd", "video": "contrastive"}  # recipes this job runs
 CONTRASTIVE_RECIPES = ("contrastive", "video")  # two views per sample, the contrastive queue and its key encoder
@@ -239,70 +240,6 @@ def resolve_config(args: argparse.Namespace) -> Config:
 # --------------------------------------------------------------------------- worker
 
 
-def _mlflow_start(cfg: Config, uri: str, ray_run_name: str, resume_state: dict[str, Any] | None = None,
-                  run_id: str = "") -> Any:
-    """Rank 0 only: a client and the run to log into. A resume (a rerun, or a worker-group restart after a
-    failure) reopens the run its checkpoint names, so one training run stays one MLflow run and its curves
-    continue; else ``run_id``, a run the caller made (a Tune trial's child run); otherwise (or when that
-    run is not in this tracking store) a new run with every config field as a param."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    previous = str((resume_state or {}).get("mlflow_run_id", "") or "") or run_id
-    if previous:
-        try:
-            client.get_run(previous)
-        except MlflowException:
-            print(f"MLflow run {previous} of the checkpoint is not in {uri}: logging into a new run", flush=True)
-        else:
-            client.update_run(previous, status="RUNNING")
-            if resume_state is not None:
-                client.set_tag(previous, "kdtrack.resumed_at_iteration", str(int(resume_state.get("iteration", 0))))
-            return client, previous
-    experiment_id = mlflow_experiment_id(client, cfg.mlflow.experiment, uri)
-    return client, create_mlflow_run(client, experiment_id, cfg, cfg.mlflow.run_name or ray_run_name,
-                                     {"kdtrack.ray_run": ray_run_name})
-
-
-def mlflow_experiment_id(client: Any, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created when missing (a sqlite store keeps artifacts beside its db,
-    not in the working directory of whichever process created it)."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifact_root = None
-    if uri.startswith("sqlite:///"):
-        artifact_root = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=artifact_root)
-
-
-def unused_sections(recipe: str) -> tuple[str, ...]:
-    """Config sections a training recipe never reads: left out of its MLflow params (they stay in the
-    ``config.yaml`` artifact)."""
-    unused = ["synth", "pseudo"]  # the world generator; jobs.pseudo_label
-    if recipe not in ("kd", TEACHER_RECIPE):
-        unused.append("teacher")
-    return tuple(unused)
-
-
-def create_mlflow_run(client: Any, experiment_id: str, cfg: Config, run_name: str, tags: dict[str, str]) -> str:
-    """A new run of one training run: tagged with its recipe, the config fields it reads as params, the
-    whole resolved config as the artifact ``config.yaml`` (``jobs.train --config`` takes it as it is)."""
-    import yaml
-    from mlflow.entities import Param
-
-    run = client.create_run(experiment_id, run_name=run_name, tags={"kdtrack.recipe": cfg.train.recipe, **tags})
-    skip = unused_sections(cfg.train.recipe)
-    params = [Param(k, str(v)) for k, v in flatten_config(cfg).items() if k.split(".", 1)[0] not in skip]
-    batch_limit = 100  # MLflow's log_batch cap on params per call
-    for start in range(0, len(params), batch_limit):
-        client.log_batch(run.info.run_id, params=params[start:start + batch_limit])
-    plain = json.loads(json.dumps(config_to_dict(cfg)))  # tuples as lists: plain YAML
-    client.log_text(run.info.run_id, yaml.safe_dump(plain, sort_keys=False), "config.yaml")
-    return run.info.run_id
-
-
 def _latest_checkpoint_state(device: Any) -> dict[str, Any] | None:
     """The state of the checkpoint Ray Train hands back on a resume (``kdtrack.checkpoint`` format), or None."""
     import ray.train
@@ -316,79 +253,6 @@ def _latest_checkpoint_state(device: Any) -> dict[str, Any] | None:
         return load_checkpoint(ckpt_dir, map_location=device)
 
 
-def resume_change_lines(changes: list[tuple[str, Any, Any]]) -> str:
-    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
-
-
-def resume_verdict(saved_config: Config | dict, cfg: Config, refused: str) -> str:
-    """The training fields changed since a checkpoint, as text ("" = none). Under
-    ``train.resume_policy=strict`` a change is a ConfigError (``refused`` says which checkpoint);
-    under ``force`` it is printed and returned, for MLflow."""
-    from kdtrack.checkpoint import resume_changes
-
-    text = resume_change_lines(resume_changes(saved_config, cfg))
-    if not text:
-        return ""
-    if cfg.train.resume_policy == "strict":
-        raise ConfigError(f"{refused} but these training fields changed: {text}; start a new run (another --out "
-                          f"or --set train.run_name=...), or pass --resume-policy force to continue the "
-                          f"checkpoint's optimiser and schedule state under the new values")
-    print(f"warning: resuming with changed fields (train.resume_policy=force): {text}", flush=True)
-    return text
-
-
-def _note_resume_changes(state: dict[str, Any] | None, cfg: Config, sink: MlflowSink | None) -> None:
-    """In the worker, on a resume: :func:`resume_verdict` (the driver checked first, from the checkpoint's
-    config.json; this is the backstop for checkpoints without one), the changes tagged in MLflow."""
-    if state is None:
-        return
-    text = resume_verdict(state["config"], cfg, f"run '{cfg.train.run_name}' resumes from iteration "
-                                                 f"{state.get('iteration', '?')}")
-    if text and sink is not None:
-        sink.tag("kdtrack.resume_changed", text[:5000])
-
-
-def check_resume(cfg: Config, storage: str) -> None:
-    """On the driver, before any worker starts: the newest checkpoint of ``train.run_name`` under ``storage``
-    (a path or a pyarrow URI) is the one Ray Train will resume from; :func:`resume_verdict` on its config."""
-    from kdtrack.checkpoint import CONFIG_SIDECAR
-
-    found = latest_checkpoint_config(storage, cfg.train.run_name)
-    if found is not None:
-        where, saved = found
-        resume_verdict(saved["config"], cfg, f"{where}/{CONFIG_SIDECAR}: run '{cfg.train.run_name}' resumes from "
-                                             f"iteration {saved.get('iteration', '?')}")
-
-
-def latest_checkpoint_config(storage: str, run_name: str) -> tuple[str, dict[str, Any]] | None:
-    """``(checkpoint folder, its config.json)`` of the newest Ray Train checkpoint of ``run_name`` (Ray names
-    them checkpoint_<timestamp>), or None. Works on local paths and object-store URIs (pyarrow)."""
-    import json
-
-    import pyarrow.fs as pafs
-
-    from kdtrack.checkpoint import CONFIG_SIDECAR
-
-    if "://" in storage:
-        fs, root = pafs.FileSystem.from_uri(storage)
-    else:
-        fs, root = pafs.LocalFileSystem(), storage
-    run_dir = f"{root.rstrip('/')}/{run_name}"
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
-    except OSError:
-        return None
-    folders = sorted(i.path for i in infos if i.type == pafs.FileType.Directory
-                     and i.base_name.startswith("checkpoint_"))
-    for folder in reversed(folders):
-        try:
-            with fs.open_input_stream(f"{folder}/{CONFIG_SIDECAR}") as handle:
-                return folder, json.loads(handle.read())
-        except (OSError, ValueError):  # an older checkpoint without config.json (the worker checks those)
-            continue
-    return None
-
-
 def perf_suffix(step: int, total: int, terms: dict[str, float]) -> str:
     """`` | 12.3 img/s, data wait 8%, ETA 0:41:10`` from ``engine.run_epoch``'s perf terms (rank 0's view)."""
     if "perf/images_per_s" not in terms:
@@ -397,70 +261,6 @@ def perf_suffix(step: int, total: int, terms: dict[str, float]) -> str:
     hours, rest = divmod(int(round(eta)), 3600)
     return (f" | {terms['perf/images_per_s']:.1f} img/s, data wait {terms['perf/data_wait']:.0%}, "
             f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d}")
-
-
-class MlflowSink:
-    """Rank 0's MLflow logging, best-effort: a failed call (tracking server down, network hiccup) is a warning,
-    its metrics are kept (up to ``max_pending``) and sent with the next call; training never stops for it."""
-
-    def __init__(self, client: Any, run_id: str, max_pending: int = 100_000):
-        self.client, self.run_id, self.max_pending = client, run_id, max_pending
-        self.pending: list[Any] = []
-        self.failing = False
-
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
-        try:
-            fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001  (any client error: logging must not kill training)
-            if not self.failing:
-                print(f"warning: MLflow {what} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                      f"training goes on, metrics are kept and retried", flush=True)
-            self.failing = True
-            return False
-        if self.failing:
-            print("MLflow reachable again: pending metrics sent", flush=True)
-        self.failing = False
-        return True
-
-    def metrics(self, step: int, terms: dict[str, float], prefix: str = "train/") -> None:
-        """Every finite term as ``<prefix><term>`` (``train/<term>``) at ``step``, with what is pending."""
-        import math
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = self.pending + [Metric(f"{prefix}{k}", float(v), now, step) for k, v in terms.items()
-                                if math.isfinite(v)]
-        self.pending = []
-        for start in range(0, len(batch), 1000):  # MLflow's log_batch cap on metrics per call
-            chunk = batch[start:start + 1000]
-            if not self._call("log_batch", self.client.log_batch, self.run_id, metrics=chunk):
-                self.pending = (chunk + batch[start + 1000:])[-self.max_pending:]
-                return
-
-    def tag(self, key: str, value: str) -> None:
-        self._call("set_tag", self.client.set_tag, self.run_id, key, value)
-
-    def param(self, key: str, value: Any) -> None:
-        self._call("log_param", self.client.log_param, self.run_id, key, value)
-
-    def finish(self, status: str = "FINISHED") -> None:
-        if self.pending:
-            self.metrics(0, {}, prefix="")
-        self._call("set_terminated", self.client.set_terminated, self.run_id, status=status)
-
-
-@contextlib.contextmanager
-def _failed_run_on_error(sink: MlflowSink | None) -> Iterator[None]:
-    """A training loop that raises marks its MLflow run FAILED with the error (a Ray restart, or a rerun,
-    reopens it as RUNNING)."""
-    try:
-        yield
-    except BaseException as exc:
-        if sink is not None:
-            sink.tag("kdtrack.error", f"{type(exc).__name__}: {exc}"[:5000])
-            sink.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
 
 
 def _epoch_metrics(terms: dict[str, float], epoch: int, iteration: int, resumed: dict[str, float],
@@ -598,12 +398,12 @@ def train_func(loop_config: dict[str, Any]) -> None:
 
     sink, mlflow_run = None, ""
     if rank == 0:
-        mlflow_client, mlflow_run = _mlflow_start(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state,
+        mlflow_client, mlflow_run = start_run(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state,
                                                   run_id=loop_config.get(MLFLOW_RUN_ID_KEY, ""))
         sink = MlflowSink(mlflow_client, mlflow_run)
-        _note_resume_changes(state, cfg, sink)
+        note_resume_changes(state, cfg, sink)
     else:
-        _note_resume_changes(state, cfg, None)
+        note_resume_changes(state, cfg, None)
     validate = build_validation(cfg, device) if rank == 0 else None
 
     collapse_watch = CollapseWatch(tc.collapse_cosine, tc.collapse_patience)
@@ -629,7 +429,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
     epoch, finished = start_epoch, iteration >= total
     # a checkpoint taken inside an epoch (report_every) resumes that epoch after the batches it had done
     sampler.skip = iteration - start_epoch * per_epoch if 0 < iteration - start_epoch * per_epoch < per_epoch else 0
-    with _failed_run_on_error(sink):
+    with failed_run_on_error(sink):
         while not finished and (tc.epochs == 0 or epoch < tc.epochs):  # epochs 0: until max_iterations
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
@@ -757,13 +557,13 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
 
     sink, mlflow_run = None, ""
     if rank == 0:
-        mlflow_client, mlflow_run = _mlflow_start(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state)
+        mlflow_client, mlflow_run = start_run(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state)
         sink = MlflowSink(mlflow_client, mlflow_run)
         sink.param("data/num_id_classes", int(loop_config["num_classes"]))
         sink.param("data/num_train_crops", len(crops))
-        _note_resume_changes(state, cfg, sink)
+        note_resume_changes(state, cfg, sink)
     else:
-        _note_resume_changes(state, cfg, None)
+        note_resume_changes(state, cfg, None)
         print(f"[teacher] {len(crops)} crops, {loop_config['num_classes']} identities, {world} worker(s) x "
               f"{teach.train_p}x{teach.train_k} crops per batch, {per_epoch} iterations per epoch, {total} in all",
               flush=True)
@@ -778,7 +578,7 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
 
     epoch = start_epoch
     terms: dict[str, float] = {}
-    with _failed_run_on_error(sink):
+    with failed_run_on_error(sink):
         while (tc.epochs == 0 or epoch < tc.epochs) and iteration < total:
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)

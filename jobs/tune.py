@@ -98,7 +98,8 @@ def run_trial(values: dict[str, Any], *, base: dict[str, Any], train_fn: Any, lo
     from mlflow.tracking import MlflowClient
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from jobs.train import build_trainer, check_recipe, create_mlflow_run
+    from jobs._mlflow_train import create_mlflow_run
+    from jobs.train import build_trainer, check_recipe
 
     context = ray.tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
@@ -257,7 +258,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from ray import tune
 
     from jobs._ray import ensure_ray
-    from jobs.train import mlflow_experiment_id, storage_path, training_data
+    from jobs._mlflow_train import mlflow_experiment_id
+    from jobs.train import storage_path, training_data
     from kdtrack.io import atomic_write_json, atomic_write_text
     from tune.spaces import param_space, scheduler, search_algorithm
 

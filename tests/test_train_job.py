@@ -223,7 +223,7 @@ def test_two_worker_ddp_run_logs_terms_averaged_over_ranks(ray_session, tiny_wor
 
 
 def test_mlflow_sink_outage_is_a_warning_and_metrics_are_retried(capsys):
-    from jobs.train import MlflowSink
+    from jobs._mlflow_train import MlflowSink
 
     class FlakyClient:
         def __init__(self):

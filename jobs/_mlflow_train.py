@@ -1,0 +1,144 @@
+"""MLflow for training runs (rank 0): open or reopen the run, log best-effort, mark a crash FAILED.
+
+One training run is one MLflow run: a resume reopens the run its checkpoint names; a caller (a Tune trial)
+may hand the workers a run it made. Params are the config fields the recipe reads; the whole resolved
+config is the ``config.yaml`` artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from kdtrack.config import Config, config_to_dict, flatten_config
+
+
+def start_run(cfg: Config, uri: str, ray_run_name: str, resume_state: dict[str, Any] | None = None,
+                  run_id: str = "") -> Any:
+    """Rank 0 only: a client and the run to log into. A resume (a rerun, or a worker-group restart after a
+    failure) reopens the run its checkpoint names, so one training run stays one MLflow run and its curves
+    continue; else ``run_id``, a run the caller made (a Tune trial's child run); otherwise (or when that
+    run is not in this tracking store) a new run with every config field as a param."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    previous = str((resume_state or {}).get("mlflow_run_id", "") or "") or run_id
+    if previous:
+        try:
+            client.get_run(previous)
+        except MlflowException:
+            print(f"MLflow run {previous} of the checkpoint is not in {uri}: logging into a new run", flush=True)
+        else:
+            client.update_run(previous, status="RUNNING")
+            if resume_state is not None:
+                client.set_tag(previous, "kdtrack.resumed_at_iteration", str(int(resume_state.get("iteration", 0))))
+            return client, previous
+    experiment_id = mlflow_experiment_id(client, cfg.mlflow.experiment, uri)
+    return client, create_mlflow_run(client, experiment_id, cfg, cfg.mlflow.run_name or ray_run_name,
+                                     {"kdtrack.ray_run": ray_run_name})
+
+
+def mlflow_experiment_id(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created when missing (a sqlite store keeps artifacts beside its db,
+    not in the working directory of whichever process created it)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_root = None
+    if uri.startswith("sqlite:///"):
+        artifact_root = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=artifact_root)
+
+
+def unused_sections(recipe: str) -> tuple[str, ...]:
+    """Config sections a training recipe never reads: left out of its MLflow params (they stay in the
+    ``config.yaml`` artifact)."""
+    unused = ["synth", "pseudo"]  # the world generator; jobs.pseudo_label
+    if recipe not in ("kd", "teacher"):
+        unused.append("teacher")
+    return tuple(unused)
+
+
+def create_mlflow_run(client: Any, experiment_id: str, cfg: Config, run_name: str, tags: dict[str, str]) -> str:
+    """A new run of one training run: tagged with its recipe, the config fields it reads as params, the
+    whole resolved config as the artifact ``config.yaml`` (``jobs.train --config`` takes it as it is)."""
+    import yaml
+    from mlflow.entities import Param
+
+    run = client.create_run(experiment_id, run_name=run_name, tags={"kdtrack.recipe": cfg.train.recipe, **tags})
+    skip = unused_sections(cfg.train.recipe)
+    params = [Param(k, str(v)) for k, v in flatten_config(cfg).items() if k.split(".", 1)[0] not in skip]
+    batch_limit = 100  # MLflow's log_batch cap on params per call
+    for start in range(0, len(params), batch_limit):
+        client.log_batch(run.info.run_id, params=params[start:start + batch_limit])
+    plain = json.loads(json.dumps(config_to_dict(cfg)))  # tuples as lists: plain YAML
+    client.log_text(run.info.run_id, yaml.safe_dump(plain, sort_keys=False), "config.yaml")
+    return run.info.run_id
+
+
+class MlflowSink:
+    """Rank 0's MLflow logging, best-effort: a failed call (tracking server down, network hiccup) is a warning,
+    its metrics are kept (up to ``max_pending``) and sent with the next call; training never stops for it."""
+
+    def __init__(self, client: Any, run_id: str, max_pending: int = 100_000):
+        self.client, self.run_id, self.max_pending = client, run_id, max_pending
+        self.pending: list[Any] = []
+        self.failing = False
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001  (any client error: logging must not kill training)
+            if not self.failing:
+                print(f"warning: MLflow {what} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                      f"training goes on, metrics are kept and retried", flush=True)
+            self.failing = True
+            return False
+        if self.failing:
+            print("MLflow reachable again: pending metrics sent", flush=True)
+        self.failing = False
+        return True
+
+    def metrics(self, step: int, terms: dict[str, float], prefix: str = "train/") -> None:
+        """Every finite term as ``<prefix><term>`` (``train/<term>``) at ``step``, with what is pending."""
+        import math
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = self.pending + [Metric(f"{prefix}{k}", float(v), now, step) for k, v in terms.items()
+                                if math.isfinite(v)]
+        self.pending = []
+        for start in range(0, len(batch), 1000):  # MLflow's log_batch cap on metrics per call
+            chunk = batch[start:start + 1000]
+            if not self._call("log_batch", self.client.log_batch, self.run_id, metrics=chunk):
+                self.pending = (chunk + batch[start + 1000:])[-self.max_pending:]
+                return
+
+    def tag(self, key: str, value: str) -> None:
+        self._call("set_tag", self.client.set_tag, self.run_id, key, value)
+
+    def param(self, key: str, value: Any) -> None:
+        self._call("log_param", self.client.log_param, self.run_id, key, value)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.pending:
+            self.metrics(0, {}, prefix="")
+        self._call("set_terminated", self.client.set_terminated, self.run_id, status=status)
+
+
+@contextlib.contextmanager
+def failed_run_on_error(sink: MlflowSink | None) -> Iterator[None]:
+    """A training loop that raises marks its MLflow run FAILED with the error (a Ray restart, or a rerun,
+    reopens it as RUNNING)."""
+    try:
+        yield
+    except BaseException as exc:
+        if sink is not None:
+            sink.tag("kdtrack.error", f"{type(exc).__name__}: {exc}"[:5000])
+            sink.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
