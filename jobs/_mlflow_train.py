@@ -8,20 +8,19 @@ config is the ``config.yaml`` artifact.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from kdtrack.config import Config, config_to_dict, flatten_config
+from kdtrack.config import Config, config_yaml, flatten_config
 
 
 def start_run(cfg: Config, uri: str, ray_run_name: str, resume_state: dict[str, Any] | None = None,
-                  run_id: str = "") -> Any:
+              run_id: str = "") -> Any:
     """Rank 0 only: a client and the run to log into. A resume (a rerun, or a worker-group restart after a
     failure) reopens the run its checkpoint names, so one training run stays one MLflow run and its curves
     continue; else ``run_id``, a run the caller made (a Tune trial's child run); otherwise (or when that
-    run is not in this tracking store) a new run with every config field as a param."""
+    run is not in this tracking store) a new run (:func:`create_mlflow_run`)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -66,7 +65,6 @@ def unused_sections(recipe: str) -> tuple[str, ...]:
 def create_mlflow_run(client: Any, experiment_id: str, cfg: Config, run_name: str, tags: dict[str, str]) -> str:
     """A new run of one training run: tagged with its recipe, the config fields it reads as params, the
     whole resolved config as the artifact ``config.yaml`` (``jobs.train --config`` takes it as it is)."""
-    import yaml
     from mlflow.entities import Param
 
     run = client.create_run(experiment_id, run_name=run_name, tags={"kdtrack.recipe": cfg.train.recipe, **tags})
@@ -75,8 +73,7 @@ def create_mlflow_run(client: Any, experiment_id: str, cfg: Config, run_name: st
     batch_limit = 100  # MLflow's log_batch cap on params per call
     for start in range(0, len(params), batch_limit):
         client.log_batch(run.info.run_id, params=params[start:start + batch_limit])
-    plain = json.loads(json.dumps(config_to_dict(cfg)))  # tuples as lists: plain YAML
-    client.log_text(run.info.run_id, yaml.safe_dump(plain, sort_keys=False), "config.yaml")
+    client.log_text(run.info.run_id, config_yaml(cfg), "config.yaml")
     return run.info.run_id
 
 

@@ -130,7 +130,7 @@ def check_recipe(cfg: Config) -> None:
 
 def check_validation(cfg: Config) -> None:
     """``train.report_every`` and ``train.val_*`` checked on the driver: the validation boxes are read here
-    once (a missing manifest or split is an error naming it before any worker starts)."""
+    (a missing manifest or split is an error naming it before any worker starts; rank 0 reads them again)."""
     tc = cfg.train
     if tc.report_every < 0:
         raise ConfigError(f"train.report_every must be >= 0 (0 = report after epochs), got {tc.report_every}")
@@ -278,9 +278,10 @@ def _close_epoch(rank: int, tc: Any, *, epoch: int, epoch_start: int, iteration:
     checkpoint's epoch is where a resume starts (the same one when the epoch was cut by the budget)."""
     from kdtrack.losses.distributed import mean_over_ranks
 
-    next_epoch = epoch + 1 if iteration - epoch_start >= per_epoch else epoch
+    epoch_done = iteration - epoch_start >= per_epoch
+    next_epoch = epoch + 1 if epoch_done else epoch
     finished = iteration >= total or 0 < tc.epochs <= next_epoch
-    if (epoch + 1) % max(tc.checkpoint_every, 1) == 0 or finished:
+    if report_due(tc, epoch=epoch, iteration=iteration, epoch_done=epoch_done, finished=finished):
         metrics = _epoch_metrics(mean_over_ranks(terms), next_epoch, iteration, resumed, mlflow_run)
         with _reporting(rank, metrics) as tmp:
             if tmp is not None:
@@ -399,11 +400,9 @@ def train_func(loop_config: dict[str, Any]) -> None:
     sink, mlflow_run = None, ""
     if rank == 0:
         mlflow_client, mlflow_run = start_run(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state,
-                                                  run_id=loop_config.get(MLFLOW_RUN_ID_KEY, ""))
+                                              run_id=loop_config.get(MLFLOW_RUN_ID_KEY, ""))
         sink = MlflowSink(mlflow_client, mlflow_run)
-        note_resume_changes(state, cfg, sink)
-    else:
-        note_resume_changes(state, cfg, None)
+    note_resume_changes(state, cfg, sink)
     validate = build_validation(cfg, device) if rank == 0 else None
 
     collapse_watch = CollapseWatch(tc.collapse_cosine, tc.collapse_patience)
@@ -561,12 +560,10 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
         sink = MlflowSink(mlflow_client, mlflow_run)
         sink.param("data/num_id_classes", int(loop_config["num_classes"]))
         sink.param("data/num_train_crops", len(crops))
-        note_resume_changes(state, cfg, sink)
-    else:
-        note_resume_changes(state, cfg, None)
         print(f"[teacher] {len(crops)} crops, {loop_config['num_classes']} identities, {world} worker(s) x "
               f"{teach.train_p}x{teach.train_k} crops per batch, {per_epoch} iterations per epoch, {total} in all",
               flush=True)
+    note_resume_changes(state, cfg, sink)
 
     def log_fn(step: int, terms: dict[str, float]) -> None:
         terms = mean_over_ranks(terms)

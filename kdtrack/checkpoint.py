@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdtrack.config import Config, config_from_dict, config_to_dict, drop_unknown_keys
+from kdtrack.config import Config, config_from_dict, config_to_dict, drop_unknown_keys, to_plain
 from kdtrack.io import atomic_save
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -26,15 +26,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model) if isinstance(
         model, (nn.parallel.DistributedDataParallel, nn.DataParallel)
     ) else model
-
-
-def _plain(obj: Any) -> Any:
-    """Tuples become lists so the file loads under ``weights_only=True`` on any torch."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def save_checkpoint(
@@ -62,7 +53,7 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "key_encoder": key_encoder.state_dict() if key_encoder is not None else None,
-        "config": _plain(config_to_dict(config)),
+        "config": to_plain(config_to_dict(config)),  # lists, not tuples: loads under weights_only on any torch
         "epoch": int(epoch),
         "iteration": int(iteration),
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
@@ -98,11 +89,8 @@ RESUME_FREE_FIELDS = frozenset({
 def resume_changes(saved: Config | dict, new: Config) -> list[tuple[str, Any, Any]]:
     """``[(section.field, saved value, new value)]`` for every field a resume must not change silently
     (see :data:`RESUME_FREE_FIELDS`); keys the saved config lacks (older versions) are left out."""
-    import json
-
     def flat(cfg: Config | dict) -> dict[str, Any]:
-        data = config_to_dict(cfg) if not isinstance(cfg, dict) else cfg
-        data = json.loads(json.dumps(_plain(data)))  # tuples and lists compare alike
+        data = to_plain(config_to_dict(cfg) if not isinstance(cfg, dict) else cfg)  # tuples and lists alike
         return {f"{section}.{name}": value for section, values in data.items() if isinstance(values, dict)
                 for name, value in values.items()}
 

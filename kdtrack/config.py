@@ -564,15 +564,23 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict:
     return merged
 
 
+def to_plain(obj: Any) -> Any:
+    """Tuples (and lists) as lists, recursively: a config dict as YAML / JSON / ``weights_only`` pickles
+    hold it, and as it compares with one read back from them."""
+    if isinstance(obj, Mapping):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as plain YAML (a preset that :func:`load_config` reads back as it is)."""
+    return yaml.safe_dump(to_plain(config_to_dict(cfg)), sort_keys=False)
+
+
 def dump_config(cfg: Config, path: str | Path, header: str = "") -> None:
     """Write the resolved config as YAML (atomically), after ``header`` (comment lines) when given."""
     from kdtrack.io import atomic_write_text
 
-    def plain(obj: Any) -> Any:
-        if isinstance(obj, dict):
-            return {k: plain(v) for k, v in obj.items()}
-        if isinstance(obj, tuple):
-            return [plain(v) for v in obj]
-        return obj
-
-    atomic_write_text(path, header + yaml.safe_dump(plain(config_to_dict(cfg)), sort_keys=False))
+    atomic_write_text(path, header + config_yaml(cfg))

@@ -151,18 +151,27 @@ def build_embedders(
     building the student, so (without ``model.pretrained``) "random" is the
     network the training run started from.
     """
+    baseline = baseline_embedders(cfg, device, baselines=baselines, seed=seed)  # checks the names first
+    embedders: dict[str, EmbedFn] = {"student": student_embedder(model, cfg, device), **baseline}
+    if teacher_embed is not None:
+        embedders["teacher"] = teacher_embed
+    return embedders
+
+
+def baseline_embedders(cfg: Config, device: torch.device | str = "cpu", *, baselines: Sequence[str] = BASELINES,
+                       seed: int | None = None) -> dict[str, EmbedFn]:
+    """``{"random", "colour"}`` (those in ``baselines``): the same-architecture random-init student (``seed``
+    as :func:`build_embedders` says) and the colour histogram. An unknown name is a ValueError."""
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(BASELINES)}")
-    embedders: dict[str, EmbedFn] = {"student": student_embedder(model, cfg, device)}
+    embedders: dict[str, EmbedFn] = {}
     if "random" in baselines:
         if seed is None:
             seed = cfg.eval.reid_baseline_seed if cfg.eval.reid_baseline_seed >= 0 else cfg.train.seed
         embedders["random"] = random_student_embedder(cfg, device, seed)
     if "colour" in baselines:
         embedders["colour"] = colour_histogram_features
-    if teacher_embed is not None:
-        embedders["teacher"] = teacher_embed
     return embedders
 
 

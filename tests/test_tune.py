@@ -73,6 +73,7 @@ def test_shipped_cpu_sweep_searches_lambda_tau_queue_and_lr_on_validation_map():
     ({"set": {**SMALL_SWEEP["set"], "train.report_every": 0}}, "report_every > 0"),
     ({"tune": {"searcher": "optuna"}, "search": {"loss.temperature": {"grid": [0.05, 0.1]}}}, "grid"),
     ({"tune": {"num_sampels": 3}}, "unknown key 'tune.num_sampels'"),
+    ({"tune": {"baselines": ["random", "sift"]}}, "tune.baselines: unknown ['sift']"),
     ({"extra": 1}, "unknown key 'extra'"),
 ])
 def test_bad_sweep_presets_are_refused_naming_the_key_and_file(tmp_path, changes, message):

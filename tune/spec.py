@@ -236,6 +236,11 @@ def check_sweep(spec: SweepSpec) -> None:
                           f"tune.reduction_factor >= 2")
     if sweep.trial_cpus < 0 or sweep.grace_period < 0:
         raise ConfigError(f"{src}: tune.trial_cpus and tune.grace_period must be >= 0")
+    from kdtrack.reid_probe import BASELINES
+
+    unknown = [b for b in sweep.baselines if b not in BASELINES]
+    if unknown:
+        raise ConfigError(f"{src}: tune.baselines: unknown {unknown} (known: {', '.join(BASELINES)})")
     if sweep.searcher == "optuna" and any(d.kind == "grid" for d in spec.search.values()):
         raise ConfigError(f"{src}: the optuna searcher does not take grid distributions: use choice")
 
