@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import sys
@@ -53,7 +54,7 @@ from typing import Any, Iterator
 
 from jobs._mlflow_train import MlflowSink, failed_run_on_error, start_run
 from jobs._resume import check_resume, note_resume_changes
-from kdtrack.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+from kdtrack.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, training_cpus
 
 RECIPE_ID_MODE = {"detection": "none", "contrastive": "contrastive", "kd": "kd", "video": "contrastive"}  # recipes this job runs
 CONTRASTIVE_RECIPES = ("contrastive", "video")  # two views per sample, the contrastive queue and its key encoder
@@ -62,6 +63,8 @@ TEACHER_PROGRESS_TERMS = ("total", "id", "triplet", "accuracy", "lr")  # printed
 FINAL_CHECKPOINT = "checkpoint.pt"
 RAY_STORAGE_DIR = "ray_results"
 MLFLOW_RUN_ID_KEY = "mlflow_run_id"
+PIPELINE_KEY = "pipeline"  # loop-config key of the Ray Data stream's plan and state (data.loader ray)
+ITEM_KEYS = ("records", "clips")  # loop-config keys of the items the torch path ships to every worker
 VIDEO_SOURCES = ("mot17", "kinetics")  # frames of one video share people: never "independent" images
 # Terms in the printed progress line (every term goes to MLflow): losses, lr and the collapse monitor.
 PROGRESS_TERMS = ("total", "det", "id", "lr", "monitor/cos_between", "monitor/xview_top1")
@@ -114,6 +117,7 @@ def check_recipe(cfg: Config) -> None:
                           "--set data.pseudo_labels=L/labels.parquet (from python -m jobs.pseudo_label) and "
                           "--init-from the stage-1 checkpoint")
     check_validation(cfg)
+    check_pipeline(cfg)
     if cfg.train.init_from and not Path(cfg.train.init_from).is_file():
         raise ConfigError(f"train.init_from: {cfg.train.init_from} is not a file")
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():  # on the driver, before any GPU is reserved
@@ -126,6 +130,16 @@ def check_recipe(cfg: Config) -> None:
             raise ConfigError(f"train.recipe 'kd': model.embedding_dim ({cfg.model.embedding_dim}) must equal the "
                               f"teacher's feature dimension ({dim})")
         check_kd_teacher(cfg)
+
+
+def check_pipeline(cfg: Config) -> None:
+    """The Ray Data stream's fields (``data.loader: ray``)."""
+    dc = cfg.data
+    if dc.map_actors < 1 or dc.map_num_cpus <= 0 or dc.prefetch_batches < 0:
+        raise ConfigError(f"data.map_actors must be >= 1, data.map_num_cpus > 0 and data.prefetch_batches >= 0, "
+                          f"got {dc.map_actors}, {dc.map_num_cpus}, {dc.prefetch_batches}")
+    if not 0.0 <= dc.max_bad_fraction < 1.0:
+        raise ConfigError(f"data.max_bad_fraction is a share of the items read, in [0, 1), got {dc.max_bad_fraction}")
 
 
 def check_validation(cfg: Config) -> None:
@@ -317,10 +331,9 @@ def train_func(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     import torch
-    from torch.utils.data import DataLoader, DistributedSampler
 
     from kdtrack.checkpoint import restore_training_state, save_checkpoint
-    from kdtrack.data import SkipFirstSampler, TrainingDataset, collate
+    from kdtrack.data import TorchFeed
     from kdtrack.engine import (
         amp_enabled,
         build_optimizer,
@@ -336,7 +349,6 @@ def train_func(loop_config: dict[str, Any]) -> None:
     from kdtrack.losses.collapse import CollapseWatch
     from kdtrack.models import build_student
     from kdtrack.models.momentum import MomentumEncoder
-    from kdtrack.structures import ImageRecord
 
     cfg = config_from_dict(loop_config["config"])
     tc = cfg.train
@@ -364,22 +376,15 @@ def train_func(loop_config: dict[str, Any]) -> None:
     if tc.recipe in CONTRASTIVE_RECIPES and cfg.loss.key_momentum > 0:
         key_encoder = MomentumEncoder(model, cfg.loss.key_momentum).to(device)
 
-    if tc.recipe == "video":
-        from kdtrack.video_pairs import ClipLabels, VideoPairDataset
+    if PIPELINE_KEY in loop_config:  # data.loader ray: this rank's split of the run's Ray Data stream
+        from data_pipelines.training import WorkerStream
 
-        dataset = VideoPairDataset([ClipLabels(**c) for c in loop_config["clips"]], cfg)
-    else:
-        records = [ImageRecord.from_dict(r) for r in loop_config["records"]]
-        dataset = TrainingDataset(records, cfg, views=2 if tc.recipe == "contrastive" else 1,
-                                  with_original=tc.recipe == "kd")
-    sampler = SkipFirstSampler(
-        DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed, drop_last=True))
-    loader = DataLoader(dataset, batch_size=tc.batch_size_per_worker, sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.data.loader_workers, drop_last=True)
-    per_epoch = len(loader)
-    if per_epoch == 0:
-        raise ValueError(f"{len(dataset)} samples on {world} worker(s) do not fill one batch of "
-                         f"{tc.batch_size_per_worker}")
+        feed = WorkerStream(ray.train.get_dataset_shard("train"), loop_config[PIPELINE_KEY],
+                            tc.batch_size_per_worker, cfg.data.prefetch_batches)
+    else:  # data.loader torch: a DataLoader over this rank's share of the items
+        factory, _ = dataset_factory(cfg, loop_config)
+        feed = TorchFeed(factory(), cfg, rank, world)
+    per_epoch = feed.per_epoch
     total = total_iterations(tc, per_epoch)
     scheduler = build_scheduler(optimizer, tc, total)
     use_amp = amp_enabled(tc.amp, device)
@@ -415,6 +420,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
         print(f"[iter {step}/{total}] " + " ".join(f"{k.removeprefix('monitor/')}={v:.4f}" for k, v in terms.items()
                                                     if k in PROGRESS_TERMS) + perf_suffix(step, total, terms),
               flush=True)
+        bad_item_check(feed, cfg, sink, step)
         warning = collapse_watch.update(step, terms.get("monitor/cos_between", float("nan")))
         if warning:
             print(warning, flush=True)
@@ -427,14 +433,11 @@ def train_func(loop_config: dict[str, Any]) -> None:
 
     epoch, finished = start_epoch, iteration >= total
     # a checkpoint taken inside an epoch (report_every) resumes that epoch after the batches it had done
-    sampler.skip = iteration - start_epoch * per_epoch if 0 < iteration - start_epoch * per_epoch < per_epoch else 0
+    done_before = iteration - start_epoch * per_epoch if 0 < iteration - start_epoch * per_epoch < per_epoch else 0
     with failed_run_on_error(sink):
         while not finished and (tc.epochs == 0 or epoch < tc.epochs):  # epochs 0: until max_iterations
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            done_before = sampler.skip
             epoch_start = iteration - done_before
-            batches = iter(loader)
+            batches = feed.epoch_batches(epoch, iteration, done_before)
             while True:  # the epoch, cut at every report_every-th iteration
                 stop = next_report_iteration(tc, iteration, total)
                 iteration, terms = train_one_epoch(
@@ -460,10 +463,45 @@ def train_func(loop_config: dict[str, Any]) -> None:
                             save(tmp, next_epoch, {k: v for k, v in metrics.items() if isinstance(v, float)})
                 if epoch_done or finished:
                     break
-            sampler.skip = 0
+            done_before = 0
             epoch = next_epoch
+        if rank == 0:
+            bad_item_check(feed, cfg, sink, iteration, final=True)
     if sink is not None:
         sink.finish()
+
+
+def dataset_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
+    """``(factory, number of items)``: ``factory()`` builds the recipe's ``EpochSeededDataset`` over the
+    items the driver read (in a torch worker, or once in each Ray Data decode actor)."""
+    if cfg.train.recipe == "video":
+        from kdtrack.video_pairs import ClipLabels, VideoPairDataset
+
+        clips = [ClipLabels(**c) for c in loop_data["clips"]]
+        return functools.partial(VideoPairDataset, clips, cfg), len(clips)
+    from kdtrack.data import TrainingDataset
+    from kdtrack.structures import ImageRecord
+
+    records = [ImageRecord.from_dict(r) for r in loop_data["records"]]
+    return functools.partial(TrainingDataset, records, cfg, views=2 if cfg.train.recipe == "contrastive" else 1,
+                             with_original=cfg.train.recipe == "kd"), len(records)
+
+
+def bad_item_check(feed: Any, cfg: Config, sink: Any, step: int, *, final: bool = False) -> None:
+    """Rank 0, Ray Data stream: log the unreadable items skipped so far (``data/bad_items``,
+    ``data/items_read``) and stop the run past ``data.max_bad_fraction``."""
+    if not hasattr(feed, "bad_counts"):
+        return
+    from data_pipelines.training import check_bad_fraction
+
+    counts = feed.bad_counts()
+    if counts["bad"]:
+        sink.metrics(step, {"data/bad_items": float(counts["bad"]), "data/items_read": float(counts["items"])},
+                     prefix="")
+        if final:
+            print(f"data: {counts['bad']} of {counts['items']} items could not be read and were skipped, e.g. "
+                  + "; ".join(counts["examples"][:2]), flush=True)
+    check_bad_fraction(counts, cfg.data.max_bad_fraction, final=final)
 
 
 def next_report_iteration(tc: Any, iteration: int, total: int) -> int:
@@ -659,6 +697,23 @@ def _check_fills_a_batch(count: int, what: str, cfg: Config) -> None:
                           f"(check data.root / data.sources / data.max_records)")
 
 
+def check_cluster_cpus(cfg: Config, ray: Any) -> None:
+    """Train workers and Ray Data decode actors that do not fit the cluster's CPUs never start: the run
+    would hang silently (RAY_NOTES). An error on a cluster this job started, a warning when joining one
+    (it may autoscale)."""
+    need, have = training_cpus(cfg), float(ray.cluster_resources().get("CPU", 0.0))
+    if need <= have + 1e-9:
+        return
+    tc, dc = cfg.train, cfg.data
+    msg = (f"the run needs {need:g} CPUs (train.num_workers {tc.num_workers} x train.cpus_per_worker "
+           f"{tc.cpus_per_worker:g} + data.map_actors {dc.map_actors} x data.map_num_cpus {dc.map_num_cpus:g} "
+           f"for the Ray Data decode actors) but the cluster has {have:g}: lower train.cpus_per_worker or "
+           f"data.map_num_cpus")
+    if not os.environ.get("RAY_ADDRESS"):
+        raise ConfigError(msg)
+    print(f"warning: {msg} (an autoscaling cluster may still add nodes)", flush=True)
+
+
 def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlflow_uri: str, storage: str,
                   mlflow_run_id: str = "", callbacks: list | None = None) -> Any:
     """The ``TorchTrainer`` of one training run (``jobs.train``, and each ``jobs.tune`` trial with a
@@ -667,8 +722,19 @@ def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlfl
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    datasets = None
+    if train_fn is train_func and cfg.data.loader == "ray":
+        from data_pipelines.training import data_config, training_stream
+
+        factory, num_items = dataset_factory(cfg, loop_data)
+        stream = training_stream(cfg, factory, num_items)
+        loop_data = {k: v for k, v in loop_data.items() if k not in ITEM_KEYS}  # the decode actors hold them
+        loop_data[PIPELINE_KEY] = stream.worker_args()
+        datasets = {"train": stream.dataset}
     return TorchTrainer(
         train_fn,
+        datasets=datasets,
+        dataset_config=data_config(cfg) if datasets else None,
         train_loop_config={
             "config": config_to_dict(cfg),
             **loop_data,
@@ -702,7 +768,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     storage = storage_path(getattr(args, "storage", None), out)
     check_resume(cfg, storage)
 
-    ensure_ray()  # joins RAY_ADDRESS when set, else starts a local cluster
+    check_cluster_cpus(cfg, ensure_ray())  # joins RAY_ADDRESS when set, else starts a local cluster
     trainer = build_trainer(cfg, train_fn, loop_data, mlflow_uri=uri, storage=storage)
     start = time.time()
     result = trainer.fit()

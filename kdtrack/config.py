@@ -236,8 +236,14 @@ class DataConfig:
     root: str = ""  # dataset root ("" = the generated synthetic world)
     sources: tuple[str, ...] = ("crowdhuman",)  # crowdhuman | coco | mot17 | kinetics
     min_visibility: float = 0.25  # MOT17 training rows below this are ignored
-    map_num_cpus: float = 0.25  # CPUs per Ray Data map task
-    prefetch_batches: int = 1
+    # How samples reach the train workers. ray: a Ray Data stream (data_pipelines.training: decode + augment in a
+    # map_batches actor pool, split across workers); torch: a plain DataLoader per worker (single-process debugging)
+    loader: Literal["ray", "torch"] = "ray"
+    map_actors: int = 1  # Ray Data decode/augment actors (the pool of the whole run, shared by every worker)
+    map_num_cpus: float = 0.5  # Ray CPUs per decode actor (train workers + actors must fit the cluster)
+    prefetch_batches: int = 2  # batches each worker prefetches from the stream
+    preserve_order: bool = True  # Ray Data keeps the stream's order (a resume skips exactly the consumed rows)
+    max_bad_fraction: float = 0.01  # unreadable images / clips are skipped and counted; more than this share stops the run
     on_error: Literal["raise", "skip"] = "raise"  # malformed annotation records
     augment: Literal["auto", "none", "detection", "idf_view"] = "auto"  # kdtrack.transforms preset; auto: idf_view for contrastive, else detection
     min_box_size: float = 2.0  # pixels: boxes narrower / lower than this after augmentation are dropped
@@ -477,6 +483,14 @@ def flatten_config(cfg: Config) -> dict[str, Any]:
         for name, value in values.items():
             flat[f"{section}.{name}"] = value
     return flat
+
+
+def training_cpus(cfg: Config) -> float:
+    """Ray CPUs a training run holds: its train workers, plus the Ray Data decode actors when they feed it
+    (``data.loader: ray``; the teacher recipe reads its crops with a DataLoader in the workers)."""
+    tc, dc = cfg.train, cfg.data
+    decode = dc.map_actors * dc.map_num_cpus if dc.loader == "ray" and tc.recipe != "teacher" else 0.0
+    return tc.num_workers * tc.cpus_per_worker + decode
 
 
 def preset_path(name_or_path: str | Path, folder: Path = PRESET_DIR, kind: str = "preset") -> Path:

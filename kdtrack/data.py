@@ -241,7 +241,12 @@ class EpochSeededDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return self.sample(self.items[i], np.random.default_rng([self.cfg.train.seed, self.epoch, int(i)]))
+        return self.sample_at(self.epoch, i)
+
+    def sample_at(self, epoch: int, i: int) -> dict[str, np.ndarray]:
+        """Item ``i``'s sample of ``epoch``: the torch path (``__getitem__``) and the Ray Data stream
+        (``data_pipelines.training``) draw through here, so both give the same augmentations."""
+        return self.sample(self.items[i], np.random.default_rng([self.cfg.train.seed, int(epoch), int(i)]))
 
     def sample(self, item: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -266,6 +271,34 @@ class SkipFirstSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)
+
+
+class TorchFeed:
+    """A worker's batches from a plain ``DataLoader`` over its rank-strided shard (``data.loader: torch``,
+    the single-process debug path): the interface of ``data_pipelines.training.WorkerStream``."""
+
+    def __init__(self, dataset: EpochSeededDataset, cfg: Config, rank: int, world: int) -> None:
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        self.dataset = dataset
+        self.sampler = SkipFirstSampler(DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                           seed=cfg.train.seed, drop_last=True))
+        self.loader = DataLoader(dataset, batch_size=cfg.train.batch_size_per_worker, sampler=self.sampler,
+                                 collate_fn=collate, num_workers=cfg.data.loader_workers, drop_last=True)
+        if len(self.loader) == 0:
+            raise ValueError(f"{len(dataset)} samples on {world} worker(s) do not fill one batch of "
+                             f"{cfg.train.batch_size_per_worker}")
+
+    @property
+    def per_epoch(self) -> int:
+        return len(self.loader)
+
+    def epoch_batches(self, epoch: int, iteration: int, skip: int):
+        """The batches left in ``epoch`` after the first ``skip`` (a resume inside an epoch)."""
+        self.sampler.skip = skip
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        return iter(self.loader)
 
 
 class TrainingDataset(EpochSeededDataset):

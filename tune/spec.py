@@ -37,6 +37,7 @@ from kdtrack.config import (
     parse_override,
     preset_path,
     read_yaml,
+    training_cpus,
 )
 
 SWEEP_DIR = Path(__file__).parent / "configs"
@@ -246,8 +247,8 @@ def check_sweep(spec: SweepSpec) -> None:
 
 
 def trial_cpus_needed(spec: SweepSpec) -> float:
-    """CPUs one trial holds: its driver actor plus its Ray Train workers."""
-    return spec.tune.trial_cpus + spec.base.train.num_workers * spec.base.train.cpus_per_worker
+    """CPUs one trial holds: its driver actor, its Ray Train workers and its Ray Data decode actors."""
+    return spec.tune.trial_cpus + training_cpus(spec.base)
 
 
 def check_resources(spec: SweepSpec, cluster_cpus: float) -> None:
@@ -256,7 +257,9 @@ def check_resources(spec: SweepSpec, cluster_cpus: float) -> None:
     need = trial_cpus_needed(spec)
     if need > cluster_cpus + 1e-9:
         tc = spec.base.train
+        decode = need - spec.tune.trial_cpus - tc.num_workers * tc.cpus_per_worker
         raise ConfigError(f"one trial needs {need:g} CPUs (tune.trial_cpus {spec.tune.trial_cpus:g} + "
-                          f"train.num_workers {tc.num_workers} x train.cpus_per_worker {tc.cpus_per_worker:g}) but "
+                          f"train.num_workers {tc.num_workers} x train.cpus_per_worker {tc.cpus_per_worker:g} + "
+                          f"{decode:g} for the Ray Data decode actors) but "
                           f"the cluster has {cluster_cpus:g}: it would never start; lower train.cpus_per_worker "
-                          f"(e.g. --set train.cpus_per_worker={max(0.1, math.floor((cluster_cpus - spec.tune.trial_cpus) * 10 / max(tc.num_workers, 1)) / 10):g})")
+                          f"(e.g. --set train.cpus_per_worker={max(0.1, math.floor((cluster_cpus - spec.tune.trial_cpus - decode) * 10 / max(tc.num_workers, 1)) / 10):g})")

@@ -1,0 +1,277 @@
+"""Ray Data stream of training samples into Ray Train workers (the default ``data.loader: ray``).
+
+The driver holds paths and boxes (``ImageRecord``s, or pseudo-labelled clips), never pixels. The
+stream is the whole run unrolled: row ``p`` is position ``p`` of epoch ``p // rows_per_epoch``, whose
+order is ``default_rng([seed, epoch]).permutation(n)`` cut to whole global batches (as
+``DistributedSampler(drop_last=True)`` cuts it). A ``map_batches`` actor pool (``data.map_actors`` x
+``data.map_num_cpus``) decodes and augments each row with the same per-sample function and the same
+``(seed, epoch, item)`` seeding as the torch ``DataLoader`` path (``kdtrack.data.EpochSeededDataset``),
+so augmentations are redrawn every epoch and identical on a rerun. Samples travel pickled in one
+bytes column (their keys and shapes differ by recipe; multi-scale canvases differ by sample) and are
+collated by ``kdtrack.data.collate`` in the worker. Ray Train splits the stream across workers
+(``streaming_split(equal=True)``); every rank gets ``total * batch`` rows.
+
+A resume (worker-group restart or a rerun) starts the stream where the checkpoint stopped: each rank
+tells the run's ``PipelineState`` actor the first unconsumed row before it starts iterating, and the
+datasource reads it when the execution starts (Ray Data builds read tasks lazily, after every split
+reached the epoch barrier). An image or clip that cannot be read is skipped: the row is filled with the
+next item of the epoch order, and the bad one is counted (with examples) in ``PipelineState``; rank 0
+logs the counts and stops the run when more than ``data.max_bad_fraction`` of the items read are bad.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import pickle
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import ray
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from kdtrack.config import Config
+
+SAMPLE_COLUMN = "sample"
+BAD_ITEM_ERRORS = (OSError, ValueError)  # unreadable / undecodable file, size or frame count that disagrees
+MAX_SUBSTITUTES = 8  # a bad item is replaced by one of the next items of the epoch order
+MAX_EXAMPLES = 5  # bad items named in the error
+MIN_ITEMS_FOR_FRACTION = 50  # the bad fraction is judged once this many items were read (and at the end)
+READ_TASKS_TARGET = 2000  # read tasks over the whole run at most (row ranges: metadata only, no pixels)
+ROWS_PER_READ_BATCHES = 16  # global batches per read task at least
+
+
+class BadDataError(RuntimeError):
+    """More than ``data.max_bad_fraction`` of the items read could not be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamPlan:
+    """Where every row of the run comes from: ``item(position) -> (epoch, item index)``."""
+
+    num_items: int
+    global_batch: int  # batch_size_per_worker x num_workers
+    per_epoch: int  # iterations per epoch (each worker)
+    total_iterations: int
+    seed: int
+
+    @property
+    def rows_per_epoch(self) -> int:
+        return self.per_epoch * self.global_batch
+
+    @property
+    def total_rows(self) -> int:
+        return self.total_iterations * self.global_batch
+
+    def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows ``start <= position < stop``: columns ``position``, ``epoch``, ``item``."""
+        positions = np.arange(start, stop, dtype=np.int64)
+        epochs = positions // self.rows_per_epoch
+        items = np.empty_like(positions)
+        for epoch in np.unique(epochs):
+            order = epoch_order(self.num_items, self.seed, int(epoch))
+            sel = epochs == epoch
+            items[sel] = order[positions[sel] - epoch * self.rows_per_epoch]
+        return {"position": positions, "epoch": epochs, "item": items}
+
+
+def epoch_order(num_items: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled item order of one epoch (the same on every node and rerun)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_items)
+
+
+def plan_stream(num_items: int, cfg: Config) -> StreamPlan:
+    """The stream of a run: ``per_epoch`` and the run length as ``DistributedSampler(drop_last=True)`` and
+    ``kdtrack.engine.total_iterations`` give them for the torch path."""
+    from kdtrack.engine import total_iterations
+
+    tc = cfg.train
+    per_epoch = (num_items // tc.num_workers) // tc.batch_size_per_worker
+    if per_epoch == 0:
+        raise ValueError(f"{num_items} samples on {tc.num_workers} worker(s) do not fill one batch of "
+                         f"{tc.batch_size_per_worker}")
+    return StreamPlan(num_items=num_items, global_batch=tc.batch_size_per_worker * tc.num_workers,
+                      per_epoch=per_epoch, total_iterations=total_iterations(tc, per_epoch), seed=tc.seed)
+
+
+@ray.remote(num_cpus=0)
+class PipelineState:
+    """One per training run: the first row a (re)started stream reads, and the bad items counted."""
+
+    def __init__(self) -> None:
+        self.start_row = 0
+        self.items = 0
+        self.bad = 0
+        self.examples: list[str] = []
+
+    def set_start_row(self, row: int) -> None:
+        self.start_row = int(row)
+
+    def get_start_row(self) -> int:
+        return self.start_row
+
+    def add(self, items: int, bad: int, examples: Sequence[str]) -> None:
+        self.items += int(items)
+        self.bad += int(bad)
+        self.examples.extend(examples[: max(0, MAX_EXAMPLES - len(self.examples))])
+
+    def counts(self) -> dict[str, Any]:
+        return {"items": self.items, "bad": self.bad, "examples": list(self.examples)}
+
+
+class TrainingRowsDatasource(Datasource):
+    """The run's rows from ``PipelineState``'s start row on, read when the execution starts."""
+
+    def __init__(self, plan: StreamPlan, state: Any = None) -> None:
+        super().__init__()
+        self.plan = plan
+        self.state = state
+
+    def estimate_inmemory_data_size(self) -> int:
+        return self.plan.total_rows * 24
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        start = int(ray.get(self.state.get_start_row.remote())) if self.state is not None else 0
+        stop = self.plan.total_rows
+        step = max(self.plan.global_batch * ROWS_PER_READ_BATCHES, math.ceil(max(stop - start, 1) / READ_TASKS_TARGET))
+        tasks = []
+        for lo in range(start, stop, step):
+            hi = min(lo + step, stop)
+            tasks.append(ReadTask(functools.partial(_read_rows, self.plan, lo, hi),
+                                  BlockMetadata(num_rows=hi - lo, size_bytes=(hi - lo) * 24, input_files=None,
+                                                exec_stats=None),
+                                  per_task_row_limit=per_task_row_limit))
+        return tasks
+
+
+def _read_rows(plan: StreamPlan, start: int, stop: int) -> list[Any]:
+    import pyarrow as pa
+
+    return [pa.table(plan.rows(start, stop))]
+
+
+class SampleMaker:
+    """``map_batches`` actor: rows -> pickled samples of the recipe's ``EpochSeededDataset``."""
+
+    def __init__(self, dataset_factory: Callable[[], Any], state: Any = None) -> None:
+        self.dataset = dataset_factory()
+        self.state = state
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        samples, bad, examples = [], 0, []
+        n = len(self.dataset)
+        for epoch, item in zip(batch["epoch"].tolist(), batch["item"].tolist()):
+            order = None
+            for attempt in range(MAX_SUBSTITUTES + 1):
+                try:
+                    sample = self.dataset.sample_at(epoch, item)
+                    break
+                except BAD_ITEM_ERRORS as exc:
+                    bad += 1
+                    if len(examples) < MAX_EXAMPLES:
+                        examples.append(f"{type(exc).__name__}: {exc}"[:500])
+                    if order is None:
+                        order = epoch_order(n, self.dataset.cfg.train.seed, epoch)
+                        where = int(np.flatnonzero(order == item)[0])
+                    item = int(order[(where + attempt + 1) % n])
+            else:
+                raise BadDataError(f"{MAX_SUBSTITUTES + 1} items in a row could not be read, e.g. "
+                                   + "; ".join(examples))
+            samples.append(pickle.dumps(sample, protocol=pickle.HIGHEST_PROTOCOL))
+        if self.state is not None:  # waited for: the counts are complete when the batch is delivered
+            ray.get(self.state.add.remote(len(samples) + bad, bad, examples))
+        column = np.empty(len(samples), dtype=object)
+        column[:] = samples
+        return {"position": batch["position"], SAMPLE_COLUMN: column}
+
+
+def collate_pickled(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``iter_torch_batches`` collate: unpickle the samples, then ``kdtrack.data.collate``."""
+    from kdtrack.data import collate
+
+    return collate([pickle.loads(blob) for blob in batch[SAMPLE_COLUMN]])
+
+
+@dataclasses.dataclass
+class TrainingStream:
+    """What the driver hands Ray Train: the dataset, and the plan + state actor for the workers."""
+
+    dataset: Any
+    plan: StreamPlan
+    state: Any
+
+    def worker_args(self) -> dict[str, Any]:
+        return {"plan": dataclasses.asdict(self.plan), "state": self.state}
+
+
+def training_stream(cfg: Config, dataset_factory: Callable[[], Any], num_items: int) -> TrainingStream:
+    """The run's Ray Data stream: rows -> ``SampleMaker`` actor pool. ``dataset_factory`` builds the
+    recipe's ``EpochSeededDataset`` inside each actor (the items travel once, as its argument)."""
+    plan = plan_stream(num_items, cfg)
+    state = PipelineState.remote()
+    dc = cfg.data
+    ray.data.DataContext.get_current().enable_progress_bars = False  # a redrawn bar per second in the job log
+    # reading rows is arithmetic: no CPU reserved for it (the decode actors hold the data budget)
+    ds = ray.data.read_datasource(TrainingRowsDatasource(plan, state), num_cpus=0, concurrency=1).map_batches(
+        SampleMaker, fn_constructor_kwargs={"dataset_factory": dataset_factory, "state": state},
+        batch_size=cfg.train.batch_size_per_worker, num_cpus=dc.map_num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=dc.map_actors))
+    return TrainingStream(dataset=ds, plan=plan, state=state)
+
+
+def data_config(cfg: Config) -> Any:
+    """Ray Train's ``DataConfig``: split the train stream, keep its order (resume skips consumed rows)."""
+    import ray.train
+    from ray.data import ExecutionOptions
+
+    return ray.train.DataConfig(datasets_to_split=["train"],
+                                execution_options=ExecutionOptions(preserve_order=cfg.data.preserve_order))
+
+
+class WorkerStream:
+    """A worker's view of the stream: ``epoch_batches(skip)`` yields the rest of an epoch's batches.
+
+    The first call tells ``PipelineState`` where the stream starts (``iteration x global batch``: what
+    the restored checkpoint consumed) and opens this rank's shard once for the whole run."""
+
+    def __init__(self, shard: Any, worker_args: dict[str, Any], batch_size: int, prefetch_batches: int) -> None:
+        self.shard = shard
+        self.plan = StreamPlan(**worker_args["plan"])
+        self.state = worker_args["state"]
+        self.batch_size = batch_size
+        self.prefetch_batches = prefetch_batches
+        self._batches: Iterator[Any] | None = None
+
+    def start(self, iteration: int) -> None:
+        ray.get(self.state.set_start_row.remote(iteration * self.plan.global_batch))
+        self._batches = iter(self.shard.iter_torch_batches(
+            batch_size=self.batch_size, collate_fn=collate_pickled, drop_last=True,
+            prefetch_batches=self.prefetch_batches))
+
+    @property
+    def per_epoch(self) -> int:
+        return self.plan.per_epoch
+
+    def epoch_batches(self, epoch: int, iteration: int, skip: int) -> Iterator[Any]:
+        """The batches left in ``epoch`` after ``skip`` done (``kdtrack.data.TorchFeed``'s interface)."""
+        if self._batches is None:
+            self.start(iteration)
+        return itertools.islice(self._batches, self.plan.per_epoch - skip)
+
+    def bad_counts(self) -> dict[str, Any]:
+        return ray.get(self.state.counts.remote())
+
+
+def check_bad_fraction(counts: dict[str, Any], max_fraction: float, *, final: bool = False) -> None:
+    """Stop the run when more than ``max_fraction`` of the items read were bad (judged once
+    ``MIN_ITEMS_FOR_FRACTION`` items were read, and at the end of the run)."""
+    items, bad = counts["items"], counts["bad"]
+    if items == 0 or (items < MIN_ITEMS_FOR_FRACTION and not final):
+        return
+    if bad / items > max_fraction:
+        raise BadDataError(f"{bad} of {items} training items could not be read ({bad / items:.1%} > "
+                           f"data.max_bad_fraction {max_fraction:.1%}), e.g. " + "; ".join(counts["examples"]))

@@ -1,0 +1,148 @@
+"""The Ray Data training stream (data_pipelines.training): the run's row plan, samples identical to the torch
+path's, two views that share exactly the people visible in both, unreadable images skipped and counted, a
+restarted stream starting where the checkpoint stopped, and the bad-fraction stop."""
+
+from __future__ import annotations
+
+import functools
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_pipelines.training import (
+    SAMPLE_COLUMN,
+    BadDataError,
+    PipelineState,
+    StreamPlan,
+    check_bad_fraction,
+    collate_pickled,
+    epoch_order,
+    plan_stream,
+    training_stream,
+)
+from kdtrack.config import load_config
+from kdtrack.data import TorchFeed, TrainingDataset, load_records
+from kdtrack.engine import total_iterations
+
+
+def _cfg(world: Path, *extra: str):
+    return load_config("tiny", [f"data.root={world}", "data.sources=[crowdhuman]", "train.batch_size_per_worker=2",
+                                "train.recipe=contrastive", "loss.id_mode=contrastive", "model.input_width=160",
+                                "model.input_height=96", *extra])
+
+
+def test_plan_cuts_each_epoch_to_whole_batches_in_its_own_order():
+    plan = StreamPlan(num_items=11, global_batch=4, per_epoch=2, total_iterations=5, seed=3)
+    assert plan.rows_per_epoch == 8 and plan.total_rows == 20
+    rows = plan.rows(0, plan.total_rows)
+    assert rows["position"].tolist() == list(range(20))
+    assert rows["epoch"].tolist() == [0] * 8 + [1] * 8 + [2] * 4
+    for epoch in (0, 1):
+        items = rows["item"][rows["epoch"] == epoch]
+        assert items.tolist() == epoch_order(11, 3, epoch)[:8].tolist()
+        assert len(set(items.tolist())) == 8  # no item twice in an epoch
+    assert rows["item"][:8].tolist() != rows["item"][8:16].tolist()  # reshuffled every epoch
+    tail = plan.rows(13, 20)  # a resumed stream: the same rows from position 13 on
+    assert tail["item"].tolist() == rows["item"][13:].tolist() and tail["epoch"].tolist() == rows["epoch"][13:].tolist()
+
+
+@pytest.mark.parametrize("extra", [["train.epochs=3", "train.max_iterations=0"],
+                                   ["train.epochs=0", "train.max_iterations=7"],
+                                   ["train.epochs=5", "train.max_iterations=4"]])
+def test_plan_has_the_torch_paths_epoch_length_and_budget(tiny_world, extra):
+    cfg = _cfg(tiny_world, *extra)
+    records = load_records(cfg)
+    feed = TorchFeed(TrainingDataset(records, cfg, views=2), cfg, rank=0, world=1)
+    plan = plan_stream(len(records), cfg)
+    assert plan.per_epoch == feed.per_epoch
+    assert plan.total_iterations == total_iterations(cfg.train, feed.per_epoch)
+
+
+def _rows(ds) -> list[dict]:
+    return sorted(ds.take_all(), key=lambda row: row["position"])
+
+
+def test_stream_samples_equal_the_torch_paths_and_pair_the_same_people(ray_session, tiny_world):
+    cfg = _cfg(tiny_world, "train.epochs=0", "train.max_iterations=3")
+    records = load_records(cfg)
+    factory = functools.partial(TrainingDataset, records, cfg, views=2)
+    stream = training_stream(cfg, factory, len(records))
+    rows = _rows(stream.dataset)
+    assert [r["position"] for r in rows] == list(range(stream.plan.total_rows))
+    reference = factory()
+    plan_rows = stream.plan.rows(0, stream.plan.total_rows)
+    for row, epoch, item in zip(rows, plan_rows["epoch"], plan_rows["item"]):
+        sample = pickle.loads(row[SAMPLE_COLUMN])
+        expected = reference.sample_at(int(epoch), int(item))
+        assert sample.keys() == expected.keys()
+        for key in expected:
+            np.testing.assert_array_equal(sample[key], expected[key], err_msg=key)
+        # the two views: a person's key is the same in both, and a key is in both views only when its
+        # original box survived the augmentation of both
+        keys = [set(sample["ids"][v][sample["mask"][v]].tolist()) for v in (0, 1)]
+        rows_in = [set(sample["box_index"][v][sample["mask"][v]].tolist()) for v in (0, 1)]
+        key_of = {}
+        for v in (0, 1):
+            for slot in np.flatnonzero(sample["mask"][v]):
+                key_of.setdefault(int(sample["box_index"][v][slot]), set()).add(int(sample["ids"][v][slot]))
+        assert all(len(k) == 1 for k in key_of.values())  # one key per person, across views
+        assert len({next(iter(k)) for k in key_of.values()}) == len(key_of)  # different people, different keys
+        assert keys[0] & keys[1] == {next(iter(key_of[r])) for r in rows_in[0] & rows_in[1]}
+    batch = collate_pickled({SAMPLE_COLUMN: np.array([r[SAMPLE_COLUMN] for r in rows[:2]], dtype=object)})
+    assert batch["image"].shape[0] == 4  # two samples x two views, view 0 first
+    assert ray_session.get(stream.state.counts.remote())["bad"] == 0
+
+
+def test_unreadable_images_are_skipped_and_counted(ray_session, tiny_world, tmp_path):
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world / "crowdhuman", world / "crowdhuman")
+    cfg = _cfg(world, "train.epochs=1", "train.max_iterations=0")
+    records = load_records(cfg)
+    broken = {records[i].image_path for i in (0, 3)}
+    for path in broken:
+        Path(path).write_bytes(b"not a jpeg")
+    stream = training_stream(cfg, functools.partial(TrainingDataset, records, cfg, views=2), len(records))
+    rows = _rows(stream.dataset)
+    assert len(rows) == stream.plan.total_rows  # every row still filled (by the next item of the epoch order)
+    counts = ray_session.get(stream.state.counts.remote())
+    used = stream.plan.rows(0, stream.plan.total_rows)["item"].tolist()
+    assert counts["bad"] >= sum(records[i].image_path in broken for i in used) > 0  # (+ broken substitutes)
+    assert counts["items"] == len(rows) + counts["bad"]
+    assert all(any(p in e for p in broken) for e in counts["examples"])
+    for row in rows:
+        assert pickle.loads(row[SAMPLE_COLUMN])["image"].shape[0] == 2
+    with pytest.raises(BadDataError, match="could not be read"):
+        check_bad_fraction(counts, 0.01, final=True)
+
+
+def test_a_restarted_stream_starts_at_the_checkpointed_row(ray_session, tiny_world):
+    cfg = _cfg(tiny_world, "train.epochs=0", "train.max_iterations=4")
+    records = load_records(cfg)
+    factory = functools.partial(TrainingDataset, records, cfg, views=2)
+    stream = training_stream(cfg, factory, len(records))
+    ray_session.get(stream.state.set_start_row.remote(3 * stream.plan.global_batch))  # 3 iterations done
+    rows = _rows(stream.dataset)
+    assert [r["position"] for r in rows] == list(range(6, 8))
+    expected = factory().sample_at(0, int(stream.plan.rows(6, 7)["item"][0]))
+    np.testing.assert_array_equal(pickle.loads(rows[0][SAMPLE_COLUMN])["image"], expected["image"])
+
+
+def test_bad_fraction_waits_for_enough_items_then_stops():
+    few = {"items": 10, "bad": 5, "examples": ["OSError: a.jpg"]}
+    check_bad_fraction(few, 0.01)  # too few read to judge mid-run
+    with pytest.raises(BadDataError, match="a.jpg"):
+        check_bad_fraction(few, 0.01, final=True)
+    check_bad_fraction({"items": 1000, "bad": 10, "examples": []}, 0.01)  # exactly the limit is allowed
+    with pytest.raises(BadDataError, match="11 of 1000"):
+        check_bad_fraction({"items": 1000, "bad": 11, "examples": []}, 0.01)
+
+
+def test_pipeline_state_keeps_a_few_examples(ray_session):
+    state = PipelineState.remote()
+    for i in range(4):
+        state.add.remote(10, 2, [f"bad {i}a", f"bad {i}b"])
+    counts = ray_session.get(state.counts.remote())
+    assert counts["items"] == 40 and counts["bad"] == 8 and len(counts["examples"]) == 5
