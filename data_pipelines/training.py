@@ -26,6 +26,7 @@ import functools
 import itertools
 import math
 import pickle
+import threading
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -233,10 +234,10 @@ def data_config(cfg: Config) -> Any:
 
 
 class WorkerStream:
-    """A worker's view of the stream: ``epoch_batches(skip)`` yields the rest of an epoch's batches.
-
-    The first call tells ``PipelineState`` where the stream starts (``iteration x global batch``: what
-    the restored checkpoint consumed) and opens this rank's shard once for the whole run."""
+    """A worker's view of the stream: ``epoch_batches(epoch, iteration, skip)`` yields the rest of an epoch's
+    batches. ``start(iteration)`` (else the first ``epoch_batches``) tells ``PipelineState`` where the stream
+    starts (``iteration x global batch``: what the restored checkpoint consumed) and opens this rank's shard
+    once for the whole run."""
 
     def __init__(self, shard: Any, worker_args: dict[str, Any], batch_size: int, prefetch_batches: int) -> None:
         self.shard = shard
@@ -245,12 +246,34 @@ class WorkerStream:
         self.batch_size = batch_size
         self.prefetch_batches = prefetch_batches
         self._batches: Iterator[Any] | None = None
+        self._warmup: tuple[threading.Thread, list[Any], Iterator[Any]] | None = None
 
     def start(self, iteration: int) -> None:
+        """Open the stream at the row after ``iteration`` iterations and fetch its first batch in a thread:
+        the decode actors start (seconds: a process, torch, OpenCV) while the worker builds its network."""
         ray.get(self.state.set_start_row.remote(iteration * self.plan.global_batch))
-        self._batches = iter(self.shard.iter_torch_batches(
+        batches = iter(self.shard.iter_torch_batches(
             batch_size=self.batch_size, collate_fn=collate_pickled, drop_last=True,
             prefetch_batches=self.prefetch_batches))
+        first: list[Any] = []
+
+        def fetch_first() -> None:
+            try:
+                first.append(next(batches, None))
+            except BaseException as exc:  # noqa: BLE001  (re-raised in the training thread)
+                first.append(exc)
+
+        thread = threading.Thread(target=fetch_first, name="kdtrack-stream-warmup", daemon=True)
+        thread.start()
+        self._warmup = (thread, first, batches)
+
+    def _open(self) -> Iterator[Any]:
+        thread, first, batches = self._warmup
+        thread.join()
+        head = first[0] if first else None
+        if isinstance(head, BaseException):
+            raise head
+        return itertools.chain([] if head is None else [head], batches)
 
     @property
     def per_epoch(self) -> int:
@@ -259,7 +282,9 @@ class WorkerStream:
     def epoch_batches(self, epoch: int, iteration: int, skip: int) -> Iterator[Any]:
         """The batches left in ``epoch`` after ``skip`` done (``kdtrack.data.TorchFeed``'s interface)."""
         if self._batches is None:
-            self.start(iteration)
+            if self._warmup is None:
+                self.start(iteration)
+            self._batches = self._open()
         return itertools.islice(self._batches, self.plan.per_epoch - skip)
 
     def bad_counts(self) -> dict[str, Any]:

@@ -41,6 +41,39 @@ def start_run(cfg: Config, uri: str, ray_run_name: str, resume_state: dict[str, 
                                      {"kdtrack.ray_run": ray_run_name})
 
 
+def create_driver_run(cfg: Config, uri: str) -> str:
+    """``jobs.train``'s driver makes the run of a new training run, once, and prints its id (rank 0 logs
+    into it, restarts included). An MLflow outage here is a warning, never a failed job: ``""`` lets
+    rank 0 try again when it starts."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = mlflow_experiment_id(client, cfg.mlflow.experiment, uri)
+        run_id = create_mlflow_run(client, experiment_id, cfg, cfg.mlflow.run_name or cfg.train.run_name,
+                                   {"kdtrack.ray_run": cfg.train.run_name})
+    except Exception as exc:  # noqa: BLE001  (any tracking-server failure: training goes on)
+        print(f"warning: MLflow at {uri} did not create the run ({type(exc).__name__}: {exc}); rank 0 will try "
+              f"again", flush=True)
+        return ""
+    print(f"MLflow run {run_id} (experiment '{cfg.mlflow.experiment}', {uri})", flush=True)
+    return run_id
+
+
+def mark_failed(uri: str, run_id: str, exc: BaseException) -> None:
+    """The driver's view of a failed fit (workers that never started cannot mark their run): FAILED, with
+    the error as tag ``kdtrack.error`` unless rank 0 already tagged the root cause; best-effort."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        if "kdtrack.error" not in client.get_run(run_id).data.tags:
+            client.set_tag(run_id, "kdtrack.error", f"{type(exc).__name__}: {exc}"[:5000])
+        client.set_terminated(run_id, status="FAILED")
+    except Exception as log_exc:  # noqa: BLE001
+        print(f"warning: could not mark MLflow run {run_id} FAILED ({log_exc})", flush=True)
+
+
 def mlflow_experiment_id(client: Any, name: str, uri: str) -> str:
     """The id of experiment ``name``, created when missing (a sqlite store keeps artifacts beside its db,
     not in the working directory of whichever process created it)."""

@@ -46,9 +46,10 @@ def note_resume_changes(state: dict[str, Any] | None, cfg: Config, sink: MlflowS
         sink.tag("kdtrack.resume_changed", text[:5000])
 
 
-def check_resume(cfg: Config, storage: str) -> None:
+def check_resume(cfg: Config, storage: str) -> bool:
     """On the driver, before any worker starts: the newest checkpoint of ``train.run_name`` under ``storage``
-    (a path or a pyarrow URI) is the one Ray Train will resume from; :func:`resume_verdict` on its config."""
+    (a path or a pyarrow URI) is the one Ray Train will resume from; :func:`resume_verdict` on its config.
+    Returns whether the run resumes."""
     from kdtrack.checkpoint import CONFIG_SIDECAR
 
     found = latest_checkpoint_config(storage, cfg.train.run_name)
@@ -56,6 +57,7 @@ def check_resume(cfg: Config, storage: str) -> None:
         where, saved = found
         resume_verdict(saved["config"], cfg, f"{where}/{CONFIG_SIDECAR}: run '{cfg.train.run_name}' resumes from "
                                              f"iteration {saved.get('iteration', '?')}")
+    return found is not None
 
 
 def latest_checkpoint_config(storage: str, run_name: str) -> tuple[str, dict[str, Any]] | None:

@@ -3,12 +3,12 @@
     python -m jobs.train --config tiny --data-root DIR --out DIR [--set section.field=value ...]
                          [--mlflow-uri URI] [--smoke-test] [--init-from CKPT]
 
-The driver reads the annotation files (``kdtrack.data.load_records``) and
-ships the records to the workers; each worker feeds a plain torch
-``DataLoader`` over its rank-strided shard (``DistributedSampler``, same
-length on every rank) through ``kdtrack.data`` and trains with
-``kdtrack.engine``. (Ray Data streaming of decode + augmentation is the
-next slice.) Every ``checkpoint_every`` epochs rank 0 writes the full
+The driver reads the annotation files (``kdtrack.data.load_records``); a
+Ray Data stream (``data_pipelines.training``, ``data.loader: ray``) decodes
+and augments them in an actor pool and Ray Train splits it across the
+workers, which train with ``kdtrack.engine``. ``data.loader: torch`` ships
+the records to the workers instead, each feeding a plain ``DataLoader``
+over its rank-strided shard (the debug path). Every ``checkpoint_every`` epochs rank 0 writes the full
 training state (``kdtrack.checkpoint``) and every rank reports; a rerun
 with the same ``--out`` and ``train.run_name`` resumes from the last
 checkpoint, and ``train.max_failures`` restarts a failed worker group from
@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from jobs._mlflow_train import MlflowSink, failed_run_on_error, start_run
+from jobs._mlflow_train import MlflowSink, create_driver_run, failed_run_on_error, mark_failed, start_run
 from jobs._resume import check_resume, note_resume_changes
 from kdtrack.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, training_cpus
 
@@ -360,6 +360,17 @@ def train_func(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
 
+    state = _latest_checkpoint_state(device)  # a resume's checkpoint: where the data stream starts
+    if PIPELINE_KEY in loop_config:  # data.loader ray: this rank's split of the run's Ray Data stream
+        from data_pipelines.training import WorkerStream
+
+        feed = WorkerStream(ray.train.get_dataset_shard("train"), loop_config[PIPELINE_KEY],
+                            tc.batch_size_per_worker, cfg.data.prefetch_batches)
+        feed.start(int(state["iteration"]) if state is not None else 0)  # decode actors start meanwhile
+    else:  # data.loader torch: a DataLoader over this rank's share of the items
+        factory, _ = dataset_factory(cfg, loop_config)
+        feed = TorchFeed(factory(), cfg, rank, world)
+
     student = build_student(cfg.model)
     if tc.init_from:  # IDF stages 2 / 3: the previous stage's network, weights only
         from kdtrack.checkpoint import load_checkpoint
@@ -376,14 +387,6 @@ def train_func(loop_config: dict[str, Any]) -> None:
     if tc.recipe in CONTRASTIVE_RECIPES and cfg.loss.key_momentum > 0:
         key_encoder = MomentumEncoder(model, cfg.loss.key_momentum).to(device)
 
-    if PIPELINE_KEY in loop_config:  # data.loader ray: this rank's split of the run's Ray Data stream
-        from data_pipelines.training import WorkerStream
-
-        feed = WorkerStream(ray.train.get_dataset_shard("train"), loop_config[PIPELINE_KEY],
-                            tc.batch_size_per_worker, cfg.data.prefetch_batches)
-    else:  # data.loader torch: a DataLoader over this rank's share of the items
-        factory, _ = dataset_factory(cfg, loop_config)
-        feed = TorchFeed(factory(), cfg, rank, world)
     per_epoch = feed.per_epoch
     total = total_iterations(tc, per_epoch)
     scheduler = build_scheduler(optimizer, tc, total)
@@ -392,7 +395,6 @@ def train_func(loop_config: dict[str, Any]) -> None:
 
     start_epoch, iteration = 0, 0
     resumed = {"resumed_from_iteration": -1.0, "resumed_queue_fill": -1.0}
-    state = _latest_checkpoint_state(device)
     if state is not None:
         start_epoch, iteration = restore_training_state(
             state, model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -594,7 +596,8 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
 
     sink, mlflow_run = None, ""
     if rank == 0:
-        mlflow_client, mlflow_run = start_run(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state)
+        mlflow_client, mlflow_run = start_run(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state,
+                                              run_id=loop_config.get(MLFLOW_RUN_ID_KEY, ""))
         sink = MlflowSink(mlflow_client, mlflow_run)
         sink.param("data/num_id_classes", int(loop_config["num_classes"]))
         sink.param("data/num_train_crops", len(crops))
@@ -766,15 +769,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     uri = args.mlflow_uri or cfg.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
     train_fn, loop_data = training_data(cfg, args.smoke_test)
     storage = storage_path(getattr(args, "storage", None), out)
-    check_resume(cfg, storage)
+    resuming = check_resume(cfg, storage)
 
     check_cluster_cpus(cfg, ensure_ray())  # joins RAY_ADDRESS when set, else starts a local cluster
-    trainer = build_trainer(cfg, train_fn, loop_data, mlflow_uri=uri, storage=storage)
+    # a new run's MLflow run is made here, once; a resume reopens the run its checkpoint names (rank 0)
+    run_id = "" if resuming else create_driver_run(cfg, uri)
+    trainer = build_trainer(cfg, train_fn, loop_data, mlflow_uri=uri, storage=storage, mlflow_run_id=run_id)
     start = time.time()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except BaseException as exc:
+        if run_id:
+            mark_failed(uri, run_id, exc)
+        raise
     elapsed = time.time() - start
     final = _copy_final_checkpoint(result, out)
-    run_id = str(result.metrics.get(MLFLOW_RUN_ID_KEY, ""))
+    run_id = str(result.metrics.get(MLFLOW_RUN_ID_KEY, "")) or run_id
     if run_id:
         from mlflow.tracking import MlflowClient
 

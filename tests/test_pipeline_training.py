@@ -146,3 +146,52 @@ def test_pipeline_state_keeps_a_few_examples(ray_session):
         state.add.remote(10, 2, [f"bad {i}a", f"bad {i}b"])
     counts = ray_session.get(state.counts.remote())
     assert counts["items"] == 40 and counts["bad"] == 8 and len(counts["examples"]) == 5
+
+
+FAST_RUN = ["model.input_width=160", "model.input_height=96", "model.width=16", "model.head_conv=32",
+            "model.deformable=false", "loss.queue_size=256", "train.batch_size_per_worker=2", "train.epochs=0",
+            "train.max_iterations=4", "train.log_every=2", "train.max_failures=0", "data.sources=[coco]"]
+
+
+def _broken_world(tiny_world: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    """COCO (the reader checks that images exist, not that they decode) with a third of its images corrupt."""
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world / "coco", world / "coco")
+    images = sorted((world / "coco" / "train2017").iterdir())
+    broken = images[::3]
+    for path in broken:
+        path.write_bytes(b"\xff\xd8 truncated")
+    return world, [p.name for p in broken]
+
+
+def _train_args(world: Path, out: Path, uri: str, *extra: str):
+    from jobs.train import get_args_parser
+
+    argv = ["--config", "tiny", "--data-root", str(world), "--out", str(out), "--mlflow-uri", uri]
+    for item in FAST_RUN + list(extra):
+        argv += ["--set", item]
+    return get_args_parser().parse_args(argv)
+
+
+def test_training_skips_bad_images_into_mlflow_and_stops_past_the_bad_fraction(ray_session, tiny_world, tmp_path,
+                                                                               mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    from jobs.train import main
+
+    world, broken = _broken_world(tiny_world, tmp_path)
+    result = main(_train_args(world, tmp_path / "tolerant", mlflow_uri, "data.max_bad_fraction=0.9"))
+    assert result["metrics"]["iteration"] == 4
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    bad = client.get_metric_history(result["mlflow_run_id"], "data/bad_items")
+    read = client.get_metric_history(result["mlflow_run_id"], "data/items_read")
+    assert bad and bad[-1].value > 0 and read[-1].value >= 4 * 2 + bad[-1].value
+
+    with pytest.raises(Exception) as failure:  # Ray Train's TrainingFailedError, with the worker's error
+        main(_train_args(world, tmp_path / "strict", mlflow_uri, "data.max_bad_fraction=0.0"))
+    message = str(failure.value)
+    assert "BadDataError" in message and "data.max_bad_fraction" in message
+    assert any(name in message for name in broken)
+    failed = client.search_runs([client.get_experiment_by_name("kdtrack").experiment_id],
+                                filter_string="attributes.status = 'FAILED'")
+    assert len(failed) == 1

@@ -1,0 +1,218 @@
+"""Benchmark the two-view training pipeline: Ray Data stream vs a torch ``DataLoader``, images/s and peak memory.
+
+Both feed the same samples: IDF stage-1 two-view samples of the ``small`` world's CrowdHuman + COCO
+images (``idf_cpu``: decode + two augmented views + letterbox + targets, ``kdtrack.data``), one epoch,
+batches of ``train.batch_size_per_worker`` collated by ``kdtrack.data.collate`` in the consuming process:
+
+* DataLoader: ``TrainingDataset`` in a ``DataLoader`` with ``--procs`` worker processes (the old path,
+  ``data.loader: torch``);
+* Ray Data: ``data_pipelines.training.training_stream`` with ``--procs`` decode actors of 1 CPU each on a
+  local cluster of ``--procs`` CPUs, read as a Ray Train worker reads its shard
+  (``iter_torch_batches(collate_fn=collate_pickled)``).
+
+Each measurement is a fresh process (clean memory, its own Ray cluster). images/s = views delivered / wall
+seconds from the first request to the last batch (start-up of the worker processes or actors included);
+"steady" leaves out the time to the first batch. Peak RSS = the largest sum, sampled every 0.1 s, of the
+consuming process and its pipeline processes (DataLoader workers; Ray's worker processes) — Ray's fixed
+daemons (raylet, GCS) are left out. Memory is shown at two dataset sizes: a streaming pipeline's peak must
+not grow with the dataset. The image files are read once before timing (warm page cache for both).
+
+    .venv/bin/python bench/pipeline.py --world W            # W: python -m jobs.generate_synth --preset small
+    .venv/bin/python bench/pipeline.py --smoke-test         # the tiny world, seconds
+
+The last line is ``ray_data/dataloader images/s ratio: R`` (the larger dataset size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def config(world: Path, records: int, batch: int, procs: int, preset: str):
+    from kdtrack.config import load_config
+
+    return load_config(preset, [f"data.root={world}", "data.sources=[crowdhuman,coco]", f"data.max_records={records}",
+                                f"train.batch_size_per_worker={batch}", "train.epochs=1", "train.max_iterations=0",
+                                f"data.loader_workers={procs}", f"data.map_actors={procs}", "data.map_num_cpus=1"])
+
+
+class PeakRss:
+    """Peak of the summed RSS of this process and the pipeline's processes, sampled in a thread."""
+
+    def __init__(self, ray_workers: bool) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+        self.ray_workers = ray_workers
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _processes(self):
+        import psutil
+
+        procs = self.me.children(recursive=True)  # Ray: the cluster ray.init started here (daemons + workers)
+        if self.ray_workers:
+            procs = [p for p in procs if _is_ray_worker(p)]
+        return [self.me, *procs]
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for p in self._processes():
+                try:
+                    total += p.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.1)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _is_ray_worker(proc) -> bool:
+    """A Ray worker process (``ray::<task or actor>`` in its title), not a daemon (raylet, GCS, monitors)."""
+    import psutil
+
+    try:
+        cmdline = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return bool(cmdline) and cmdline[0].startswith("ray::")
+
+
+def consume(batches, views_per_batch: int) -> dict:
+    """Drain an iterator of collated batches; images (views) delivered, wall and steady seconds."""
+    start = time.perf_counter()
+    first = None
+    count = 0
+    for batch in batches:
+        count += int(batch["image"].shape[0])
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    return {"images": count, "seconds": end - start, "first_batch_s": (first or end) - start,
+            "steady_images": count - views_per_batch}
+
+
+def measure(loader: str, world: Path, records: int, batch: int, procs: int, preset: str) -> dict:
+    """One measurement, in this (fresh) process."""
+    import torch
+
+    from kdtrack.data import TrainingDataset, collate, load_records
+
+    torch.set_num_threads(1)
+    cfg = config(world, records, batch, procs, preset)
+    recs = load_records(cfg)
+    for r in recs:  # warm the page cache: both pipelines read from memory
+        Path(r.image_path).read_bytes()
+    views = 2 * batch
+    if loader == "torch":
+        dataset = TrainingDataset(recs, cfg, views=2)
+        dataset.set_epoch(0)
+        sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
+        dl = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=collate,
+                                         num_workers=procs, drop_last=True)
+        with PeakRss(ray_workers=False) as rss:
+            out = consume(iter(dl), views)
+    else:
+        import functools
+
+        import ray
+
+        from data_pipelines.training import collate_pickled, training_stream
+
+        ray.init(num_cpus=procs, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=512 * 1024 * 1024)
+        stream = training_stream(cfg, functools.partial(TrainingDataset, recs, cfg, views=2), len(recs))
+        with PeakRss(ray_workers=True) as rss:
+            out = consume(iter(stream.dataset.iter_torch_batches(
+                batch_size=batch, collate_fn=collate_pickled, drop_last=True,
+                prefetch_batches=cfg.data.prefetch_batches)), views)
+        ray.shutdown()
+    out.update(loader=loader, records=len(recs), peak_rss_mib=rss.peak / 2**20)
+    return out
+
+
+def run_one(loader: str, args: argparse.Namespace, records: int) -> dict:
+    cmd = [sys.executable, __file__, "--one", loader, "--world", str(args.world), "--records", str(records),
+           "--batch", str(args.batch), "--procs", str(args.procs), "--preset", args.preset]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{loader} measurement failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def make_world(preset: str, out: Path) -> Path:
+    """The still-image parts of a synthetic world (CrowdHuman, COCO), once."""
+    from kdtrack.config import load_config
+    from kdtrack.synth.world import generate_world, plan_units
+
+    if (out / "crowdhuman" / "annotation_train.odgt").is_file():
+        return out
+    cfg = load_config(f"synth_{preset}").synth
+    units = [u for u in plan_units(cfg) if u[0] in ("crowdhuman", "coco")]
+    print(f"generating the CrowdHuman and COCO parts of the '{preset}' world into {out} ...", flush=True)
+    generate_world(cfg, out, preset=preset, units=units)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", type=Path, default=None, help="a world with crowdhuman/ and coco/ (default: "
+                        "generate runs/bench-world-<preset>-images)")
+    parser.add_argument("--sizes", default="400,1600", help="dataset sizes (records), comma-separated")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--procs", type=int, default=2, help="DataLoader workers = Ray Data decode actors")
+    parser.add_argument("--preset", default="idf_cpu", help="training preset whose sample shape is measured")
+    parser.add_argument("--smoke-test", action="store_true", help="the tiny world, small sizes")
+    parser.add_argument("--one", choices=("torch", "ray"), help=argparse.SUPPRESS)
+    parser.add_argument("--records", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.world, args.records, args.batch, args.procs, args.preset)))
+        return
+    world_preset = "tiny" if args.smoke_test else "small"
+    if args.world is None:
+        args.world = make_world(world_preset, REPO / "runs" / f"bench-world-{world_preset}-images")
+    sizes = [16, 48] if args.smoke_test else [int(s) for s in args.sizes.split(",")]
+    print(f"two-view samples of {args.preset} from {args.world}, batch {args.batch}, {args.procs} processes",
+          flush=True)
+    print("| pipeline | records | images | images/s | steady images/s | first batch s | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
+    ratio = float("nan")
+    for size in sizes:
+        row = {}
+        for loader in ("torch", "ray"):
+            m = run_one(loader, args, size)
+            row[loader] = m
+            steady = m["steady_images"] / max(m["seconds"] - m["first_batch_s"], 1e-9)
+            name = "DataLoader" if loader == "torch" else "Ray Data"
+            print(f"| {name} | {m['records']} | {m['images']} | {m['images'] / m['seconds']:.1f} | {steady:.1f} | "
+                  f"{m['first_batch_s']:.1f} | {m['peak_rss_mib']:.0f} |", flush=True)
+        ratio = (row["ray"]["images"] / row["ray"]["seconds"]) / (row["torch"]["images"] / row["torch"]["seconds"])
+    print(f"ray_data/dataloader images/s ratio: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
