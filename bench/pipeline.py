@@ -12,15 +12,18 @@ batches of ``train.batch_size_per_worker`` collated by ``kdtrack.data.collate`` 
 
 Each measurement is a fresh process (clean memory, its own Ray cluster). images/s = views delivered / wall
 seconds from the first request to the last batch (start-up of the worker processes or actors included);
-"steady" leaves out the time to the first batch. Peak RSS = the largest sum, sampled every 0.1 s, of the
-consuming process and its pipeline processes (DataLoader workers; Ray's worker processes) — Ray's fixed
-daemons (raylet, GCS) are left out. Memory is shown at two dataset sizes: a streaming pipeline's peak must
+"steady" leaves out the time to the first batch (for a short pass it is flattered by what the pipeline
+produced while the consumer waited for its first batch: read it on the larger size). Peak memory = the
+largest sum, sampled every 0.2 s, of the PSS of the consuming process and its pipeline processes
+(DataLoader workers; Ray's worker processes; PSS counts shared pages — torch's libraries, Ray's object
+store — once) — Ray's fixed daemons (raylet, GCS) are left out. Memory is shown at two dataset sizes: a streaming pipeline's peak must
 not grow with the dataset. The image files are read once before timing (warm page cache for both).
 
     .venv/bin/python bench/pipeline.py --world W            # W: python -m jobs.generate_synth --preset small
     .venv/bin/python bench/pipeline.py --smoke-test         # the tiny world, seconds
 
-The last line is ``ray_data/dataloader images/s ratio: R`` (the larger dataset size).
+The last line is ``ray_data/dataloader images/s ratio: R``: steady images/s on the larger dataset size
+(a training run pays the start-up once; the line before it gives the ratio with start-up included).
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ def config(world: Path, records: int, batch: int, procs: int, preset: str):
                                 f"data.loader_workers={procs}", f"data.map_actors={procs}", "data.map_num_cpus=1"])
 
 
-class PeakRss:
-    """Peak of the summed RSS of this process and the pipeline's processes, sampled in a thread."""
+class PeakMemory:
+    """Peak of the summed PSS (proportional set size: a shared page counts once across processes) of this
+    process and the pipeline's processes, sampled in a thread."""
 
     def __init__(self, ray_workers: bool) -> None:
         import psutil
@@ -74,13 +78,13 @@ class PeakRss:
             total = 0
             for p in self._processes():
                 try:
-                    total += p.memory_info().rss
+                    total += p.memory_full_info().pss  # shared pages (torch's libraries, Ray's object store) once
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     pass
             self.peak = max(self.peak, total)
-            time.sleep(0.1)
+            time.sleep(0.2)
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> "PeakMemory":
         self._thread.start()
         return self
 
@@ -105,13 +109,17 @@ def consume(batches, views_per_batch: int) -> dict:
     start = time.perf_counter()
     first = None
     count = 0
+    marks = []
     for batch in batches:
         count += int(batch["image"].shape[0])
+        marks.append((time.perf_counter(), count))
         if first is None:
             first = time.perf_counter()
     end = time.perf_counter()
+    quarters = [marks[min(len(marks) - 1, int(q * len(marks) / 4))] for q in range(5)] if marks else []
+    rates = [round((c1 - c0) / max(t1 - t0, 1e-9), 1) for (t0, c0), (t1, c1) in zip(quarters, quarters[1:])]
     return {"images": count, "seconds": end - start, "first_batch_s": (first or end) - start,
-            "steady_images": count - views_per_batch}
+            "steady_images": count - views_per_batch, "quarter_rates": rates}
 
 
 def measure(loader: str, world: Path, records: int, batch: int, procs: int, preset: str) -> dict:
@@ -132,7 +140,7 @@ def measure(loader: str, world: Path, records: int, batch: int, procs: int, pres
         sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
         dl = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=collate,
                                          num_workers=procs, drop_last=True)
-        with PeakRss(ray_workers=False) as rss:
+        with PeakMemory(ray_workers=False) as memory:
             out = consume(iter(dl), views)
     else:
         import functools
@@ -144,13 +152,18 @@ def measure(loader: str, world: Path, records: int, batch: int, procs: int, pres
         ray.init(num_cpus=procs, include_dashboard=False, log_to_driver=False,
                  object_store_memory=512 * 1024 * 1024)
         stream = training_stream(cfg, functools.partial(TrainingDataset, recs, cfg, views=2), len(recs))
-        with PeakRss(ray_workers=True) as rss:
+        with PeakMemory(ray_workers=True) as memory:
             out = consume(iter(stream.dataset.iter_torch_batches(
                 batch_size=batch, collate_fn=collate_pickled, drop_last=True,
                 prefetch_batches=cfg.data.prefetch_batches)), views)
         ray.shutdown()
-    out.update(loader=loader, records=len(recs), peak_rss_mib=rss.peak / 2**20)
+    out.update(loader=loader, records=len(recs), peak_pss_mib=memory.peak / 2**20)
     return out
+
+
+def steady_rate(m: dict) -> float:
+    """images/s after the first batch."""
+    return m["steady_images"] / max(m["seconds"] - m["first_batch_s"], 1e-9)
 
 
 def run_one(loader: str, args: argparse.Namespace, records: int) -> dict:
@@ -198,19 +211,22 @@ def main() -> None:
     sizes = [16, 48] if args.smoke_test else [int(s) for s in args.sizes.split(",")]
     print(f"two-view samples of {args.preset} from {args.world}, batch {args.batch}, {args.procs} processes",
           flush=True)
-    print("| pipeline | records | images | images/s | steady images/s | first batch s | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| pipeline | records | images | images/s | steady images/s | first batch s | peak PSS MiB | images/s by quarter |")
+    print("|---|---|---|---|---|---|---|---|")
     ratio = float("nan")
     for size in sizes:
         row = {}
         for loader in ("torch", "ray"):
             m = run_one(loader, args, size)
             row[loader] = m
-            steady = m["steady_images"] / max(m["seconds"] - m["first_batch_s"], 1e-9)
+            steady = steady_rate(m)
             name = "DataLoader" if loader == "torch" else "Ray Data"
             print(f"| {name} | {m['records']} | {m['images']} | {m['images'] / m['seconds']:.1f} | {steady:.1f} | "
-                  f"{m['first_batch_s']:.1f} | {m['peak_rss_mib']:.0f} |", flush=True)
-        ratio = (row["ray"]["images"] / row["ray"]["seconds"]) / (row["torch"]["images"] / row["torch"]["seconds"])
+                  f"{m['first_batch_s']:.1f} | {m['peak_pss_mib']:.0f} | {' / '.join(map(str, m['quarter_rates']))} |",
+                  flush=True)
+        wall_ratio = (row["ray"]["images"] / row["ray"]["seconds"]) / (row["torch"]["images"] / row["torch"]["seconds"])
+        ratio = steady_rate(row["ray"]) / steady_rate(row["torch"])
+    print(f"with start-up: ray_data/dataloader images/s ratio {wall_ratio:.2f}")
     print(f"ray_data/dataloader images/s ratio: {ratio:.2f}")
 
 

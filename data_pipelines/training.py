@@ -42,7 +42,7 @@ MAX_SUBSTITUTES = 8  # a bad item is replaced by one of the next items of the ep
 MAX_EXAMPLES = 5  # bad items named in the error
 MIN_ITEMS_FOR_FRACTION = 50  # the bad fraction is judged once this many items were read (and at the end)
 READ_TASKS_TARGET = 2000  # read tasks over the whole run at most (row ranges: metadata only, no pixels)
-ROWS_PER_READ_BATCHES = 16  # global batches per read task at least
+ROWS_PER_READ_BATCHES = 2  # global batches per read task at least
 
 
 class BadDataError(RuntimeError):
