@@ -40,16 +40,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 def make_world(preset: str, out: Path) -> Path:
     """The MOT17 and person-search parts of a synthetic world (the rest is not needed here), once."""
-    from kdtrack.config import load_config
-    from kdtrack.synth.world import generate_world, plan_units
+    from bench._world import world_parts
 
-    if (out / "person_search" / "manifest.json").is_file() and (out / "MOT17" / "train").is_dir():
-        return out
-    cfg = load_config(f"synth_{preset}").synth
-    units = [u for u in plan_units(cfg) if u[0] in ("mot17", "person_search")]
-    print(f"generating the MOT17 and person-search parts of the '{preset}' world into {out} ...", flush=True)
-    generate_world(cfg, out, preset=preset, units=units)
-    return out
+    return world_parts(preset, out, ("mot17", "person_search"), ("person_search/manifest.json", "MOT17/train"))
 
 
 def make_checkpoint(out: Path) -> Path:

@@ -178,16 +178,9 @@ def run_one(loader: str, args: argparse.Namespace, records: int) -> dict:
 
 def make_world(preset: str, out: Path) -> Path:
     """The still-image parts of a synthetic world (CrowdHuman, COCO), once."""
-    from kdtrack.config import load_config
-    from kdtrack.synth.world import generate_world, plan_units
+    from bench._world import world_parts
 
-    if (out / "crowdhuman" / "annotation_train.odgt").is_file():
-        return out
-    cfg = load_config(f"synth_{preset}").synth
-    units = [u for u in plan_units(cfg) if u[0] in ("crowdhuman", "coco")]
-    print(f"generating the CrowdHuman and COCO parts of the '{preset}' world into {out} ...", flush=True)
-    generate_world(cfg, out, preset=preset, units=units)
-    return out
+    return world_parts(preset, out, ("crowdhuman", "coco"), ("crowdhuman/annotation_train.odgt",))
 
 
 def main() -> None:

@@ -58,6 +58,7 @@ class StreamPlan:
     per_epoch: int  # iterations per epoch (each worker)
     total_iterations: int
     seed: int
+    shuffle: bool = True  # False: the items are already in epoch order (the teacher's P x K batches)
 
     @property
     def rows_per_epoch(self) -> int:
@@ -73,9 +74,9 @@ class StreamPlan:
         epochs = positions // self.rows_per_epoch
         items = np.empty_like(positions)
         for epoch in np.unique(epochs):
-            order = epoch_order(self.num_items, self.seed, int(epoch))
             sel = epochs == epoch
-            items[sel] = order[positions[sel] - epoch * self.rows_per_epoch]
+            within = positions[sel] - epoch * self.rows_per_epoch
+            items[sel] = epoch_order(self.num_items, self.seed, int(epoch))[within] if self.shuffle else within
         return {"position": positions, "epoch": epochs, "item": items}
 
 
@@ -84,18 +85,19 @@ def epoch_order(num_items: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_items)
 
 
-def plan_stream(num_items: int, cfg: Config) -> StreamPlan:
+def plan_stream(num_items: int, cfg: Config, *, rows_per_batch: int | None = None, shuffle: bool = True) -> StreamPlan:
     """The stream of a run: ``per_epoch`` and the run length as ``DistributedSampler(drop_last=True)`` and
-    ``kdtrack.engine.total_iterations`` give them for the torch path."""
+    ``kdtrack.engine.total_iterations`` give them for the torch path. ``rows_per_batch`` (default
+    ``train.batch_size_per_worker``) rows make one worker's batch: 1 when a row is a whole batch."""
     from kdtrack.engine import total_iterations
 
     tc = cfg.train
-    per_epoch = (num_items // tc.num_workers) // tc.batch_size_per_worker
+    batch = tc.batch_size_per_worker if rows_per_batch is None else rows_per_batch
+    per_epoch = (num_items // tc.num_workers) // batch
     if per_epoch == 0:
-        raise ValueError(f"{num_items} samples on {tc.num_workers} worker(s) do not fill one batch of "
-                         f"{tc.batch_size_per_worker}")
-    return StreamPlan(num_items=num_items, global_batch=tc.batch_size_per_worker * tc.num_workers,
-                      per_epoch=per_epoch, total_iterations=total_iterations(tc, per_epoch), seed=tc.seed)
+        raise ValueError(f"{num_items} samples on {tc.num_workers} worker(s) do not fill one batch of {batch}")
+    return StreamPlan(num_items=num_items, global_batch=batch * tc.num_workers, per_epoch=per_epoch,
+                      total_iterations=total_iterations(tc, per_epoch), seed=tc.seed, shuffle=shuffle)
 
 
 @ray.remote(num_cpus=0)
@@ -158,9 +160,10 @@ def _read_rows(plan: StreamPlan, start: int, stop: int) -> list[Any]:
 class SampleMaker:
     """``map_batches`` actor: rows -> pickled samples of the recipe's ``EpochSeededDataset``."""
 
-    def __init__(self, dataset_factory: Callable[[], Any], state: Any = None) -> None:
+    def __init__(self, dataset_factory: Callable[[], Any], state: Any = None, seed: int = 0) -> None:
         self.dataset = dataset_factory()
         self.state = state
+        self.seed = seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         samples, bad, examples = [], 0, []
@@ -176,7 +179,7 @@ class SampleMaker:
                     if len(examples) < MAX_EXAMPLES:
                         examples.append(f"{type(exc).__name__}: {exc}"[:500])
                     if order is None:
-                        order = epoch_order(n, self.dataset.cfg.train.seed, epoch)
+                        order = epoch_order(n, self.seed, epoch)
                         where = int(np.flatnonzero(order == item)[0])
                     item = int(order[(where + attempt + 1) % n])
             else:
@@ -197,6 +200,12 @@ def collate_pickled(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     return collate([pickle.loads(blob) for blob in batch[SAMPLE_COLUMN]])
 
 
+def unpickle_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``iter_torch_batches`` collate of a stream whose row is a whole batch (the teacher's P x K)."""
+    (blob,) = batch[SAMPLE_COLUMN]
+    return pickle.loads(blob)
+
+
 @dataclasses.dataclass
 class TrainingStream:
     """What the driver hands Ray Train: the dataset, and the plan + state actor for the workers."""
@@ -205,23 +214,28 @@ class TrainingStream:
     plan: StreamPlan
     state: Any
 
+    workers: int = 1
+
     def worker_args(self) -> dict[str, Any]:
-        return {"plan": dataclasses.asdict(self.plan), "state": self.state}
+        return {"plan": dataclasses.asdict(self.plan), "state": self.state, "workers": self.workers}
 
 
-def training_stream(cfg: Config, dataset_factory: Callable[[], Any], num_items: int) -> TrainingStream:
+def training_stream(cfg: Config, dataset_factory: Callable[[], Any], num_items: int, *,
+                    rows_per_batch: int | None = None, shuffle: bool = True) -> TrainingStream:
     """The run's Ray Data stream: rows -> ``SampleMaker`` actor pool. ``dataset_factory`` builds the
-    recipe's ``EpochSeededDataset`` inside each actor (the items travel once, as its argument)."""
-    plan = plan_stream(num_items, cfg)
+    recipe's items inside each actor (the items travel once, as its argument): an ``EpochSeededDataset``,
+    or anything with ``len`` and ``sample_at(epoch, item)`` (``kdtrack.reid_data.PKBatches``: one row per
+    P x K batch, ``rows_per_batch=1, shuffle=False``)."""
+    plan = plan_stream(num_items, cfg, rows_per_batch=rows_per_batch, shuffle=shuffle)
     state = PipelineState.remote()
     dc = cfg.data
     ray.data.DataContext.get_current().enable_progress_bars = False  # a redrawn bar per second in the job log
     # reading rows is arithmetic: no CPU reserved for it (the decode actors hold the data budget)
     ds = ray.data.read_datasource(TrainingRowsDatasource(plan, state), num_cpus=0, concurrency=1).map_batches(
-        SampleMaker, fn_constructor_kwargs={"dataset_factory": dataset_factory, "state": state},
-        batch_size=cfg.train.batch_size_per_worker, num_cpus=dc.map_num_cpus,
+        SampleMaker, fn_constructor_kwargs={"dataset_factory": dataset_factory, "state": state, "seed": plan.seed},
+        batch_size=plan.global_batch // cfg.train.num_workers, num_cpus=dc.map_num_cpus,
         compute=ray.data.ActorPoolStrategy(size=dc.map_actors))
-    return TrainingStream(dataset=ds, plan=plan, state=state)
+    return TrainingStream(dataset=ds, plan=plan, state=state, workers=cfg.train.num_workers)
 
 
 def data_config(cfg: Config) -> Any:
@@ -239,12 +253,14 @@ class WorkerStream:
     starts (``iteration x global batch``: what the restored checkpoint consumed) and opens this rank's shard
     once for the whole run."""
 
-    def __init__(self, shard: Any, worker_args: dict[str, Any], batch_size: int, prefetch_batches: int) -> None:
+    def __init__(self, shard: Any, worker_args: dict[str, Any], prefetch_batches: int,
+                 collate: Callable[[dict[str, np.ndarray]], Any] = collate_pickled) -> None:
         self.shard = shard
         self.plan = StreamPlan(**worker_args["plan"])
         self.state = worker_args["state"]
-        self.batch_size = batch_size
+        self.batch_size = self.plan.global_batch // worker_args["workers"]
         self.prefetch_batches = prefetch_batches
+        self.collate = collate
         self._batches: Iterator[Any] | None = None
         self._warmup: tuple[threading.Thread, list[Any], Iterator[Any]] | None = None
 
@@ -253,7 +269,7 @@ class WorkerStream:
         the decode actors start (seconds: a process, torch, OpenCV) while the worker builds its network."""
         ray.get(self.state.set_start_row.remote(iteration * self.plan.global_batch))
         batches = iter(self.shard.iter_torch_batches(
-            batch_size=self.batch_size, collate_fn=collate_pickled, drop_last=True,
+            batch_size=self.batch_size, collate_fn=self.collate, drop_last=True,
             prefetch_batches=self.prefetch_batches))
         first: list[Any] = []
 

@@ -8,8 +8,8 @@ Ray Data stream (``data_pipelines.training``, ``data.loader: ray``) decodes
 and augments them in an actor pool and Ray Train splits it across the
 workers, which train with ``kdtrack.engine``. ``data.loader: torch`` ships
 the records to the workers instead, each feeding a plain ``DataLoader``
-over its rank-strided shard (the debug path). Every ``checkpoint_every`` epochs rank 0 writes the full
-training state (``kdtrack.checkpoint``) and every rank reports; a rerun
+over its rank-strided shard (the debug path). Every ``checkpoint_every``
+epochs rank 0 writes the full training state (``kdtrack.checkpoint``) and every rank reports; a rerun
 with the same ``--out`` and ``train.run_name`` resumes from the last
 checkpoint, and ``train.max_failures`` restarts a failed worker group from
 it. Rank 0 logs params, loss terms (``train/<term>``) and the final
@@ -364,8 +364,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
     if PIPELINE_KEY in loop_config:  # data.loader ray: this rank's split of the run's Ray Data stream
         from data_pipelines.training import WorkerStream
 
-        feed = WorkerStream(ray.train.get_dataset_shard("train"), loop_config[PIPELINE_KEY],
-                            tc.batch_size_per_worker, cfg.data.prefetch_batches)
+        feed = WorkerStream(ray.train.get_dataset_shard("train"), loop_config[PIPELINE_KEY], cfg.data.prefetch_batches)
         feed.start(int(state["iteration"]) if state is not None else 0)  # decode actors start meanwhile
     else:  # data.loader torch: a DataLoader over this rank's share of the items
         factory, _ = dataset_factory(cfg, loop_config)
@@ -489,10 +488,21 @@ def dataset_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
                              with_original=cfg.train.recipe == "kd"), len(records)
 
 
+def teacher_batches_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
+    """``(factory, number of P x K batches per epoch, all ranks)`` of the teacher recipe's stream."""
+    from kdtrack.reid_data import PKBatches
+
+    crops, teach = loop_data["crops"], cfg.teacher
+    paths, labels = [c["path"] for c in crops], [c["label"] for c in crops]
+    factory = functools.partial(PKBatches, paths, labels, teach, p=teach.train_p, k=teach.train_k,
+                                seed=cfg.train.seed, world_size=cfg.train.num_workers)
+    return factory, len(factory())
+
+
 def bad_item_check(feed: Any, cfg: Config, sink: Any, step: int, *, final: bool = False) -> None:
     """Rank 0, Ray Data stream: log the unreadable items skipped so far (``data/bad_items``,
     ``data/items_read``) and stop the run past ``data.max_bad_fraction``."""
-    if not hasattr(feed, "bad_counts"):
+    if feed is None or not hasattr(feed, "bad_counts"):
         return
     from data_pipelines.training import check_bad_fraction
 
@@ -572,14 +582,24 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
     np.random.seed(tc.seed)
 
     crops = loop_config["crops"]
-    dataset = ReidCropDataset([c["path"] for c in crops], [c["label"] for c in crops], teach, augment=True,
-                              seed=tc.seed)
+    state = _latest_checkpoint_state(device)  # a resume's checkpoint: where the data stream starts
+    if PIPELINE_KEY in loop_config:  # data.loader ray: one stream row = one P x K batch, decoded by the actors
+        from data_pipelines.training import WorkerStream, unpickle_batch
+
+        stream = WorkerStream(ray.train.get_dataset_shard("train"), loop_config[PIPELINE_KEY],
+                              cfg.data.prefetch_batches, collate=unpickle_batch)
+        stream.start(int(state["iteration"]) if state is not None else 0)
+        per_epoch = stream.per_epoch
+    else:  # data.loader torch: this rank's P x K batches through a DataLoader
+        stream = None
+        dataset = ReidCropDataset([c["path"] for c in crops], [c["label"] for c in crops], teach, augment=True,
+                                  seed=tc.seed)
+        sampler = PKSampler(dataset.labels, teach.train_p, teach.train_k, seed=tc.seed, rank=rank, world_size=world)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.loader_workers,
+                            pin_memory=device.type == "cuda")
+        per_epoch = len(sampler)
     model = ray.train.torch.prepare_model(build_teacher(teach, int(loop_config["num_classes"])))
     optimizer = build_optimizer(model.parameters(), tc)
-    sampler = PKSampler(dataset.labels, teach.train_p, teach.train_k, seed=tc.seed, rank=rank, world_size=world)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.loader_workers,
-                        pin_memory=device.type == "cuda")
-    per_epoch = len(sampler)
     total = total_iterations(tc, per_epoch)
     scheduler = build_warmup_scheduler(optimizer, tc, total, warmup_iterations=teach.warmup_epochs * per_epoch,
                                        warmup_factor=teach.warmup_factor)
@@ -587,7 +607,6 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
 
     start_epoch, iteration = 0, 0
     resumed = {"resumed_from_iteration": -1.0}
-    state = _latest_checkpoint_state(device)
     if state is not None:
         start_epoch, iteration = restore_training_state(state, model=model, optimizer=optimizer,
                                                         scheduler=scheduler, scaler=scaler)
@@ -618,11 +637,15 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
     terms: dict[str, float] = {}
     with failed_run_on_error(sink):
         while (tc.epochs == 0 or epoch < tc.epochs) and iteration < total:
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
+            if stream is not None:
+                batches = stream.epoch_batches(epoch, iteration, 0)  # teacher checkpoints fall after epochs
+            else:
+                sampler.set_epoch(epoch)
+                dataset.set_epoch(epoch)
+                batches = loader
             epoch_start = iteration
             iteration, terms = teacher_train_one_epoch(
-                model, optimizer, loader, device, epoch, label_smoothing=teach.label_smoothing,
+                model, optimizer, batches, device, epoch, label_smoothing=teach.label_smoothing,
                 triplet_margin=teach.triplet_margin, scheduler=scheduler, scaler=scaler, amp=tc.amp,
                 grad_clip=tc.grad_clip, start_iteration=iteration, max_iterations=total, log_every=tc.log_every,
                 log_fn=log_fn)
@@ -634,6 +657,8 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
                     epoch=next_epoch, iteration=iteration, metrics=metrics, mlflow_run_id=mlflow_run))
             if finished:
                 break
+        if rank == 0:
+            bad_item_check(stream, cfg, sink, iteration, final=True)
     if sink is not None:
         sink.finish()
 
@@ -726,11 +751,15 @@ def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlfl
     from ray.train.torch import TorchTrainer
 
     datasets = None
-    if train_fn is train_func and cfg.data.loader == "ray":
+    if cfg.data.loader == "ray":
         from data_pipelines.training import data_config, training_stream
 
-        factory, num_items = dataset_factory(cfg, loop_data)
-        stream = training_stream(cfg, factory, num_items)
+        if train_fn is teacher_train_func:  # one row per P x K batch, already in epoch order
+            factory, num_items = teacher_batches_factory(cfg, loop_data)
+            stream = training_stream(cfg, factory, num_items, rows_per_batch=1, shuffle=False)
+        else:
+            factory, num_items = dataset_factory(cfg, loop_data)
+            stream = training_stream(cfg, factory, num_items)
         loop_data = {k: v for k, v in loop_data.items() if k not in ITEM_KEYS}  # the decode actors hold them
         loop_data[PIPELINE_KEY] = stream.worker_args()
         datasets = {"train": stream.dataset}

@@ -487,9 +487,9 @@ def flatten_config(cfg: Config) -> dict[str, Any]:
 
 def training_cpus(cfg: Config) -> float:
     """Ray CPUs a training run holds: its train workers, plus the Ray Data decode actors when they feed it
-    (``data.loader: ray``; the teacher recipe reads its crops with a DataLoader in the workers)."""
+    (``data.loader: ray``)."""
     tc, dc = cfg.train, cfg.data
-    decode = dc.map_actors * dc.map_num_cpus if dc.loader == "ray" and tc.recipe != "teacher" else 0.0
+    decode = dc.map_actors * dc.map_num_cpus if dc.loader == "ray" else 0.0
     return tc.num_workers * tc.cpus_per_worker + decode
 
 

@@ -254,3 +254,27 @@ class PKSampler(torch.utils.data.Sampler):
         size = self.p * self.k
         for b in range(self.rank, self.num_batches, self.world_size):
             yield [(int(i), b * size + j) for j, i in enumerate(batches[b])]
+
+
+class PKBatches:
+    """Every rank's P x K batches of an epoch as items (the teacher's Ray Data stream maps these):
+    ``sample_at(epoch, b)`` is batch ``b`` of ``epoch`` — the crops :class:`PKSampler` puts there, with the
+    same augmentation draws, collated as the ``DataLoader`` over the sampler collates them."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], cfg: TeacherConfig, *, p: int, k: int,
+                 seed: int = 0, world_size: int = 1) -> None:
+        self.dataset = ReidCropDataset(paths, labels, cfg, augment=True, seed=seed)
+        self.sampler = PKSampler(labels, p, k, seed=seed, world_size=world_size)
+        self._epoch: int | None = None
+        self._batches = np.empty((0, 0), np.int64)
+
+    def __len__(self) -> int:
+        return self.sampler.num_batches
+
+    def sample_at(self, epoch: int, b: int) -> dict[str, torch.Tensor]:
+        if self._epoch != epoch:
+            self._batches, self._epoch = self.sampler.epoch_batches(epoch), int(epoch)
+        self.dataset.set_epoch(epoch)
+        size = self._batches.shape[1]
+        crops = [self.dataset[(int(i), int(b) * size + j)] for j, i in enumerate(self._batches[int(b)])]
+        return torch.utils.data.default_collate(crops)

@@ -195,3 +195,33 @@ def test_training_skips_bad_images_into_mlflow_and_stops_past_the_bad_fraction(r
     failed = client.search_runs([client.get_experiment_by_name("kdtrack").experiment_id],
                                 filter_string="attributes.status = 'FAILED'")
     assert len(failed) == 1
+
+
+def test_teacher_pk_batches_equal_the_dataloader_over_the_pk_sampler(tiny_world):
+    import torch
+
+    from kdtrack.reid_data import PKBatches, PKSampler, ReidCropDataset, contiguous_labels, read_training_crops
+
+    teach = load_config("teacher_cpu").teacher
+    crops, _ = read_training_crops(tiny_world)
+    labels, _ = contiguous_labels([c.pid for c in crops])
+    paths = [c.path for c in crops]
+    batches = PKBatches(paths, labels, teach, p=teach.train_p, k=teach.train_k, seed=5, world_size=2)
+    for rank in (0, 1):  # rank r of 2 takes batches r, r + 2, ... of every epoch
+        dataset = ReidCropDataset(paths, labels, teach, augment=True, seed=5)
+        sampler = PKSampler(labels, teach.train_p, teach.train_k, seed=5, rank=rank, world_size=2)
+        assert len(batches) == 2 * len(sampler)
+        sampler.set_epoch(1)
+        dataset.set_epoch(1)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler)
+        for j, expected in enumerate(loader):
+            got = batches.sample_at(1, rank + 2 * j)
+            assert got.keys() == expected.keys()
+            for key in expected:
+                torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+            if j == 1:
+                break
+    plan = plan_stream(len(batches), load_config("teacher_cpu", ["train.num_workers=2", "train.epochs=3"]),
+                       rows_per_batch=1, shuffle=False)
+    assert plan.per_epoch == len(batches) // 2 and plan.total_iterations == 3 * plan.per_epoch
+    assert plan.rows(0, plan.total_rows)["item"].tolist() == list(range(len(batches))) * 3  # the sampler's order
