@@ -28,9 +28,10 @@ detection heads, stage 3 the body and the identity head).
 
 ``train.recipe=teacher`` trains the Re-ID teacher instead (``teacher_train_func``):
 the driver reads ``<data-root>/market1501/bounding_box_train`` (or an unpacked
-Market-1501 given as the data root), labels the identities 0..C-1 and ships
-the crop list; each worker draws its share of P x K batches
-(``kdtrack.reid_data.PKSampler``), augments as BoT does and trains with
+Market-1501 given as the data root) and labels the identities 0..C-1; the
+stream's rows are whole P x K batches (``kdtrack.reid_data.PKBatches`` over
+``PKSampler``; with ``data.loader: torch`` each worker draws its share in a
+``DataLoader``), augmented as BoT does; the workers train with
 label-smoothed ID cross-entropy + batch-hard triplet
 (``kdtrack.engine.teacher_train_step``) under a warm-up + step schedule.
 Checkpoints, resume, MLflow and ``<out>/checkpoint.pt`` are the student's;

@@ -225,3 +225,21 @@ def test_teacher_pk_batches_equal_the_dataloader_over_the_pk_sampler(tiny_world)
                        rows_per_batch=1, shuffle=False)
     assert plan.per_epoch == len(batches) // 2 and plan.total_iterations == 3 * plan.per_epoch
     assert plan.rows(0, plan.total_rows)["item"].tolist() == list(range(len(batches))) * 3  # the sampler's order
+
+
+def test_a_run_that_cannot_fit_a_local_cluster_is_refused(monkeypatch):
+    from jobs.train import check_cluster_cpus
+    from kdtrack.config import ConfigError
+
+    class TwoCpus:
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 2.0}
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    check_cluster_cpus(load_config("demo"), TwoCpus)  # 1.5 + the 0.5-CPU decode actor
+    with pytest.raises(ConfigError, match="data.map_actors 2 x data.map_num_cpus 0.5"):
+        check_cluster_cpus(load_config("demo", ["data.map_actors=2"]), TwoCpus)
+    check_cluster_cpus(load_config("demo", ["data.map_actors=2", "data.loader=torch"]), TwoCpus)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # joining a cluster that may autoscale: a warning
+    check_cluster_cpus(load_config("demo", ["data.map_actors=2"]), TwoCpus)

@@ -145,8 +145,9 @@ def test_report_every_cuts_epochs_validates_and_resumes_inside_an_epoch(ray_sess
 
     def args(max_iterations):
         argv = ["--config", "tiny", "--data-root", str(tiny_world), "--out", str(out), "--mlflow-uri", mlflow_uri]
+        # the DataLoader path's resume inside an epoch (SkipFirstSampler); the stream's is the fault-injection test
         for item in FAST + ["data.max_records=8", "train.epochs=0", f"train.max_iterations={max_iterations}",
-                            "train.resume_policy=force",
+                            "train.resume_policy=force", "data.loader=torch",
                             "train.report_every=2", "train.val_protocols=[person_search]", "train.log_every=1"]:
             argv += ["--set", item]
         return get_args_parser().parse_args(argv)
@@ -263,7 +264,8 @@ def test_a_crashed_training_run_is_failed_in_mlflow_with_its_error(ray_session, 
     import ray.train
 
     with pytest.raises(ray.train.TrainingFailedError):
-        main(_args(tiny_world, tmp_path / "nan", mlflow_uri, "train.lr=1e30", "train.smoke_iterations=3"))
+        main(_args(tiny_world, tmp_path / "nan", mlflow_uri, "train.lr=1e30", "train.smoke_iterations=3",
+                   "data.loader=torch"))
     mlflow.set_tracking_uri(mlflow_uri)
     runs = mlflow.search_runs(experiment_names=["kdtrack"])
     assert len(runs) == 1 and runs.iloc[0]["status"] == "FAILED"

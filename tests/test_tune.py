@@ -19,7 +19,10 @@ SMALL_SWEEP = {
             "train.val_protocols": ["person_search"],
             # a smaller student than tiny's, so that a trial's fit stays short on 2 shared cores
             "model.input_width": 160, "model.input_height": 96, "model.width": 16, "model.head_conv": 32,
-            "model.deformable": False, "loss.queue_size": 256, "train.batch_size_per_worker": 2},
+            "model.deformable": False, "loss.queue_size": 256, "train.batch_size_per_worker": 2,
+            # the trials' DataLoader path: the Ray Data stream's start-up (~20 s a fit on 2 cores) is tested
+            # by tests/test_pipeline_training.py and the jobs.train tests, not once per trial here
+            "data.loader": "torch"},
     "search": {"loss.temperature": {"loguniform": [0.03, 0.3]}},
     "tune": {"num_samples": 2},
 }
@@ -47,9 +50,10 @@ def test_shipped_cpu_sweep_searches_lambda_tau_queue_and_lr_on_validation_map():
     assert max(spec.search["loss.queue_size"].args) == 65536
     assert spec.tune.metric == "val/person_search/mAP" and spec.tune.mode == "max"
     assert spec.base.train.recipe == "contrastive" and spec.base.train.val_split == "val"
-    # fits a 2-core machine: one trial holds its driver actor + one worker
+    # fits a 2-core machine: one trial holds its driver actor + one worker + its Ray Data decode actor
     check_resources(spec, 2.0)
-    assert spec.tune.trial_cpus + spec.base.train.cpus_per_worker <= 2.0
+    assert spec.tune.trial_cpus + spec.base.train.cpus_per_worker + spec.base.data.map_num_cpus <= 2.0
+    assert spec.base.data.loader == "ray"
     from tune.spaces import scheduler
 
     rungs = sorted(m for m, _ in scheduler(spec)._brackets[0]._rungs)
@@ -97,6 +101,10 @@ def test_a_trial_that_cannot_fit_the_cluster_is_refused_before_it_hangs(tmp_path
     with pytest.raises(ConfigError, match="would never start"):
         check_resources(spec, 2.0)
     check_resources(spec, 4.0)
+    # the Ray Data decode actors count too: 0.1 + 1.5 + 0.5 > 2
+    spec = load_sweep(write_sweep(tmp_path), ["train.cpus_per_worker=1.5", "data.loader=ray", "data.map_num_cpus=0.5"])
+    with pytest.raises(ConfigError, match="0.5 for the Ray Data decode actors"):
+        check_resources(spec, 2.0)
 
 
 def test_tune_objects_asha_in_iterations_and_a_flat_param_space(tmp_path):
