@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from kdtrack.config import Config, config_yaml, flatten_config
+
+MLFLOW_RETRY_SECONDS = 60.0  # rank 0 tries a failing tracking server again at most this often
 
 
 def start_run(cfg: Config, uri: str, ray_run_name: str, resume_state: dict[str, Any] | None = None,
@@ -112,22 +114,52 @@ def create_mlflow_run(client: Any, experiment_id: str, cfg: Config, run_name: st
 
 class MlflowSink:
     """Rank 0's MLflow logging, best-effort: a failed call (tracking server down, network hiccup) is a warning,
-    its metrics are kept (up to ``max_pending``) and sent with the next call; training never stops for it."""
+    its metrics are kept (up to ``max_pending``) and sent with a later call; training never stops for it.
 
-    def __init__(self, client: Any, run_id: str, max_pending: int = 100_000):
+    ``opener`` (``() -> (client, run_id)``) opens the run on the first call that reaches the server, so an
+    outage when rank 0 starts is survived too. While failing, the server is tried again at most every
+    ``retry_seconds`` (an MLflow client call to a dead server retries for minutes); calls in between only
+    queue their metrics. Tags and params sent during an outage are lost (warned)."""
+
+    def __init__(self, client: Any, run_id: str, max_pending: int = 100_000, *,
+                 opener: Callable[[], tuple[Any, str]] | None = None, retry_seconds: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.client, self.run_id, self.max_pending = client, run_id, max_pending
+        self.opener, self.retry_seconds, self.clock = opener, retry_seconds, clock
         self.pending: list[Any] = []
         self.failing = False
+        self.next_try = 0.0
+
+    def _failed(self, what: str, exc: Exception) -> bool:
+        if not self.failing:
+            first_line = (str(exc).splitlines() or [""])[0][:200]
+            print(f"warning: MLflow {what} failed ({type(exc).__name__}: {first_line}); training goes on, "
+                  f"metrics are kept and retried", flush=True)
+        self.failing = True
+        self.next_try = self.clock() + self.retry_seconds
+        return False
+
+    def _open(self) -> bool:
+        if self.run_id:
+            return True
+        if self.opener is None:
+            return False
+        try:
+            self.client, self.run_id = self.opener()
+        except Exception as exc:  # noqa: BLE001  (any tracking-server failure: training goes on)
+            return self._failed("run start", exc)
+        print(f"MLflow run {self.run_id} opened by rank 0", flush=True)
+        return True
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
-        try:
-            fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001  (any client error: logging must not kill training)
-            if not self.failing:
-                print(f"warning: MLflow {what} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                      f"training goes on, metrics are kept and retried", flush=True)
-            self.failing = True
+        if self.failing and self.clock() < self.next_try:
             return False
+        if not self._open():
+            return False
+        try:
+            getattr(self.client, fn)(self.run_id, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001  (any client error: logging must not kill training)
+            return self._failed(what, exc)
         if self.failing:
             print("MLflow reachable again: pending metrics sent", flush=True)
         self.failing = False
@@ -145,20 +177,41 @@ class MlflowSink:
         self.pending = []
         for start in range(0, len(batch), 1000):  # MLflow's log_batch cap on metrics per call
             chunk = batch[start:start + 1000]
-            if not self._call("log_batch", self.client.log_batch, self.run_id, metrics=chunk):
+            if not self._call("log_batch", "log_batch", metrics=chunk):
                 self.pending = (chunk + batch[start + 1000:])[-self.max_pending:]
                 return
 
     def tag(self, key: str, value: str) -> None:
-        self._call("set_tag", self.client.set_tag, self.run_id, key, value)
+        self._call("set_tag", "set_tag", key, value)
 
     def param(self, key: str, value: Any) -> None:
-        self._call("log_param", self.client.log_param, self.run_id, key, value)
+        self._call("log_param", "log_param", key, value)
 
     def finish(self, status: str = "FINISHED") -> None:
+        """The last try: pending metrics and the final status go now, whatever the retry interval."""
+        self.next_try = 0.0
         if self.pending:
             self.metrics(0, {}, prefix="")
-        self._call("set_terminated", self.client.set_terminated, self.run_id, status=status)
+        if self.pending:  # still down: one more client call would only wait again
+            print(f"warning: MLflow unreachable at the end: {len(self.pending)} metrics not sent, run "
+                  f"{self.run_id or '(never opened)'} not marked {status}", flush=True)
+            return
+        self._call("set_terminated", "set_terminated", status=status)
+
+
+def open_sink(cfg: Config, uri: str, ray_run_name: str, resume_state: dict[str, Any] | None = None,
+              run_id: str = "") -> MlflowSink:
+    """Rank 0's sink on the run :func:`start_run` opens; an outage now is a warning and a later log call
+    opens the run (the checkpoint then records its id)."""
+    sink = MlflowSink(None, "", opener=lambda: start_run(cfg, uri, ray_run_name, resume_state, run_id),
+                      retry_seconds=MLFLOW_RETRY_SECONDS)
+    sink._open()
+    return sink
+
+
+def sink_run_id(sink: MlflowSink | None) -> str:
+    """The MLflow run a checkpoint records: ``""`` on other ranks, and on rank 0 until the run is open."""
+    return sink.run_id if sink is not None else ""
 
 
 @contextlib.contextmanager

@@ -64,6 +64,15 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def refuse_unless_joining(problem: Exception) -> None:
+    """Work that does not fit the cluster's CPUs never starts: it would hang silently (RAY_NOTES).
+    ``problem`` is raised on a cluster this job started; joining one (``RAY_ADDRESS``, which may
+    autoscale) it is printed as a warning."""
+    if not os.environ.get("RAY_ADDRESS"):
+        raise problem
+    print(f"warning: {problem} (an autoscaling cluster may still add nodes)", flush=True)
+
+
 def ensure_ray():
     """The ``ray`` module, initialised: joins ``RAY_ADDRESS`` when set, else starts a local cluster."""
     import ray

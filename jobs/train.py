@@ -53,7 +53,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from jobs._mlflow_train import MlflowSink, create_driver_run, failed_run_on_error, mark_failed, start_run
+from jobs._mlflow_train import create_driver_run, failed_run_on_error, mark_failed, open_sink, sink_run_id
+from jobs._ray import refuse_unless_joining
 from jobs._resume import check_resume, note_resume_changes
 from kdtrack.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, training_cpus
 
@@ -178,17 +179,36 @@ KD_TEACHER_HELP = (f"train one with train.recipe=teacher (python -m jobs.train -
 
 def check_kd_teacher(cfg: Config) -> None:
     """``train.recipe=kd`` distils a *trained* teacher: random teacher weights would teach the student nothing
-    while every loss curve looks normal, so an untrained teacher is refused, not warned about."""
+    while every loss curve looks normal, so an untrained teacher is refused, not warned about. Its features
+    come either from ``teacher.embeddings`` (offline, ``jobs.teacher_embeddings``) or from the checkpoint."""
     t = cfg.teacher
     if t.embeddings:
-        raise ConfigError(f"teacher.embeddings={t.embeddings!r}: offline teacher embeddings (jobs.teacher_embeddings) "
-                          f"are not built yet; distil the teacher online: unset teacher.embeddings and "
-                          f"{KD_TEACHER_PASS}")
+        if not Path(t.embeddings).exists():
+            raise ConfigError(f"teacher.embeddings: {t.embeddings} does not exist (write it with python -m "
+                              f"jobs.teacher_embeddings --teacher T/checkpoint.pt --data-root W --out E)")
+        return
     if not t.checkpoint:
         raise ConfigError(f"train.recipe 'kd' distils a trained Re-ID teacher, but teacher.checkpoint is empty and "
                           f"teacher.embeddings is not set: {KD_TEACHER_HELP}")
     if not Path(t.checkpoint).is_file():
         raise ConfigError(f"teacher.checkpoint: {t.checkpoint} is not a file ({KD_TEACHER_HELP})")
+
+
+def check_teacher_store(cfg: Config, records: Any) -> None:
+    """On the driver, KD from ``teacher.embeddings``: the store is this canvas's and this student's size,
+    and every training box has its row; a missing one is an error naming the image."""
+    from kdtrack.teacher_store import MissingTeacherEmbedding, read_teacher_table
+
+    t, m = cfg.teacher, cfg.model
+    expected = {"feature_dim": m.embedding_dim, "crop_height": t.crop_height, "crop_width": t.crop_width,
+                "canvas_width": m.input_width, "canvas_height": m.input_height}
+    try:
+        table = read_teacher_table(t.embeddings, expected)
+        table.check_records(records)
+    except (MissingTeacherEmbedding, ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"teacher.embeddings: {exc}") from None
+    print(f"teacher embeddings: {len(table.matrix)} boxes of {len(table.index)} images from {t.embeddings} "
+          f"(teacher {table.meta['teacher_checkpoint']}, iteration {table.meta['teacher_iteration']})", flush=True)
 
 
 def check_teacher_recipe(cfg: Config) -> None:
@@ -233,7 +253,8 @@ def _absolute_files(cfg: Config) -> Config:
         cfg, model=dataclasses.replace(cfg.model, pretrained=absolute(cfg.model.pretrained)),
         train=dataclasses.replace(cfg.train, val_root=absolute(cfg.train.val_root)),
         teacher=dataclasses.replace(cfg.teacher, checkpoint=absolute(cfg.teacher.checkpoint),
-                                    pretrained=absolute(cfg.teacher.pretrained)))
+                                    pretrained=absolute(cfg.teacher.pretrained),
+                                    embeddings=absolute(cfg.teacher.embeddings)))
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -381,7 +402,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
         print(f"frozen: {', '.join(frozen)}", flush=True)
     model = ray.train.torch.prepare_model(student)
     criterion = Criterion.from_config(cfg, gather_fn=all_gather_cat if world > 1 else None).to(device)
-    teacher = build_kd_teacher(cfg, device) if tc.recipe == "kd" else None
+    teacher = build_kd_teacher(cfg, device) if tc.recipe == "kd" and not cfg.teacher.embeddings else None
     optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), tc)
     key_encoder = None
     if tc.recipe in CONTRASTIVE_RECIPES and cfg.loss.key_momentum > 0:
@@ -404,11 +425,10 @@ def train_func(loop_config: dict[str, Any]) -> None:
             resumed["resumed_queue_fill"] = float(criterion.contrastive.queue_fill)
         print(f"[rank {rank}] resumed from epoch {start_epoch}, iteration {iteration}", flush=True)
 
-    sink, mlflow_run = None, ""
+    sink = None
     if rank == 0:
-        mlflow_client, mlflow_run = start_run(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state,
-                                              run_id=loop_config.get(MLFLOW_RUN_ID_KEY, ""))
-        sink = MlflowSink(mlflow_client, mlflow_run)
+        sink = open_sink(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state,
+                         run_id=loop_config.get(MLFLOW_RUN_ID_KEY, ""))
     note_resume_changes(state, cfg, sink)
     validate = build_validation(cfg, device) if rank == 0 else None
 
@@ -431,7 +451,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
     def save(tmp: str, next_epoch: int, metrics: dict[str, float]) -> None:
         save_checkpoint(tmp, model=model, config=cfg, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
                         scaler=scaler, key_encoder=key_encoder, epoch=next_epoch, iteration=iteration,
-                        metrics=metrics, mlflow_run_id=mlflow_run)
+                        metrics=metrics, mlflow_run_id=sink_run_id(sink))
 
     epoch, finished = start_epoch, iteration >= total
     # a checkpoint taken inside an epoch (report_every) resumes that epoch after the batches it had done
@@ -452,7 +472,8 @@ def train_func(loop_config: dict[str, Any]) -> None:
                 next_epoch = epoch + 1 if epoch_done else epoch
                 finished = iteration >= total or 0 < tc.epochs <= next_epoch
                 if report_due(tc, epoch=epoch, iteration=iteration, epoch_done=epoch_done, finished=finished):
-                    metrics = _epoch_metrics(mean_over_ranks(terms), next_epoch, iteration, resumed, mlflow_run)
+                    metrics = _epoch_metrics(mean_over_ranks(terms), next_epoch, iteration, resumed,
+                                             sink_run_id(sink))
                     if validate is not None:
                         val = validate(model)
                         set_train_mode(model)
@@ -485,8 +506,10 @@ def dataset_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
     from kdtrack.structures import ImageRecord
 
     records = [ImageRecord.from_dict(r) for r in loop_data["records"]]
+    kd = cfg.train.recipe == "kd"
+    store = cfg.teacher.embeddings if kd else ""
     return functools.partial(TrainingDataset, records, cfg, views=2 if cfg.train.recipe == "contrastive" else 1,
-                             with_original=cfg.train.recipe == "kd"), len(records)
+                             with_original=kd and not store, teacher_store=store), len(records)
 
 
 def teacher_batches_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
@@ -614,11 +637,10 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
         resumed["resumed_from_iteration"] = float(iteration)
         print(f"[rank {rank}] resumed from epoch {start_epoch}, iteration {iteration}", flush=True)
 
-    sink, mlflow_run = None, ""
+    sink = None
     if rank == 0:
-        mlflow_client, mlflow_run = start_run(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state,
-                                              run_id=loop_config.get(MLFLOW_RUN_ID_KEY, ""))
-        sink = MlflowSink(mlflow_client, mlflow_run)
+        sink = open_sink(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state,
+                         run_id=loop_config.get(MLFLOW_RUN_ID_KEY, ""))
         sink.param("data/num_id_classes", int(loop_config["num_classes"]))
         sink.param("data/num_train_crops", len(crops))
         print(f"[teacher] {len(crops)} crops, {loop_config['num_classes']} identities, {world} worker(s) x "
@@ -633,6 +655,7 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
         sink.metrics(step, terms)
         print(f"[iter {step}/{total}] " + " ".join(f"{k}={terms[k]:.4g}" for k in TEACHER_PROGRESS_TERMS if k in terms)
               + perf_suffix(step, total, terms), flush=True)
+        bad_item_check(stream, cfg, sink, step)
 
     epoch = start_epoch
     terms: dict[str, float] = {}
@@ -652,10 +675,10 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
                 log_fn=log_fn)
             finished, epoch = _close_epoch(
                 rank, tc, epoch=epoch, epoch_start=epoch_start, iteration=iteration, per_epoch=per_epoch,
-                total=total, terms=terms, resumed=resumed, mlflow_run=mlflow_run,
+                total=total, terms=terms, resumed=resumed, mlflow_run=sink_run_id(sink),
                 save=lambda tmp, next_epoch, metrics: save_checkpoint(
                     tmp, model=model, config=cfg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                    epoch=next_epoch, iteration=iteration, metrics=metrics, mlflow_run_id=mlflow_run))
+                    epoch=next_epoch, iteration=iteration, metrics=metrics, mlflow_run_id=sink_run_id(sink)))
             if finished:
                 break
         if rank == 0:
@@ -714,6 +737,8 @@ def training_data(cfg: Config, smoke_test: bool = False) -> tuple[Any, dict[str,
     records = records[:keep] if smoke_test else records
     print(f"{len(records)} training records from {', '.join(cfg.data.sources)} under {cfg.data.root}", flush=True)
     _check_fills_a_batch(len(records), "training records", cfg)
+    if cfg.train.recipe == "kd" and cfg.teacher.embeddings:
+        check_teacher_store(cfg, records)
     return train_func, {"records": [r.to_dict() for r in records]}
 
 
@@ -727,20 +752,16 @@ def _check_fills_a_batch(count: int, what: str, cfg: Config) -> None:
 
 
 def check_cluster_cpus(cfg: Config, ray: Any) -> None:
-    """Train workers and Ray Data decode actors that do not fit the cluster's CPUs never start: the run
-    would hang silently (RAY_NOTES). An error on a cluster this job started, a warning when joining one
-    (it may autoscale)."""
+    """Train workers and Ray Data decode actors must fit the cluster's CPUs (``refuse_unless_joining``)."""
     need, have = training_cpus(cfg), float(ray.cluster_resources().get("CPU", 0.0))
     if need <= have + 1e-9:
         return
     tc, dc = cfg.train, cfg.data
-    msg = (f"the run needs {need:g} CPUs (train.num_workers {tc.num_workers} x train.cpus_per_worker "
-           f"{tc.cpus_per_worker:g} + data.map_actors {dc.map_actors} x data.map_num_cpus {dc.map_num_cpus:g} "
-           f"for the Ray Data decode actors) but the cluster has {have:g}: lower train.cpus_per_worker or "
-           f"data.map_num_cpus")
-    if not os.environ.get("RAY_ADDRESS"):
-        raise ConfigError(msg)
-    print(f"warning: {msg} (an autoscaling cluster may still add nodes)", flush=True)
+    refuse_unless_joining(ConfigError(
+        f"the run needs {need:g} CPUs (train.num_workers {tc.num_workers} x train.cpus_per_worker "
+        f"{tc.cpus_per_worker:g} + data.map_actors {dc.map_actors} x data.map_num_cpus {dc.map_num_cpus:g} "
+        f"for the Ray Data decode actors) but the cluster has {have:g}: lower train.cpus_per_worker or "
+        f"data.map_num_cpus"))
 
 
 def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlflow_uri: str, storage: str,

@@ -247,7 +247,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    from jobs._ray import ensure_ray
+    from jobs._ray import ensure_ray, refuse_unless_joining
     from jobs._mlflow_train import mlflow_experiment_id
     from jobs.train import storage_path, training_data
     from kdtrack.io import atomic_write_json, atomic_write_text
@@ -267,9 +267,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         check_resources(spec, cluster_cpus)
     except ConfigError as exc:
-        if not os.environ.get("RAY_ADDRESS"):  # a cluster we started cannot grow
-            raise
-        print(f"warning: {exc} (an autoscaling cluster may still add nodes)", flush=True)
+        refuse_unless_joining(exc)
 
     baselines = validation_baselines(spec)
     client = MlflowClient(tracking_uri=uri)

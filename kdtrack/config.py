@@ -138,7 +138,7 @@ class TeacherConfig:
     label_smoothing: float = 0.1  # ID cross-entropy label smoothing
     triplet_margin: float = 0.3  # batch-hard triplet margin
     checkpoint: str = ""  # path of a trained teacher checkpoint ("" = untrained; train.recipe=kd refuses that without teacher.embeddings)
-    embeddings: str = ""  # parquet of offline teacher embeddings (jobs.teacher_embeddings; not built yet)
+    embeddings: str = ""  # offline teacher embeddings (a jobs.teacher_embeddings --out folder): KD reads its targets there and never builds the teacher (teacher.checkpoint is then not used)
     pretrained: str = ""  # ImageNet ResNet state dict (torchvision or IBN-Net keys) that initialises the backbone for train.recipe=teacher; ignored when checkpoint is set
     # Training the teacher (train.recipe=teacher, kdtrack.reid_data; BoT strong baseline on Market-1501-style crops).
     # The batch is train_p x train_k crops per worker (train.batch_size_per_worker is not used); the lr schedule is

@@ -39,7 +39,7 @@ from kdtrack.transforms import BoxAugment
 
 UID_BITS = 46  # person_keys allows image uids below 2**(62 - 16)
 KNOWN_SOURCES = ("crowdhuman", "coco", "mot17")
-SLOT_AXIS_KEYS = SLOT_KEYS + ("teacher_boxes_xyxy",)  # keys whose axis after (batch) is the slot axis K
+SLOT_AXIS_KEYS = SLOT_KEYS + ("teacher_boxes_xyxy", "teacher")  # keys whose axis after (batch) is the slot axis K
 
 
 def augment_preset(cfg: Config) -> str:
@@ -305,18 +305,30 @@ class TrainingDataset(EpochSeededDataset):
     """Image records: one view (detection, KD) or two augmented views (IDF stage 1) per sample."""
 
     def __init__(self, records: Sequence[ImageRecord], cfg: Config, *, views: int = 1,
-                 with_original: bool = False) -> None:
+                 with_original: bool = False, teacher_store: str = "") -> None:
         super().__init__(records, cfg)
         self.views = views
         self.with_original = with_original
+        # KD from offline teacher embeddings (kdtrack.teacher_store): each sample carries its targets
+        # ``teacher (V, K, D)`` instead of the un-augmented canvas the online teacher would crop
+        self.teacher_store = teacher_store
+        self._table: Any = None
 
     @property
     def records(self) -> list[ImageRecord]:
         return self.items
 
     def sample(self, item: ImageRecord, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return training_sample(item, self.cfg, rng, views=self.views, with_original=self.with_original,
-                               augment=self.augment)
+        if not self.teacher_store:
+            return training_sample(item, self.cfg, rng, views=self.views, with_original=self.with_original,
+                                   augment=self.augment)
+        from kdtrack.teacher_store import attach_stored_targets, read_teacher_table
+
+        if self._table is None:  # read once per process (a DataLoader worker or a Ray Data decode actor)
+            self._table = read_teacher_table(self.teacher_store)
+        sample = training_sample(item, self.cfg, rng, views=self.views, augment=self.augment)
+        attach_stored_targets(sample, self._table.image_rows(item))
+        return sample
 
 
 # Moved to kdtrack.formats.mot (public: dedupe_detector_copies); the old private name stays for external importers.

@@ -102,9 +102,9 @@ def test_kd_refuses_a_teacher_without_trained_weights(tmp_path):
                                           r"train one .*--config teacher_cpu.*"
                                           r"--set teacher\.checkpoint=T/checkpoint\.pt"):
         check_recipe(load_config("kd_cpu"))
-    with pytest.raises(ConfigError, match=r"teacher\.embeddings='E/emb\.parquet': offline teacher embeddings "
-                                          r"\(jobs\.teacher_embeddings\) are not built yet"):
-        check_recipe(load_config("kd_cpu", ["teacher.embeddings=E/emb.parquet"]))
+    with pytest.raises(ConfigError, match=r"teacher\.embeddings: .*E/emb does not exist \(write it with python -m "
+                                          r"jobs\.teacher_embeddings"):
+        check_recipe(load_config("kd_cpu", [f"teacher.embeddings={tmp_path / 'E' / 'emb'}"]))
     with pytest.raises(ConfigError, match=r"teacher\.checkpoint: .*nope\.pt is not a file"):
         check_recipe(load_config("kd_cpu", [f"teacher.checkpoint={tmp_path / 'nope.pt'}"]))
     with pytest.raises(ConfigError, match="needs a trained teacher"):

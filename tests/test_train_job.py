@@ -251,6 +251,55 @@ def test_mlflow_sink_outage_is_a_warning_and_metrics_are_retried(capsys):
     assert client.status == "FINISHED"
 
 
+def test_mlflow_down_when_rank0_starts_opens_the_run_later_and_waits_between_tries(capsys):
+    """An outage at rank 0's start is survived: metrics queue, the run opens on a later call, and a dead
+    server is tried again only every ``retry_seconds`` (each client call to it can block for minutes)."""
+    from jobs._mlflow_train import MlflowSink
+
+    now = [0.0]
+    opens = []
+
+    class Client:
+        def __init__(self):
+            self.sent = []
+
+        def log_batch(self, run_id, metrics=()):
+            self.sent.extend((run_id, m.key, m.step) for m in metrics)
+
+        def set_terminated(self, run_id, status="FINISHED"):
+            self.status = status
+
+    client = Client()
+
+    def opener():
+        opens.append(now[0])
+        if now[0] < 150:
+            raise ConnectionError("tracking server unreachable")
+        return client, "late-run"
+
+    sink = MlflowSink(None, "", opener=opener, retry_seconds=60, clock=lambda: now[0])
+    sink._open()
+    assert sink.run_id == "" and opens == [0.0]
+    for step, t in ((1, 10.0), (2, 59.0)):  # inside the retry interval: queued, the server is not called
+        now[0] = t
+        sink.metrics(step, {"total": 1.0})
+    assert opens == [0.0] and len(sink.pending) == 2
+    now[0] = 61.0  # tried again, still down
+    sink.metrics(3, {"total": 1.0})
+    assert opens == [0.0, 61.0]
+    now[0] = 100.0  # inside the second interval (61 + 60)
+    sink.metrics(4, {"total": 1.0})
+    assert opens == [0.0, 61.0]
+    now[0] = 190.0
+    sink.metrics(5, {"total": 1.0})
+    assert opens == [0.0, 61.0, 190.0] and sink.run_id == "late-run"
+    assert client.sent == [("late-run", "train/total", s) for s in (1, 2, 3, 4, 5)] and sink.pending == []
+    out = capsys.readouterr().out
+    assert out.count("warning: MLflow run start failed") == 1 and "opened by rank 0" in out
+    sink.finish()
+    assert client.status == "FINISHED"
+
+
 def test_too_few_records_for_one_batch_is_refused_on_the_driver(tiny_world):
     from jobs.train import training_data
 

@@ -1,0 +1,136 @@
+"""Ray Data batch inference of the frozen KD teacher over annotation records (``jobs.teacher_embeddings``).
+
+records (paths and boxes, pickled one per row) -> ``map_batches(decode_canvases)``: CPU tasks read each
+image and letterbox it to the network input (``kdtrack.teacher_store.teacher_canvas``, the canvas the
+online KD path crops) -> ``map_batches(TeacherEmbedder)``: an actor pool that builds the teacher once per
+actor (on its GPU when it has one) and embeds every box's crop -> one row per image back to the driver,
+which writes the parquet parts. An image that cannot be read comes back as an error row, never fatal.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+ITEM_COLUMN = "item"
+READ_ERRORS = (OSError, ValueError)  # unreadable file, size that disagrees with the annotation
+
+
+def _unpickled(batch: dict[str, np.ndarray]) -> Iterator[Any]:
+    for raw in batch[ITEM_COLUMN]:
+        yield pickle.loads(raw)
+
+
+def _pickled(items: Sequence[Any]) -> dict[str, np.ndarray]:
+    column = np.empty(len(items), dtype=object)
+    column[:] = [pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL) for item in items]
+    return {ITEM_COLUMN: column}
+
+
+def decode_canvases(batch: dict[str, np.ndarray], config: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Pickled record dicts -> pickled ``{source, image_id, boxes_xyxy, canvas, canvas_boxes}`` (or
+    ``{source, image_id, error}`` for an image that cannot be read)."""
+    from kdtrack.config import config_from_dict
+    from kdtrack.data import read_image_rgb
+    from kdtrack.structures import ImageRecord
+    from kdtrack.teacher_store import image_key, teacher_canvas
+
+    cfg = config_from_dict(config)
+    out = []
+    for row in _unpickled(batch):
+        record = ImageRecord.from_dict(row)
+        source, image_id = image_key(record)
+        try:
+            canvas, canvas_boxes = teacher_canvas(record, read_image_rgb(record.image_path,
+                                                                         (record.width, record.height)), cfg)
+        except READ_ERRORS as exc:
+            out.append({"source": source, "image_id": image_id, "error": str(exc)})
+            continue
+        out.append({"source": source, "image_id": image_id, "boxes_xyxy": record.boxes_xyxy,
+                    "canvas": canvas, "canvas_boxes": canvas_boxes})
+    return _pickled(out)
+
+
+class TeacherEmbedder:
+    """A Ray Data actor: the frozen teacher, built once from weights in the object store (no file access on
+    the worker), on the actor's GPU when it has one; every box of a batch of canvases -> its feature."""
+
+    def __init__(self, config: dict[str, Any], teacher_config: dict[str, Any], weights: list, crop_batch: int,
+                 num_threads: int = 0):
+        import ray
+        import torch
+
+        from kdtrack.config import config_from_dict
+        from kdtrack.models import freeze_teacher
+        from kdtrack.models.reid import ReIDNet
+
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        self.cfg = config_from_dict(config)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # decided where the actor runs
+        teacher = ReIDNet(config_from_dict(teacher_config).teacher, 0)
+        teacher.load_state_dict(ray.get(weights[0]), strict=True)
+        self.teacher = freeze_teacher(teacher.to(self.device))
+        self.crop_batch = crop_batch
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        items = list(_unpickled(batch))
+        return _pickled(embed_items(self.teacher, items, self.cfg, self.device, self.crop_batch))
+
+
+def teacher_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """A teacher checkpoint's weights for KD: the identity classifier (training only) left out."""
+    return {k: v for k, v in state["model"].items() if not k.startswith("classifier.")}
+
+
+def embed_items(teacher: Any, items: list[dict[str, Any]], cfg: Any, device: Any, crop_batch: int) -> list[dict]:
+    """Decoded items (``decode_canvases``) -> ``{source, image_id, boxes_xyxy, embeddings (N, D)}`` each
+    (error items pass through): the online KD crop (``teacher_embeddings`` on the canvas), batched."""
+    import torch
+
+    from kdtrack.models.teacher_targets import teacher_embeddings
+
+    good = [item for item in items if "error" not in item]
+    vectors: list[np.ndarray] = []
+    if good:
+        images = torch.from_numpy(np.stack([item["canvas"] for item in good])).to(device)
+        boxes = [torch.from_numpy(item["canvas_boxes"]).to(device) for item in good]
+        per_image = teacher_embeddings(teacher, images, boxes, out_size=(cfg.teacher.crop_height, cfg.teacher.crop_width),
+                                       batch_size=crop_batch)
+        vectors = [emb.float().cpu().numpy() for emb in per_image]
+    found = iter(vectors)
+    return [item if "error" in item else
+            {"source": item["source"], "image_id": item["image_id"], "boxes_xyxy": item["boxes_xyxy"],
+             "embeddings": next(found)} for item in items]
+
+
+def embedding_dataset(records: Sequence[Any], cfg: Any, teacher_state: dict[str, Any], *, actors: int,
+                      cpus_per_actor: float, gpus_per_actor: float, decode_cpus: float, batch_images: int,
+                      crop_batch: int) -> Any:
+    """The Ray Data pipeline over ``records`` (``ImageRecord``s) with the teacher of ``teacher_state`` (a
+    checkpoint's state); iterate it with :func:`iter_results`."""
+    import ray
+    import ray.data
+
+    from kdtrack.config import config_to_dict
+
+    config, teacher_config = config_to_dict(cfg), config_to_dict(teacher_state["config"])
+    weights = [ray.put(teacher_weights(teacher_state))]  # wrapped: Ray Data would not resolve a bare ref
+    pickled = _pickled([r.to_dict() for r in records])[ITEM_COLUMN]
+    blocks = max(1, -(-len(pickled) // batch_images))  # one decode task per batch of images
+    ds = ray.data.from_items([{ITEM_COLUMN: raw} for raw in pickled], override_num_blocks=blocks)
+    decoded = ds.map_batches(decode_canvases, fn_kwargs={"config": config}, batch_size=batch_images,
+                             num_cpus=decode_cpus)
+    return decoded.map_batches(
+        TeacherEmbedder, fn_constructor_kwargs={"config": config, "teacher_config": teacher_config,
+                                                "weights": weights, "crop_batch": crop_batch,
+                                                "num_threads": max(1, int(cpus_per_actor))},
+        batch_size=batch_images, concurrency=actors, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
+
+
+def iter_results(dataset: Any) -> Iterator[dict[str, Any]]:
+    """One result dict per image, as the actors finish them."""
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        yield from _unpickled(batch)
