@@ -40,7 +40,11 @@ Modes (argparse subcommands):
   embedded from that same pass)::
 
     python -m jobs.evaluate person-search --detections dets.npz [--gallery-size 100|-1] --out metrics.json
-    python -m jobs.evaluate person-search --checkpoint CKPT [CKPT ...] --manifest M --out metrics.json
+    python -m jobs.evaluate person-search --checkpoint CKPT [CKPT ...] --manifest M --out metrics.json \
+        [--embedder student|teacher|teacher_query --teacher-checkpoint T]
+
+  ``--embedder teacher_query`` is KDMOT's protocol: the teacher embeds each
+  query crop, the student's identity head the gallery detections.
 
 * ``reid``: oracle-box re-identification (``kdtrack.reid_probe``): the identity
   embedding read at every ground-truth box, scored by retrieval (mAP, CMC) on
@@ -87,6 +91,8 @@ from kdtrack.io import atomic_write_json
 # unpickling InferenceWorker imports this module, and on a busy node every second of start-up counts.
 if TYPE_CHECKING:
     from kdtrack.metrics.person_search import GalleryImage, Query
+
+TEACHER_EMBEDDERS = ("teacher", "teacher_query")  # person search: the teacher embeds everything / only the queries
 
 __all__ = [
     "EvaluationFailed", "InputError", "InferenceWorker", "cli", "log_evaluation_to_mlflow", "main",
@@ -274,7 +280,7 @@ class InferenceWorker:
             self._detector = Detector(student_from_state(state["model"], ckpt_cfg, self.device), cfg, self.device)
             self._key = model.key
             self.model_builds += 1
-        if self.embedder == "teacher" and self._embed_fn is None:
+        if self.embedder in TEACHER_EMBEDDERS and self._embed_fn is None:
             from kdtrack.inference import load_teacher, teacher_embed_fn
 
             teacher = load_teacher(self.cfg.teacher, self.teacher_checkpoint, self.device)
@@ -315,9 +321,11 @@ class InferenceWorker:
         from kdtrack.inference import detect_and_embed_images
 
         with transient_errors():
-            detector, embed_fn = self._network(model)
-            results = detect_and_embed_images(detector, image_paths, query_boxes_xyxy, embed_fn=embed_fn,
-                                              batch_size=self.cfg.eval.ps_batch_images)
+            detector, teacher_fn = self._network(model)
+            results = detect_and_embed_images(
+                detector, image_paths, query_boxes_xyxy, batch_size=self.cfg.eval.ps_batch_images,
+                embed_fn=teacher_fn if self.embedder == "teacher" else None,
+                query_embed_fn=teacher_fn if self.embedder == "teacher_query" else None)
         return {"results": [(d.boxes_xyxy, d.scores, d.embeddings, q) for d, q in results],
                 "device": str(self.device), "model_builds": self.model_builds, **worker_location()}
 
@@ -366,9 +374,9 @@ def _pool_options(eval_cfg: EvalConfig, use_ray: bool) -> dict[str, Any]:
 def _worker_kwargs(cfg: Config, embedder: str, teacher_checkpoint: str) -> dict[str, Any]:
     from kdtrack.config import config_to_dict
 
-    if embedder == "teacher":
+    if embedder in TEACHER_EMBEDDERS:
         if not teacher_checkpoint:
-            raise InputError("--embedder teacher needs --teacher-checkpoint")
+            raise InputError(f"--embedder {embedder} needs --teacher-checkpoint")
         if not Path(teacher_checkpoint).is_file():
             raise InputError(f"teacher checkpoint not found: {teacher_checkpoint}")
     return {"config": config_to_dict(cfg), "embedder": embedder,
@@ -675,6 +683,11 @@ def person_search_checkpoints(
             boxes_xyxy, scores, embeddings, _ = done[position[name]]
             result.gallery[name] = GalleryImage(boxes_xyxy, scores, embeddings, camera=camera)
         embeddings = [done[i][3][row] for i, row in query_slot]
+        gallery_dim = next((g.embeddings.shape[1] for g in result.gallery.values() if len(g.embeddings)), None)
+        if embeddings and gallery_dim is not None and embeddings[0].shape[-1] != gallery_dim:
+            raise InputError(f"--embedder {embedder}: the teacher's {embeddings[0].shape[-1]}-d query features "
+                             f"cannot be compared with the {gallery_dim}-d gallery of {result.checkpoint.path}; this "
+                             f"protocol needs a KD student (model.embedding_dim = teacher.feature_dim)")
         result.queries = queries_from_manifest(manifest, embeddings)
     stats = {"workers": len(report.workers), "tasks": len(calls), "model_builds": model_builds(report, values),
              "devices": sorted({w["device"] for w in report.workers})}
@@ -873,8 +886,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", type=Path, nargs="+",
                      help=checkpoints_help + "; detect and embed the manifest's images")
     ps.add_argument("--manifest", type=Path, help="person-search manifest.json (with --checkpoint)")
-    ps.add_argument("--embedder", default="student", choices=("student", "teacher"),
-                    help="teacher: embed queries and detections with the Re-ID teacher")
+    ps.add_argument("--embedder", default="student", choices=("student",) + TEACHER_EMBEDDERS,
+                    help="teacher: embed queries and detections with the Re-ID teacher; teacher_query: KDMOT's "
+                         "protocol, the teacher embeds each query crop and the student the gallery detections")
     ps.add_argument("--teacher-checkpoint", default="", help="teacher weights for --embedder teacher")
     ps.add_argument("--save-detections", type=Path, default=None,
                     help="write the computed inputs as npz (several checkpoints: <stem>_<label>.npz)")

@@ -60,6 +60,7 @@ from kdtrack.config import Config, ConfigError, config_from_dict, config_to_dict
 
 RECIPE_ID_MODE = {"detection": "none", "contrastive": "contrastive", "kd": "kd", "video": "contrastive"}  # recipes this job runs
 CONTRASTIVE_RECIPES = ("contrastive", "video")  # two views per sample, the contrastive queue and its key encoder
+ID_CLASSES_KEY = "num_id_classes"  # loop data: KD's hard-label classes found in the training records
 TEACHER_RECIPE = "teacher"  # the Re-ID teacher on Market-1501-style crops: no student, loss.id_mode unused
 TEACHER_PROGRESS_TERMS = ("total", "id", "triplet", "accuracy", "lr")  # printed by the teacher loop
 FINAL_CHECKPOINT = "checkpoint.pt"
@@ -719,7 +720,7 @@ def teacher_loop_data(cfg: Config) -> dict[str, Any]:
 def training_data(cfg: Config, smoke_test: bool = False) -> tuple[Any, dict[str, Any]]:
     """Driver side: ``(train_fn, loop data)`` of the recipe: the records (or crops, or pseudo-labelled clips)
     the workers train on. ``smoke_test`` keeps just enough of them for ``train.smoke_iterations``."""
-    from kdtrack.data import load_records
+    from kdtrack.data import dataset_wide_ids, load_records
 
     keep = cfg.train.smoke_iterations * cfg.train.batch_size_per_worker * cfg.train.num_workers
     if cfg.train.recipe == TEACHER_RECIPE:
@@ -737,9 +738,32 @@ def training_data(cfg: Config, smoke_test: bool = False) -> tuple[Any, dict[str,
     records = records[:keep] if smoke_test else records
     print(f"{len(records)} training records from {', '.join(cfg.data.sources)} under {cfg.data.root}", flush=True)
     _check_fills_a_batch(len(records), "training records", cfg)
+    loop_data: dict[str, Any] = {}
     if cfg.train.recipe == "kd" and cfg.teacher.embeddings:
         check_teacher_store(cfg, records)
-    return train_func, {"records": [r.to_dict() for r in records]}
+    if cfg.train.recipe == "kd":  # hard labels (eta < 1, maybe in a sweep's trial): one class per person
+        records, loop_data[ID_CLASSES_KEY] = dataset_wide_ids(records)
+    return train_func, {**loop_data, "records": [r.to_dict() for r in records]}
+
+
+def with_id_classes(cfg: Config, loop_data: dict[str, Any]) -> Config:
+    """KD with hard labels: ``loss.num_id_classes`` 0 takes the number of people in the training data
+    (``dataset_wide_ids``); a smaller one is refused (a person would have no class)."""
+    found = loop_data.get(ID_CLASSES_KEY)
+    if found is None or cfg.loss.eta >= 1.0:
+        return cfg
+    if found == 0:
+        raise ConfigError(f"loss.eta {cfg.loss.eta} < 1 needs identity labels, but no training box of "
+                          f"{', '.join(cfg.data.sources)} has one (MOT17 has them; CrowdHuman does not)")
+    if cfg.loss.num_id_classes == 0:
+        print(f"loss.num_id_classes = {found}: the people of the training data (one class per source, "
+              f"sequence and track id)", flush=True)
+        return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, num_id_classes=found))
+    if cfg.loss.num_id_classes < found:
+        raise ConfigError(f"loss.num_id_classes {cfg.loss.num_id_classes} < the {found} people of the training "
+                          f"data (one class per source, sequence and track id): set it to {found}, or 0 to take "
+                          f"the data's count")
+    return cfg
 
 
 def _check_fills_a_batch(count: int, what: str, cfg: Config) -> None:
@@ -819,6 +843,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     uri = args.mlflow_uri or cfg.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
     train_fn, loop_data = training_data(cfg, args.smoke_test)
+    cfg = with_id_classes(cfg, loop_data)
     storage = storage_path(getattr(args, "storage", None), out)
     resuming = check_resume(cfg, storage)
 

@@ -98,7 +98,7 @@ def run_trial(values: dict[str, Any], *, base: dict[str, Any], train_fn: Any, lo
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from jobs._mlflow_train import create_mlflow_run
-    from jobs.train import build_trainer, check_recipe
+    from jobs.train import build_trainer, check_recipe, with_id_classes
 
     context = ray.tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
@@ -106,7 +106,7 @@ def run_trial(values: dict[str, Any], *, base: dict[str, Any], train_fn: Any, lo
     base_cfg = config_from_dict(base)
     run_id = ""
     try:
-        cfg = trial_config(base_cfg, values, f"train-{trial_id}")
+        cfg = with_id_classes(trial_config(base_cfg, values, f"train-{trial_id}"), loop_data)
         run_id = create_mlflow_run(client, experiment_id, cfg, trial_name,
                                    {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id, "kdtrack.ray_run": cfg.train.run_name})
         check_recipe(cfg)  # a bad sampled value fails this trial, not the sweep

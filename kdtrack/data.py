@@ -376,6 +376,28 @@ def load_records_with_stats(cfg: Config) -> tuple[list[ImageRecord], dict[str, A
     return records, stats
 
 
+def dataset_wide_ids(records: Sequence[ImageRecord]) -> tuple[list[ImageRecord], int]:
+    """``(records with class ids, number of classes)``: KD's hard labels (``loss.eta < 1``) need one class
+    per person over the whole training set, but MOT17 track ids restart in every sequence (track 1 of
+    MOT17-02 is not track 1 of MOT17-04) and each dataset numbers its own people. Every labelled
+    ``(source, sequence, id)`` becomes one class ``0..C-1`` (first-seen order); unlabelled boxes stay
+    ``UNKNOWN_ID``."""
+    from dataclasses import replace
+
+    from kdtrack.structures import UNKNOWN_ID
+
+    classes: dict[tuple[str, str, int], int] = {}
+    out = []
+    for record in records:
+        group = str(record.extra.get("sequence", "")) if record.extra else ""
+        ids = np.full(len(record.ids), UNKNOWN_ID, np.int64)
+        for j, pid in enumerate(record.ids.tolist()):
+            if pid >= 0:
+                ids[j] = classes.setdefault((record.source, group, int(pid)), len(classes))
+        out.append(replace(record, ids=ids))
+    return out, len(classes)
+
+
 def load_records(cfg: Config) -> list[ImageRecord]:
     """See :func:`load_records_with_stats`."""
     return load_records_with_stats(cfg)[0]

@@ -232,6 +232,7 @@ def detect_and_embed_images(
     *,
     embed_fn: EmbedFn | None = None,
     batch_size: int = 8,
+    query_embed_fn: EmbedFn | None = None,
 ) -> list[tuple[Detections, np.ndarray]]:
     """Person search's model pass: per image, its detections and the embeddings of the query boxes in it.
 
@@ -239,7 +240,9 @@ def detect_and_embed_images(
     be empty). One forward per image, ``batch_size`` images at a time, serves both: the gallery
     detections and the student's identity map read at each query box centre — the same numbers as
     :func:`detect_images` and :func:`student_embedding_at_boxes`, which each run their own forward.
-    With ``embed_fn`` (the teacher) detections and query boxes are embedded by it instead.
+    With ``embed_fn`` (the teacher) detections and query boxes are embedded by it instead; with
+    ``query_embed_fn`` only the query boxes are (KDMOT's person search: the teacher embeds the query crop,
+    the student the gallery).
     Returns ``[(Detections, (Q_i, k) query embeddings)]`` in input order.
     """
     if batch_size < 1:
@@ -260,6 +263,9 @@ def detect_and_embed_images(
                 det = Detections(det.boxes_xyxy, det.scores, embed_fn(image, det.boxes_xyxy))
                 query_emb = embed_fn(image, queries) if len(queries) else np.zeros((0, det.embeddings.shape[1]),
                                                                                     np.float32)
+            elif query_embed_fn is not None:
+                query_emb = (query_embed_fn(image, queries) if len(queries)
+                             else np.zeros((0, det.embeddings.shape[1]), np.float32))
             else:
                 query_emb = embeddings_at_boxes(outputs["embedding"][i], tf, queries, down_ratio)
             out.append((det, query_emb))

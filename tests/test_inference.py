@@ -279,3 +279,44 @@ def test_batched_detection_and_query_embedding_equal_the_per_image_passes(tiny_w
             expected = student_embedding_at_boxes(detector, read_image_rgb(path), box)
             np.testing.assert_allclose(query_emb, expected, atol=1e-5)
             np.testing.assert_allclose(np.linalg.norm(query_emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_teacher_query_person_search_embeds_queries_with_the_teacher_and_the_gallery_with_the_student(
+        tiny_world: Path, tmp_path: Path):
+    """KDMOT's person-search protocol (METHOD.md section 3): query crop -> teacher, gallery -> student."""
+    from jobs.evaluate import InputError, person_search_inputs_from_checkpoint
+    from kdtrack.checkpoint import save_checkpoint
+    from kdtrack.formats.person_search import read_manifest
+    from kdtrack.inference import load_teacher, teacher_embed_fn
+    from kdtrack.models import build_student, build_teacher
+
+    torch.manual_seed(0)
+    cfg = load_config("tiny", ["decode.score_threshold=0.0", "decode.top_k=6"])
+    teacher_path = tmp_path / "teacher.pt"
+    torch.save(build_teacher(cfg.teacher).state_dict(), teacher_path)
+    manifest_path = tiny_world / "person_search" / "manifest.json"
+    small = save_checkpoint(tmp_path / "small", model=build_student(cfg.model), config=cfg)
+    with pytest.raises(InputError, match="needs a KD student"):  # 64-d student, 128-d teacher
+        person_search_inputs_from_checkpoint(small, manifest_path, cfg, use_ray=False, embedder="teacher_query",
+                                             teacher_checkpoint=str(teacher_path))
+    cfg = load_config("tiny", ["decode.score_threshold=0.0", "decode.top_k=6", "model.embedding_dim=128",
+                               "model.normalize_embedding=false"])  # a KD student: the teacher's feature size
+    model = build_student(cfg.model)
+    model.heads["size"][-1].bias.data.fill_(8.0)
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=model, config=cfg)
+    student = person_search_inputs_from_checkpoint(ckpt, manifest_path, cfg, use_ray=False)
+    mixed = person_search_inputs_from_checkpoint(ckpt, manifest_path, cfg, use_ray=False, embedder="teacher_query",
+                                                 teacher_checkpoint=str(teacher_path))
+    for name, image in student[1].items():  # the gallery is the student's, detection for detection
+        np.testing.assert_allclose(mixed[1][name].embeddings, image.embeddings, atol=1e-6)
+    manifest = read_manifest(manifest_path)
+    embed = teacher_embed_fn(load_teacher(cfg.teacher, teacher_path), (cfg.teacher.crop_height, cfg.teacher.crop_width),
+                             torch.device("cpu"))
+    from kdtrack.boxes import xywh_to_xyxy
+    from kdtrack.data import read_image_rgb
+
+    q = manifest.queries[0]
+    expected = embed(read_image_rgb(manifest.image_path(q.file_name)),
+                     xywh_to_xyxy(np.asarray(q.box_xywh, np.float32)).reshape(1, 4))[0]
+    np.testing.assert_allclose(mixed[0][0].embedding, expected, atol=1e-5)
+    assert not np.allclose(mixed[0][0].embedding, student[0][0].embedding, atol=1e-3)

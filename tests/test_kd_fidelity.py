@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -143,3 +144,29 @@ def test_kd_loop_teacher_holds_the_checkpoint_weights(tmp_path, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(teacher.embed(x), trained.eval().embed(x))
     assert teacher.embed(x).shape == (3, teacher_feature_dim(cfg.teacher)) == (3, cfg.model.embedding_dim)
+
+
+def test_hard_labels_get_one_class_per_person_across_sequences(tiny_world):
+    """MOT17 track ids restart in every sequence: KD's hard labels offset them so two people never share a
+    class, and loss.num_id_classes 0 takes the count from the data (a smaller one is refused)."""
+    from jobs.train import ID_CLASSES_KEY, training_data, with_id_classes
+    from kdtrack.data import dataset_wide_ids, load_records
+    from kdtrack.structures import UNKNOWN_ID, ImageRecord
+
+    box = np.array([[0, 0, 4, 8]] * 2, np.float32)
+    records = [ImageRecord("a.jpg", 9, 9, box, ids=[1, 2], source="mot17", extra={"sequence": "MOT17-02"}),
+               ImageRecord("b.jpg", 9, 9, box, ids=[2, 1], source="mot17", extra={"sequence": "MOT17-04"}),
+               ImageRecord("c.jpg", 9, 9, box, ids=[2, UNKNOWN_ID], source="mot17", extra={"sequence": "MOT17-02"}),
+               ImageRecord("d.jpg", 9, 9, box, source="crowdhuman")]
+    remapped, classes = dataset_wide_ids(records)
+    assert classes == 4
+    assert [r.ids.tolist() for r in remapped] == [[0, 1], [2, 3], [1, UNKNOWN_ID], [UNKNOWN_ID, UNKNOWN_ID]]
+
+    cfg = load_config("kd_cpu", [f"data.root={tiny_world}", "teacher.checkpoint=/t.pt", "loss.eta=0.5"])
+    _, loop_data = training_data(cfg)
+    truth = {(r.extra["sequence"], int(i)) for r in load_records(cfg) if r.source == "mot17" for i in r.ids if i >= 0}
+    assert loop_data[ID_CLASSES_KEY] == len(truth) > max(i for _, i in truth)  # more people than any sequence's ids
+    assert with_id_classes(cfg, loop_data).loss.num_id_classes == len(truth)
+    with pytest.raises(ConfigError, match=f"loss.num_id_classes 3 < the {len(truth)} people"):
+        with_id_classes(load_config("kd_cpu", ["loss.eta=0.5", "loss.num_id_classes=3"]), loop_data)
+    assert with_id_classes(load_config("kd_cpu"), loop_data).loss.num_id_classes == 0  # eta 1: no classifier
