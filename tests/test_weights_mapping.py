@@ -115,7 +115,7 @@ def test_ibn_net_release_keys_land_by_name(tmp_path):
 def test_teacher_checkpoint_must_be_a_trained_teacher(tmp_path):
     _, path = _torchvision_r50(tmp_path)
     with pytest.raises(CheckpointMismatchError, match=r"resnet50-imagenet\.pth: a torchvision checkpoint.*"
-                                                      r"takes kdtrack checkpoints; .*teacher\.pretrained"):
+                                                      r"takes kdtrack / fastreid checkpoints; .*teacher\.pretrained"):
         build_teacher(dataclasses.replace(R50_TEACHER, checkpoint=str(path)))
 
 
@@ -271,3 +271,47 @@ def test_foreign_backbone_shapes_must_fit_when_strict(tmp_path):
         build_student(dataclasses.replace(UNET, pretrained=str(r18)))
     report = load_student_weights(build_student(UNET), str(r18), strict=False)
     assert (len(report.loaded), len(report.mismatched)) == (77, 23)
+
+
+def test_fastreid_teacher_checkpoint_loads_by_key_mapping(tmp_path):
+    """A FastReID model_final.pth (backbone.* ResNet names, heads.pool_layer.p of shape (1,), BNNeck under
+    heads.bottleneck.0, classifier heads.weight, pixel_mean/std buffers) becomes a KD teacher, exactly."""
+    import dataclasses
+
+    from kdtrack.config import load_config
+    from kdtrack.models import build_teacher
+    from kdtrack.models.weights import CheckpointMismatchError, detect_format
+
+    torch.manual_seed(0)
+    cfg = load_config("teacher_cpu").teacher
+    source = build_teacher(cfg, num_classes=7).eval()
+    with torch.no_grad():
+        source.pool.p.fill_(3.5)
+        source.bnneck.running_mean.normal_()
+    assert source.reduction is not None  # teacher_cpu: 128-d out of a wider body: FastReID's EMBEDDING_DIM neck
+    names = {"body.0.": "backbone.conv1.", "body.1.": "backbone.bn1.", "body.4.": "backbone.layer1.",
+             "body.5.": "backbone.layer2.", "body.6.": "backbone.layer3.", "body.7.": "backbone.layer4.",
+             "bnneck.": "heads.bottleneck.1.", "classifier.weight": "heads.weight"}
+    state = {}
+    for key, value in source.state_dict().items():
+        if key == "pool.p":
+            state["heads.pool_layer.p"] = value.reshape(1)
+            continue
+        if key == "reduction.weight":  # FastReID: a 1x1 conv
+            state["heads.bottleneck.0.weight"] = value[:, :, None, None]
+            continue
+        prefix = next(p for p in names if key.startswith(p))
+        state[names[prefix] + key[len(prefix):]] = value
+    state["pixel_mean"], state["pixel_std"] = torch.tensor([123.675, 116.28, 103.53]), torch.tensor([58.4, 57.1, 57.4])
+    assert detect_format(state) == "fastreid"
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": state, "iteration": 90000}, path)
+    teacher = build_teacher(dataclasses.replace(cfg, checkpoint=str(path))).eval()  # KD: classifier dropped
+    crops = torch.rand(2, 3, cfg.crop_height, cfg.crop_width)
+    torch.testing.assert_close(teacher.embed(crops), source.embed(crops))
+    assert float(teacher.pool.p) == 3.5
+
+    del state["backbone.layer4.0.conv1.weight"]  # another architecture: a trained teacher must be whole
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointMismatchError, match="leaves 1 teacher tensors untrained.*body.7.0.conv1.weight"):
+        build_teacher(dataclasses.replace(cfg, checkpoint=str(path)))

@@ -20,7 +20,14 @@ from torchvision.models import resnet18, resnet50
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from kdtrack.config import TeacherConfig
-from kdtrack.models.weights import LoadReport, load_pretrained, torchvision_resnet_converter
+from kdtrack.models.weights import (
+    CheckpointMismatchError,
+    LoadReport,
+    fastreid_converter,
+    identity_converter,
+    load_pretrained,
+    torchvision_resnet_converter,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -162,6 +169,7 @@ def teacher_feature_dim(cfg: TeacherConfig) -> int:
 
 # torchvision ResNet names -> ReIDNet.body = Sequential(conv1, bn1, relu, maxpool, layer1..layer4)
 TORCHVISION_TO_BODY = torchvision_resnet_converter("body.0", "body.1", [f"body.{i}" for i in range(4, 8)])
+FASTREID_TO_TEACHER = fastreid_converter(TORCHVISION_TO_BODY)
 
 
 def load_teacher_weights(model: ReIDNet, cfg: TeacherConfig) -> LoadReport | None:
@@ -171,9 +179,16 @@ def load_teacher_weights(model: ReIDNet, cfg: TeacherConfig) -> LoadReport | Non
     torchvision R50 into ``resnet50_ibn`` splits each IBN block's ``bn1`` (``torchvision_resnet_converter``).
     ``None`` when neither is set."""
     if cfg.checkpoint:
-        ignore = ("classifier.",) if model.classifier is None else ()  # KD drops a saved classifier
-        return load_pretrained(model, cfg.checkpoint, strict=True, ignore_prefixes=ignore,
-                               hint="ImageNet weights initialise teacher training: teacher.pretrained")
+        ignore = ("classifier.", "heads.weight", "heads.classifier.") if model.classifier is None else ()
+        report = load_pretrained(model, cfg.checkpoint, strict=True, ignore_prefixes=ignore, heads=("classifier.",),
+                                 converters={"kdtrack": identity_converter, "fastreid": FASTREID_TO_TEACHER},
+                                 hint="ImageNet weights initialise teacher training: teacher.pretrained")
+        untrained = [k for k in report.missing if not k.startswith("classifier.")]
+        if report.source_format == "fastreid" and untrained:  # a trained teacher must fill the whole net
+            raise CheckpointMismatchError(f"{cfg.checkpoint}: this FastReID checkpoint leaves {len(untrained)} "
+                                          f"teacher tensors untrained (e.g. {', '.join(untrained[:4])}): another "
+                                          f"architecture than teacher.backbone {cfg.backbone!r}?")
+        return report
     if cfg.pretrained:
         return load_pretrained(model, cfg.pretrained, strict=True, converters={"torchvision": TORCHVISION_TO_BODY},
                                hint="a trained teacher goes to teacher.checkpoint")

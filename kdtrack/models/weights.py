@@ -7,6 +7,9 @@ Three on-disk formats are recognised from their keys (``detect_format``):
 - ``"torchvision"``: an ImageNet ResNet as torchvision saves it (``conv1.*``,
   ``bn1.*``, ``layer1.0.conv1.weight`` ..., ``fc.*``); IBN-Net's ResNet-IBN-a
   releases use the same names plus ``bn1.IN.*`` / ``bn1.BN.*``.
+- ``"fastreid"``: a FastReID Re-ID checkpoint (``backbone.*`` a torchvision-named
+  ResNet(-IBN), ``heads.pool_layer`` / ``heads.bottleneck`` / ``heads.weight``): a
+  trained teacher (``teacher.checkpoint``).
 - ``"centernet"``: a CenterNet / FairMOT DLA-34 checkpoint
   (``ctdet_coco_dla_2x.pth``, ``fairmot_dla34.pth``): ``{"state_dict": ...,
   "epoch": ...}``, keys ``base.*`` (DLA), ``dla_up.*``, ``ida_up.*`` and the
@@ -41,7 +44,7 @@ from torch import nn
 _MAX_LISTED = 10  # keys named in an error message before "... and N more"
 _FEW = 4  # keys of each side named when nothing matches
 BN_COUNTER = "num_batches_tracked"  # a step counter, not a weight: never counted as missing or as a match
-FORMATS = ("kdtrack", "torchvision", "centernet")
+FORMATS = ("kdtrack", "torchvision", "centernet", "fastreid")
 TORCHVISION_STAGES = ("layer1", "layer2", "layer3", "layer4")
 CENTERNET_PARTS = ("base", "dla_up", "ida_up")  # DLASeg's backbone, DLAUp and final IDAUp (our DLA34Body's)
 CENTERNET_HEADS = {"hm": "heatmap", "wh": "size", "reg": "offset", "id": "embedding"}  # FairMOT name -> ours
@@ -108,6 +111,8 @@ def detect_format(keys: Sequence[str] | Mapping[str, object]) -> str:
     keys = list(keys)
     if any(k.split(".", 1)[0] in CENTERNET_PARTS for k in keys):
         return "centernet"
+    if any(k.startswith("backbone.") for k in keys) and any(k.startswith("heads.") for k in keys):
+        return "fastreid"
     if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
         return "torchvision"
     return "kdtrack"
@@ -228,6 +233,44 @@ def centernet_dla_converter(body: str = "body", heads: str = "heads") -> Convert
             if mean_key in mapped and mapped[mean_key].shape == state[key].shape:
                 mapped[mean_key] = mapped[mean_key] - state[key]
                 unexpected.remove(key)
+        return mapped, sources, unexpected
+
+    return convert
+
+
+def fastreid_converter(backbone: Converter, pool: str = "pool", reduction: str = "reduction", bnneck: str = "bnneck",
+                       classifier: str = "classifier") -> Converter:
+    """FastReID checkpoints (``model_final.pth``: ``{"model": ...}``; BoT / AGW / SBS configs) -> a Re-ID
+    net: ``backbone.*`` is a torchvision-named ResNet(-IBN), renamed by ``backbone``; the head's GeM
+    exponent ``heads.pool_layer.p`` (shape (1,)) -> ``{pool}.p``; its neck ``heads.bottleneck`` is the
+    BNNeck alone (``.0``: BatchNorm -> ``{bnneck}.*``) or, with FastReID's ``EMBEDDING_DIM``, a 1x1 conv
+    then the BNNeck (``.0.weight`` (D, C, 1, 1) -> the linear ``{reduction}.weight`` (D, C), ``.1`` ->
+    ``{bnneck}``); the classifier ``heads.weight`` (or ``heads.classifier.weight``) -> ``{classifier}.weight``.
+    ``pixel_mean`` / ``pixel_std`` (FastReID normalises in the model, as ours does) have no place."""
+
+    def convert(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> Converted:
+        body = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        mapped, sources, unexpected = backbone(body, own)
+        sources = {k: f"backbone.{v}" for k, v in sources.items()}
+        unexpected = [f"backbone.{k}" for k in unexpected]
+        first = state.get("heads.bottleneck.0.weight")
+        reduced = first is not None and first.dim() == 4  # conv 1x1 before the BNNeck
+        head_prefixes = {"heads.bottleneck.1.": f"{bnneck}."} if reduced else {"heads.bottleneck.0.": f"{bnneck}."}
+        head_keys = {"heads.pool_layer.p": f"{pool}.p", "heads.weight": f"{classifier}.weight",
+                     "heads.classifier.weight": f"{classifier}.weight"}
+        if reduced:
+            head_keys["heads.bottleneck.0.weight"] = f"{reduction}.weight"
+        for key, value in state.items():
+            if key.startswith("backbone."):
+                continue
+            target = head_keys.get(key) or next((new + key[len(old):] for old, new in head_prefixes.items()
+                                                 if key.startswith(old)), None)
+            if target is None or target not in own:
+                unexpected.append(key)
+                continue
+            if value.numel() == own[target].numel():  # GeM p (1,) -> (); the 1x1 conv (D, C, 1, 1) -> (D, C)
+                value = value.reshape(own[target].shape)
+            mapped[target], sources[target] = value, key
         return mapped, sources, unexpected
 
     return convert
