@@ -81,12 +81,16 @@ def test_idf_paper_multiscale_sizes():
     assert (w, h) == (704, 1024) and tf.scale == pytest.approx(1024 / 640)
 
 
-def test_kd_paper_runs_30_epochs_with_the_step_at_epoch_20():
-    cfg = load_config("kd_paper")
+@pytest.mark.parametrize("name, sources, images", [("kd_paper", ("crowdhuman",), CROWDHUMAN_TRAIN),
+                                                    ("kd_paper_mot17", ("mot17",), MOT17_TRAIN_HALF)])
+def test_kd_paper_runs_30_epochs_with_the_step_at_epoch_20(name, sources, images):
+    """KDMOT's two stages, each its own run: CrowdHuman pre-training, then MOT17 fine-tuning (--init-from)."""
+    cfg = load_config(name)
     tc = cfg.train
+    assert cfg.data.sources == sources and tc.run_name == name and not tc.init_from
     assert tc.batch_size_per_worker * tc.num_workers == 16 and tc.epochs == 30 and tc.max_iterations == 0
-    ipe = iterations_per_epoch(CROWDHUMAN_TRAIN + MOT17_TRAIN_HALF, tc)
-    assert ipe == (CROWDHUMAN_TRAIN + MOT17_TRAIN_HALF) // 4 // 4
+    ipe = iterations_per_epoch(images, tc)
+    assert ipe == images // 4 // 4
     total = total_iterations(tc, ipe)
     assert total == 30 * ipe
     assert lr_milestones(tc, total) == [20 * ipe]
@@ -122,7 +126,7 @@ def test_kd_cpu_distils_the_teacher_cpu_checkpoint(tmp_path):
     assert lr_milestones(tc, 900) == [600]
 
 
-@pytest.mark.parametrize("name", ["kd_paper", "idf_paper", "teacher_paper"])
+@pytest.mark.parametrize("name", ["kd_paper", "kd_paper_mot17", "idf_paper", "teacher_paper"])
 def test_paper_presets_survive_worker_loss_and_bound_their_checkpoints(name):
     tc = load_config(name).train
     assert tc.max_failures >= 3 and tc.keep_checkpoints > 0
