@@ -281,11 +281,11 @@ class InferenceWorker:
             self._key = model.key
             self.model_builds += 1
         if self.embedder in TEACHER_EMBEDDERS and self._embed_fn is None:
-            from kdtrack.inference import load_teacher, teacher_embed_fn
+            from kdtrack.inference import load_teacher, teacher_config_of, teacher_embed_fn
 
-            teacher = load_teacher(self.cfg.teacher, self.teacher_checkpoint, self.device)
-            self._embed_fn = teacher_embed_fn(teacher, (self.cfg.teacher.crop_height, self.cfg.teacher.crop_width),
-                                              self.device)
+            tcfg = teacher_config_of(self.teacher_checkpoint, self.cfg.teacher)
+            teacher = load_teacher(tcfg, self.teacher_checkpoint, self.device)
+            self._embed_fn = teacher_embed_fn(teacher, (tcfg.crop_height, tcfg.crop_width), self.device)
         return self._detector, self._embed_fn
 
     def track(self, model: ModelHandle, seq_dir: str, half: str, num_render: int) -> dict[str, Any]:
@@ -771,7 +771,7 @@ def run_reid(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
 
     from jobs._mlflow_eval import _jsonable
     from kdtrack.engine import select_device
-    from kdtrack.inference import load_student, load_teacher, teacher_embed_fn
+    from kdtrack.inference import load_student, load_teacher, teacher_config_of, teacher_embed_fn
     from kdtrack.reid_probe import (
         build_embedders,
         evaluate_reid_box_sets,
@@ -790,8 +790,9 @@ def run_reid(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         model, ckpt_cfg = load_student(args.checkpoint, device)
         teacher_embed = None
         if args.teacher_checkpoint:
-            teacher = load_teacher(cfg.teacher, args.teacher_checkpoint, device)
-            teacher_embed = teacher_embed_fn(teacher, (cfg.teacher.crop_height, cfg.teacher.crop_width), device)
+            tcfg = teacher_config_of(args.teacher_checkpoint, cfg.teacher)
+            teacher = load_teacher(tcfg, args.teacher_checkpoint, device)
+            teacher_embed = teacher_embed_fn(teacher, (tcfg.crop_height, tcfg.crop_width), device)
     except (OSError, ValueError) as exc:  # FormatError / MissingFileError / bad checkpoint: the message names the file
         raise SystemExit(f"evaluate reid: {exc}") from None
     # the network comes from the checkpoint; the protocols from this job's config
@@ -1000,7 +1001,9 @@ def _main_person_search(args: argparse.Namespace, cfg: Config) -> dict[str, Any]
                 save_person_search_npz(path, result.queries, result.gallery)
         evaluations.append(CheckpointEvaluation(result.checkpoint, metrics, failed=result.failed))
     if len(evaluations) == 1:
-        if evaluations[0].metrics:
+        if evaluations[0].failed:  # scored nothing: _write_and_log names the failed batches and exits 1
+            print(f"person search not scored: {len(evaluations[0].failed)} image batch(es) failed")
+        elif evaluations[0].metrics:
             print(_person_search_line(evaluations[0].metrics, eval_cfg))
     else:
         columns = ("mAP",) + tuple(f"top{k}" for k in eval_cfg.ps_top_k)

@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"crops {cfg.teacher.crop_height}x{cfg.teacher.crop_width}, teacher {teacher_path} "
           f"(iteration {meta['teacher_iteration']})", flush=True)
 
-    next_part = len(list((out / PARTS_DIR).glob("part-*.parquet")))
+    numbers = [int(p.stem.split("-")[-1]) for p in (out / PARTS_DIR).glob("part-*.parquet") if p.stem[5:].isdigit()]
+    next_part = max(numbers, default=-1) + 1  # after the last one: a deleted part never gets overwritten
     pending: list[dict[str, Any]] = []
     bad: list[dict[str, str]] = []
     boxes = 0

@@ -49,9 +49,22 @@ def load_student(checkpoint: str | Path, device: torch.device | str = "cpu") -> 
     return student_from_state(state["model"], cfg, device), cfg
 
 
+def teacher_config_of(checkpoint: str | Path, fallback: TeacherConfig) -> TeacherConfig:
+    """The architecture and crop size of a teacher checkpoint: a kdtrack training checkpoint
+    (``train.recipe=teacher``) carries its own ``teacher`` section, which wins over the evaluation's
+    config (a preset's teacher may be another size); a bare state dict or a FastReID file uses ``fallback``."""
+    try:
+        state = load_checkpoint(checkpoint, map_location="cpu")
+    except ValueError:  # not a kdtrack training checkpoint
+        return fallback
+    return state["config"].teacher if state["config"].train.recipe == "teacher" else fallback
+
+
 def load_teacher(teacher_cfg: TeacherConfig, checkpoint: str | Path,
                  device: torch.device | str = "cpu") -> nn.Module:
-    """A frozen Re-ID teacher from a local checkpoint (two-step tracking, query embedding)."""
+    """A frozen Re-ID teacher from a local checkpoint (two-step tracking, query embedding), built as
+    :func:`teacher_config_of` says."""
+    teacher_cfg = teacher_config_of(checkpoint, teacher_cfg)
     teacher = build_teacher(replace(teacher_cfg, checkpoint=str(checkpoint)))  # strict; a saved classifier is dropped
     return freeze_teacher(teacher.to(device))
 

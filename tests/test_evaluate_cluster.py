@@ -201,3 +201,22 @@ def test_bad_config_and_paths_exit_2_with_one_line(tiny_world, tmp_path, checkpo
                            "--data-root", mot_root, "--out", out], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "nope.pt" in proc.stderr
+
+
+def test_person_search_with_a_failed_batch_names_it_and_exits_1(tiny_world, tmp_path, checkpoint, capsys):
+    """No metrics (nothing is scored on a partial gallery): the failed image batch is named, exit 1."""
+    import shutil
+
+    root = tmp_path / "person_search"
+    shutil.copytree(tiny_world / "person_search", root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    test_image = next(im["file_name"] for im in manifest["images"] if im["split"] == "test")
+    corrupt = next(root.rglob(test_image))
+    corrupt.write_bytes(b"not a jpeg")
+    out = tmp_path / "ps.json"
+    code = cli(["person-search", "--checkpoint", str(checkpoint), "--manifest", str(root / "manifest.json"),
+                "--no-ray", "--out", str(out), "--no-progress"])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "person search not scored: 1 image batch(es) failed" in captured.out
+    assert "cannot read image" in captured.err and corrupt.name in captured.err

@@ -320,3 +320,22 @@ def test_teacher_query_person_search_embeds_queries_with_the_teacher_and_the_gal
                      xywh_to_xyxy(np.asarray(q.box_xywh, np.float32)).reshape(1, 4))[0]
     np.testing.assert_allclose(mixed[0][0].embedding, expected, atol=1e-5)
     assert not np.allclose(mixed[0][0].embedding, student[0][0].embedding, atol=1e-3)
+
+
+def test_a_teacher_checkpoint_brings_its_own_architecture(tmp_path: Path):
+    """An evaluation whose config has another teacher size still loads a trained teacher checkpoint:
+    its own teacher section (size, crop) is used; a bare state dict falls back to the job's config."""
+    from kdtrack.checkpoint import save_checkpoint
+    from kdtrack.config import TeacherConfig
+    from kdtrack.inference import load_teacher, teacher_config_of
+    from kdtrack.models import build_teacher
+
+    trained_cfg = load_config("teacher_cpu")
+    path = save_checkpoint(tmp_path / "T", model=build_teacher(trained_cfg.teacher, num_classes=3), config=trained_cfg)
+    other = TeacherConfig(feature_dim=0)  # the default preset's teacher: 256-d
+    assert teacher_config_of(path, other) == trained_cfg.teacher
+    teacher = load_teacher(other, path)
+    assert teacher.embed(torch.rand(1, 3, 128, 64)).shape == (1, 128)
+    bare = tmp_path / "bare.pt"
+    torch.save(build_teacher(other).state_dict(), bare)
+    assert teacher_config_of(bare, other) is other
