@@ -26,6 +26,12 @@ from the stage-1 network (weights only) and ``train.freeze`` keeps parts of
 the student fixed (``kdtrack.engine.freeze_parts``; stage 2 freezes the
 detection heads, stage 3 the body and the identity head).
 
+``train.recipe=kd`` distils a trained teacher: online (``teacher.checkpoint``: each worker crops the
+un-augmented canvas and runs the frozen teacher every step) or offline (``teacher.embeddings``: a store
+written by ``jobs.teacher_embeddings``, checked here against every training box; each sample carries its
+targets and no worker builds the teacher). With ``loss.eta < 1`` its hard labels are one class per
+person of the training data (``kdtrack.data.dataset_wide_ids``).
+
 ``train.recipe=teacher`` trains the Re-ID teacher instead (``teacher_train_func``):
 the driver reads ``<data-root>/market1501/bounding_box_train`` (or an unpacked
 Market-1501 given as the data root) and labels the identities 0..C-1; the

@@ -125,12 +125,15 @@ def test_offline_targets_give_the_online_kd_loss_on_a_batch(tiny_world, tmp_path
 
 
 def test_ray_job_matches_in_process_resumes_and_refuses_another_teacher(ray_session, tiny_world, tmp_path):
+    """The Ray Data job writes what the in-process path writes (to 1e-6), a rerun embeds only new images,
+    and a store of another teacher is refused naming the field."""
     from kdtrack.teacher_store import part_files, read_teacher_table
 
     teacher_path = _teacher_checkpoint(tmp_path / "T", iteration=7)
-    first = _job(teacher_path, tiny_world, tmp_path / "E", "--max-images", "5")
+    first = _job(teacher_path, tiny_world, tmp_path / "E", "--max-images", "5")  # the Ray Data job
     assert first["images_embedded"] == 5 and len(part_files(tmp_path / "E")) == 2  # parts of 4 images
-    second = _job(teacher_path, tiny_world, tmp_path / "E", "--max-images", "9")
+    # the resume is the driver's (Ray or not): in-process here, one Ray Data start-up is enough for the suite
+    second = _job(teacher_path, tiny_world, tmp_path / "E", "--max-images", "9", "--no-ray")
     assert second["images_before"] == 5 and second["images_embedded"] == 4  # resumed: only the new ones
     _job(teacher_path, tiny_world, tmp_path / "local", "--max-images", "9", "--no-ray")
     ray_table, local_table = read_teacher_table(tmp_path / "E"), read_teacher_table(tmp_path / "local")
@@ -153,7 +156,10 @@ def test_kd_run_from_the_store_trains_without_the_teacher(ray_session, tiny_worl
 
     teacher_path = _teacher_checkpoint(tmp_path / "T")
     _job(teacher_path, tiny_world, tmp_path / "E_part", "--no-ray", "--max-images", "3")
-    fast = [*CANVAS, "model.width=16", "model.head_conv=32", "model.deformable=false", "train.batch_size_per_worker=2"]
+    # data.loader=torch: the samples come from the same TrainingDataset as in the Ray Data decode actors,
+    # without the stream's start-up (tests/test_pipeline_training.py covers the stream itself)
+    fast = [*CANVAS, "model.width=16", "model.head_conv=32", "model.deformable=false", "train.batch_size_per_worker=2",
+            "data.loader=torch"]
 
     def run(store):
         argv = ["--config", "kd_cpu", "--data-root", str(tiny_world), "--out", str(tmp_path / "K"), "--mlflow-uri",
