@@ -97,8 +97,8 @@ def embed_items(teacher: Any, items: list[dict[str, Any]], cfg: Any, device: Any
     if good:
         images = torch.from_numpy(np.stack([item["canvas"] for item in good])).to(device)
         boxes = [torch.from_numpy(item["canvas_boxes"]).to(device) for item in good]
-        per_image = teacher_embeddings(teacher, images, boxes, out_size=(cfg.teacher.crop_height, cfg.teacher.crop_width),
-                                       batch_size=crop_batch)
+        crop = (cfg.teacher.crop_height, cfg.teacher.crop_width)
+        per_image = teacher_embeddings(teacher, images, boxes, out_size=crop, batch_size=crop_batch)
         vectors = [emb.float().cpu().numpy() for emb in per_image]
     found = iter(vectors)
     return [item if "error" in item else

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -95,9 +96,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     records = load_records(cfg)
     records = records[:args.max_images] if args.max_images > 0 else records
     keys = [image_key(r) for r in records]
-    if len(set(keys)) != len(keys):
-        seen: set = set()
-        twice = next(k for k in keys if k in seen or seen.add(k))
+    twice = next((k for k, n in Counter(keys).items() if n > 1), None)
+    if twice is not None:
         raise InputError(f"image {twice[1]} ({twice[0]}) is listed twice in the sources: the store's key "
                          f"(source, image id, box row) would be ambiguous")
     try:
@@ -111,8 +111,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     todo = [r for r, k in zip(records, keys) if k not in done and r.num_boxes]  # no box: nothing to store
     before = sum(k in done for k in keys)
     print(f"{len(records)} images of {', '.join(cfg.data.sources)} under {cfg.data.root}: {before} stored before "
-          f"(resumed), {len(records) - before - len(todo)} without boxes, {len(todo)} to embed; canvas {cfg.model.input_width}x{cfg.model.input_height}, "
-          f"crops {cfg.teacher.crop_height}x{cfg.teacher.crop_width}, teacher {teacher_path} "
+          f"(resumed), {len(records) - before - len(todo)} without boxes, {len(todo)} to embed; canvas "
+          f"{cfg.model.input_width}x{cfg.model.input_height}, "
+          f"crops {cfg.teacher.crop_height}x{cfg.teacher.crop_width}, "
+          f"teacher {teacher_path} "
           f"(iteration {meta['teacher_iteration']})", flush=True)
 
     numbers = [int(p.stem.split("-")[-1]) for p in (out / PARTS_DIR).glob("part-*.parquet") if p.stem[5:].isdigit()]

@@ -105,9 +105,11 @@ def read_part_meta(path: Path) -> dict[str, Any]:
     return json.loads(raw)
 
 
-def check_meta(found: dict[str, Any], expected: dict[str, Any], where: str, fields: Iterable[str] = META_FIELDS) -> None:
+def check_meta(found: dict[str, Any], expected: dict[str, Any], where: str,
+               fields: Iterable[str] = META_FIELDS) -> None:
     """``found`` (a part's metadata) must agree with ``expected`` on ``fields``; the error names the part."""
-    diff = [f"{f}: {found.get(f)!r} here, {expected.get(f)!r} expected" for f in fields if found.get(f) != expected.get(f)]
+    diff = [f"{f}: {found.get(f)!r} here, {expected.get(f)!r} expected" for f in fields
+            if found.get(f) != expected.get(f)]
     if diff:
         raise ValueError(f"{where}: teacher embeddings of another teacher or canvas ({'; '.join(diff)})")
 

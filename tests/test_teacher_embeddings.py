@@ -70,7 +70,8 @@ def test_stored_targets_follow_each_slots_original_box_row(tmp_path):
                                                                source="coco")), -vectors[:1])
     with pytest.raises(MissingTeacherEmbedding, match="no teacher embeddings for image 9 \\(coco"):
         table.image_rows(ImageRecord("z.jpg", 32, 32, boxes, image_id="9", source="coco"))
-    with pytest.raises(MissingTeacherEmbedding, match="image 8 \\(coco\\) has 1 stored boxes but 3 annotated: box row 1"):
+    with pytest.raises(MissingTeacherEmbedding,
+                       match="image 8 \\(coco\\) has 1 stored boxes but 3 annotated: box row 1"):
         table.image_rows(ImageRecord("y.jpg", 32, 32, boxes, image_id="8", source="coco"))
     with pytest.raises(ValueError, match="feature_dim: 4 here, 8 expected"):
         read_teacher_table(tmp_path, {"feature_dim": 8})
@@ -121,7 +122,8 @@ def test_offline_targets_give_the_online_kd_loss_on_a_batch(tiny_world, tmp_path
 
     summary = json.loads((tmp_path / "E_coco" / "summary.json").read_text())
     assert summary["images_bad"] == 1 and bad.name in summary["bad_examples"][0]["error"]
-    assert summary["images_embedded"] > 0 and len(read_teacher_table(tmp_path / "E_coco").index) == summary["images_embedded"]
+    assert summary["images_embedded"] > 0
+    assert len(read_teacher_table(tmp_path / "E_coco").index) == summary["images_embedded"]
 
 
 def test_ray_job_matches_in_process_resumes_and_refuses_another_teacher(ray_session, tiny_world, tmp_path):
