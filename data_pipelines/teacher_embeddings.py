@@ -63,21 +63,27 @@ class TeacherEmbedder:
         import torch
 
         from kdtrack.config import config_from_dict
-        from kdtrack.models import freeze_teacher
-        from kdtrack.models.reid import ReIDNet
 
         if num_threads > 0:
             torch.set_num_threads(num_threads)
         self.cfg = config_from_dict(config)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # decided where the actor runs
-        teacher = ReIDNet(config_from_dict(teacher_config).teacher, 0)
-        teacher.load_state_dict(ray.get(weights[0]), strict=True)
-        self.teacher = freeze_teacher(teacher.to(self.device))
+        self.teacher = frozen_teacher(config_from_dict(teacher_config).teacher, ray.get(weights[0]), self.device)
         self.crop_batch = crop_batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = list(_unpickled(batch))
         return _pickled(embed_items(self.teacher, items, self.cfg, self.device, self.crop_batch))
+
+
+def frozen_teacher(teacher_cfg: Any, weights: dict[str, Any], device: Any = "cpu") -> Any:
+    """The KD teacher of ``teacher_cfg`` with ``weights`` (:func:`teacher_weights`), frozen, on ``device``."""
+    from kdtrack.models import freeze_teacher
+    from kdtrack.models.reid import ReIDNet
+
+    teacher = ReIDNet(teacher_cfg, 0)
+    teacher.load_state_dict(weights, strict=True)
+    return freeze_teacher(teacher.to(device))
 
 
 def teacher_weights(state: dict[str, Any]) -> dict[str, Any]:

@@ -151,15 +151,16 @@ class MlflowSink:
         print(f"MLflow run {self.run_id} opened by rank 0", flush=True)
         return True
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> bool:
+        """``client.<method>(run_id, *args, **kwargs)``, best-effort (False when it did not happen)."""
         if self.failing and self.clock() < self.next_try:
             return False
         if not self._open():
             return False
         try:
-            getattr(self.client, fn)(self.run_id, *args, **kwargs)
+            getattr(self.client, method)(self.run_id, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001  (any client error: logging must not kill training)
-            return self._failed(what, exc)
+            return self._failed(method, exc)
         if self.failing:
             print("MLflow reachable again: pending metrics sent", flush=True)
         self.failing = False
@@ -177,15 +178,15 @@ class MlflowSink:
         self.pending = []
         for start in range(0, len(batch), 1000):  # MLflow's log_batch cap on metrics per call
             chunk = batch[start:start + 1000]
-            if not self._call("log_batch", "log_batch", metrics=chunk):
+            if not self._call("log_batch", metrics=chunk):
                 self.pending = (chunk + batch[start + 1000:])[-self.max_pending:]
                 return
 
     def tag(self, key: str, value: str) -> None:
-        self._call("set_tag", "set_tag", key, value)
+        self._call("set_tag", key, value)
 
     def param(self, key: str, value: Any) -> None:
-        self._call("log_param", "log_param", key, value)
+        self._call("log_param", key, value)
 
     def finish(self, status: str = "FINISHED") -> None:
         """The last try: pending metrics and the final status go now, whatever the retry interval."""
@@ -196,7 +197,7 @@ class MlflowSink:
             print(f"warning: MLflow unreachable at the end: {len(self.pending)} metrics not sent, run "
                   f"{self.run_id or '(never opened)'} not marked {status}", flush=True)
             return
-        self._call("set_terminated", "set_terminated", status=status)
+        self._call("set_terminated", status=status)
 
 
 def open_sink(cfg: Config, uri: str, ray_run_name: str, resume_state: dict[str, Any] | None = None,

@@ -177,12 +177,8 @@ def _results(todo: Sequence[Any], cfg: Config, state: dict[str, Any], args: argp
         import torch
 
         from kdtrack.config import config_to_dict
-        from kdtrack.models import freeze_teacher
-        from kdtrack.models.reid import ReIDNet
 
-        teacher = ReIDNet(state["config"].teacher, 0)
-        teacher.load_state_dict(pipeline.teacher_weights(state), strict=True)
-        teacher = freeze_teacher(teacher)
+        teacher = pipeline.frozen_teacher(state["config"].teacher, pipeline.teacher_weights(state))
         config = config_to_dict(cfg)
         for start in range(0, len(todo), args.batch_images):
             batch = pipeline._pickled([r.to_dict() for r in todo[start:start + args.batch_images]])
