@@ -93,6 +93,7 @@ if TYPE_CHECKING:
     from kdtrack.metrics.person_search import GalleryImage, Query
 
 TEACHER_EMBEDDERS = ("teacher", "teacher_query")  # person search: the teacher embeds everything / only the queries
+TEACHER_INPUT = "teacher_input"  # reid row: the teacher on crops of the frame letterboxed to the student's input
 
 __all__ = [
     "EvaluationFailed", "InputError", "InferenceWorker", "cli", "log_evaluation_to_mlflow", "main",
@@ -744,7 +745,10 @@ def add_reid_parser(sub: Any) -> argparse.ArgumentParser:
                    help="comma-separated, from person_search,mot (default: eval.reid_protocols)")
     p.add_argument("--baselines", default="random,colour",
                    help="comma-separated baselines from random,colour on the same boxes ('none' for none)")
-    p.add_argument("--teacher-checkpoint", default="", help="also embed box crops with this Re-ID teacher")
+    p.add_argument("--teacher-checkpoint", default="",
+                   help="also embed with this Re-ID teacher: rows 'teacher' (crops of the frame) and 'teacher_input' "
+                        "(crops of the frame letterboxed to the student's input: KD's targets), and each embedder's "
+                        "mean cosine to the teacher (cosT)")
     p.add_argument("--out", default=None, type=Path, help="metrics.json to write (atomically)")
     p.add_argument("--config", default=None, help="preset name or YAML (eval.* fields)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value")
@@ -798,6 +802,9 @@ def run_reid(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     # the network comes from the checkpoint; the protocols from this job's config
     embedders = build_embedders(model, replace(ckpt_cfg, eval=eval_cfg), device, baselines=baselines,
                                 teacher_embed=teacher_embed)
+    if teacher_embed is not None:  # the teacher on the student's input canvas: the targets KD regresses
+        embedders[TEACHER_INPUT] = teacher_embed_fn(teacher, (tcfg.crop_height, tcfg.crop_width), device,
+                                                    canvas=(ckpt_cfg.model.input_width, ckpt_cfg.model.input_height))
     results = evaluate_reid_box_sets(embedders, box_sets, eval_cfg)
     seconds = time.perf_counter() - start
     protocols = {"person_search": f"person-search split '{split}' (cross-camera)",

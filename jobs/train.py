@@ -74,7 +74,9 @@ RAY_STORAGE_DIR = "ray_results"
 MLFLOW_RUN_ID_KEY = "mlflow_run_id"
 PIPELINE_KEY = "pipeline"  # loop-config key of the Ray Data stream's plan and state (data.loader ray)
 ITEM_KEYS = ("records", "clips")  # loop-config keys of the items the torch path ships to every worker
-VIDEO_SOURCES = ("mot17", "kinetics")  # frames of one video share people: never "independent" images
+# the same people in several images (frames of one video; one person seen by several person-search cameras):
+# never the "independent" images IDF stage 1 assumes
+RECURRING_PEOPLE_SOURCES = ("mot17", "kinetics", "person_search")
 # Terms in the printed progress line (every term goes to MLflow): losses, lr and the collapse monitor.
 PROGRESS_TERMS = ("total", "det", "id", "lr", "monitor/cos_between", "monitor/xview_top1")
 CHECKPOINT_TAG = "kdtrack.final_checkpoint"
@@ -115,11 +117,11 @@ def check_recipe(cfg: Config) -> None:
         raise ConfigError(f"train.recipe '{recipe}' needs loss.id_mode={RECIPE_ID_MODE[recipe]}, "
                           f"got loss.id_mode={cfg.loss.id_mode} (add --set loss.id_mode={RECIPE_ID_MODE[recipe]})")
     if recipe == "contrastive":
-        video = sorted(set(cfg.data.sources) & set(VIDEO_SOURCES))
-        if video:
+        recurring = sorted(set(cfg.data.sources) & set(RECURRING_PEOPLE_SOURCES))
+        if recurring:
             raise ConfigError(
                 f"train.recipe 'contrastive' (IDF stage 1) treats every person of every image as a unique identity; "
-                f"data.sources {video} are video frames where the same people recur (false negatives): use still "
+                f"data.sources {recurring} hold the same people in several images (false negatives): use still "
                 f"images only (--set data.sources=[crowdhuman,coco]); video belongs to stage 2 (pseudo-labels)")
     if recipe == "video" and not cfg.data.pseudo_labels:
         raise ConfigError("train.recipe 'video' (IDF stage 2) trains on pseudo-labelled frame pairs: pass "

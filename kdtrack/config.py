@@ -234,7 +234,7 @@ class DataConfig:
     """Where the training data comes from and how Ray Data feeds it."""
 
     root: str = ""  # dataset root ("" = the generated synthetic world)
-    sources: tuple[str, ...] = ("crowdhuman",)  # crowdhuman | coco | mot17 | kinetics
+    sources: tuple[str, ...] = ("crowdhuman",)  # crowdhuman | coco | mot17 | person_search (its train split) | kinetics
     min_visibility: float = 0.25  # MOT17 training rows below this are ignored
     # How samples reach the train workers. ray: a Ray Data stream (data_pipelines.training: decode + augment in a
     # map_batches actor pool, split across workers); torch: a plain DataLoader per worker (single-process debugging)

@@ -38,7 +38,8 @@ from kdtrack.targets import SLOT_KEYS, encode_targets, person_keys
 from kdtrack.transforms import BoxAugment
 
 UID_BITS = 46  # person_keys allows image uids below 2**(62 - 16)
-KNOWN_SOURCES = ("crowdhuman", "coco", "mot17")
+KNOWN_SOURCES = ("crowdhuman", "coco", "mot17", "person_search")
+PERSON_SEARCH_TRAIN_SPLIT = "train"  # the only person-search split a trainer reads: val / test people stay held out
 SLOT_AXIS_KEYS = SLOT_KEYS + ("teacher_boxes_xyxy", "teacher")  # keys whose axis after (batch) is the slot axis K
 
 
@@ -339,9 +340,13 @@ def load_records_with_stats(cfg: Config) -> tuple[list[ImageRecord], dict[str, A
     """Records of every ``cfg.data.sources`` under ``cfg.data.root`` and the readers' stats per source.
 
     crowdhuman: ``crowdhuman/annotation_train.odgt`` + ``Images/``; coco: ``coco/annotations/
-    instances_train2017.json`` + ``train2017/``; mot17: ``MOT17/train/<SEQ>`` (``data.mot_split``).
+    instances_train2017.json`` + ``train2017/``; mot17: ``MOT17/train/<SEQ>`` (``data.mot_split``);
+    person_search: the train split of ``person_search/manifest.json`` (CUHK-SYSU / PRW converted by
+    ``kdtrack.formats.person_search``), every box, pids as ids.
     """
     from kdtrack.formats import coco, crowdhuman, mot
+    from kdtrack.formats import person_search as ps
+    from kdtrack.formats.common import ReadStats
 
     if not cfg.data.root:
         raise ValueError("data.root is empty: pass --data-root (e.g. a world made by jobs.generate_synth)")
@@ -367,6 +372,10 @@ def load_records_with_stats(cfg: Config) -> tuple[list[ImageRecord], dict[str, A
                     on_error=cfg.data.on_error)
                 recs.extend(seq_recs)
                 st = seq_st if st is None else st.merge(seq_st)
+        elif source == "person_search":
+            st = ReadStats()
+            recs = ps.read_manifest(root / "person_search" / ps.MANIFEST_NAME).image_records(
+                PERSON_SEARCH_TRAIN_SPLIT, st)
         else:
             raise ValueError(f"data.sources: '{source}' has no boxes for this trainer (known: {', '.join(KNOWN_SOURCES)})")
         records.extend(recs)

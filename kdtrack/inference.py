@@ -69,12 +69,24 @@ def load_teacher(teacher_cfg: TeacherConfig, checkpoint: str | Path,
     return freeze_teacher(teacher.to(device))
 
 
-def teacher_embed_fn(teacher: nn.Module, crop_size: tuple[int, int], device: torch.device) -> EmbedFn:
-    """Embed boxes with the teacher on crops of the original frame (KDMOT 'two-step'), L2-normalised."""
+def teacher_embed_fn(teacher: nn.Module, crop_size: tuple[int, int], device: torch.device,
+                     canvas: tuple[int, int] | None = None) -> EmbedFn:
+    """Embed boxes with the teacher on crops of the original frame (KDMOT 'two-step'), L2-normalised.
+
+    ``canvas`` ``(width, height)``: crop from the frame letterboxed to that size instead, as KD cuts its
+    targets from the student's input (``kdtrack.teacher_store.teacher_canvas``), which shows what the
+    student's input resolution costs the teacher.
+    """
 
     def embed(image_rgb: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
-        image = torch.from_numpy(image_rgb).permute(2, 0, 1)[None].float().div_(255).to(device)
-        boxes = torch.as_tensor(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4), device=device)
+        boxes_xyxy = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
+        if canvas is None:
+            image = torch.from_numpy(image_rgb).permute(2, 0, 1)[None].float().div_(255).to(device)
+        else:
+            letterboxed, tf = letterbox(image_rgb, *canvas)
+            image = torch.from_numpy(letterboxed)[None].to(device)
+            boxes_xyxy = tf.boxes_to_letterbox(boxes_xyxy).astype(np.float32)
+        boxes = torch.as_tensor(boxes_xyxy, device=device)
         (emb,) = teacher_embeddings(teacher, image, [boxes], out_size=crop_size)
         return torch.nn.functional.normalize(emb.float(), dim=1).cpu().numpy()
 

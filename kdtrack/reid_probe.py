@@ -55,6 +55,8 @@ from kdtrack.models import build_student
 PROTOCOLS = ("person_search", "mot")
 BASELINES = ("random", "colour")
 CHANCE = "chance"  # results row: expected scores of a random ranking
+TEACHER = "teacher"  # the Re-ID teacher on box crops (optional embedder)
+TEACHER_COSINE = "teacher_cosine"  # results field: mean cosine to the teacher's feature of the same box
 PERSON_SEARCH_DIR = "person_search"
 MOT_DIR = "MOT17/train"
 COLOUR_BINS = (8, 4, 4)  # hue x saturation x value bins per box half
@@ -154,7 +156,7 @@ def build_embedders(
     baseline = baseline_embedders(cfg, device, baselines=baselines, seed=seed)  # checks the names first
     embedders: dict[str, EmbedFn] = {"student": student_embedder(model, cfg, device), **baseline}
     if teacher_embed is not None:
-        embedders["teacher"] = teacher_embed
+        embedders[TEACHER] = teacher_embed
     return embedders
 
 
@@ -317,6 +319,15 @@ def score_box_set(box_set: ReidBoxSet, features: np.ndarray,
                                   times=box_set.times, min_gap=box_set.min_gap, ranks=tuple(ranks))
 
 
+def teacher_cosine(features: np.ndarray, teacher_features: np.ndarray) -> float:
+    """Mean cosine between each box's embedding and the teacher's of the same box (rows L2-normalised, as
+    every embedder returns them): how closely a KD student reproduces its teacher on these people, which
+    retrieval scores only indirectly. nan for no boxes."""
+    if len(features) == 0:
+        return float("nan")
+    return float(np.mean(np.sum(features * teacher_features, axis=1)))
+
+
 def evaluate_reid_box_sets(
     embedders: Mapping[str, EmbedFn],
     box_sets: Mapping[str, ReidBoxSet],
@@ -324,7 +335,8 @@ def evaluate_reid_box_sets(
 ) -> dict[str, dict[str, dict[str, float | int]]]:
     """``{protocol: {embedder | "chance": {"mAP", "rank1", "rank5", "rank10", "queries", "skipped"}}}``.
 
-    mAP / rank-k are fractions in 0..1 (nan when no query has a positive).
+    mAP / rank-k are fractions in 0..1 (nan when no query has a positive). With a ``teacher`` embedder,
+    every other embedder of the teacher's size also gets ``teacher_cosine`` (:func:`teacher_cosine`).
     """
     cfg = cfg or EvalConfig()
     if CHANCE in embedders:
@@ -337,6 +349,8 @@ def evaluate_reid_box_sets(
         for name, feats in features.items():
             result = score_box_set(box_set, feats, cfg.reid_ranks)
             rows[name] = result.summary()
+            if TEACHER in features and name != TEACHER and feats.shape[1] == features[TEACHER].shape[1]:
+                rows[name][TEACHER_COSINE] = teacher_cosine(feats, features[TEACHER])
         if result is None:  # no embedder: the chance row alone
             result = score_box_set(box_set, np.ones((len(box_set), 1), np.float32), cfg.reid_ranks)
         rows[CHANCE] = result.chance_summary()  # depends on ids and junk only, not on features
@@ -376,8 +390,10 @@ def flatten_reid_metrics(results: Mapping[str, Any], prefix: str = "reid") -> di
 def format_reid_table(results: Mapping[str, Any]) -> str:
     """Rows = embedders (chance last), columns = person-search mAP/R1/R5 and MOT mAP/R1, in percent."""
     columns = [("person_search", "mAP", "PS mAP"), ("person_search", "rank1", "PS R1"),
-               ("person_search", "rank5", "PS R5"), ("mot", "mAP", "MOT mAP"), ("mot", "rank1", "MOT R1")]
-    columns = [c for c in columns if c[0] in results]
+               ("person_search", "rank5", "PS R5"), ("mot", "mAP", "MOT mAP"), ("mot", "rank1", "MOT R1"),
+               ("person_search", TEACHER_COSINE, "PS cosT"), ("mot", TEACHER_COSINE, "MOT cosT")]
+    columns = [c for c in columns if c[0] in results
+               and (c[1] != TEACHER_COSINE or any(c[1] in row for row in results[c[0]].values()))]
     names = list(dict.fromkeys(n for protocol, _, _ in columns for n in results[protocol] if n != CHANCE))
     names.append(CHANCE)
     width = max([len(n) for n in names] + [8])
@@ -390,4 +406,7 @@ def format_reid_table(results: Mapping[str, Any]) -> str:
         lines.append(f"{name:<{width}}" + "".join(cells))
     counts = ", ".join(f"{p}: {results[p][CHANCE]['queries']} queries ({results[p][CHANCE]['skipped']} without a "
                        f"positive)" for p in PROTOCOLS if p in results)
-    return "\n".join(lines + [counts])
+    notes = [counts]
+    if any(metric == TEACHER_COSINE for _, metric, _ in columns):
+        notes.append("cosT: mean cosine (x100) between an embedder's and the teacher's feature of the same box")
+    return "\n".join(lines + notes)

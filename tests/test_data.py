@@ -202,3 +202,24 @@ def test_padded_mixed_size_batch_trains(tmp_path):
     terms = train_step(model, criterion, batch, opt, device="cpu",
                        key_encoder=MomentumEncoder(model, cfgs[0].loss.key_momentum))
     assert np.isfinite(terms["total"]) and terms["id"] > 0
+
+
+def test_person_search_source_reads_the_train_split_only(tiny_world):
+    """CUHK-SYSU / PRW as KD training data: the manifest's train images with every box (pids as ids,
+    unlabelled people -1); the val / test people, whom person search is scored on, never reach a trainer."""
+    from kdtrack.data import dataset_wide_ids
+    from kdtrack.formats.person_search import read_manifest
+
+    manifest = read_manifest(tiny_world / "person_search" / "manifest.json")
+    train = [img for img in manifest.images if img.split == "train"]
+    records = load_records(load_config("tiny", [f"data.root={tiny_world}", "data.sources=[person_search]"]))
+    assert [r.image_id for r in records] == [img.file_name for img in train]
+    for record, img in zip(records, train):
+        assert record.ids.tolist() == img.pids.tolist() and len(record.boxes_xyxy) == len(img.pids)
+    held_out = {p for img in manifest.images if img.split != "train" for p in img.pids.tolist() if p > 0}
+    seen = {p for r in records for p in r.ids.tolist() if p > 0}
+    assert seen and not seen & held_out
+    # hard labels (loss.eta < 1): one class per labelled pid, unlabelled boxes stay unknown
+    labelled, classes = dataset_wide_ids(records)
+    assert classes == len(seen)
+    assert sum((r.ids >= 0).sum() for r in labelled) == sum((r.ids > 0).sum() for r in records)

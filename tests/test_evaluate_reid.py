@@ -18,9 +18,11 @@ from kdtrack.reid_probe import (
     colour_histogram_features,
     evaluate_reid_box_sets,
     flatten_reid_metrics,
+    format_reid_table,
     load_reid_box_sets,
     person_search_box_set,
     random_student_embedder,
+    teacher_cosine,
 )
 
 
@@ -86,6 +88,26 @@ def test_oracle_perfect_colour_above_chance_random_at_chance(box_sets):
     assert flat["reid/person_search/oracle/mAP"] == 1.0 and flat["reid/mot/chance/queries"] > 20
 
 
+def test_teacher_cosine_hand_computed_and_per_embedder(box_sets):
+    # rows (1, 0) and (0, 1) against the teacher's (1, 0) and (0.6, 0.8): cosines 1 and 0.8, mean 0.9
+    assert teacher_cosine(np.array([[1, 0], [0, 1]], np.float32),
+                          np.array([[1, 0], [0.6, 0.8]], np.float32)) == pytest.approx(0.9)
+    oracle = oracle_embedder(box_sets)
+
+    def flipped(image, boxes):  # the oracle's one-hot, negated: the teacher's opposite
+        return -oracle(image, boxes)
+
+    results = evaluate_reid_box_sets({"teacher": oracle, "copy": oracle, "flipped": flipped,
+                                      "colour": colour_histogram_features}, box_sets, EvalConfig())
+    for rows in results.values():
+        assert rows["copy"]["teacher_cosine"] == pytest.approx(1.0)
+        assert rows["flipped"]["teacher_cosine"] == pytest.approx(-1.0)
+        assert "teacher_cosine" not in rows["colour"]  # 256-d histogram vs the teacher's size: not comparable
+        assert "teacher_cosine" not in rows["teacher"]
+    assert flatten_reid_metrics(results)["reid/mot/copy/teacher_cosine"] == pytest.approx(1.0)
+    assert "MOT cosT" in format_reid_table(results)
+
+
 def test_student_embedder_reads_the_box_centre_like_inference(box_sets):
     from kdtrack.inference import student_embedding_at_boxes
 
@@ -138,20 +160,28 @@ def test_cli_writes_json_and_logs_to_mlflow(tiny_world: Path, tmp_path: Path, ca
         return "RUN"
 
     monkeypatch.setattr(jobs.evaluate, "log_evaluation_to_mlflow", log_spy)
-    cfg = load_config("tiny", ["model.width=8", "model.head_conv=16", "model.embedding_dim=16"])  # a fast student
+    from kdtrack.models import build_teacher
+
+    # a fast student of a KD student's shape: the (random) teacher's 128-d feature
+    cfg = load_config("tiny", ["model.width=8", "model.head_conv=16", "model.embedding_dim=128"])
     torch.manual_seed(cfg.train.seed)  # as jobs.train does before building the student
     ckpt = save_checkpoint(tmp_path / "ckpt", model=build_student(cfg.model), config=cfg)
+    teacher = tmp_path / "teacher.pt"
+    torch.save(build_teacher(cfg.teacher).state_dict(), teacher)
     out = tmp_path / "eval" / "reid.json"
     # the val split (20 images) and every 4th MOT frame keep the two student passes short
     jobs.evaluate.main(["reid", "--checkpoint", str(ckpt), "--world", str(tiny_world), "--split", "val",
-                        "--out", str(out), "--set", "eval.reid_mot_frame_stride=4",
-                        "--mlflow-uri", "sqlite:////x/m.db", "--run-id", "TRAIN"])
+                        "--out", str(out), "--config", "tiny", "--set", "eval.reid_mot_frame_stride=4", "--teacher-checkpoint",
+                        str(teacher), "--mlflow-uri", "sqlite:////x/m.db", "--run-id", "TRAIN"])
     printed = capsys.readouterr().out
     assert "PS mAP" in printed and "colour" in printed and "logged to MLflow run RUN" in printed
+    assert "PS cosT" in printed
     record = json.loads(out.read_text())
     for protocol in ("person_search", "mot"):
-        assert set(record[protocol]) == {"student", "random", "colour", CHANCE}
+        assert set(record[protocol]) == {"student", "random", "colour", "teacher", "teacher_input", CHANCE}
         assert record[protocol]["student"]["queries"] > 0
+        assert -1 <= record[protocol]["student"]["teacher_cosine"] < 0.99  # a random student is not its teacher
+        assert record[protocol]["teacher_input"]["teacher_cosine"] > 0.5  # the same teacher at 2/3 of the size
     assert record["settings"]["mot_frame_stride"] == 4 and record["settings"]["split"] == "val"
     # untrained: the random-init baseline (seed = the checkpoint's train.seed) is this very network
     assert record["person_search"]["random"] == record["person_search"]["student"]

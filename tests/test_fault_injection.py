@@ -160,7 +160,10 @@ class WorkerKiller(threading.Thread):
                           f"Ray cluster), found {len(workers)}: {[(p.pid, p.cmdline()) for p in workers]}"
                           + (f" (ignored, there before the run: {sorted(self.stale)})" if self.stale else ""))
             return
-        self.registered_at_kill = _registered_iteration(self.run_dir)
+        # the snapshot may be mid-rewrite (unreadable): the checkpoint registered in step 1 stays registered,
+        # so it is a lower bound of the latest one
+        now = _registered_iteration(self.run_dir)
+        self.registered_at_kill = registered if now is None else max(now, registered)
         self.uploaded_at_kill = uploaded
         os.kill(workers[0].pid, signal.SIGKILL)
         self.killed_pid = workers[0].pid

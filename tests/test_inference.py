@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -320,6 +321,30 @@ def test_teacher_query_person_search_embeds_queries_with_the_teacher_and_the_gal
                      xywh_to_xyxy(np.asarray(q.box_xywh, np.float32)).reshape(1, 4))[0]
     np.testing.assert_allclose(mixed[0][0].embedding, expected, atol=1e-5)
     assert not np.allclose(mixed[0][0].embedding, student[0][0].embedding, atol=1e-3)
+
+
+def test_teacher_embed_fn_on_the_student_canvas():
+    """canvas=(w, h) crops from the frame letterboxed to the student's input, as KD's targets are cut."""
+    from kdtrack.inference import teacher_embed_fn
+    from kdtrack.models import build_teacher, freeze_teacher
+    from kdtrack.models.teacher_targets import teacher_embeddings
+
+    torch.manual_seed(0)
+    cfg = load_config("tiny")
+    teacher = freeze_teacher(build_teacher(cfg.teacher))
+    crop = (cfg.teacher.crop_height, cfg.teacher.crop_width)
+    image = np.random.default_rng(0).integers(0, 256, (96, 160, 3), dtype=np.uint8)
+    boxes = np.array([[10, 5, 50, 90], [100, 20, 130, 80]], np.float32)
+    frame = teacher_embed_fn(teacher, crop, torch.device("cpu"))
+    # a canvas of the frame's own size is the frame itself
+    np.testing.assert_allclose(teacher_embed_fn(teacher, crop, torch.device("cpu"), canvas=(160, 96))(image, boxes),
+                               frame(image, boxes), atol=1e-5)
+    # a 320x192 canvas: the frame scaled by 2 (no padding), boxes with it: the teacher's crops of that canvas
+    canvas = cv2.resize(image, (320, 192), interpolation=cv2.INTER_AREA)
+    (expected,) = teacher_embeddings(teacher, torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255,
+                                     [torch.from_numpy(boxes * 2)], out_size=crop)
+    got = teacher_embed_fn(teacher, crop, torch.device("cpu"), canvas=(320, 192))(image, boxes)
+    np.testing.assert_allclose(got, torch.nn.functional.normalize(expected, dim=1).numpy(), atol=1e-5)
 
 
 def test_a_teacher_checkpoint_brings_its_own_architecture(tmp_path: Path):

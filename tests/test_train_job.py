@@ -53,9 +53,10 @@ def test_recipe_must_match_the_loss():
         check_recipe(load_config("tiny", ["train.recipe=video"]))
     with pytest.raises(ConfigError, match="must equal the teacher"):
         check_recipe(load_config("tiny", ["train.recipe=kd", "loss.id_mode=kd"]))
-    # IDF stage 1 assumes independent images: video frames (recurring people) are refused.
-    with pytest.raises(ConfigError, match="video frames"):
-        check_recipe(load_config("tiny", ["data.sources=[crowdhuman,mot17]"]))
+    # IDF stage 1 assumes independent images: video frames and person-search cameras (recurring people) are refused.
+    for recurring in ("mot17", "person_search"):
+        with pytest.raises(ConfigError, match=rf"\['{recurring}'\] hold the same people in several images"):
+            check_recipe(load_config("tiny", [f"data.sources=[crowdhuman,{recurring}]"]))
     check_recipe(load_config("tiny", ["data.sources=[crowdhuman,coco]"]))
     check_recipe(load_config("tiny", ["train.recipe=detection", "loss.id_mode=none", "data.sources=[mot17]"]))
 

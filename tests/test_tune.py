@@ -164,7 +164,7 @@ def test_sweep_records_a_nan_trial_as_failed_and_writes_the_best_config(ray_sess
     at its first step. Tune records it as errored, MLflow as FAILED with the cause, and the sweep goes on."""
     from mlflow.tracking import MlflowClient
 
-    from jobs.tune import cli, main, get_args_parser
+    from jobs.tune import get_args_parser, main
 
     path = write_sweep(tmp_path, search={"train.lr": {"grid": [1.0e-3, 1.0e+30]}},
                        tune={"num_samples": 1, "scheduler": "fifo"})
@@ -203,7 +203,22 @@ def test_sweep_records_a_nan_trial_as_failed_and_writes_the_best_config(ray_sess
     assert (out / "summary.csv").read_text().count("\n") == 3  # header + 2 trials
     assert json.loads((out / "sweep.json").read_text())["best"]["values"] == {"train.lr": 1e-3}
 
-    # a sweep whose every trial fails exits 1 and says so
-    path = write_sweep(tmp_path, search={"train.lr": {"grid": [1.0e+30]}}, tune={"num_samples": 1, "scheduler": "fifo"})
-    assert cli(["--config", str(path), "--data-root", str(tiny_world), "--out", str(tmp_path / "all_fail")]) == 1
-    assert not (tmp_path / "all_fail" / "best_config.yaml").exists()
+
+
+def test_best_trial_leaves_out_failed_and_non_finite_trials(tmp_path):
+    """The pick behind best_config.yaml; None (the sweep exits 1, no best config) when no trial finished
+    with a finite objective, e.g. every trial failed as the NaN trial above does."""
+    from jobs.tune import _best
+
+    spec = load_sweep(write_sweep(tmp_path, search={"train.lr": {"grid": [1.0e-3, 1.0e-2]}}))
+
+    def trial(tid, objective, outcome="completed", iteration=4):
+        return {"trial_id": tid, "values": {"train.lr": tid}, "objective": objective, "outcome": outcome,
+                "iteration": iteration}
+
+    assert _best([trial("a", float("nan")), trial("b", 0.9, outcome="failed"), trial("c", None)], spec) is None
+    picked = _best([trial("a", 0.2), trial("b", 0.9, outcome="failed"), trial("c", 0.4, outcome="stopped_early",
+                                                                                   iteration=2)], spec)
+    assert picked["trial_id"] == "c" and picked["objective"] == 0.4 and spec.tune.mode == "max"
+    # equal objectives: the trial that trained longer
+    assert _best([trial("a", 0.4, iteration=2), trial("b", 0.4, iteration=4)], spec)["trial_id"] == "b"
