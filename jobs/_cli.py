@@ -1,4 +1,4 @@
-"""One exit-code rule for the batch jobs (``jobs.evaluate``, ``jobs.pseudo_label``).
+"""One exit-code rule for the jobs (``jobs.train``, ``jobs.evaluate``, ``jobs.pseudo_label``, ...).
 
 Exit 0 on success; 2 with one line (no traceback) when a config key, a path or an input file is
 bad, found before any work; 1 when part of the work failed after what finished was written.

@@ -57,7 +57,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from jobs._mlflow_train import create_driver_run, failed_run_on_error, mark_failed, open_sink, sink_run_id
 from jobs._ray import refuse_unless_joining
@@ -880,8 +880,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "mlflow_run_id": run_id, "fit_seconds": elapsed}
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m jobs.train``: exit 2 with one line naming the key or file when the config or an input file
+    is bad (found on the driver before any worker starts), the batch jobs' rule (``jobs._cli``)."""
+    from jobs._cli import run_cli
+
+    return run_cli(lambda a: main(get_args_parser().parse_args(a)), argv, "train", partial_failure=())
+
+
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except ConfigError as exc:
-        sys.exit(f"config error: {exc}")
+    sys.exit(cli())

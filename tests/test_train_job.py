@@ -320,3 +320,15 @@ def test_a_crashed_training_run_is_failed_in_mlflow_with_its_error(ray_session, 
     runs = mlflow.search_runs(experiment_names=["kdtrack"])
     assert len(runs) == 1 and runs.iloc[0]["status"] == "FAILED"
     assert runs.iloc[0]["tags.kdtrack.error"].startswith("FloatingPointError: iteration")
+
+
+def test_cli_bad_input_is_one_line_naming_the_file_and_exit_2(tmp_path, capsys):
+    """A missing annotation file or a bad key ends the job before Ray starts: exit 2, one line, no traceback."""
+    from jobs.train import cli
+
+    assert cli(["--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "crowdhuman" / "annotation_train.odgt") in err
+    assert err.startswith("train: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert cli(["--config", "tiny", "--out", str(tmp_path / "o"), "--set", "train.recipe=nope"]) == 2
+    assert capsys.readouterr().err.startswith("train: --set train.recipe=nope: key 'train.recipe' must be one of")
