@@ -34,6 +34,7 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from data_pipelines.loop_throttle import throttle_scheduling_loop
 from kdtrack.config import Config
 
 SAMPLE_COLUMN = "sample"
@@ -230,6 +231,7 @@ def training_stream(cfg: Config, dataset_factory: Callable[[], Any], num_items: 
     state = PipelineState.remote()
     dc = cfg.data
     ray.data.DataContext.get_current().enable_progress_bars = False  # a redrawn bar per second in the job log
+    throttle_scheduling_loop(dc.scheduling_min_step_s)  # before the dataset copies the context
     # reading rows is arithmetic: no CPU reserved for it (the decode actors hold the data budget)
     ds = ray.data.read_datasource(TrainingRowsDatasource(plan, state), num_cpus=0, concurrency=1).map_batches(
         SampleMaker, fn_constructor_kwargs={"dataset_factory": dataset_factory, "state": state, "seed": plan.seed},

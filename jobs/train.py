@@ -146,9 +146,10 @@ def check_recipe(cfg: Config) -> None:
 def check_pipeline(cfg: Config) -> None:
     """The Ray Data stream's fields (``data.loader: ray``)."""
     dc = cfg.data
-    if dc.map_actors < 1 or dc.map_num_cpus <= 0 or dc.prefetch_batches < 0:
-        raise ConfigError(f"data.map_actors must be >= 1, data.map_num_cpus > 0 and data.prefetch_batches >= 0, "
-                          f"got {dc.map_actors}, {dc.map_num_cpus}, {dc.prefetch_batches}")
+    if dc.map_actors < 1 or dc.map_num_cpus <= 0 or dc.prefetch_batches < 0 or dc.scheduling_min_step_s < 0:
+        raise ConfigError(f"data.map_actors must be >= 1, data.map_num_cpus > 0, data.prefetch_batches >= 0 and "
+                          f"data.scheduling_min_step_s >= 0, got {dc.map_actors}, {dc.map_num_cpus}, "
+                          f"{dc.prefetch_batches}, {dc.scheduling_min_step_s}")
     if not 0.0 <= dc.max_bad_fraction < 1.0:
         raise ConfigError(f"data.max_bad_fraction is a share of the items read, in [0, 1), got {dc.max_bad_fraction}")
 

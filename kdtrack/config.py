@@ -243,6 +243,9 @@ class DataConfig:
     map_num_cpus: float = 0.5  # Ray CPUs per decode actor (train workers + actors must fit the cluster)
     prefetch_batches: int = 2  # batches each worker prefetches from the stream
     preserve_order: bool = True  # Ray Data keeps the stream's order (a resume skips exactly the consumed rows)
+    # seconds: Ray Data's scheduling loop spins when the stream is ahead of the step; each loop step lasts at least
+    # this long (data_pipelines.loop_throttle; 0 = Ray's own loop)
+    scheduling_min_step_s: float = 0.02
     max_bad_fraction: float = 0.01  # unreadable images / clips are skipped and counted; more than this share stops the run
     on_error: Literal["raise", "skip"] = "raise"  # malformed annotation records
     augment: Literal["auto", "none", "detection", "idf_view"] = "auto"  # kdtrack.transforms preset; auto: idf_view for contrastive, else detection
