@@ -142,10 +142,11 @@ def consume(batches, views_per_batch: int, memory: PeakMemory) -> dict:
             consumer_at_first = time.process_time()
     end = time.perf_counter()
     steady = max(end - (first or end), 1e-9)
-    consumer_cpu = (time.process_time() - consumer_at_first) - (memory.sampler_cpu - sampler_at_first) if first else 0.0
+    sampler_cpu = memory.sampler_cpu - sampler_at_first if first else 0.0
+    consumer_cpu = time.process_time() - consumer_at_first - sampler_cpu if first else 0.0
     cpu = {"consumer_cpu_pct": 100 * consumer_cpu / steady,
            "pipeline_cpu_pct": 100 * memory.pipeline_cpu_since_mark() / steady,
-           "sampler_cpu_pct": 100 * ((memory.sampler_cpu - sampler_at_first) if first else 0.0) / steady}
+           "sampler_cpu_pct": 100 * sampler_cpu / steady}
     quarters = [marks[min(len(marks) - 1, int(q * len(marks) / 4))] for q in range(5)] if marks else []
     rates = [round((c1 - c0) / max(t1 - t0, 1e-9), 1) for (t0, c0), (t1, c1) in zip(quarters, quarters[1:])]
     return {"images": count, "seconds": end - start, "first_batch_s": (first or end) - start,

@@ -3,9 +3,9 @@
 Ray Data 2.60's ``StreamingExecutor`` blocks (``ray.wait``, up to 0.1 s) only while some task is running and
 not ready. When the stream is ahead of its consumer — every task finished, or finished but held back by
 backpressure, which is the normal state of a training stream — each scheduling step returns at once and the
-loop spins: py-spy in a ``kd_cpu`` run's ``SplitCoordinator`` showed its executor thread busy in
-``_scheduling_loop_step`` at 60-80 % of a core, a core the train worker and the decode actors need on a
-2-core machine (the same thread runs in the consuming process when a dataset is iterated directly).
+loop spins: in a long ``kd_cpu`` run ``top`` showed the ``SplitCoordinator`` at 60-80 % of a core and
+py-spy its executor thread busy in ``_scheduling_loop_step``, a core the train worker and the decode actors
+need on a 2-core machine (the same thread runs in the consuming process when a dataset is iterated directly).
 ``LoopThrottle`` is an execution callback that makes each step last at least ``min_step_s``: a step that
 waited on a task is untouched, a spinning one sleeps the rest of the period (at most ``1 / min_step_s``
 steps a second; each step still dispatches every task and reads every output it can).
