@@ -7,8 +7,10 @@ order is ``default_rng([seed, epoch]).permutation(n)`` cut to whole global batch
 ``data.map_num_cpus``) decodes and augments each row with the same per-sample function and the same
 ``(seed, epoch, item)`` seeding as the torch ``DataLoader`` path (``kdtrack.data.EpochSeededDataset``),
 so augmentations are redrawn every epoch and identical on a rerun. Samples travel pickled in one
-bytes column (their keys and shapes differ by recipe; multi-scale canvases differ by sample) and are
-collated by ``kdtrack.data.collate`` in the worker. Ray Train splits the stream across workers
+bytes column (their keys and shapes differ by recipe; multi-scale canvases differ by sample), their
+canvases as uint8 levels (``kdtrack.letterbox.Uint8Canvas``: a quarter of the bytes through the object
+store and between nodes, decoded bit for bit; ``data.stream_uint8``), and are collated by
+``kdtrack.data.collate`` in the worker. Ray Train splits the stream across workers
 (``streaming_split(equal=True)``); every rank gets ``total * batch`` rows.
 
 A resume (worker-group restart or a rerun) starts the stream where the checkpoint stopped: each rank
@@ -36,12 +38,14 @@ from ray.data.datasource import Datasource, ReadTask
 
 from data_pipelines.loop_throttle import throttle_scheduling_loop
 from kdtrack.config import Config
+from kdtrack.letterbox import Uint8Canvas
 
 SAMPLE_COLUMN = "sample"
 BAD_ITEM_ERRORS = (OSError, ValueError)  # unreadable / undecodable file, size or frame count that disagrees
 MAX_SUBSTITUTES = 8  # a bad item is replaced by one of the next items of the epoch order
 MAX_EXAMPLES = 5  # bad items named in the error
 MIN_ITEMS_FOR_FRACTION = 50  # the bad fraction is judged once this many items were read (and at the end)
+CANVAS_KEYS = ("image", "orig_image")  # a sample's float32 letterboxed canvases (KD adds the un-augmented one)
 READ_TASKS_TARGET = 2000  # read tasks over the whole run at most (row ranges: metadata only, no pixels)
 ROWS_PER_READ_BATCHES = 2  # global batches per read task at least
 
@@ -158,13 +162,37 @@ def _read_rows(plan: StreamPlan, start: int, stop: int) -> list[Any]:
     return [pa.table(plan.rows(start, stop))]
 
 
+def dump_sample(sample: Any, uint8_canvases: bool = True) -> bytes:
+    """A sample as it travels: pickled, its canvases as ``Uint8Canvas`` (those it can hold exactly)."""
+    if uint8_canvases and isinstance(sample, dict):
+        sample = dict(sample)
+        for key in CANVAS_KEYS:
+            if isinstance(sample.get(key), np.ndarray):
+                packed = Uint8Canvas.encode(sample[key])
+                if packed is not None:
+                    sample[key] = packed
+    return pickle.dumps(sample, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def load_sample(blob: bytes) -> Any:
+    """The sample ``dump_sample`` wrote, canvases decoded back to float32."""
+    sample = pickle.loads(blob)
+    if isinstance(sample, dict):
+        for key in CANVAS_KEYS:
+            if isinstance(sample.get(key), Uint8Canvas):
+                sample[key] = sample[key].decode()
+    return sample
+
+
 class SampleMaker:
     """``map_batches`` actor: rows -> pickled samples of the recipe's ``EpochSeededDataset``."""
 
-    def __init__(self, dataset_factory: Callable[[], Any], state: Any = None, seed: int = 0) -> None:
+    def __init__(self, dataset_factory: Callable[[], Any], state: Any = None, seed: int = 0,
+                 uint8_canvases: bool = True) -> None:
         self.dataset = dataset_factory()
         self.state = state
         self.seed = seed
+        self.uint8_canvases = uint8_canvases
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         samples, bad, examples = [], 0, []
@@ -186,7 +214,7 @@ class SampleMaker:
             else:
                 raise BadDataError(f"{MAX_SUBSTITUTES + 1} items in a row could not be read, e.g. "
                                    + "; ".join(examples))
-            samples.append(pickle.dumps(sample, protocol=pickle.HIGHEST_PROTOCOL))
+            samples.append(dump_sample(sample, self.uint8_canvases))
         if self.state is not None:  # waited for: the counts are complete when the batch is delivered
             ray.get(self.state.add.remote(len(samples) + bad, bad, examples))
         column = np.empty(len(samples), dtype=object)
@@ -198,13 +226,13 @@ def collate_pickled(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """``iter_torch_batches`` collate: unpickle the samples, then ``kdtrack.data.collate``."""
     from kdtrack.data import collate
 
-    return collate([pickle.loads(blob) for blob in batch[SAMPLE_COLUMN]])
+    return collate([load_sample(blob) for blob in batch[SAMPLE_COLUMN]])
 
 
 def unpickle_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """``iter_torch_batches`` collate of a stream whose row is a whole batch (the teacher's P x K)."""
     (blob,) = batch[SAMPLE_COLUMN]
-    return pickle.loads(blob)
+    return load_sample(blob)
 
 
 @dataclasses.dataclass
@@ -234,7 +262,8 @@ def training_stream(cfg: Config, dataset_factory: Callable[[], Any], num_items: 
     throttle_scheduling_loop(dc.scheduling_min_step_s)  # before the dataset copies the context
     # reading rows is arithmetic: no CPU reserved for it (the decode actors hold the data budget)
     ds = ray.data.read_datasource(TrainingRowsDatasource(plan, state), num_cpus=0, concurrency=1).map_batches(
-        SampleMaker, fn_constructor_kwargs={"dataset_factory": dataset_factory, "state": state, "seed": plan.seed},
+        SampleMaker, fn_constructor_kwargs={"dataset_factory": dataset_factory, "state": state, "seed": plan.seed,
+                                            "uint8_canvases": dc.stream_uint8},
         batch_size=plan.global_batch // cfg.train.num_workers, num_cpus=dc.map_num_cpus,
         compute=ray.data.ActorPoolStrategy(size=dc.map_actors))
     return TrainingStream(dataset=ds, plan=plan, state=state, workers=cfg.train.num_workers)

@@ -6,8 +6,9 @@ bad, found before any work; 1 when part of the work failed after what finished w
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from kdtrack.config import ConfigError
 from kdtrack.formats.common import FormatError
@@ -18,6 +19,20 @@ class InputError(ValueError):
 
 
 BAD_INPUT = (ConfigError, InputError, FileNotFoundError, FormatError)
+
+
+class WorkFailed(RuntimeError):
+    """An input-error type raised after the work started: a failure of the work (exit 1, traceback), not bad
+    input (``--out`` vanished mid-run is no reason to tell the user their arguments were wrong)."""
+
+
+@contextlib.contextmanager
+def work_phase() -> Iterator[None]:
+    """Code past the input checks: a ``BAD_INPUT`` error raised inside becomes :class:`WorkFailed`."""
+    try:
+        yield
+    except BAD_INPUT as exc:
+        raise WorkFailed(f"after the work started: {type(exc).__name__}: {exc}") from exc
 
 
 def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None, prog: str, *,

@@ -844,6 +844,7 @@ def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlfl
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    from jobs._cli import work_phase
     from jobs._ray import ensure_ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -861,24 +862,25 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     run_id = "" if resuming else create_driver_run(cfg, uri)
     trainer = build_trainer(cfg, train_fn, loop_data, mlflow_uri=uri, storage=storage, mlflow_run_id=run_id)
     start = time.time()
-    try:
-        result = trainer.fit()
-    except BaseException as exc:
+    with work_phase():  # from here a missing file is a failed run (exit 1), not bad input (exit 2)
+        try:
+            result = trainer.fit()
+        except BaseException as exc:
+            if run_id:
+                mark_failed(uri, run_id, exc)
+            raise
+        elapsed = time.time() - start
+        final = _copy_final_checkpoint(result, out)
+        run_id = str(result.metrics.get(MLFLOW_RUN_ID_KEY, "")) or run_id
         if run_id:
-            mark_failed(uri, run_id, exc)
-        raise
-    elapsed = time.time() - start
-    final = _copy_final_checkpoint(result, out)
-    run_id = str(result.metrics.get(MLFLOW_RUN_ID_KEY, "")) or run_id
-    if run_id:
-        from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=uri)
-        client.set_tag(run_id, CHECKPOINT_TAG, str(final))
-        client.set_tag(run_id, "kdtrack.ray_checkpoint", result.checkpoint.path)
-    print(f"final checkpoint: {final}  (fit {elapsed:.1f} s)", flush=True)
-    return {"checkpoint": str(final), "metrics": dict(result.metrics), "mlflow_uri": uri,
-            "mlflow_run_id": run_id, "fit_seconds": elapsed}
+            client = MlflowClient(tracking_uri=uri)
+            client.set_tag(run_id, CHECKPOINT_TAG, str(final))
+            client.set_tag(run_id, "kdtrack.ray_checkpoint", result.checkpoint.path)
+        print(f"final checkpoint: {final}  (fit {elapsed:.1f} s)", flush=True)
+        return {"checkpoint": str(final), "metrics": dict(result.metrics), "mlflow_uri": uri,
+                "mlflow_run_id": run_id, "fit_seconds": elapsed}
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -75,6 +75,14 @@ def read_image_rgb(path: str | Path, expected_size: tuple[int, int] | None = Non
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def student_canvas(image: np.ndarray, cfg: Config, short_side: int | None = None) -> tuple[np.ndarray, Any]:
+    """``(canvas (3, H, W) float32, transform)``: ``image`` letterboxed to ``model.input_width x
+    input_height``, or (multi-scale) resized to ``short_side`` and padded by ``resize_pad``."""
+    if short_side is None:
+        return letterbox(image, cfg.model.input_width, cfg.model.input_height)
+    return resize_pad(image, short_side, cfg.data.multiscale_max_long_side)
+
+
 def encode_view(
     image: np.ndarray,
     target: dict[str, np.ndarray],
@@ -87,10 +95,7 @@ def encode_view(
     """Canvas + targets of one view: letterboxed to ``model.input_width x input_height``, or with
     ``short_side`` (multi-scale) resized and padded by ``resize_pad`` to a per-sample size."""
     m = cfg.model
-    if short_side is None:
-        canvas, tf = letterbox(image, m.input_width, m.input_height)
-    else:
-        canvas, tf = resize_pad(image, short_side, cfg.data.multiscale_max_long_side)
+    canvas, tf = student_canvas(image, cfg, short_side)
     boxes = tf.boxes_to_letterbox(target["boxes_xyxy"])
     ignore = tf.boxes_to_letterbox(target["ignore_boxes_xyxy"])
     rows = target["box_index"]
@@ -145,11 +150,7 @@ def training_sample(
     short_side = int(sides[int(rng.integers(len(sides)))]) if sides else None
     original = None
     if with_original:
-        m = cfg.model
-        if short_side is None:
-            orig_canvas, tf = letterbox(image, m.input_width, m.input_height)
-        else:
-            orig_canvas, tf = resize_pad(image, short_side, cfg.data.multiscale_max_long_side)
+        orig_canvas, tf = student_canvas(image, cfg, short_side)
         original = (orig_canvas, tf.boxes_to_letterbox(record.boxes_xyxy))
     per_view = [
         encode_view(*augment(image, target, view_rng), record.image_path, cfg, keys, original, short_side)

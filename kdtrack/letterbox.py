@@ -137,6 +137,37 @@ def _place(image_rgb: np.ndarray, tf: LetterboxTransform, canvas_w: int, canvas_
     return np.ascontiguousarray(canvas.transpose(2, 0, 1) / 255.0, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class Uint8Canvas:
+    """A float32 canvas of ``letterbox`` / ``resize_pad`` held in a quarter of the bytes, decoded bit for bit.
+
+    Every value of such a canvas is ``k / 255`` for an integer pixel ``k`` (the image is resized in uint8) or
+    the grey ``pad_value / 255``, which is no ``k / 255`` when ``pad_value`` is fractional (127.5): the
+    levels ``k`` travel as uint8 and the grey as a packed bitmask. ``encode`` refuses (returns ``None``) a
+    canvas it could not give back exactly, so a caller keeps the float32 array then.
+    """
+
+    levels: np.ndarray  # uint8, the canvas's shape
+    grey_bits: np.ndarray  # np.packbits of (canvas == grey), flattened
+    grey: np.float32
+
+    @classmethod
+    def encode(cls, canvas: np.ndarray, pad_value: float = DEFAULT_PAD_VALUE) -> "Uint8Canvas | None":
+        if canvas.dtype != np.float32:
+            return None
+        grey = np.float32(pad_value) / np.float32(255.0)
+        is_grey = canvas == grey
+        levels = np.rint(np.clip(canvas, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+        packed = cls(levels, np.packbits(is_grey, axis=None), grey)
+        return packed if np.array_equal(packed.decode(), canvas) else None
+
+    def decode(self) -> np.ndarray:
+        canvas = self.levels.astype(np.float32) / np.float32(255.0)
+        is_grey = np.unpackbits(self.grey_bits, count=canvas.size).reshape(canvas.shape).astype(bool)
+        canvas[is_grey] = self.grey
+        return canvas
+
+
 def boxes_to_letterbox(boxes_xyxy: np.ndarray, transform: LetterboxTransform) -> np.ndarray:
     return transform.boxes_to_letterbox(boxes_xyxy)
 

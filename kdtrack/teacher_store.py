@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from kdtrack.config import Config
-from kdtrack.letterbox import letterbox
+from kdtrack.data import student_canvas
 from kdtrack.structures import ImageRecord
 
 STORE_COLUMNS = ("source", "image_id", "box_row", "x1", "y1", "x2", "y2", "embedding")
@@ -47,9 +47,9 @@ def image_key(record: ImageRecord) -> tuple[str, str]:
 
 
 def teacher_canvas(record: ImageRecord, image_rgb: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """``(canvas (3, H, W) float32, boxes (N, 4) on it)``: the un-augmented image letterboxed to the
-    network input, where KD cuts its teacher crops (``kdtrack.data.training_sample`` with_original)."""
-    canvas, tf = letterbox(image_rgb, cfg.model.input_width, cfg.model.input_height)
+    """``(canvas (3, H, W) float32, boxes (N, 4) on it)``: the un-augmented image on the student's canvas,
+    where KD cuts its teacher crops (``kdtrack.data.training_sample`` with_original)."""
+    canvas, tf = student_canvas(image_rgb, cfg)
     return canvas, tf.boxes_to_letterbox(record.boxes_xyxy).astype(np.float32)
 
 

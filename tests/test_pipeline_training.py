@@ -1,6 +1,7 @@
 """The Ray Data training stream (data_pipelines.training): the run's row plan, samples identical to the torch
 path's, two views that share exactly the people visible in both, unreadable images skipped and counted, a
-restarted stream starting where the checkpoint stopped, and the bad-fraction stop."""
+restarted stream starting where the checkpoint stopped, the bad-fraction stop, and canvases that travel as uint8
+and come back bit for bit."""
 
 from __future__ import annotations
 
@@ -19,13 +20,16 @@ from data_pipelines.training import (
     StreamPlan,
     check_bad_fraction,
     collate_pickled,
+    dump_sample,
     epoch_order,
+    load_sample,
     plan_stream,
     training_stream,
 )
 from kdtrack.config import load_config
 from kdtrack.data import TorchFeed, TrainingDataset, load_records
 from kdtrack.engine import total_iterations
+from kdtrack.letterbox import Uint8Canvas, letterbox, resize_pad
 
 
 def _cfg(world: Path, *extra: str):
@@ -47,6 +51,35 @@ def test_plan_cuts_each_epoch_to_whole_batches_in_its_own_order():
     assert rows["item"][:8].tolist() != rows["item"][8:16].tolist()  # reshuffled every epoch
     tail = plan.rows(13, 20)  # a resumed stream: the same rows from position 13 on
     assert tail["item"].tolist() == rows["item"][13:].tolist() and tail["epoch"].tolist() == rows["epoch"][13:].tolist()
+
+
+def test_canvases_travel_as_uint8_levels_and_decode_bit_for_bit():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (250, 600, 3), dtype=np.uint8)
+    boxed, _ = letterbox(image, 320, 192)  # grey bands top and bottom (127.5 / 255, no uint8 level)
+    multiscale, _ = resize_pad(image, 224, 400)  # grey at the right (padded to a multiple of 32)
+    for canvas in (boxed, multiscale):
+        assert (canvas == np.float32(0.5)).any()
+        packed = Uint8Canvas.encode(canvas)
+        assert packed.levels.dtype == np.uint8
+        np.testing.assert_array_equal(packed.decode(), canvas)
+        assert packed.decode().dtype == np.float32
+        assert packed.levels.nbytes + packed.grey_bits.nbytes < 0.3 * canvas.nbytes
+    # a canvas it could not give back exactly (a value between two levels, or float64) stays float
+    off = boxed.copy()
+    off[0, 100, 100] += 1e-3
+    assert Uint8Canvas.encode(off) is None and Uint8Canvas.encode(boxed.astype(np.float64)) is None
+    sample = {"image": np.stack([boxed, boxed]), "orig_image": boxed[None], "heatmap": np.zeros((1, 1, 2, 2))}
+    mixed = dict(sample, orig_image=off[None])
+    for s in (sample, mixed):
+        back = load_sample(dump_sample(s))
+        assert back.keys() == s.keys()
+        for key in s:
+            assert back[key].dtype == s[key].dtype
+            np.testing.assert_array_equal(back[key], s[key])
+    assert len(dump_sample(sample)) < 0.3 * len(dump_sample(sample, uint8_canvases=False))
+    raw = pickle.loads(dump_sample(mixed))
+    assert isinstance(raw["image"], Uint8Canvas) and isinstance(raw["orig_image"], np.ndarray)
 
 
 @pytest.mark.parametrize("extra", [["train.epochs=3", "train.max_iterations=0"],
@@ -75,7 +108,8 @@ def test_stream_samples_equal_the_torch_paths_and_pair_the_same_people(ray_sessi
     reference = factory()
     plan_rows = stream.plan.rows(0, stream.plan.total_rows)
     for row, epoch, item in zip(rows, plan_rows["epoch"], plan_rows["item"]):
-        sample = pickle.loads(row[SAMPLE_COLUMN])
+        assert isinstance(pickle.loads(row[SAMPLE_COLUMN])["image"], Uint8Canvas)  # travelled as uint8 levels
+        sample = load_sample(row[SAMPLE_COLUMN])  # ... and decoded bit for bit (below)
         expected = reference.sample_at(int(epoch), int(item))
         assert sample.keys() == expected.keys()
         for key in expected:
@@ -113,7 +147,7 @@ def test_unreadable_images_are_skipped_and_counted(ray_session, tiny_world, tmp_
     assert counts["items"] == len(rows) + counts["bad"]
     assert all(any(p in e for p in broken) for e in counts["examples"])
     for row in rows:
-        assert pickle.loads(row[SAMPLE_COLUMN])["image"].shape[0] == 2
+        assert load_sample(row[SAMPLE_COLUMN])["image"].shape[0] == 2
     with pytest.raises(BadDataError, match="could not be read"):
         check_bad_fraction(counts, 0.01, final=True)
 
@@ -127,7 +161,7 @@ def test_a_restarted_stream_starts_at_the_checkpointed_row(ray_session, tiny_wor
     rows = _rows(stream.dataset)
     assert [r["position"] for r in rows] == list(range(6, 8))
     expected = factory().sample_at(0, int(stream.plan.rows(6, 7)["item"][0]))
-    np.testing.assert_array_equal(pickle.loads(rows[0][SAMPLE_COLUMN])["image"], expected["image"])
+    np.testing.assert_array_equal(load_sample(rows[0][SAMPLE_COLUMN])["image"], expected["image"])
 
 
 def test_bad_fraction_waits_for_enough_items_then_stops():

@@ -322,6 +322,30 @@ def test_a_crashed_training_run_is_failed_in_mlflow_with_its_error(ray_session, 
     assert runs.iloc[0]["tags.kdtrack.error"].startswith("FloatingPointError: iteration")
 
 
+def test_cli_a_missing_file_during_the_fit_is_a_failed_run_not_bad_input(tmp_path, monkeypatch, capsys):
+    """Exit 2 means "your arguments are wrong": a FileNotFoundError raised by the fit (a file gone mid-run)
+    must not be reported as one, but as a failure of the run with its traceback."""
+    import jobs._ray
+    import jobs.train as train
+    from jobs._cli import WorkFailed
+
+    class VanishingFit:
+        def fit(self):
+            raise FileNotFoundError(str(tmp_path / "gone.jpg"))
+
+    monkeypatch.setattr(train, "training_data", lambda cfg, smoke: (None, {}))
+    monkeypatch.setattr(train, "check_resume", lambda cfg, storage: False)
+    monkeypatch.setattr(jobs._ray, "ensure_ray", lambda: None)
+    monkeypatch.setattr(train, "check_cluster_cpus", lambda cfg, ray: None)
+    monkeypatch.setattr(train, "create_driver_run", lambda cfg, uri: "")
+    monkeypatch.setattr(train, "build_trainer", lambda *a, **k: VanishingFit())
+    argv = ["--config", "tiny", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]
+    with pytest.raises(WorkFailed, match="gone.jpg") as info:
+        train.cli(argv)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+    assert capsys.readouterr().err == ""  # not the one-line bad-input message
+
+
 def test_cli_bad_input_is_one_line_naming_the_file_and_exit_2(tmp_path, capsys):
     """A missing annotation file or a bad key ends the job before Ray starts: exit 2, one line, no traceback."""
     from jobs.train import cli
