@@ -1,7 +1,9 @@
 """One exit-code rule for the jobs (``jobs.train``, ``jobs.evaluate``, ``jobs.pseudo_label``, ...).
 
 Exit 0 on success; 2 with one line (no traceback) when a config key, a path or an input file is
-bad, found before any work; 1 when part of the work failed after what finished was written.
+bad, found before any work; 1 when part of the work failed after what finished was written. Code
+that runs once the work started sits in ``work_phase()``, so a missing file there is a failure
+(exit 1 with its traceback), never "bad input".
 """
 
 from __future__ import annotations
