@@ -10,7 +10,11 @@ out as the synthetic world (``jobs.generate_synth``):
 - ``person_search`` (cross-camera): the labelled boxes (pid > 0) of one split
   of ``person_search/manifest.json``; a query's gallery is every labelled box
   seen by another camera (images without a camera, as in CUHK-SYSU, count as
-  their own camera: retrieval across images).
+  their own camera: retrieval across images). Where the synthetic world's
+  hidden truth of the side each person shows is beside it
+  (``person_search_truth/views.json``), the scores are also split by view:
+  positives showing the query's side (front, back, side = left or right: a
+  flip apart) and positives showing another side, the other one junk.
 - ``mot`` (cross-time): pedestrian gt boxes (class 1, consider flag set,
   visibility >= ``EvalConfig.reid_min_visibility``) of the MOT17-style
   sequences under ``MOT17/train`` (``reid_mot_split`` frames, every
@@ -51,6 +55,7 @@ from kdtrack.formats.person_search import MANIFEST_NAME, UNKNOWN_CAMERA, read_ma
 from kdtrack.inference import Detector, EmbedFn, embeddings_at_boxes
 from kdtrack.metrics.retrieval import JunkRule, RetrievalResult, evaluate_leave_one_out, l2_normalize
 from kdtrack.models import build_student
+from kdtrack.synth.world import PERSON_SEARCH_TRUTH
 
 PROTOCOLS = ("person_search", "mot")
 BASELINES = ("random", "colour")
@@ -60,6 +65,8 @@ TEACHER_COSINE = "teacher_cosine"  # results field: mean cosine to the teacher's
 PERSON_SEARCH_DIR = "person_search"
 MOT_DIR = "MOT17/train"
 COLOUR_BINS = (8, 4, 4)  # hue x saturation x value bins per box half
+VIEW_SIDE = {"front": "front", "back": "back", "left": "side", "right": "side"}  # a flip maps left onto right
+VIEW_SPLITS = (("same_view", "same_tag"), ("other_view", "other_tag"))  # metric suffix, retrieval positives
 
 
 # --------------------------------------------------------------------------- embedders
@@ -196,6 +203,7 @@ class ReidBoxSet:
     ids: np.ndarray
     groups: np.ndarray
     times: np.ndarray
+    views: np.ndarray | None = None  # (N,) str, the side each person shows (hidden truth of the world), else None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -211,8 +219,9 @@ def person_search_box_set(manifest_path: str | Path, split: str) -> ReidBoxSet:
     if split not in splits:
         raise FormatError(f"{manifest_path}: no images of split {split!r} (splits present: {', '.join(splits)})")
     records = manifest.image_records(split)  # boxes clipped to the image as every reader does
+    truth = person_search_views(manifest_path)
     max_camera = max([int(r.extra["camera"]) for r in records] + [0])
-    paths, boxes, ids, groups = [], [], [], []
+    paths, boxes, ids, groups, views = [], [], [], [], []
     for index, record in enumerate(records):
         labelled = record.ids > 0
         if not labelled.any():
@@ -223,8 +232,36 @@ def person_search_box_set(manifest_path: str | Path, split: str) -> ReidBoxSet:
         boxes.append(record.boxes_xyxy[labelled].astype(np.float32))
         ids.append(record.ids[labelled])
         groups.append(np.full(int(labelled.sum()), group))
-    return _box_set("person_search", "cross_camera", 0, paths, boxes, ids, groups,
-                    [np.zeros(len(i), np.int64) for i in ids])
+        if truth is not None:
+            sides = truth.get(record.image_id)
+            rows = record.extra["box_rows"][labelled]
+            if sides is None or len(rows) and rows.max() >= len(sides):
+                raise FormatError(f"{manifest_path.parent.parent / PERSON_SEARCH_TRUTH}: no view for every box of "
+                                  f"{record.image_id}")
+            views.append(np.array([VIEW_SIDE[sides[r]] for r in rows], dtype=object))
+    box_set = _box_set("person_search", "cross_camera", 0, paths, boxes, ids, groups,
+                       [np.zeros(len(i), np.int64) for i in ids])
+    if truth is not None:
+        box_set = replace(box_set, views=np.concatenate(views) if views else np.zeros(0, object))
+    return box_set
+
+
+def person_search_views(manifest_path: str | Path) -> dict[str, list[str]] | None:
+    """``{file_name: [view of each manifest box]}`` from the synthetic world's hidden truth beside the dataset
+    (``kdtrack.synth.world.PERSON_SEARCH_TRUTH``); ``None`` where there is none (a real dataset)."""
+    import json
+
+    path = Path(manifest_path).parent.parent / PERSON_SEARCH_TRUTH
+    if not path.is_file():
+        return None
+    try:
+        views = json.loads(path.read_text())["views"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"{path}: not a views file ({exc})") from None
+    unknown = {v for sides in views.values() for v in sides} - set(VIEW_SIDE)
+    if unknown:
+        raise FormatError(f"{path}: unknown view(s) {sorted(unknown)}; known: {', '.join(VIEW_SIDE)}")
+    return views
 
 
 def mot_box_set(mot_root: str | Path, cfg: EvalConfig | None = None) -> ReidBoxSet:
@@ -319,6 +356,21 @@ def score_box_set(box_set: ReidBoxSet, features: np.ndarray,
                                   times=box_set.times, min_gap=box_set.min_gap, ranks=tuple(ranks))
 
 
+def score_by_view(box_set: ReidBoxSet, features: np.ndarray, ranks: tuple[int, ...] = (1, 5, 10), *,
+                  chance: bool = False) -> dict[str, float | int]:
+    """``mAP_same_view``, ``rank1_same_view``, ``queries_same_view`` and the same for ``other_view``: the
+    protocol's scores with the positives restricted to the query's side or to the other sides."""
+    out: dict[str, float | int] = {}
+    for suffix, positives in VIEW_SPLITS:
+        result = evaluate_leave_one_out(features, box_set.ids, junk_rule=box_set.junk_rule, groups=box_set.groups,
+                                        times=box_set.times, min_gap=box_set.min_gap, ranks=tuple(ranks),
+                                        positives=positives, tags=box_set.views)
+        summary = result.chance_summary() if chance else result.summary()
+        for metric in ("mAP", "rank1", "queries"):
+            out[f"{metric}_{suffix}"] = summary[metric]
+    return out
+
+
 def teacher_cosine(features: np.ndarray, teacher_features: np.ndarray) -> float:
     """Mean cosine between each box's embedding and the teacher's of the same box (rows L2-normalised, as
     every embedder returns them): how closely a KD student reproduces its teacher on these people, which
@@ -349,11 +401,16 @@ def evaluate_reid_box_sets(
         for name, feats in features.items():
             result = score_box_set(box_set, feats, cfg.reid_ranks)
             rows[name] = result.summary()
+            if box_set.views is not None:
+                rows[name].update(score_by_view(box_set, feats, cfg.reid_ranks))
             if TEACHER in features and name != TEACHER and feats.shape[1] == features[TEACHER].shape[1]:
                 rows[name][TEACHER_COSINE] = teacher_cosine(feats, features[TEACHER])
         if result is None:  # no embedder: the chance row alone
             result = score_box_set(box_set, np.ones((len(box_set), 1), np.float32), cfg.reid_ranks)
         rows[CHANCE] = result.chance_summary()  # depends on ids and junk only, not on features
+        if box_set.views is not None:
+            rows[CHANCE].update(score_by_view(box_set, np.ones((len(box_set), 1), np.float32), cfg.reid_ranks,
+                                              chance=True))
         results[protocol] = rows
     return results
 
@@ -409,4 +466,24 @@ def format_reid_table(results: Mapping[str, Any]) -> str:
     notes = [counts]
     if any(metric == TEACHER_COSINE for _, metric, _ in columns):
         notes.append("cosT: mean cosine (x100) between an embedder's and the teacher's feature of the same box")
-    return "\n".join(lines + notes)
+    return "\n".join(lines + notes + _view_table(results.get("person_search", {}), names, width))
+
+
+def _view_table(rows: Mapping[str, Mapping[str, Any]], names: Sequence[str], width: int) -> list[str]:
+    """Person search split by the side the positives show (only when the world's view truth was read)."""
+    if not any("mAP_same_view" in row for row in rows.values()):
+        return []
+    columns = [(f"{m}_{suffix}", f"{title} {m.replace('rank', 'R')}") for suffix, title in
+               (("same_view", "same"), ("other_view", "other")) for m in ("mAP", "rank1")]
+    lines = ["person search by the side the positive shows (hidden truth: front / back / side), percent:",
+             f"{'embedder':<{width}}" + "".join(f"{title:>11}" for _, title in columns)]
+    for name in names:
+        cells = []
+        for key, _ in columns:
+            value = rows.get(name, {}).get(key, float("nan"))
+            cells.append(f"{100 * value:11.1f}" if np.isfinite(value) else f"{'-':>11}")
+        lines.append(f"{name:<{width}}" + "".join(cells))
+    chance = rows.get(CHANCE, {})
+    lines.append(f"queries with a positive: {chance.get('queries_same_view', 0)} same side, "
+                 f"{chance.get('queries_other_view', 0)} another side")
+    return lines

@@ -88,6 +88,58 @@ def test_oracle_perfect_colour_above_chance_random_at_chance(box_sets):
     assert flat["reid/person_search/oracle/mAP"] == 1.0 and flat["reid/mot/chance/queries"] > 20
 
 
+def test_person_search_split_by_the_side_each_person_shows(box_sets, tiny_world: Path, tmp_path: Path):
+    """The world's hidden view truth splits person search into positives seen from the query's side and from
+    another side; an embedding that knows identity *and* side finds the first perfectly, not the second."""
+    import shutil
+
+    from kdtrack.synth.world import PERSON_SEARCH_TRUTH
+
+    ps = box_sets["person_search"]
+    assert box_sets["mot"].views is None and len(ps.views) == len(ps)
+    assert set(ps.views) == {"front", "back", "side"}
+    truth = json.loads((tiny_world / PERSON_SEARCH_TRUTH).read_text())["views"]
+    manifest = json.loads((tiny_world / "person_search" / "manifest.json").read_text())
+    first = next(i for i in manifest["images"] if Path(i["file_name"]).name == Path(ps.image_paths[0]).name)
+    sides = [{"left": "side", "right": "side"}.get(v, v) for v, pid in zip(truth[first["file_name"]], first["pids"])
+             if pid > 0]
+    assert list(ps.views[:len(ps.boxes_xyxy[0])]) == sides
+
+    lookup, start = {}, 0
+    for path, boxes in zip(ps.image_paths, ps.boxes_xyxy):
+        image = read_image_rgb(path)
+        for k, box in enumerate(boxes):
+            lookup[_key(image, box)] = (int(ps.ids[start + k]), ("front", "back", "side").index(ps.views[start + k]))
+        start += len(boxes)
+    dim = int(ps.ids.max()) + 1
+
+    def id_and_side(image, boxes):
+        out = np.zeros((len(boxes), dim + 3), np.float32)
+        for row, box in enumerate(boxes):
+            pid, side = lookup[_key(image, box)]
+            out[row, pid], out[row, dim + side] = 1.0, 2.0  # the side weighs more than the identity
+        return out
+
+    results = evaluate_reid_box_sets({"id_and_side": id_and_side}, {"person_search": ps}, EvalConfig())
+    row, chance = results["person_search"]["id_and_side"], results["person_search"][CHANCE]
+    assert row["mAP_same_view"] == 1.0 and row["rank1_same_view"] == 1.0
+    # across sides every stranger showing the query's side ranks above the person: far from perfect
+    assert row["mAP_other_view"] < 0.5 and row["mAP_same_view"] > row["mAP"] > row["mAP_other_view"]
+    assert row["queries_same_view"] == chance["queries_same_view"] > 10
+    assert row["queries_other_view"] == chance["queries_other_view"] > 10
+    assert chance["queries_same_view"] + chance["queries_other_view"] >= chance["queries"]
+    assert 0 < chance["mAP_other_view"] < 0.5
+    assert "by the side the positive shows" in format_reid_table(results)
+
+    world = tmp_path / "world"  # a truth file without one of the images is refused, naming it
+    shutil.copytree(tiny_world / "person_search", world / "person_search")
+    (world / PERSON_SEARCH_TRUTH).parent.mkdir(parents=True)
+    del truth[first["file_name"]]
+    (world / PERSON_SEARCH_TRUTH).write_text(json.dumps({"views": truth}))
+    with pytest.raises(FormatError, match="views.json: no view for every box of " + first["file_name"]):
+        person_search_box_set(world / "person_search" / "manifest.json", "test")
+
+
 def test_teacher_cosine_hand_computed_and_per_embedder(box_sets):
     # rows (1, 0) and (0, 1) against the teacher's (1, 0) and (0.6, 0.8): cosines 1 and 0.8, mean 0.9
     assert teacher_cosine(np.array([[1, 0], [0, 1]], np.float32),

@@ -41,6 +41,37 @@ def test_hand_computed_ranking():
     assert result.summary() == {"mAP": 0.375, "rank1": 0.0, "rank2": 0.5, "rank5": 1.0, "queries": 2, "skipped": 0}
 
 
+def test_positives_with_and_across_a_change_of_tag_hand_computed():
+    # query id 1 tagged "front"; gallery cosines 0.9, 0.8, 0.6, 0.3 with ids 1, 2, 1, 1 tagged front, back, back, front
+    gallery = unit([0.9, 0.8, 0.6, 0.3])
+    ids, tags = np.array([1, 2, 1, 1]), np.array(["front", "back", "back", "front"])
+    query = np.array([[1.0, 0.0]])
+
+    def run(positives):
+        return evaluate_retrieval(query, [1], gallery, ids, junk_rule="none", positives=positives,
+                                  query_tags=np.array(["front"]), gallery_tags=tags, ranks=(1, 2))
+
+    # all: ranks 1 2 1 1 -> T F T T: precisions 1, 2/3, 3/4 -> AP (1 + 2/3 + 3/4) / 3
+    assert run("all").average_precision[0] == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
+    # same_tag: the back-tagged id-1 entry is junk -> T F T over 3 kept: precisions 1, 2/3 -> AP 5/6
+    same = run("same_tag")
+    assert same.average_precision[0] == pytest.approx(5 / 6)
+    assert (same.num_positives[0], same.num_candidates[0], same.first_positive_rank[0]) == (2, 3, 1)
+    # other_tag: both front id-1 entries are junk (the id-2 negative stays) -> F T: AP 1/2, first hit at rank 2
+    other = run("other_tag")
+    assert other.average_precision[0] == pytest.approx(0.5)
+    assert (other.num_positives[0], other.num_candidates[0], other.first_positive_rank[0]) == (1, 2, 2)
+    assert average_precision_score([0, 1], [0.8, 0.6]) == pytest.approx(0.5)
+    # leave-one-out passes the tags through; a filter without tags is refused
+    loo = evaluate_leave_one_out(np.vstack([query, gallery]), np.r_[1, ids], junk_rule="none",
+                                 positives="other_tag", tags=np.r_[["front"], tags])
+    assert loo.average_precision[0] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="needs query_tags"):
+        evaluate_retrieval(query, [1], gallery, ids, junk_rule="none", positives="same_tag")
+    with pytest.raises(ValueError, match="positives"):
+        evaluate_retrieval(query, [1], gallery, ids, junk_rule="none", positives="both")
+
+
 def test_tied_scores_are_grouped_as_sklearn_does():
     # two gallery entries with the same score, one positive: one threshold, precision 1/2 -> AP 0.5
     gallery = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])  # cosines 1, 1, 0 (features are normalised)

@@ -154,7 +154,7 @@ class PersonSearchManifest:
                 ids=img.pids[keep],
                 image_id=img.file_name,
                 source=f"person_search:{self.name}",
-                extra={"camera": img.camera},
+                extra={"camera": img.camera, "box_rows": np.flatnonzero(keep)},  # rows of img.boxes_xywh kept
             ))
         stats.records += len(records)
         return records

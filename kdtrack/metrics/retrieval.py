@@ -23,6 +23,11 @@ Junk rules (``groups`` are cameras for person search, sequences for video):
   another sequence, and same-id entries of its own sequence closer than
   ``min_gap`` in time.
 
+``positives="same_tag" | "other_tag"`` (with per-entry ``tags``, e.g. the side a
+person shows) keeps only the same-id entries whose tag equals (differs from) the
+query's; the other same-id entries are junk, the different-id entries stay: how
+well an embedding finds a person again *with* and *across* a change of tag.
+
 Pure numpy; queries are processed in chunks so that memory stays bounded.
 """
 
@@ -35,6 +40,8 @@ import numpy as np
 
 JunkRule = Literal["none", "same_camera_same_id", "cross_camera", "min_time_gap"]
 JUNK_RULES: tuple[str, ...] = ("none", "same_camera_same_id", "cross_camera", "min_time_gap")
+Positives = Literal["all", "same_tag", "other_tag"]
+POSITIVES: tuple[str, ...] = ("all", "same_tag", "other_tag")
 DEFAULT_RANKS = (1, 5, 10)
 _CHUNK_ELEMENTS = 1 << 22  # query x gallery cells per chunk (a few float32/bool arrays of this size)
 
@@ -163,6 +170,9 @@ def evaluate_retrieval(
     min_gap: float = 0.0,
     query_gallery_index: np.ndarray | None = None,
     ranks: tuple[int, ...] = DEFAULT_RANKS,
+    positives: Positives = "all",
+    query_tags: np.ndarray | None = None,
+    gallery_tags: np.ndarray | None = None,
 ) -> RetrievalResult:
     """Rank the gallery for every query by cosine similarity; AP and first-hit rank per query.
 
@@ -170,8 +180,13 @@ def evaluate_retrieval(
     groups (camera or sequence) and times (frame numbers) as the junk rule needs.
     ``query_gallery_index`` ``(Nq,)``: the gallery index of each query (-1 when it
     is not in the gallery); that entry is always removed. When queries *are* the
-    gallery pass ``np.arange(N)`` (or use :func:`evaluate_leave_one_out`).
+    gallery pass ``np.arange(N)`` (or use :func:`evaluate_leave_one_out`). ``positives`` and the tags:
+    see the module doc.
     """
+    if positives not in POSITIVES:
+        raise ValueError(f"positives {positives!r} not one of {POSITIVES}")
+    if positives != "all" and (query_tags is None or gallery_tags is None):
+        raise ValueError(f"positives={positives!r} needs query_tags and gallery_tags")
     nq, ng = len(query_ids), len(gallery_ids)
     ap = np.full(nq, np.nan)
     first = np.zeros(nq, np.int64)
@@ -202,6 +217,9 @@ def evaluate_retrieval(
         rows = np.arange(sl.stop - sl.start)
         junk = junk_mask(junk_rule, qid[sl], gid, query_groups=take(query_groups, sl), gallery_groups=gallery_groups,
                          query_times=take(query_times, sl), gallery_times=gallery_times, min_gap=min_gap)
+        if positives != "all":
+            same_tag = take(query_tags, sl)[:, None] == np.asarray(gallery_tags).reshape(1, -1)
+            junk |= (qid[sl, None] == gid[None, :]) & (same_tag if positives == "other_tag" else ~same_tag)
         in_gallery = self_index[sl] >= 0
         junk[rows[in_gallery], self_index[sl][in_gallery]] = True
         keep = ~junk
@@ -238,9 +256,12 @@ def evaluate_leave_one_out(
     times: np.ndarray | None = None,
     min_gap: float = 0.0,
     ranks: tuple[int, ...] = DEFAULT_RANKS,
+    positives: Positives = "all",
+    tags: np.ndarray | None = None,
 ) -> RetrievalResult:
     """Every entry is a query against all the others (itself removed): the oracle-box re-ID protocols."""
     n = len(ids)
     return evaluate_retrieval(features, ids, features, ids, junk_rule=junk_rule, query_groups=groups,
                               gallery_groups=groups, query_times=times, gallery_times=times, min_gap=min_gap,
-                              query_gallery_index=np.arange(n), ranks=ranks)
+                              query_gallery_index=np.arange(n), ranks=ranks, positives=positives,
+                              query_tags=tags, gallery_tags=tags)

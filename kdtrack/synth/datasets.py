@@ -594,7 +594,7 @@ def person_search_shard(cfg: SynthConfig, out_dir: str, split: str, shard: int) 
                              unlabeled_prob=cfg.unlabeled_person_prob)
         file_name = person_search_file_name(cfg, split, index)
         _write_jpeg(Path(out_dir) / "person_search" / "images" / file_name, scene.image, rng, cfg)
-        boxes, pids, vis = [], [], []
+        boxes, pids, vis, views = [], [], [], []
         for actor, pl in zip(scene.people, scene.placements):
             box = _clip_xyxy(pl.full_xyxy, cfg.image_width, cfg.image_height)
             if pl.visibility < cfg.min_annotated_visibility or box[2] - box[0] < 2 or box[3] - box[1] < 2:
@@ -602,8 +602,10 @@ def person_search_shard(cfg: SynthConfig, out_dir: str, split: str, shard: int) 
             boxes.append(_xywh(box))
             pids.append(int(actor.identity.pid))
             vis.append(round(float(pl.visibility), 4))
+            views.append(actor.view)
         images.append({"file_name": file_name, "width": cfg.image_width, "height": cfg.image_height,
-                       "camera": camera, "split": split, "boxes_xywh": boxes, "pids": pids, "visibility": vis})
+                       "camera": camera, "split": split, "boxes_xywh": boxes, "pids": pids, "visibility": vis,
+                       "views": views})
     return {"images": images}
 
 

@@ -30,6 +30,7 @@ MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 Unit = tuple  # (kind, *args): ("crowdhuman", split, shard), ("mot17", index), ...
 KINETICS_VAL_SPLIT = "val"
 PERSON_SEARCH_IMAGE_ORDER = ("train", "test", "val")  # manifest image order (= file name order)
+PERSON_SEARCH_TRUTH = "person_search_truth/views.json"  # per image, the view (kdtrack.synth.render.VIEWS) of each box
 
 
 def _shards(total: int, size: int) -> range:
@@ -156,6 +157,8 @@ def generate_world(cfg: SynthConfig, out_dir: str | Path, *, map_fn: MapFn = map
             val_queries=as_queries(val_queries),
         )
         ps_format.write_manifest(out / "person_search" / "manifest.json", manifest)
+        # hidden truth beside the dataset (no real dataset has it): the side each annotated person shows, box by box
+        atomic_write_json(out / PERSON_SEARCH_TRUTH, {"views": {i["file_name"]: i["views"] for i in images}})
         counts["person_search/images"] = len(images)
         counts["person_search/queries"] = len(queries)
         for split in ("train", "val", "test"):
