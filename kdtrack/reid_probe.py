@@ -361,10 +361,11 @@ def score_by_view(box_set: ReidBoxSet, features: np.ndarray, ranks: tuple[int, .
     """``mAP_same_view``, ``rank1_same_view``, ``queries_same_view`` and the same for ``other_view``: the
     protocol's scores with the positives restricted to the query's side or to the other sides."""
     out: dict[str, float | int] = {}
+    codes = np.unique(box_set.views, return_inverse=True)[1].reshape(-1)  # ints compare fast, strings do not
     for suffix, positives in VIEW_SPLITS:
         result = evaluate_leave_one_out(features, box_set.ids, junk_rule=box_set.junk_rule, groups=box_set.groups,
                                         times=box_set.times, min_gap=box_set.min_gap, ranks=tuple(ranks),
-                                        positives=positives, tags=box_set.views)
+                                        positives=positives, tags=codes)
         summary = result.chance_summary() if chance else result.summary()
         for metric in ("mAP", "rank1", "queries"):
             out[f"{metric}_{suffix}"] = summary[metric]
