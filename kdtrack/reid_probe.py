@@ -53,7 +53,7 @@ from kdtrack.formats.common import FormatError, MissingFileError
 from kdtrack.formats.mot import dedupe_detector_copies, list_sequences, read_mot_sequence
 from kdtrack.formats.person_search import MANIFEST_NAME, UNKNOWN_CAMERA, read_manifest
 from kdtrack.inference import Detector, EmbedFn, embeddings_at_boxes
-from kdtrack.metrics.retrieval import JunkRule, RetrievalResult, evaluate_leave_one_out, l2_normalize
+from kdtrack.metrics.retrieval import JunkRule, Positives, RetrievalResult, evaluate_leave_one_out, l2_normalize
 from kdtrack.models import build_student
 from kdtrack.synth.world import PERSON_SEARCH_TRUTH
 
@@ -349,11 +349,13 @@ def embed_box_set(box_set: ReidBoxSet, embedders: Mapping[str, EmbedFn], *,
             for name, parts in per_image.items()}
 
 
-def score_box_set(box_set: ReidBoxSet, features: np.ndarray,
-                  ranks: tuple[int, ...] = (1, 5, 10)) -> RetrievalResult:
-    """Every box a query against all others under the protocol's junk rule."""
+def score_box_set(box_set: ReidBoxSet, features: np.ndarray, ranks: tuple[int, ...] = (1, 5, 10), *,
+                  positives: Positives = "all", tags: np.ndarray | None = None) -> RetrievalResult:
+    """Every box a query against all others under the protocol's junk rule (``positives`` / ``tags``:
+    :func:`kdtrack.metrics.retrieval.evaluate_retrieval`)."""
     return evaluate_leave_one_out(features, box_set.ids, junk_rule=box_set.junk_rule, groups=box_set.groups,
-                                  times=box_set.times, min_gap=box_set.min_gap, ranks=tuple(ranks))
+                                  times=box_set.times, min_gap=box_set.min_gap, ranks=tuple(ranks),
+                                  positives=positives, tags=tags)
 
 
 def score_by_view(box_set: ReidBoxSet, features: np.ndarray, ranks: tuple[int, ...] = (1, 5, 10), *,
@@ -363,9 +365,7 @@ def score_by_view(box_set: ReidBoxSet, features: np.ndarray, ranks: tuple[int, .
     out: dict[str, float | int] = {}
     codes = np.unique(box_set.views, return_inverse=True)[1].reshape(-1)  # ints compare fast, strings do not
     for suffix, positives in VIEW_SPLITS:
-        result = evaluate_leave_one_out(features, box_set.ids, junk_rule=box_set.junk_rule, groups=box_set.groups,
-                                        times=box_set.times, min_gap=box_set.min_gap, ranks=tuple(ranks),
-                                        positives=positives, tags=codes)
+        result = score_box_set(box_set, features, ranks, positives=positives, tags=codes)
         summary = result.chance_summary() if chance else result.summary()
         for metric in ("mAP", "rank1", "queries"):
             out[f"{metric}_{suffix}"] = summary[metric]

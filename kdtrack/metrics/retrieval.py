@@ -217,13 +217,14 @@ def evaluate_retrieval(
         rows = np.arange(sl.stop - sl.start)
         junk = junk_mask(junk_rule, qid[sl], gid, query_groups=take(query_groups, sl), gallery_groups=gallery_groups,
                          query_times=take(query_times, sl), gallery_times=gallery_times, min_gap=min_gap)
+        same_id = qid[sl, None] == gid[None, :]
         if positives != "all":
             same_tag = take(query_tags, sl)[:, None] == np.asarray(gallery_tags).reshape(1, -1)
-            junk |= (qid[sl, None] == gid[None, :]) & (same_tag if positives == "other_tag" else ~same_tag)
+            junk |= same_id & (same_tag if positives == "other_tag" else ~same_tag)
         in_gallery = self_index[sl] >= 0
         junk[rows[in_gallery], self_index[sl][in_gallery]] = True
         keep = ~junk
-        positive = (qid[sl, None] == gid[None, :]) & keep
+        positive = same_id & keep
         score = np.where(keep, qf[sl] @ gf.T, -np.inf)  # removed entries sort last and score nothing
         order = np.argsort(-score, axis=1, kind="stable")
         score_sorted = np.take_along_axis(score, order, 1)
