@@ -138,6 +138,12 @@ def test_person_search_split_by_the_side_each_person_shows(box_sets, tiny_world:
     (world / PERSON_SEARCH_TRUTH).write_text(json.dumps({"views": truth}))
     with pytest.raises(FormatError, match="views.json: no view for every box of " + first["file_name"]):
         person_search_box_set(world / "person_search" / "manifest.json", "test")
+    (world / PERSON_SEARCH_TRUTH).write_text(json.dumps({"views": {first["file_name"]: ["sideways"]}}))
+    with pytest.raises(FormatError, match=r"views.json: unknown view\(s\) \['sideways'\]"):
+        person_search_box_set(world / "person_search" / "manifest.json", "test")
+    (world / PERSON_SEARCH_TRUTH).write_text("[1, 2]")
+    with pytest.raises(FormatError, match="views.json: not a views file"):
+        person_search_box_set(world / "person_search" / "manifest.json", "test")
 
 
 def test_teacher_cosine_hand_computed_and_per_embedder(box_sets):
