@@ -809,7 +809,9 @@ def run_reid(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     protocols = {"person_search": f"person-search split '{split}' (cross-camera)",
                  "mot": f"MOT17 {eval_cfg.reid_mot_split} (same id >= {eval_cfg.reid_mot_gap} frames apart)"}
-    print(f"oracle-box re-ID, {', '.join(protocols[p] for p in box_sets)}, percent:")
+    context = ("" if eval_cfg.reid_context == "scene"
+               else f", each box alone on grey (grown by {eval_cfg.reid_context_pad:g} per side)")
+    print(f"oracle-box re-ID, {', '.join(protocols[p] for p in box_sets)}{context}, percent:")
     print(format_reid_table(results))
     print(f"{len(embedders)} embedders in {seconds:.1f} s ({device})")
     record = {
@@ -818,7 +820,8 @@ def run_reid(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
             "checkpoint": str(args.checkpoint), "world": str(args.world), "split": split,
             "protocols": list(box_sets), "embedders": list(embedders), "mot_split": eval_cfg.reid_mot_split,
             "mot_gap": eval_cfg.reid_mot_gap, "mot_frame_stride": eval_cfg.reid_mot_frame_stride,
-            "min_visibility": eval_cfg.reid_min_visibility, "seconds": seconds, "device": str(device),
+            "min_visibility": eval_cfg.reid_min_visibility, "context": eval_cfg.reid_context,
+            "context_pad": eval_cfg.reid_context_pad, "seconds": seconds, "device": str(device),
         },
     }
     if args.out:

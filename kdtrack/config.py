@@ -309,6 +309,8 @@ class EvalConfig:
     reid_min_visibility: float = 0.5  # MOT: gt boxes less visible than this are left out (their centre may lie on the occluder)
     reid_ranks: tuple[int, ...] = (1, 5, 10)  # CMC ranks reported as rank{k}
     reid_batch_images: int = 8  # images per student forward pass
+    reid_context: Literal["scene", "alone"] = "scene"  # scene: each box read in its image; alone: each box on a grey canvas, only the box (grown by reid_context_pad per side) kept -- how much an embedding leans on the scene
+    reid_context_pad: float = 0.15  # alone: the kept region grows by this share of the box width / height per side
     reid_baseline_seed: int = -1  # torch seed of the random-init student baseline; -1 = the checkpoint's train.seed (with model.pretrained empty: the weights its training started from)
 
 

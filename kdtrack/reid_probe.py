@@ -53,6 +53,7 @@ from kdtrack.formats.common import FormatError, MissingFileError
 from kdtrack.formats.mot import dedupe_detector_copies, list_sequences, read_mot_sequence
 from kdtrack.formats.person_search import MANIFEST_NAME, UNKNOWN_CAMERA, read_manifest
 from kdtrack.inference import Detector, EmbedFn, embeddings_at_boxes
+from kdtrack.letterbox import DEFAULT_PAD_VALUE
 from kdtrack.metrics.retrieval import JunkRule, Positives, RetrievalResult, evaluate_leave_one_out, l2_normalize
 from kdtrack.models import build_student
 from kdtrack.synth.world import PERSON_SEARCH_TRUTH
@@ -67,6 +68,7 @@ MOT_DIR = "MOT17/train"
 COLOUR_BINS = (8, 4, 4)  # hue x saturation x value bins per box half
 VIEW_SIDE = {"front": "front", "back": "back", "left": "side", "right": "side"}  # a flip maps left onto right
 VIEW_SPLITS = (("same_view", "same_tag"), ("other_view", "other_tag"))  # metric suffix, retrieval positives
+CONTEXTS = ("scene", "alone")  # a box read in its image, or isolated on a grey canvas (eval.reid_context)
 
 
 # --------------------------------------------------------------------------- embedders
@@ -328,9 +330,52 @@ def load_reid_box_sets(
 # --------------------------------------------------------------------------- embedding and scoring
 
 
+def isolate_boxes(image_rgb: np.ndarray, boxes_xyxy: np.ndarray, pad: float,
+                  fill: int = int(DEFAULT_PAD_VALUE)) -> list[np.ndarray]:
+    """One copy of ``image_rgb`` per box in which everything outside the box, grown by ``pad`` x its
+    width / height on each side, is ``fill``: the person without the scene around it."""
+    height, width = image_rgb.shape[:2]
+    out = []
+    for x1, y1, x2, y2 in np.asarray(boxes_xyxy, np.float64).reshape(-1, 4):
+        gw, gh = pad * (x2 - x1), pad * (y2 - y1)
+        xa, xb = int(np.clip(np.floor(x1 - gw), 0, width)), int(np.clip(np.ceil(x2 + gw), 0, width))
+        ya, yb = int(np.clip(np.floor(y1 - gh), 0, height)), int(np.clip(np.ceil(y2 + gh), 0, height))
+        alone = np.full_like(image_rgb, fill)
+        alone[ya:yb, xa:xb] = image_rgb[ya:yb, xa:xb]
+        out.append(alone)
+    return out
+
+
+def _embed_images(embed: EmbedFn, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
+                  context: str, pad: float) -> list[np.ndarray]:
+    """Each image's ``(n_i, d)`` embeddings; ``context="alone"``: every box embedded on its own isolated copy."""
+    many = getattr(embed, "embed_many", None)
+    if context == "scene":
+        return many(images, boxes) if many is not None else [embed(im, b) for im, b in zip(images, boxes)]
+    copies = [alone for im, b in zip(images, boxes) for alone in isolate_boxes(im, b, pad)]
+    singles = [box[None] for b in boxes for box in np.asarray(b).reshape(-1, 4)]
+    flat = many(copies, singles) if many is not None else [embed(im, b) for im, b in zip(copies, singles)]
+    out, at = [], 0
+    for b in boxes:
+        n = len(np.asarray(b).reshape(-1, 4))
+        parts = [np.asarray(e, np.float32) for e in flat[at:at + n]]
+        out.append(np.concatenate(parts) if parts else np.zeros((0, 1), np.float32))
+        at += n
+    return out
+
+
 def embed_box_set(box_set: ReidBoxSet, embedders: Mapping[str, EmbedFn], *,
-                  batch_images: int = 8) -> dict[str, np.ndarray]:
-    """``{name: (N, d) float32}`` for every box of ``box_set``; each image is decoded once for all embedders."""
+                  batch_images: int = 8, context: str = "scene", context_pad: float = 0.15) -> dict[str, np.ndarray]:
+    """``{name: (N, d) float32}`` for every box of ``box_set``; each image is decoded once for all embedders.
+
+    ``context``: ``"scene"`` (each box read in its image) or ``"alone"`` (each box on a grey canvas
+    with only the box, grown by ``context_pad``, kept: :func:`isolate_boxes`). Comparing the two shows
+    how much an embedding leans on the scene around a person rather than on the person.
+    """
+    if context not in CONTEXTS:
+        raise ValueError(f"unknown re-ID context {context!r}; known: {', '.join(CONTEXTS)}")
+    if not context_pad >= 0:
+        raise ValueError(f"eval.reid_context_pad must be >= 0, got {context_pad}")
     per_image: dict[str, list[np.ndarray]] = {name: [] for name in embedders}
     n_images = len(box_set.image_paths)
     for start in range(0, n_images, max(1, int(batch_images))):
@@ -338,8 +383,7 @@ def embed_box_set(box_set: ReidBoxSet, embedders: Mapping[str, EmbedFn], *,
         boxes = box_set.boxes_xyxy[start:start + batch_images]
         images = [read_image_rgb(path) for path in paths]
         for name, embed in embedders.items():
-            many = getattr(embed, "embed_many", None)
-            outputs = many(images, boxes) if many is not None else [embed(im, b) for im, b in zip(images, boxes)]
+            outputs = _embed_images(embed, images, boxes, context, context_pad)
             for path, b, emb in zip(paths, boxes, outputs):
                 emb = np.asarray(emb, np.float32)
                 if emb.ndim != 2 or len(emb) != len(b):
@@ -396,7 +440,8 @@ def evaluate_reid_box_sets(
         raise ValueError(f"embedder name {CHANCE!r} is reserved for the random-ranking row")
     results: dict[str, dict[str, dict[str, float | int]]] = {}
     for protocol, box_set in box_sets.items():
-        features = embed_box_set(box_set, embedders, batch_images=cfg.reid_batch_images)
+        features = embed_box_set(box_set, embedders, batch_images=cfg.reid_batch_images, context=cfg.reid_context,
+                                 context_pad=cfg.reid_context_pad)
         rows = {}
         result = None
         for name, feats in features.items():

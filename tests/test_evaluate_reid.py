@@ -16,9 +16,11 @@ from kdtrack.formats.common import FormatError
 from kdtrack.reid_probe import (
     CHANCE,
     colour_histogram_features,
+    embed_box_set,
     evaluate_reid_box_sets,
     flatten_reid_metrics,
     format_reid_table,
+    isolate_boxes,
     load_reid_box_sets,
     person_search_box_set,
     random_student_embedder,
@@ -144,6 +146,62 @@ def test_person_search_split_by_the_side_each_person_shows(box_sets, tiny_world:
     (world / PERSON_SEARCH_TRUTH).write_text("[1, 2]")
     with pytest.raises(FormatError, match="views.json: not a views file"):
         person_search_box_set(world / "person_search" / "manifest.json", "test")
+
+
+def test_isolate_boxes_keeps_the_grown_box_only():
+    image = np.arange(10 * 20 * 3, dtype=np.uint8).reshape(10, 20, 3)
+    boxes = np.array([[4.0, 2.0, 8.0, 6.0], [-3.0, 5.5, 2.0, 12.0]], np.float32)
+    a, b = isolate_boxes(image, boxes, pad=0.25, fill=127)
+    # box 0 grows by 1 px per side: x 3..9, y 1..7 kept
+    keep = np.zeros((10, 20), bool)
+    keep[1:7, 3:9] = True
+    assert (a[keep] == image[keep]).all() and (a[~keep] == 127).all()
+    # box 1 grows by 1.25 x 1.625 and is clipped to the image: x 0..4 (ceil 3.25), y 3..10 (floor 3.875)
+    keep = np.zeros((10, 20), bool)
+    keep[3:10, 0:4] = True
+    assert (b[keep] == image[keep]).all() and (b[~keep] == 127).all()
+    assert isolate_boxes(image, np.zeros((0, 4)), 0.1) == []
+
+
+def test_alone_context_embeds_each_box_without_its_scene(box_sets):
+    ps = box_sets["person_search"]
+
+    def scene_mean(image, boxes):  # a pure scene feature: the same for every box of an image
+        return np.tile(image.reshape(-1, 3).mean(0, dtype=np.float64), (len(boxes), 1)).astype(np.float32)
+
+    calls = []
+
+    class Many:  # an embed_many embedder: gets every isolated copy of a batch in one call
+        def __call__(self, image, boxes):
+            return self.embed_many([image], [boxes])[0]
+
+        def embed_many(self, images, boxes_list):
+            calls.append(len(images))
+            return [scene_mean(im, b) for im, b in zip(images, boxes_list)]
+
+    embedders = {"colour": colour_histogram_features, "scene": scene_mean, "many": Many()}
+    scene = embed_box_set(ps, embedders, batch_images=4)
+    alone = embed_box_set(ps, embedders, batch_images=4, context="alone", context_pad=0.0)
+    # the box's own pixels are kept: a feature of the box alone does not change
+    np.testing.assert_array_equal(scene["colour"], alone["colour"])
+    # the scene feature does: in the scene every box of an image shares it, alone each box has its own,
+    # and it is the mean of the box kept on grey, computed here by hand for the first image
+    n0 = len(ps.boxes_xyxy[0])
+    assert n0 > 1 and np.ptp(scene["scene"][:n0], axis=0).max() == 0 and np.ptp(alone["scene"][:n0], axis=0).max() > 0
+    image = read_image_rgb(ps.image_paths[0])
+    x1, y1, x2, y2 = ps.boxes_xyxy[0][0]
+    by_hand = np.full_like(image, 127)
+    ya, yb, xa, xb = int(np.floor(y1)), int(np.ceil(y2)), int(np.floor(x1)), int(np.ceil(x2))
+    by_hand[ya:yb, xa:xb] = image[ya:yb, xa:xb]
+    np.testing.assert_allclose(alone["scene"][0], by_hand.reshape(-1, 3).mean(0), rtol=1e-6)
+    np.testing.assert_array_equal(alone["many"], alone["scene"])
+    # one embed_many call per image batch, holding one isolated copy per box of those images
+    per_batch = [sum(len(b) for b in ps.boxes_xyxy[i:i + 4]) for i in range(0, len(ps.image_paths), 4)]
+    assert calls[-len(per_batch):] == per_batch
+    with pytest.raises(ValueError, match="unknown re-ID context 'crop'"):
+        embed_box_set(ps, embedders, context="crop")
+    with pytest.raises(ValueError, match="reid_context_pad must be >= 0"):
+        embed_box_set(ps, embedders, context="alone", context_pad=-0.1)
 
 
 def test_teacher_cosine_hand_computed_and_per_embedder(box_sets):
