@@ -15,6 +15,16 @@ baselines are probed once, on the same boxes.
     python bench/idf_stages.py --world W --out runs/hue0 --aug hue=0.0 --labels none  # stage 1 only, no hue jitter
 
 Stage-1 variants: ``--aug`` (``idf_view`` transform fields) and ``--set`` (config overrides, all stages).
+Two diagnostic controls patch the process before any network or sample is built (README, "Identity
+learning: status"): ``--norm group`` makes every ``BatchNorm2d`` a ``GroupNorm`` (8 groups; no batch
+statistics, so nothing can leak between the samples of a batch, MoCo's "shuffle BN" concern), and
+``--keys ids`` gives the contrastive loss the records' true identities (ids > 0) as person keys instead
+of one key per person and image: the same person in two images of a batch is a positive and never a
+negative (a *supervised* upper-bound control, e.g. with ``--set data.sources=[person_search]``).
+
+    python bench/idf_stages.py --world W --out runs/sup --labels none --keys ids --set 'data.sources=[person_search]'
+    python bench/idf_stages.py --world W --out runs/sup-pk --labels none --keys ids --batches identity \
+        --set 'data.sources=[person_search]'     # every batch: four images of one drawn person
 """
 
 from __future__ import annotations
@@ -90,9 +100,26 @@ class Probe:
         return out
 
 
+def identity_batches(dataset: Any, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch of batches in which all images show one drawn identity (P x K with P = 1, K = batch size):
+    every batch holds cross-image positives for the ``--keys ids`` control. Identities in fewer than
+    ``batch_size`` images are not drawn."""
+    rng = np.random.default_rng([seed, epoch, 1])
+    images_of: dict[int, list[int]] = {}
+    for i, record in enumerate(dataset.items):
+        for pid in {int(p) for p in record.ids if p > 0}:
+            images_of.setdefault(pid, []).append(i)
+    pids = sorted(p for p, images in images_of.items() if len(images) >= batch_size)
+    if not pids:
+        raise ValueError(f"no identity is seen in {batch_size} images: no identity batches")
+    return [[int(i) for i in rng.choice(images_of[int(rng.choice(pids))], batch_size, replace=False)]
+            for _ in range(len(dataset) // batch_size)]
+
+
 def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *, stage: str,
-          probe: Callable[[], dict[str, Any]], probe_every: int) -> None:
-    """The stages' loop: ``train_step`` over shuffled batches (a new order and new draws every epoch)."""
+          probe: Callable[[], dict[str, Any]], probe_every: int, by_identity: bool = False) -> None:
+    """The stages' loop: ``train_step`` over shuffled batches (a new order and new draws every epoch);
+    ``by_identity``: :func:`identity_batches` instead."""
     freeze_parts(model, cfg.train.freeze)
     criterion = Criterion.from_config(cfg)
     optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), cfg.train)
@@ -101,9 +128,13 @@ def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *,
     bs, it, epoch, start = cfg.train.batch_size_per_worker, 0, 0, time.time()
     while it < iterations:
         dataset.set_epoch(epoch)
-        order = np.random.default_rng([cfg.train.seed, epoch]).permutation(len(dataset))
-        for s in range(0, len(order) - bs + 1, bs):
-            terms = train_step(model, criterion, collate([dataset[int(i)] for i in order[s:s + bs]]), optimizer,
+        if by_identity:
+            batches = identity_batches(dataset, bs, cfg.train.seed, epoch)
+        else:
+            order = np.random.default_rng([cfg.train.seed, epoch]).permutation(len(dataset))
+            batches = [order[s:s + bs] for s in range(0, len(order) - bs + 1, bs)]
+        for batch in batches:
+            terms = train_step(model, criterion, collate([dataset[int(i)] for i in batch]), optimizer,
                                device="cpu", iteration=it, key_encoder=keys)
             scheduler.step()
             it += 1
@@ -119,6 +150,29 @@ def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *,
         epoch += 1
 
 
+def use_group_norm(groups: int = 8, set_attr: Callable[[Any, str, Any], None] = setattr) -> None:
+    """Every ``nn.BatchNorm2d`` built from now on in this process is a ``GroupNorm`` (affine as asked)."""
+
+    def group_norm(channels: int, *args: Any, affine: bool = True, **kwargs: Any) -> torch.nn.Module:
+        return torch.nn.GroupNorm(groups if channels % groups == 0 else 1, channels, affine=affine)
+
+    set_attr(torch.nn, "BatchNorm2d", group_norm)
+
+
+def use_true_ids_as_keys(set_attr: Callable[[Any, str, Any], None] = setattr) -> None:
+    """Contrastive person keys = the record's true ids where > 0 (else the usual per-image key)."""
+    import kdtrack.data as data
+
+    image_uid, person_keys = data.image_uid, data.person_keys
+    set_attr(data, "image_uid", lambda record: record)  # person_keys below gets the record
+
+    def keys(record: Any, num_boxes: int) -> np.ndarray:
+        ids = np.asarray(record.ids, np.int64)
+        return np.where(ids > 0, ids, person_keys(image_uid(record), num_boxes))
+
+    set_attr(data, "person_keys", keys)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--world", required=True, type=Path)
@@ -130,7 +184,17 @@ def main() -> None:
     ap.add_argument("--labels", default="pseudo,oracle", help="stage-2 label sets: pseudo, oracle (or none)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value (all stages)")
     ap.add_argument("--aug", action="append", default=[], help="idf_view transform field=value (stage 1)")
+    ap.add_argument("--norm", choices=("batch", "group"), default="batch",
+                    help="group: every BatchNorm2d becomes a GroupNorm (diagnostic, all stages)")
+    ap.add_argument("--keys", choices=("image", "ids"), default="image",
+                    help="ids: contrastive keys = true identities (supervised control, all stages)")
+    ap.add_argument("--batches", choices=("shuffled", "identity"), default="shuffled",
+                    help="identity: stage-1 batches whose images all show one drawn identity (with --keys ids)")
     args = ap.parse_args()
+    if args.norm == "group":
+        use_group_norm()
+    if args.keys == "ids":
+        use_true_ids_as_keys()
     torch.set_num_threads(1)
     world, out = args.world.resolve(), args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +211,7 @@ def main() -> None:
             changes = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in args.aug)}
             transforms.PRESETS["idf_view"] = dataclasses.replace(view, **changes)
         train(model, cfg1, TrainingDataset(load_records(cfg1), cfg1, views=2), args.stage1_iters, stage="stage1",
-              probe=lambda: probe(model), probe_every=args.probe_every)
+              probe=lambda: probe(model), probe_every=args.probe_every, by_identity=args.batches == "identity")
         transforms.PRESETS["idf_view"] = view  # stage 2 augments its frames with the preset's transforms
     stage1 = save_checkpoint(out / "stage1", model=model, config=cfg1, iteration=args.stage1_iters)
 

@@ -1,0 +1,66 @@
+"""The diagnostic controls of ``bench/idf_stages.py`` (README, "Identity learning: status") do what they say."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdtrack.config import load_config
+from kdtrack.data import TrainingDataset, load_records, training_sample
+from kdtrack.models import build_student
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def idf_stages():
+    spec = importlib.util.spec_from_file_location("idf_stages_bench", ROOT / "bench" / "idf_stages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ps_config(tiny_world: Path):
+    return load_config("idf_cpu", [f"data.root={tiny_world}", "data.sources=[person_search]"])
+
+
+def test_identity_batches_share_a_person_and_are_seeded(idf_stages, ps_config):
+    dataset = TrainingDataset(load_records(ps_config), ps_config, views=2)
+    batches = idf_stages.identity_batches(dataset, 4, seed=0, epoch=0)
+    assert len(batches) == len(dataset) // 4
+    for batch in batches:
+        assert len(set(batch)) == 4
+        shared = set.intersection(*({int(p) for p in dataset.items[i].ids if p > 0} for i in batch))
+        assert shared, batch
+    assert batches == idf_stages.identity_batches(dataset, 4, seed=0, epoch=0)
+    assert batches != idf_stages.identity_batches(dataset, 4, seed=0, epoch=1)
+    with pytest.raises(ValueError, match="no identity is seen in 1000 images"):
+        idf_stages.identity_batches(dataset, 1000, seed=0, epoch=0)
+
+
+def test_true_id_keys_replace_per_image_keys(idf_stages, ps_config, monkeypatch):
+    record = next(r for r in load_records(ps_config) if (r.ids > 0).any() and (r.ids <= 0).any())
+    before = training_sample(record, ps_config, np.random.default_rng(0), views=2)
+    idf_stages.use_true_ids_as_keys(monkeypatch.setattr)
+    after = training_sample(record, ps_config, np.random.default_rng(0), views=2)
+    rows = before["box_index"]
+    filled = rows >= 0
+    np.testing.assert_array_equal(before["image"], after["image"])  # the same draws, only the keys differ
+    expected = np.where(record.ids[rows[filled]] > 0, record.ids[rows[filled]], before["ids"][filled])
+    np.testing.assert_array_equal(after["ids"][filled], expected)
+    assert (before["ids"][filled] > 1 << 16).all()  # before: one key per person and image
+
+
+def test_group_norm_swap_leaves_no_batchnorm(idf_stages, ps_config, monkeypatch):
+    idf_stages.use_group_norm(8, monkeypatch.setattr)
+    model = build_student(ps_config.model)
+    kinds = {type(m) for m in model.modules()}
+    assert torch.nn.GroupNorm in kinds and not any(issubclass(k, torch.nn.modules.batchnorm._BatchNorm)
+                                                   for k in kinds)
+    out = model(torch.rand(2, 3, 64, 96))
+    assert torch.isfinite(out["embedding"]).all()
