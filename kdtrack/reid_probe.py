@@ -347,14 +347,23 @@ def isolate_boxes(image_rgb: np.ndarray, boxes_xyxy: np.ndarray, pad: float,
 
 
 def _embed_images(embed: EmbedFn, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
-                  context: str, pad: float) -> list[np.ndarray]:
-    """Each image's ``(n_i, d)`` embeddings; ``context="alone"``: every box embedded on its own isolated copy."""
+                  context: str, pad: float, batch_images: int) -> list[np.ndarray]:
+    """Each image's ``(n_i, d)`` embeddings; ``context="alone"``: every box embedded on its own isolated copy
+    (``batch_images`` copies per ``embed_many`` call, so a crowded image does not make one huge batch)."""
     many = getattr(embed, "embed_many", None)
     if context == "scene":
         return many(images, boxes) if many is not None else [embed(im, b) for im, b in zip(images, boxes)]
-    copies = [alone for im, b in zip(images, boxes) for alone in isolate_boxes(im, b, pad)]
     singles = [box[None] for b in boxes for box in np.asarray(b).reshape(-1, 4)]
-    flat = many(copies, singles) if many is not None else [embed(im, b) for im, b in zip(copies, singles)]
+    flat: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    for im, b in zip(images, boxes):
+        for alone in isolate_boxes(im, b, pad):
+            pending.append(alone)
+            if len(pending) == batch_images:
+                flat += _embed_singles(embed, many, pending, singles[len(flat):len(flat) + len(pending)])
+                pending = []
+    if pending:
+        flat += _embed_singles(embed, many, pending, singles[len(flat):len(flat) + len(pending)])
     out, at = [], 0
     for b in boxes:
         n = len(np.asarray(b).reshape(-1, 4))
@@ -362,6 +371,10 @@ def _embed_images(embed: EmbedFn, images: Sequence[np.ndarray], boxes: Sequence[
         out.append(np.concatenate(parts) if parts else np.zeros((0, 1), np.float32))
         at += n
     return out
+
+
+def _embed_singles(embed: EmbedFn, many: Any, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+    return list(many(images, boxes)) if many is not None else [embed(im, b) for im, b in zip(images, boxes)]
 
 
 def embed_box_set(box_set: ReidBoxSet, embedders: Mapping[str, EmbedFn], *,
@@ -383,7 +396,7 @@ def embed_box_set(box_set: ReidBoxSet, embedders: Mapping[str, EmbedFn], *,
         boxes = box_set.boxes_xyxy[start:start + batch_images]
         images = [read_image_rgb(path) for path in paths]
         for name, embed in embedders.items():
-            outputs = _embed_images(embed, images, boxes, context, context_pad)
+            outputs = _embed_images(embed, images, boxes, context, context_pad, max(1, int(batch_images)))
             for path, b, emb in zip(paths, boxes, outputs):
                 emb = np.asarray(emb, np.float32)
                 if emb.ndim != 2 or len(emb) != len(b):

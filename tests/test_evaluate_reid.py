@@ -181,6 +181,8 @@ def test_alone_context_embeds_each_box_without_its_scene(box_sets):
 
     embedders = {"colour": colour_histogram_features, "scene": scene_mean, "many": Many()}
     scene = embed_box_set(ps, embedders, batch_images=4)
+    assert calls == [len(ps.image_paths[i:i + 4]) for i in range(0, len(ps.image_paths), 4)]  # images per call
+    calls.clear()
     alone = embed_box_set(ps, embedders, batch_images=4, context="alone", context_pad=0.0)
     # the box's own pixels are kept: a feature of the box alone does not change
     np.testing.assert_array_equal(scene["colour"], alone["colour"])
@@ -195,9 +197,10 @@ def test_alone_context_embeds_each_box_without_its_scene(box_sets):
     by_hand[ya:yb, xa:xb] = image[ya:yb, xa:xb]
     np.testing.assert_allclose(alone["scene"][0], by_hand.reshape(-1, 3).mean(0), rtol=1e-6)
     np.testing.assert_array_equal(alone["many"], alone["scene"])
-    # one embed_many call per image batch, holding one isolated copy per box of those images
+    # alone, embed_many gets the isolated copies (one per box) of each batch of 4 images in chunks of 4 copies
     per_batch = [sum(len(b) for b in ps.boxes_xyxy[i:i + 4]) for i in range(0, len(ps.image_paths), 4)]
-    assert calls[-len(per_batch):] == per_batch
+    assert calls == [min(4, n - k) for n in per_batch for k in range(0, n, 4)]
+    assert sum(calls) == len(ps)
     with pytest.raises(ValueError, match="unknown re-ID context 'crop'"):
         embed_box_set(ps, embedders, context="crop")
     with pytest.raises(ValueError, match="reid_context_pad must be >= 0"):
