@@ -39,6 +39,7 @@ ranking of the same queries.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -346,35 +347,27 @@ def isolate_boxes(image_rgb: np.ndarray, boxes_xyxy: np.ndarray, pad: float,
     return out
 
 
+def _embed_with(embed: EmbedFn, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``embed`` over several images: one ``embed_many`` call when it has one, else image by image."""
+    many = getattr(embed, "embed_many", None)
+    return list(many(images, boxes)) if many is not None else [embed(im, b) for im, b in zip(images, boxes)]
+
+
 def _embed_images(embed: EmbedFn, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
                   context: str, pad: float, batch_images: int) -> list[np.ndarray]:
     """Each image's ``(n_i, d)`` embeddings; ``context="alone"``: every box embedded on its own isolated copy
-    (``batch_images`` copies per ``embed_many`` call, so a crowded image does not make one huge batch)."""
-    many = getattr(embed, "embed_many", None)
+    (``batch_images`` copies per call, so a crowded image does not make one huge batch)."""
     if context == "scene":
-        return many(images, boxes) if many is not None else [embed(im, b) for im, b in zip(images, boxes)]
-    singles = [box[None] for b in boxes for box in np.asarray(b).reshape(-1, 4)]
+        return _embed_with(embed, images, boxes)
+    boxes = [np.asarray(b).reshape(-1, 4) for b in boxes]
+    pairs = ((alone, box[None]) for im, b in zip(images, boxes) for alone, box in zip(isolate_boxes(im, b, pad), b))
     flat: list[np.ndarray] = []
-    pending: list[np.ndarray] = []
-    for im, b in zip(images, boxes):
-        for alone in isolate_boxes(im, b, pad):
-            pending.append(alone)
-            if len(pending) == batch_images:
-                flat += _embed_singles(embed, many, pending, singles[len(flat):len(flat) + len(pending)])
-                pending = []
-    if pending:
-        flat += _embed_singles(embed, many, pending, singles[len(flat):len(flat) + len(pending)])
-    out, at = [], 0
-    for b in boxes:
-        n = len(np.asarray(b).reshape(-1, 4))
-        parts = [np.asarray(e, np.float32) for e in flat[at:at + n]]
-        out.append(np.concatenate(parts) if parts else np.zeros((0, 1), np.float32))
-        at += n
-    return out
-
-
-def _embed_singles(embed: EmbedFn, many: Any, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
-    return list(many(images, boxes)) if many is not None else [embed(im, b) for im, b in zip(images, boxes)]
+    while chunk := list(itertools.islice(pairs, batch_images)):
+        copies, singles = zip(*chunk)
+        flat += [np.asarray(e, np.float32) for e in _embed_with(embed, copies, singles)]
+    if not flat:
+        return [np.zeros((0, 1), np.float32) for _ in boxes]
+    return np.split(np.concatenate(flat), np.cumsum([len(b) for b in boxes])[:-1])
 
 
 def embed_box_set(box_set: ReidBoxSet, embedders: Mapping[str, EmbedFn], *,
@@ -390,13 +383,13 @@ def embed_box_set(box_set: ReidBoxSet, embedders: Mapping[str, EmbedFn], *,
     if not context_pad >= 0:
         raise ValueError(f"eval.reid_context_pad must be >= 0, got {context_pad}")
     per_image: dict[str, list[np.ndarray]] = {name: [] for name in embedders}
-    n_images = len(box_set.image_paths)
-    for start in range(0, n_images, max(1, int(batch_images))):
-        paths = box_set.image_paths[start:start + batch_images]
-        boxes = box_set.boxes_xyxy[start:start + batch_images]
+    step = max(1, int(batch_images))
+    for start in range(0, len(box_set.image_paths), step):
+        paths = box_set.image_paths[start:start + step]
+        boxes = box_set.boxes_xyxy[start:start + step]
         images = [read_image_rgb(path) for path in paths]
         for name, embed in embedders.items():
-            outputs = _embed_images(embed, images, boxes, context, context_pad, max(1, int(batch_images)))
+            outputs = _embed_images(embed, images, boxes, context, context_pad, step)
             for path, b, emb in zip(paths, boxes, outputs):
                 emb = np.asarray(emb, np.float32)
                 if emb.ndim != 2 or len(emb) != len(b):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -201,6 +202,11 @@ def test_alone_context_embeds_each_box_without_its_scene(box_sets):
     per_batch = [sum(len(b) for b in ps.boxes_xyxy[i:i + 4]) for i in range(0, len(ps.image_paths), 4)]
     assert calls == [min(4, n - k) for n in per_batch for k in range(0, n, 4)]
     assert sum(calls) == len(ps)
+    # an image without boxes keeps the embedding width (its rows join the others' by concatenation)
+    boxes = [np.zeros((0, 4), np.float32), *ps.boxes_xyxy[1:]]
+    emptied = embed_box_set(dataclasses.replace(ps, boxes_xyxy=boxes), {"many": Many()}, batch_images=4,
+                            context="alone", context_pad=0.0)
+    np.testing.assert_array_equal(emptied["many"], alone["many"][n0:])
     with pytest.raises(ValueError, match="unknown re-ID context 'crop'"):
         embed_box_set(ps, embedders, context="crop")
     with pytest.raises(ValueError, match="reid_context_pad must be >= 0"):
@@ -308,6 +314,16 @@ def test_cli_writes_json_and_logs_to_mlflow(tiny_world: Path, tmp_path: Path, ca
     assert logged["reid-val/person_search/colour/mAP"] == pytest.approx(record["person_search"]["colour"]["mAP"])
     assert "reid-val/mot/student/rank1" in logged and "reid-val/mot/chance/mAP" in logged
     assert logged["run_id"] == "TRAIN"
+
+
+def test_cli_negative_context_pad_is_refused_before_any_work(tmp_path: Path, capsys):
+    from jobs.evaluate import cli
+
+    # the checkpoint and world do not exist: the config is judged first, in one line, exit 2
+    assert cli(["reid", "--checkpoint", str(tmp_path / "c.pt"), "--world", str(tmp_path),
+                "--set", "eval.reid_context_pad=-0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.reid_context_pad must be >= 0, got -0.1" in err and "Traceback" not in err
 
 
 def test_cli_missing_inputs_give_one_line_naming_the_file(tiny_world: Path, tmp_path: Path):
