@@ -63,9 +63,11 @@ class TeacherEmbedder:
         import torch
 
         from kdtrack.config import config_from_dict
+        from kdtrack.threads import limit_blas_threads
 
         if num_threads > 0:
             torch.set_num_threads(num_threads)
+        limit_blas_threads()
         self.cfg = config_from_dict(config)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # decided where the actor runs
         self.teacher = frozen_teacher(config_from_dict(teacher_config).teacher, ray.get(weights[0]), self.device)

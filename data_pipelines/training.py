@@ -269,13 +269,22 @@ def training_stream(cfg: Config, dataset_factory: Callable[[], Any], num_items: 
     return TrainingStream(dataset=ds, plan=plan, state=state, workers=cfg.train.num_workers)
 
 
-def data_config(cfg: Config) -> Any:
-    """Ray Train's ``DataConfig``: split the train stream, keep its order (resume skips consumed rows)."""
-    import ray.train
-    from ray.data import ExecutionOptions
+def stream_execution_options(cfg: Config) -> Any:
+    """The stream's Ray Data ``ExecutionOptions``: its order kept (a resume skips exactly the consumed rows)
+    and, with ``data.stream_buffer_mb``, a cap on the object store it fills ahead of the step."""
+    from ray.data import ExecutionOptions, ExecutionResources
 
-    return ray.train.DataConfig(datasets_to_split=["train"],
-                                execution_options=ExecutionOptions(preserve_order=cfg.data.preserve_order))
+    options = ExecutionOptions(preserve_order=cfg.data.preserve_order)
+    if cfg.data.stream_buffer_mb > 0:
+        options.resource_limits = ExecutionResources.for_limits(object_store_memory=cfg.data.stream_buffer_mb * 2**20)
+    return options
+
+
+def data_config(cfg: Config) -> Any:
+    """Ray Train's ``DataConfig``: split the train stream with :func:`stream_execution_options`."""
+    import ray.train
+
+    return ray.train.DataConfig(datasets_to_split=["train"], execution_options=stream_execution_options(cfg))
 
 
 class WorkerStream:

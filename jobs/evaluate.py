@@ -240,9 +240,11 @@ class InferenceWorker:
         import torch
 
         from kdtrack.config import config_from_dict
+        from kdtrack.threads import limit_blas_threads
 
         if num_threads > 0:
             torch.set_num_threads(num_threads)
+        limit_blas_threads()  # numpy's spinning BLAS threads would take the cores from torch's
         if device is None:  # a Ray actor: use the GPU Ray granted it, if any
             import ray
 
@@ -929,8 +931,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     work) and :class:`EvaluationFailed` after writing the metrics of what finished when some
     sequences or image batches failed; :func:`cli` turns these into exit codes 2 and 1.
     """
+    from kdtrack.threads import limit_blas_threads
+
     args = get_args_parser().parse_args(argv)
     cfg: Config = load_config(args.config, args.overrides)
+    limit_blas_threads()  # in-process inference and scoring (reid, --no-ray, the driver's ranking)
     if args.mode == "reid":
         return run_reid(args, cfg)
     if args.mode == "market1501":

@@ -381,6 +381,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
     from kdtrack.losses.collapse import CollapseWatch
     from kdtrack.models import build_student
     from kdtrack.models.momentum import MomentumEncoder
+    from kdtrack.threads import limit_blas_threads
 
     cfg = config_from_dict(loop_config["config"])
     tc = cfg.train
@@ -389,6 +390,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if tc.use_gpu else torch.device("cpu")
     if device.type == "cpu":  # Ray sets OMP threads from whole CPUs: a fractional share would leave one thread
         torch.set_num_threads(max(1, int(round(tc.cpus_per_worker))))
+    limit_blas_threads()  # numpy's spinning BLAS threads would take the cores from torch's
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
 

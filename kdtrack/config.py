@@ -247,6 +247,9 @@ class DataConfig:
     # this long (data_pipelines.loop_throttle; 0 = Ray's own loop)
     scheduling_min_step_s: float = 0.02
     stream_uint8: bool = True  # canvases cross the object store as uint8 levels (exact; 4x fewer bytes than float32)
+    # MiB of object store the stream may fill ahead of the step (Ray Data's resource_limits; 0 = Ray's default, a
+    # share of the whole store: the decode actors then race ahead and take cores from the step)
+    stream_buffer_mb: float = 0.0
     max_bad_fraction: float = 0.01  # unreadable images / clips are skipped and counted; more than this share stops the run
     on_error: Literal["raise", "skip"] = "raise"  # malformed annotation records
     augment: Literal["auto", "none", "detection", "idf_view"] = "auto"  # kdtrack.transforms preset; auto: idf_view for contrastive, else detection

@@ -4,7 +4,8 @@
 - a sequence with a corrupt frame fails by name while the other is scored and written, and the job exits 1;
 - person search builds the network once per actor (counted), batched numbers equal the per-image ones;
 - two checkpoints of a training run are logged as two steps (their iterations) of one MLflow run;
-- bad config keys and paths stop with one line and exit code 2.
+- bad config keys and paths stop with one line and exit code 2;
+- inference workers run numpy's BLAS on one thread.
 """
 
 from __future__ import annotations
@@ -220,3 +221,19 @@ def test_person_search_with_a_failed_batch_names_it_and_exits_1(tiny_world, tmp_
     captured = capsys.readouterr()
     assert "person search not scored: 1 image batch(es) failed" in captured.out
     assert "cannot read image" in captured.err and corrupt.name in captured.err
+
+
+def test_inference_workers_run_numpy_blas_on_one_thread():
+    # two spinning BLAS threads beside torch's made `evaluate mot --no-ray` 4.5x slower on 2 cores (kdtrack.threads)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from jobs.evaluate import InferenceWorker
+    from kdtrack.config import config_to_dict
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    with threadpool_limits(limits=2, user_api="blas"):  # restored when the test ends
+        assert blas_threads() == {2}
+        InferenceWorker(config_to_dict(load_config("tiny")), device="cpu")
+        assert blas_threads() == {1}
