@@ -79,11 +79,9 @@ def make_run_folder(out: Path, count: int) -> Path:
 BENCH_CONFIG = ["decode.top_k=100", "eval.render_frames=0", "eval.cpus_per_actor=1.0"]
 
 
-def _combined_rows(record: dict) -> list[dict]:
-    """The combined metrics of each checkpoint in an ``evaluate mot --out`` file (one or several)."""
-    if "checkpoints" in record:
-        return [entry["metrics"]["combined"] for entry in record["checkpoints"]]
-    return [record["combined"]]
+def _per_checkpoint(record: dict) -> list[dict]:
+    """The metrics of each checkpoint in an ``evaluate mot --out`` file (one or several)."""
+    return [entry["metrics"] for entry in record["checkpoints"]] if "checkpoints" in record else [record]
 
 
 def bench_mot(world: Path, ckpt: Path, actors: int, half: str, address: str) -> dict:
@@ -105,12 +103,11 @@ def bench_mot(world: Path, ckpt: Path, actors: int, half: str, address: str) -> 
             seconds = time.perf_counter() - start
             if proc.returncode != 0:
                 raise RuntimeError(f"{name}: {proc.stderr[-2000:]}")
-            record = json.loads(out.read_text())
-            combined = _combined_rows(record)
+            metrics = _per_checkpoint(json.loads(out.read_text()))
+            combined = [m["combined"] for m in metrics]
             frames = sum(c["num_frames"] for c in combined)
-            per_checkpoint = record["checkpoints"][0]["metrics"] if "checkpoints" in record else record
             rows[name] = {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds,
-                          "checkpoints": len(combined), "sequences": len(per_checkpoint["sequences"]),
+                          "checkpoints": len(combined), "sequences": len(metrics[0]["sequences"]),
                           "threads": threads, "MOTA": [c["MOTA"] for c in combined],
                           "predictions_per_frame": sum(c["num_predictions"] for c in combined) / frames}
     serial = max((rows[f"serial_{cores}t"], rows["serial_1t"]), key=lambda r: r["frames_per_s"])
@@ -220,11 +217,11 @@ def main() -> None:
 
     context = ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
-        mot = {k: bench_mot(world, make_run_folder(Path(tmp), k), args.actors, args.half,
-                            context.address_info["gcs_address"]) for k in args.checkpoints}
-        ckpt = make_run_folder(Path(tmp), 1)
+        folders = {k: make_run_folder(Path(tmp), k) for k in {1, *args.checkpoints}}
+        mot = {k: bench_mot(world, folders[k], args.actors, args.half, context.address_info["gcs_address"])
+               for k in args.checkpoints}
         threads = next(iter(mot.values()))["serial"]["threads"]
-        ps = bench_person_search(world, ckpt, args.actors, threads)
+        ps = bench_person_search(world, folders[1], args.actors, threads)
     ray.shutdown()
     for k, rows in mot.items():
         print(f"\nMOT ({k} checkpoint(s) x {rows['serial']['sequences']} sequences, {rows['serial']['frames']} frames, "
