@@ -152,6 +152,8 @@ def check_pipeline(cfg: Config) -> None:
                           f"{dc.prefetch_batches}, {dc.scheduling_min_step_s}")
     if not 0.0 <= dc.max_bad_fraction < 1.0:
         raise ConfigError(f"data.max_bad_fraction is a share of the items read, in [0, 1), got {dc.max_bad_fraction}")
+    if dc.stream_buffer_mb < 0:
+        raise ConfigError(f"data.stream_buffer_mb must be >= 0 (0 = Ray's own budget), got {dc.stream_buffer_mb}")
 
 
 def check_validation(cfg: Config) -> None:

@@ -7,7 +7,7 @@ import math
 import mlflow
 import pytest
 
-from jobs.train import CHECKPOINT_TAG, check_recipe, get_args_parser, main
+from jobs.train import CHECKPOINT_TAG, check_pipeline, check_recipe, get_args_parser, main
 from kdtrack.checkpoint import load_checkpoint
 from kdtrack.config import ConfigError, load_config
 
@@ -356,3 +356,9 @@ def test_cli_bad_input_is_one_line_naming_the_file_and_exit_2(tmp_path, capsys):
     assert err.startswith("train: ") and err.count("\n") == 1 and "Traceback" not in err
     assert cli(["--config", "tiny", "--out", str(tmp_path / "o"), "--set", "train.recipe=nope"]) == 2
     assert capsys.readouterr().err.startswith("train: --set train.recipe=nope: key 'train.recipe' must be one of")
+
+
+def test_stream_fields_out_of_range_are_refused_on_the_driver():
+    check_pipeline(load_config("tiny", ["data.stream_buffer_mb=64"]))
+    with pytest.raises(ConfigError, match=r"data.stream_buffer_mb must be >= 0 \(0 = Ray's own budget\), got -1.0"):
+        check_pipeline(load_config("tiny", ["data.stream_buffer_mb=-1"]))
