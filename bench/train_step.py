@@ -171,6 +171,8 @@ def main() -> None:
                         help="iterations left out of the steady figure (default: one --log-every)")
     parser.add_argument("--smoke-test", action="store_true", help="6 iterations, windows of 2")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="config override for every setup (e.g. data.background_swap=0)")
     args = parser.parse_args()
     iterations = args.iterations or (6 if args.smoke_test else 30)
     log_every = args.log_every or (2 if args.smoke_test else 10)
@@ -180,7 +182,7 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-step-") as tmp:
         print(f"== {PLAIN}", flush=True)
-        rows[PLAIN] = plain_loop(train_argv(world, Path(tmp) / "plain", iterations, log_every, []), warmup)
+        rows[PLAIN] = plain_loop(train_argv(world, Path(tmp) / "plain", iterations, log_every, args.overrides), warmup)
 
         import ray
 
@@ -190,7 +192,7 @@ def main() -> None:
         try:
             for i, (name, extra) in enumerate(RAY_SETUPS):
                 print(f"== {name}", flush=True)
-                argv = train_argv(world, Path(tmp) / f"ray{i}", iterations, log_every, extra)
+                argv = train_argv(world, Path(tmp) / f"ray{i}", iterations, log_every, [*args.overrides, *extra])
                 rows[name] = ray_run(argv, warmup)
         finally:
             ray.shutdown()

@@ -33,6 +33,11 @@ Modes (argparse subcommands):
   Network FPS (pre-processing, forward, decode) and association FPS
   (``Tracker.update``) are reported apart.
 
+* ``detection``: person detection of a checkpoint on CrowdHuman val (``jobs._detection_eval``): AP and
+  recall / precision at score thresholds::
+
+    python -m jobs.evaluate detection --checkpoint CKPT --data-root W [--score-thresholds 0.4,0.5] --out det.json
+
 * ``person-search``: mAP / top-k, from precomputed detections and embeddings in
   the npz layout of ``kdtrack.metrics.person_search.NPZ_FORMAT``, or from one or
   more checkpoints and a manifest (the same actor pool: every test image goes
@@ -921,6 +926,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                     help="a root holding market1501/ (a synthetic world) or an unpacked Market-1501")
     mk.add_argument("--batch-size", type=int, default=None, help="crops per forward pass (default: teacher.eval_batch_size)")
     common(mk, checkpoint_tag=False)
+    dt = sub.add_parser("detection", help="person detection on CrowdHuman val: AP, recall / precision at score "
+                                          "thresholds")
+    dt.add_argument("--checkpoint", required=True, help="a student checkpoint")
+    dt.add_argument("--data-root", required=True, type=Path,
+                    help="a root holding crowdhuman/annotation_val.odgt and crowdhuman/Images (or a synthetic world)")
+    dt.add_argument("--score-thresholds", default="0.4,0.5",
+                    help="comma-separated scores at which recall / precision are reported (person search keeps "
+                         "gallery boxes at eval.ps_score_threshold, 0.5)")
+    dt.add_argument("--iou", type=float, default=0.5, help="IoU for a true positive")
+    dt.add_argument("--batch-size", type=int, default=16)
+    common(dt, checkpoint_tag=False)
     return parser
 
 
@@ -943,6 +959,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         return run_market1501(args.checkpoint, args.data_root, out=args.out, mlflow_uri=args.mlflow_uri,
                               run_id=args.run_id, batch_size=args.batch_size, experiment=args.experiment)
+    if args.mode == "detection":
+        from jobs._detection_eval import parse_thresholds, run_detection
+
+        try:
+            return run_detection(args.checkpoint, args.data_root, out=args.out,
+                                 score_thresholds=parse_thresholds(args.score_thresholds), iou_threshold=args.iou,
+                                 batch_size=args.batch_size, mlflow_uri=args.mlflow_uri or cfg.mlflow.tracking_uri,
+                                 run_id=args.run_id, experiment=args.experiment)
+        except (OSError, ValueError) as exc:  # FormatError / missing file / bad checkpoint: the message names it
+            raise InputError(f"evaluate detection: {exc}") from None
     if args.mode == "mot-files":
         from kdtrack.metrics.mot import format_table
 

@@ -144,7 +144,7 @@ def check_recipe(cfg: Config) -> None:
 
 
 def check_pipeline(cfg: Config) -> None:
-    """The Ray Data stream's fields (``data.loader: ray``)."""
+    """The sample pipeline's fields (the Ray Data stream's, ``data.loader: ray``, and the augmentation's)."""
     dc = cfg.data
     if dc.map_actors < 1 or dc.map_num_cpus <= 0 or dc.prefetch_batches < 0 or dc.scheduling_min_step_s < 0:
         raise ConfigError(f"data.map_actors must be >= 1, data.map_num_cpus > 0, data.prefetch_batches >= 0 and "
@@ -154,6 +154,8 @@ def check_pipeline(cfg: Config) -> None:
         raise ConfigError(f"data.max_bad_fraction is a share of the items read, in [0, 1), got {dc.max_bad_fraction}")
     if dc.stream_buffer_mb < 0:
         raise ConfigError(f"data.stream_buffer_mb must be >= 0 (0 = Ray's own budget), got {dc.stream_buffer_mb}")
+    if not 0.0 <= dc.background_swap <= 1.0:
+        raise ConfigError(f"data.background_swap is a probability per view, in [0, 1], got {dc.background_swap}")
 
 
 def check_validation(cfg: Config) -> None:

@@ -253,6 +253,14 @@ class DataConfig:
     max_bad_fraction: float = 0.01  # unreadable images / clips are skipped and counted; more than this share stops the run
     on_error: Literal["raise", "skip"] = "raise"  # malformed annotation records
     augment: Literal["auto", "none", "detection", "idf_view"] = "auto"  # kdtrack.transforms preset; auto: idf_view for contrastive, else detection
+    # probability per view that its people are pasted onto another training image (kdtrack.transforms.paste_people):
+    # the two views of a person then share the person but not its surroundings (0 = off)
+    background_swap: float = 0.0
+    background_relayout: bool = False  # a swapped view's people go to random places (their neighbours are gone too)
+    # which views may be swapped: all, or only the last (a two-view sample then always keeps one whole image for the
+    # detection heads, and its pair still never shares the scene when the last view is swapped; a one-view sample's
+    # only view is its last)
+    background_swap_views: Literal["all", "last"] = "all"
     min_box_size: float = 2.0  # pixels: boxes narrower / lower than this after augmentation are dropped
     min_visible_fraction: float = 0.25  # a box cut by the image border to less than this share of its area is dropped
     loader_workers: int = 0  # torch DataLoader worker processes per train worker (0 = in the train process)

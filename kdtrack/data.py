@@ -35,7 +35,7 @@ from kdtrack.formats.mot import dedupe_detector_copies
 from kdtrack.letterbox import DEFAULT_PAD_VALUE, letterbox, resize_pad
 from kdtrack.structures import ImageRecord
 from kdtrack.targets import SLOT_KEYS, encode_targets, person_keys
-from kdtrack.transforms import BoxAugment
+from kdtrack.transforms import BoxAugment, paste_people
 
 UID_BITS = 46  # person_keys allows image uids below 2**(62 - 16)
 KNOWN_SOURCES = ("crowdhuman", "coco", "mot17", "person_search")
@@ -127,8 +127,14 @@ def training_sample(
     views: int = 1,
     with_original: bool = False,
     augment: BoxAugment | None = None,
+    partners: Sequence[ImageRecord] = (),
 ) -> dict[str, np.ndarray]:
     """One training sample of ``record`` (see the module docstring for the keys and shapes).
+
+    With ``data.background_swap`` > 0 and ``partners`` given, each view (or only the last one, with
+    ``data.background_swap_views: last``), with that probability, has its people pasted onto another
+    record's image drawn from ``partners`` (``paste_people``): the view's people keep their keys,
+    their surroundings change.
 
     With ``data.multiscale_short_sides`` set, one shorter side is drawn from it with ``rng``
     (after the views' generators are spawned, so the augmentation draws are the same as without
@@ -152,11 +158,27 @@ def training_sample(
     if with_original:
         orig_canvas, tf = student_canvas(image, cfg, short_side)
         original = (orig_canvas, tf.boxes_to_letterbox(record.boxes_xyxy))
+    swappable = range(views) if cfg.data.background_swap_views == "all" else range(views - 1, views)
     per_view = [
-        encode_view(*augment(image, target, view_rng), record.image_path, cfg, keys, original, short_side)
-        for view_rng in view_rngs
+        encode_view(*_view(image, target, view_rng, augment, cfg, partners if v in swappable else ()),
+                    record.image_path, cfg, keys, original, short_side)
+        for v, view_rng in enumerate(view_rngs)
     ]
     return {k: np.stack([v[k] for v in per_view]) for k in per_view[0]}
+
+
+def _view(image: np.ndarray, target: dict[str, np.ndarray], rng: np.random.Generator, augment: BoxAugment,
+          cfg: Config, partners: Sequence[ImageRecord]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One augmented view; then, with probability ``data.background_swap``, its people on another
+    image (drawn after the augmentation, so that without a swap the draws are those of before)."""
+    view = augment(image, target, rng)
+    swap = cfg.data.background_swap
+    if swap > 0 and partners and rng.random() < swap:
+        partner = partners[int(rng.integers(len(partners)))]
+        background = read_image_rgb(partner.image_path, (partner.width, partner.height))
+        people = np.concatenate([partner.boxes_xyxy.reshape(-1, 4), partner.ignore_boxes_xyxy.reshape(-1, 4)])
+        view = paste_people(*view, background, people, rng=rng if cfg.data.background_relayout else None)
+    return view
 
 
 def collate(samples: Sequence[dict[str, np.ndarray]], trim: bool = True) -> dict[str, torch.Tensor]:
@@ -323,12 +345,12 @@ class TrainingDataset(EpochSeededDataset):
     def sample(self, item: ImageRecord, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if not self.teacher_store:
             return training_sample(item, self.cfg, rng, views=self.views, with_original=self.with_original,
-                                   augment=self.augment)
+                                   augment=self.augment, partners=self.items)
         from kdtrack.teacher_store import attach_stored_targets, read_teacher_table
 
         if self._table is None:  # read once per process (a DataLoader worker or a Ray Data decode actor)
             self._table = read_teacher_table(self.teacher_store)
-        sample = training_sample(item, self.cfg, rng, views=self.views, augment=self.augment)
+        sample = training_sample(item, self.cfg, rng, views=self.views, augment=self.augment, partners=self.items)
         attach_stored_targets(sample, self._table.image_rows(item))
         return sample
 

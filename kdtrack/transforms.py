@@ -301,3 +301,66 @@ def two_views(
     """Two independent augmentations of one image; ``box_index`` says which person each box is."""
     rng_a, rng_b = rng.spawn(2)
     return augment(image, target, rng_a), augment(image, target, rng_b)
+
+
+def paste_people(
+    image: np.ndarray, target: dict[str, Any], background: np.ndarray, background_boxes: np.ndarray,
+    feather: float = 2.0, rng: np.random.Generator | None = None, min_visible: float = 0.25,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``image``'s person boxes pasted onto another image (background swap, copy-paste).
+
+    The people keep their pixels, rows and ids; everything around them becomes ``background``
+    (resized to ``image``'s size). A contrastive positive pair of a view and its pasted twin then
+    shares the person but not the scene, so the scene around a person stops telling it apart
+    from the queue's people of other images. Without ``rng`` each box stays where it was; with it
+    each box goes to a random place (in a random order, later boxes over earlier ones), so that
+    the neighbours a person had are gone too, and a person left with less than ``min_visible``
+    of its box showing is dropped with its fields. The background's own people
+    (``background_boxes``, in its pixels) become ignore boxes: people (no background loss on
+    them) without a key or a detection target. ``feather`` (pixels, Gaussian sigma) softens the
+    paste edges so that a box outline is no person cue of its own.
+    """
+    t = check_target(target)
+    h, w = image.shape[:2]
+    bh, bw = background.shape[:2]
+    out = cv2.resize(background, (w, h), interpolation=cv2.INTER_LINEAR) if (bh, bw) != (h, w) else background
+    out = out.astype(np.float32)
+    src = image.astype(np.float32)
+    boxes = t["boxes_xyxy"].copy()
+    owner = np.full((h, w), -1, np.int64)
+    order = rng.permutation(len(boxes)) if rng is not None else np.arange(len(boxes))
+    for i in order:
+        x1, y1, x2, y2 = boxes[i]
+        x0, y0 = min(max(int(np.floor(x1)), 0), w - 1), min(max(int(np.floor(y1)), 0), h - 1)
+        x3, y3 = max(min(int(np.ceil(x2)), w), x0 + 1), max(min(int(np.ceil(y2)), h), y0 + 1)
+        bw_i, bh_i = x3 - x0, y3 - y0
+        nx, ny = (int(rng.integers(0, w - bw_i + 1)), int(rng.integers(0, h - bh_i + 1))) if rng is not None else (x0, y0)
+        boxes[i] += np.array([nx - x0, ny - y0, nx - x0, ny - y0], np.float32)
+        pad = int(np.ceil(3 * feather)) if feather > 0 else 0
+        ax0, ay0, ax3, ay3 = max(nx - pad, 0), max(ny - pad, 0), min(nx + bw_i + pad, w), min(ny + bh_i + pad, h)
+        alpha = np.zeros((ay3 - ay0, ax3 - ax0), np.float32)
+        alpha[ny - ay0:ny - ay0 + bh_i, nx - ax0:nx - ax0 + bw_i] = 1.0
+        if feather > 0:
+            alpha = cv2.GaussianBlur(alpha, (0, 0), float(feather))
+        patch = np.zeros((ay3 - ay0, ax3 - ax0, 3), np.float32)
+        sx0, sy0 = x0 - (nx - ax0), y0 - (ny - ay0)  # the source pixel under the patch's top-left corner
+        cx0, cy0 = max(sx0, 0), max(sy0, 0)
+        cx3, cy3 = min(sx0 + patch.shape[1], w), min(sy0 + patch.shape[0], h)
+        patch[cy0 - sy0:cy3 - sy0, cx0 - sx0:cx3 - sx0] = src[cy0:cy3, cx0:cx3]
+        region = out[ay0:ay3, ax0:ax3]
+        out[ay0:ay3, ax0:ax3] = alpha[..., None] * patch + (1.0 - alpha[..., None]) * region
+        owner[ny:ny + bh_i, nx:nx + bw_i] = i
+    keep = np.ones(len(boxes), bool)
+    if rng is not None and len(boxes):
+        shown = np.bincount(owner[owner >= 0], minlength=len(boxes))
+        area = np.maximum((np.ceil(boxes[:, 2]) - np.floor(boxes[:, 0])) * (np.ceil(boxes[:, 3]) - np.floor(boxes[:, 1])), 1)
+        keep = shown / area >= min_visible
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+    scale = np.array([w / bw, h / bh, w / bw, h / bh], np.float32)
+    bg_people = np.asarray(background_boxes, np.float32).reshape(-1, 4) * scale
+    ignore = t["ignore_boxes_xyxy"] if rng is None else t["ignore_boxes_xyxy"][:0]  # moved people leave their ignore boxes
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), {
+        "boxes_xyxy": boxes[keep], "box_index": t["box_index"][keep], "ids": t["ids"][keep],
+        "ignore_boxes_xyxy": np.concatenate([ignore, bg_people]),
+    }

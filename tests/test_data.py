@@ -223,3 +223,34 @@ def test_person_search_source_reads_the_train_split_only(tiny_world):
     labelled, classes = dataset_wide_ids(records)
     assert classes == len(seen)
     assert sum((r.ids >= 0).sum() for r in labelled) == sum((r.ids > 0).sum() for r in records)
+
+
+def test_background_swap_pastes_the_people_onto_another_image(tmp_path):
+    """``data.background_swap``: each view's people (same keys, same boxes) on a partner's image."""
+    root = _world(tmp_path)
+    other = np.zeros((IMG_H, IMG_W, 3), np.uint8)
+    other[..., 1] = 200  # a green partner image
+    cv2.imwrite(str(root / "crowdhuman" / "Images" / "img2.jpg"), other)
+    with open(root / "crowdhuman" / "annotation_train.odgt", "a") as f:
+        f.write(json.dumps({"ID": "img2", "gtboxes": [
+            {"tag": "person", "fbox": [0, 0, 8, 8], "vbox": [0, 0, 8, 8], "extra": {"box_id": 0}}]}) + "\n")
+    cfg_off = _cfg(root, "loss.id_mode=contrastive")
+    cfg_on = _cfg(root, "loss.id_mode=contrastive", "data.background_swap=1.0")
+    first, second = load_records(cfg_on)
+    plain = training_sample(first, cfg_off, np.random.default_rng(0), views=2, partners=[second])
+    swapped = training_sample(first, cfg_on, np.random.default_rng(0), views=2, partners=[second])
+    for key in ("ids", "index", "mask", "size", "region_index", "box_index"):
+        assert np.array_equal(plain[key], swapped[key]), key
+    canvas = swapped["image"][1].transpose(1, 2, 0)  # x2 letterbox of the 160x96 image
+    assert canvas[100, 60].tolist() == pytest.approx(plain["image"][1][:, 100, 60].tolist(), abs=0.02)  # person 0
+    assert canvas[5, 300, 1] > 0.7 and canvas[5, 300, 0] < 0.1  # the green partner around the people
+    # the partner's person becomes ignored: (0,0)-(8,8) x2 -> cells 0..3
+    assert swapped["ignore"][1, 0, 0:4, 0:4].all() and not plain["ignore"][1, 0, 0:4, 0:4].any()
+    # background_swap_views=last: view 0 stays the whole image, view 1 is swapped as before
+    last = training_sample(first, _cfg(root, "loss.id_mode=contrastive", "data.background_swap=1.0",
+                                       "data.background_swap_views=last"),
+                           np.random.default_rng(0), views=2, partners=[second])
+    assert np.array_equal(last["image"][0], plain["image"][0]) and np.array_equal(last["image"][1], swapped["image"][1])
+    # no partner (or probability 0): the draws and pixels are those of before
+    again = training_sample(first, cfg_on, np.random.default_rng(0), views=2)
+    assert np.array_equal(again["image"], plain["image"])

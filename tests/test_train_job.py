@@ -362,3 +362,5 @@ def test_stream_fields_out_of_range_are_refused_on_the_driver():
     check_pipeline(load_config("tiny", ["data.stream_buffer_mb=64"]))
     with pytest.raises(ConfigError, match=r"data.stream_buffer_mb must be >= 0 \(0 = Ray's own budget\), got -1.0"):
         check_pipeline(load_config("tiny", ["data.stream_buffer_mb=-1"]))
+    with pytest.raises(ConfigError, match=r"data.background_swap is a probability per view, in \[0, 1\], got 1.5"):
+        check_pipeline(load_config("tiny", ["data.background_swap=1.5"]))

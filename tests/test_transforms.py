@@ -131,3 +131,61 @@ def test_occlusion_drops_people_it_hides():
         checked_hidden += int(hidden.sum())
         checked_kept += int((~hidden).sum())
     assert checked_hidden > 5 and checked_kept > 100
+
+
+def test_paste_people_keeps_the_people_and_swaps_their_surroundings():
+    from kdtrack.transforms import paste_people
+
+    image, target = _image(), _target()
+    background = np.full((50, 100, 3), 7, np.uint8)  # half the size: resized to the image's
+    bg_people = np.array([[10, 5, 20, 25]], np.float32)
+    out, t = paste_people(image, target, background, bg_people, feather=0.0)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    inside = np.zeros((H, W), bool)
+    for x1, y1, x2, y2 in target["boxes_xyxy"].astype(int):
+        inside[y1:y2, x1:x2] = True
+    assert np.array_equal(out[inside], image[inside])
+    assert (out[~inside] == 7).all()
+    for key in ("boxes_xyxy", "box_index", "ids"):
+        assert np.array_equal(t[key], target[key])
+    # the background's person (x2 scale) joins the image's own ignore box
+    np.testing.assert_allclose(t["ignore_boxes_xyxy"], [[60, 0, 70, 10], [20, 10, 40, 50]])
+    # feathered: the box centre is the person's, the edge a blend, far away the background
+    soft, _ = paste_people(image, target, background, bg_people, feather=2.0)
+    assert np.array_equal(soft[50, 60], image[50, 60]) and (soft[95, 5] == 7).all()
+    assert not np.array_equal(soft[50, 40], image[50, 40]) and not (soft[50, 40] == 7).all()  # box 0's left edge
+
+
+def test_paste_people_relayout_moves_each_person_and_drops_the_hidden():
+    from kdtrack.transforms import paste_people
+
+    image = _image()
+    target = {"boxes_xyxy": np.array([[10, 10, 30, 50], [100, 20, 130, 80]], np.float32),
+              "box_index": np.array([3, 8]), "ids": np.array([5, 6]),
+              "ignore_boxes_xyxy": np.array([[60, 0, 70, 10]], np.float32)}
+    background = np.zeros((H, W, 3), np.uint8)
+    moved = 0
+    for seed in range(20):
+        out, t = paste_people(image, target, background, np.zeros((0, 4)), feather=0.0,
+                              rng=np.random.default_rng(seed))
+        assert t["ignore_boxes_xyxy"].shape == (0, 4)  # the image's own ignore boxes stay behind
+        for box, row in zip(t["boxes_xyxy"].astype(int), t["box_index"]):
+            src = target["boxes_xyxy"][list(target["box_index"]).index(row)].astype(int)
+            assert (box[2] - box[0], box[3] - box[1]) == (src[2] - src[0], src[3] - src[1])
+            moved += not np.array_equal(box, src)
+    assert moved > 30
+    # one person: its pixels land exactly in its new box, the rest is the background
+    lone = {k: v[:1] for k, v in target.items() if k != "ignore_boxes_xyxy"}
+    out, t = paste_people(image, lone, background, np.zeros((0, 4)), feather=0.0, rng=np.random.default_rng(1))
+    x1, y1, x2, y2 = t["boxes_xyxy"][0].astype(int)
+    assert np.array_equal(out[y1:y2, x1:x2], image[10:50, 10:30])
+    assert out.astype(int).sum() == image[10:50, 10:30].astype(int).sum()
+    # a person pasted under another one that covers it is dropped with its fields
+    twins = {"boxes_xyxy": np.array([[10, 10, 30, 50], [10, 10, 30, 50]], np.float32),
+             "box_index": np.array([0, 1]), "ids": np.array([1, 2])}
+    dropped = 0
+    for seed in range(200):
+        _, t = paste_people(image, twins, background, np.zeros((0, 4)), feather=0.0, rng=np.random.default_rng(seed))
+        dropped += len(t["ids"]) < 2
+        assert len(t["ids"]) == len(t["box_index"]) == len(t["boxes_xyxy"]) >= 1
+    assert dropped > 0
