@@ -359,7 +359,9 @@ def paste_people(
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
     scale = np.array([w / bw, h / bh, w / bw, h / bh], np.float32)
     bg_people = np.asarray(background_boxes, np.float32).reshape(-1, 4) * scale
-    ignore = t["ignore_boxes_xyxy"] if rng is None else t["ignore_boxes_xyxy"][:0]  # moved people leave their ignore boxes
+    # the image's own ignore regions are not pasted: in place they still cover the same pixels (harmless), moved
+    # people leave them behind
+    ignore = t["ignore_boxes_xyxy"] if rng is None else t["ignore_boxes_xyxy"][:0]
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), {
         "boxes_xyxy": boxes[keep], "box_index": t["box_index"][keep], "ids": t["ids"][keep],
         "ignore_boxes_xyxy": np.concatenate([ignore, bg_people]),
