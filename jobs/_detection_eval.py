@@ -20,7 +20,6 @@ from typing import Any, Sequence
 import torch
 
 from kdtrack.data import read_image_rgb
-from kdtrack.io import atomic_write_json
 
 DATASET = "detection"
 MIN_SCORE = 0.05  # detections below this are not decoded; AP is the area above it
@@ -40,7 +39,7 @@ def run_detection(
     experiment: str | None = None,
 ) -> dict[str, Any]:
     """Detect, score, print, write ``out`` and log to MLflow; returns the record written."""
-    from jobs._mlflow_eval import _jsonable, log_evaluation_to_mlflow
+    from jobs._mlflow_eval import write_and_log_record
     from kdtrack.engine import select_device
     from kdtrack.formats.crowdhuman import read_crowdhuman
     from kdtrack.inference import Detector, load_student
@@ -80,17 +79,11 @@ def run_detection(
         "settings": {"checkpoint": str(checkpoint), "data_root": str(data_root), "iou_threshold": iou_threshold,
                      "min_score": MIN_SCORE, "device": str(device), "seconds": seconds},
     }
-    if out:
-        atomic_write_json(out, _jsonable(record))
-    if mlflow_uri:
-        flat = {"ap": first["ap"], **{f"{k}/score{t}": m[k] for t, m in per_threshold.items()
-                                      for k in ("recall", "precision")}}
-        logged = log_evaluation_to_mlflow(flat, dataset=DATASET, tracking_uri=mlflow_uri,
-                                          experiment=experiment or cfg.mlflow.experiment, run_id=run_id,
-                                          checkpoint=str(checkpoint), result_files=[out] if out else ())
-        record["mlflow_run_id"] = logged
-        print(f"logged to MLflow run {logged} ({mlflow_uri})")
-    return record
+    flat = {"ap": first["ap"], **{f"{k}/score{t}": m[k] for t, m in per_threshold.items()
+                                  for k in ("recall", "precision")}}
+    return write_and_log_record(record, flat, dataset=DATASET, out=out, tracking_uri=mlflow_uri,
+                                experiment=experiment or cfg.mlflow.experiment, run_id=run_id,
+                                checkpoint=str(checkpoint))
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:

@@ -30,7 +30,6 @@ import torch
 from kdtrack.checkpoint import load_checkpoint
 from kdtrack.data import read_image_rgb
 from kdtrack.formats.market1501 import DISTRACTOR_PID, ReidCrop, read_market1501
-from kdtrack.io import atomic_write_json
 from kdtrack.metrics.market1501 import evaluate_market1501_crops
 from kdtrack.reid_data import market_root
 
@@ -102,7 +101,7 @@ def run_market1501(
     """Embed, score, print, write ``out`` (JSON) and log to MLflow (``run_id``: into that run, e.g. the
     training run; else a new evaluation run). ``batch_size`` defaults to ``teacher.eval_batch_size`` of
     the checkpoint's config. Returns the record written to ``out``."""
-    from jobs._mlflow_eval import _jsonable, log_evaluation_to_mlflow
+    from jobs._mlflow_eval import write_and_log_record
     from kdtrack.inference import load_student, load_teacher
     from kdtrack.reid_probe import colour_histogram_features, student_embedder
 
@@ -150,13 +149,8 @@ def run_market1501(
         "settings": {"checkpoint": str(checkpoint), "data_root": str(root), "embedders": list(embedders),
                      "batch_size": batch_size, "device": str(device), "seconds": seconds},
     }
-    if out:
-        atomic_write_json(out, _jsonable(record))  # nan (no query with a positive) -> null
-    if mlflow_uri:
-        flat = {f"{emb}/{metric}": value for emb, row in results.items() for metric, value in row.items()}
-        logged = log_evaluation_to_mlflow(flat, dataset=DATASET, tracking_uri=mlflow_uri,
-                                          experiment=experiment or cfg.mlflow.experiment, run_id=run_id,
-                                          checkpoint=str(checkpoint), result_files=[out] if out else ())
-        record["mlflow_run_id"] = logged
-        print(f"logged to MLflow run {logged} ({mlflow_uri})")
-    return record
+    flat = {f"{emb}/{metric}": value for emb, row in results.items() for metric, value in row.items()}
+    # nan (no query with a positive) -> null in the JSON
+    return write_and_log_record(record, flat, dataset=DATASET, out=out, tracking_uri=mlflow_uri,
+                                experiment=experiment or cfg.mlflow.experiment, run_id=run_id,
+                                checkpoint=str(checkpoint))

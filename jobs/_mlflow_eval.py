@@ -145,3 +145,20 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def write_and_log_record(record: dict[str, Any], flat_metrics: Mapping[str, Any], *, dataset: str,
+                         out: str | Path | None, tracking_uri: str | None, experiment: str, run_id: str | None,
+                         checkpoint: str) -> dict[str, Any]:
+    """An in-process evaluation's ending: ``record`` written to ``out`` atomically (nan -> null), then
+    ``flat_metrics`` logged under ``dataset`` into ``run_id`` (or a new run) when a tracking URI is given;
+    the run id joins ``record`` as ``mlflow_run_id``."""
+    if out:
+        atomic_write_json(out, _jsonable(record))
+    if tracking_uri:
+        logged = log_evaluation_to_mlflow(flat_metrics, dataset=dataset, tracking_uri=tracking_uri,
+                                          experiment=experiment, run_id=run_id, checkpoint=checkpoint,
+                                          result_files=[out] if out else ())
+        record["mlflow_run_id"] = logged
+        print(f"logged to MLflow run {logged} ({tracking_uri})")
+    return record
