@@ -254,3 +254,7 @@ def test_background_swap_pastes_the_people_onto_another_image(tmp_path):
     # no partner (or probability 0): the draws and pixels are those of before
     again = training_sample(first, cfg_on, np.random.default_rng(0), views=2)
     assert np.array_equal(again["image"], plain["image"])
+    # an unreadable partner image fails the sample naming the partner's file (the stream counts it as bad)
+    (root / "crowdhuman" / "Images" / "img2.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(OSError, match="img2.jpg: cannot read image"):
+        training_sample(first, cfg_on, np.random.default_rng(0), views=2, partners=[second])
