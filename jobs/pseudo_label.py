@@ -9,9 +9,10 @@
    stage-1 student over every ``pseudo.frame_stride``-th frame of each clip, decoded by seeking with
    OpenCV. Each finished clip comes back to this driver, which writes ``L/parts/<video>.npz``
    atomically: a rerun over the same ``--out`` skips finished clips (resume).
-2. **Clustering**: one Ray Data row per video, ``map`` -> scikit-learn DBSCAN of that video's
-   embeddings, in parallel (``pseudo.cluster_cpus`` each). Cheap, so it is redone on every run:
-   changing ``pseudo.eps`` re-clusters without re-running the network.
+2. **Clustering**: scikit-learn DBSCAN of each video's embeddings, in parallel Ray tasks over
+   cost-balanced chunks of videos (``pseudo.cluster_cpus`` each; ``pseudo.cluster_engine=ray_data``:
+   one Ray Data row per video). Cheap, so it is redone on every run: changing ``pseudo.eps``
+   re-clusters without re-running the network.
 3. Pseudo ids made unique across videos (sorted video order), then written atomically:
    ``L/labels.parquet`` (video, frame, x1, y1, x2, y2, score, pseudo_id; -1 = outlier),
    ``L/videos.parquet`` (per video: boxes, clusters, outliers, valid trajectories, kept, status)
@@ -25,6 +26,7 @@ skipped, never fatal; the job exits 1 only when no clip could be clustered.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -34,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jobs._ray import ensure_ray, run_actor_pool
+from jobs._ray import ensure_ray, map_tasks, run_actor_pool
 from jobs._cli import InputError, run_cli
 from jobs.evaluate import InferenceWorker, ModelHandle, _Progress, checkpoint_entry, read_checkpoint
 from kdtrack.config import Config, apply_overrides, config_to_dict, flatten_config, load_config
@@ -58,7 +60,8 @@ SPLIT_CSV = {"train": "train.csv", "val": "validate.csv", "validate": "validate.
 STATUS_OK, STATUS_NO_DETECTIONS = "ok", "no_detections"
 # what a part was computed with: a resumed run must not mix parts of another network or frame sampling
 INFERENCE_FIELDS = ("frame_stride", "max_frames", "score_threshold")
-CLUSTER_BLOCKS_PER_TASK = 4  # Ray Data blocks of videos per concurrent clustering task
+CLUSTER_BLOCKS_PER_TASK = 4  # cluster_engine=ray_data: blocks of videos per concurrent clustering task
+CLUSTER_CHUNKS_PER_SLOT = 2  # cluster_engine=tasks: cost-balanced chunks of videos per concurrent task
 
 
 class PseudoLabelFailed(RuntimeError):
@@ -170,7 +173,7 @@ def run_inference(clips: Sequence[tuple[str, str]], out: Path, handle: ModelHand
     return bad
 
 
-# --------------------------------------------------------------------------- clustering (Ray Data)
+# --------------------------------------------------------------------------- clustering (Ray tasks or Ray Data)
 
 
 def _cluster_row(row: dict[str, Any], *, eps: float, min_samples: int, metric: str) -> dict[str, Any]:
@@ -179,23 +182,51 @@ def _cluster_row(row: dict[str, Any], *, eps: float, min_samples: int, metric: s
     return {"video": row["video"], "labels": labels.astype(np.int64).tobytes()}
 
 
+def _cluster_chunk(embeddings: Sequence[np.ndarray], *, eps: float, min_samples: int,
+                   metric: str) -> list[np.ndarray]:
+    return [dbscan_labels(e, eps=eps, min_samples=min_samples, metric=metric) for e in embeddings]
+
+
+def balanced_chunks(costs: Sequence[float], num_chunks: int) -> list[list[int]]:
+    """Indices of ``costs`` split into at most ``num_chunks`` non-empty chunks of near-equal total cost
+    (longest first, each to the lightest chunk), heaviest chunk first."""
+    num_chunks = max(1, min(int(num_chunks), len(costs)))
+    chunks: list[list[int]] = [[] for _ in range(num_chunks)]
+    totals = [0.0] * num_chunks
+    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):
+        lightest = min(range(num_chunks), key=totals.__getitem__)
+        chunks[lightest].append(i)
+        totals[lightest] += float(costs[i])
+    order = sorted(range(num_chunks), key=lambda c: -totals[c])
+    return [chunks[c] for c in order if chunks[c]]
+
+
 def cluster_videos(videos: Sequence[VideoDetections], cfg: Config, *, use_ray: bool = True) -> dict[str, np.ndarray]:
-    """``{video: (N,) local DBSCAN labels}``: one Ray Data row per video, clustered in parallel
-    (``pseudo.cluster_cpus`` per task); in-process without ``use_ray``. Same partitions either way."""
+    """``{video: (N,) local DBSCAN labels}``, clustered in parallel (``pseudo.cluster_cpus`` per task) by
+    ``pseudo.cluster_engine``; in-process without ``use_ray``. Same partitions every way."""
     p = cfg.pseudo
     kwargs = {"eps": p.eps, "min_samples": p.min_samples, "metric": p.metric}
+    if not use_ray or not videos:
+        return {v.video: _cluster_chunk([v.embeddings], **kwargs)[0] for v in videos}
+    ray = ensure_ray()
+    slots = max(1.0, ray.cluster_resources().get("CPU", 1.0) / max(p.cluster_cpus, 1e-3))
+    if p.cluster_engine == "tasks":
+        # DBSCAN's brute-force neighbour search costs ~N^2 per video: a few cost-balanced chunks per slot
+        # keep every core busy to the end while the per-task overhead stays far below the clustering
+        # (bench/pseudo_label.py measures this beside Ray Data and a loop)
+        chunks = balanced_chunks([len(v) * max(len(v), 64) for v in videos], int(CLUSTER_CHUNKS_PER_SLOT * slots))
+        results = map_tasks(functools.partial(_cluster_chunk, **kwargs),
+                            [([videos[i].embeddings for i in chunk],) for chunk in chunks],
+                            num_cpus=p.cluster_cpus)
+        return {videos[i].video: labels for chunk, out in zip(chunks, results) for i, labels in zip(chunk, out)}
+    import ray.data
+
     # embeddings travel as raw bytes: an Arrow binary column costs nothing to build, where nested
     # float lists / tensor columns made the driver-side conversion slower than the clustering itself
     rows = [{"video": v.video, "n": len(v), "k": int(v.embeddings.shape[1]),
              "embeddings": np.ascontiguousarray(v.embeddings, np.float32).tobytes()} for v in videos]
-    if not use_ray or not rows:
-        return {row["video"]: np.frombuffer(_cluster_row(row, **kwargs)["labels"], np.int64) for row in rows}
-    ray = ensure_ray()
-    import ray.data
-
     # a few blocks per concurrent task: one block per video made Ray Data's per-task overhead cost more
     # than the clustering (bench/pseudo_label.py: 200 blocks 0.6x a single core, 8 blocks 1.9x on 2 CPUs)
-    slots = max(1.0, ray.cluster_resources().get("CPU", 1.0) / max(p.cluster_cpus, 1e-3))
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), int(CLUSTER_BLOCKS_PER_TASK * slots))))
     labelled = ds.map(_cluster_row, fn_kwargs=kwargs, num_cpus=p.cluster_cpus)
     return {row["video"]: np.frombuffer(row["labels"], np.int64).copy() for row in labelled.iter_rows()}

@@ -341,7 +341,8 @@ class PseudoLabelConfig:
     num_actors: int = 0  # inference actors; 0 = auto (one per free GPU, else free CPUs / cpus_per_actor)
     cpus_per_actor: float = 1.0  # Ray CPUs per inference actor (fractions on a 2-core machine)
     gpus_per_actor: float = -1.0  # -1 = one GPU per actor when the cluster has free GPUs, else CPU
-    cluster_cpus: float = 0.5  # Ray CPUs per per-video DBSCAN task
+    cluster_cpus: float = 0.5  # Ray CPUs per DBSCAN task
+    cluster_engine: Literal["tasks", "ray_data"] = "tasks"  # tasks: cost-balanced chunks of videos as plain Ray tasks; ray_data: one Ray Data row per video (slower on 2 cores: bench/pseudo_label.py)
     truth_iou: float = 0.5  # quality against hidden truth: a detection matches a true box at IoU >= this
 
 

@@ -42,10 +42,12 @@ def _synthetic_videos(rng: np.random.Generator, n_videos: int = 5, k: int = 16) 
     return videos
 
 
-def test_ray_data_clustering_matches_sklearn_per_video(ray_session) -> None:
+@pytest.mark.parametrize("engine", ["tasks", "ray_data"])
+def test_ray_clustering_matches_sklearn_per_video(ray_session, engine: str) -> None:
     rng = np.random.default_rng(0)
     videos = _synthetic_videos(rng)
-    cfg = load_config("tiny", ["pseudo.eps=0.1", "pseudo.min_samples=3", "pseudo.cluster_cpus=0.5"])
+    cfg = load_config("tiny", ["pseudo.eps=0.1", "pseudo.min_samples=3", "pseudo.cluster_cpus=0.5",
+                               f"pseudo.cluster_engine={engine}"])
     local = pseudo_label.cluster_videos(videos, cfg, use_ray=True)
     assert sorted(local) == sorted(v.video for v in videos)
     for v in videos:
@@ -61,6 +63,14 @@ def test_ray_data_clustering_matches_sklearn_per_video(ray_session) -> None:
         assert ((ids[v.video] < 0) == (local[v.video] < 0)).all()
     assert seen == set(range(len(seen)))  # dense numbering
     assert pseudo_label.cluster_videos(videos, cfg, use_ray=False).keys() == local.keys()
+
+
+def test_balanced_chunks_hand_example() -> None:
+    # by hand: 9 -> A, 7 -> B, 5 -> C, 4 -> C (lightest, 5), 1 -> B (lightest, 7): A=9, C=9, B=8
+    chunks = pseudo_label.balanced_chunks([4, 9, 5, 7, 1], 3)
+    assert chunks == [[1], [2, 0], [3, 4]]  # totals 9, 9, 8: heaviest chunk first, every index once
+    assert pseudo_label.balanced_chunks([3, 1], 5) == [[0], [1]]  # never an empty chunk
+    assert pseudo_label.balanced_chunks([], 4) == []
 
 
 def test_global_ids_hand_example() -> None:
