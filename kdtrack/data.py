@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -171,12 +171,24 @@ def _view(image: np.ndarray, target: dict[str, np.ndarray], rng: np.random.Gener
           cfg: Config, partners: Sequence[ImageRecord]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One augmented view; then, with probability ``data.background_swap``, its people on another
     image (drawn after the augmentation, so that without a swap the draws are those of before)."""
-    view = augment(image, target, rng)
-    swap = cfg.data.background_swap
-    if swap > 0 and partners and rng.random() < swap:
+
+    def draw_partner(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         partner = partners[int(rng.integers(len(partners)))]
         background = read_image_rgb(partner.image_path, (partner.width, partner.height))
-        people = np.concatenate([partner.boxes_xyxy.reshape(-1, 4), partner.ignore_boxes_xyxy.reshape(-1, 4)])
+        return background, np.concatenate([partner.boxes_xyxy.reshape(-1, 4), partner.ignore_boxes_xyxy.reshape(-1, 4)])
+
+    return swap_background(augment(image, target, rng), rng, cfg, draw_partner if partners else None)
+
+
+def swap_background(view: tuple[np.ndarray, dict[str, np.ndarray]], rng: np.random.Generator, cfg: Config,
+                    draw_partner: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]] | None,
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """With probability ``data.background_swap``, a view's people pasted onto the image that
+    ``draw_partner(rng)`` returns with the boxes of its own people (``paste_people``; moved to random
+    places with ``data.background_relayout``). Image samples and video frame pairs share this."""
+    swap = cfg.data.background_swap
+    if swap > 0 and draw_partner is not None and rng.random() < swap:
+        background, people = draw_partner(rng)
         view = paste_people(*view, background, people, rng=rng if cfg.data.background_relayout else None)
     return view
 

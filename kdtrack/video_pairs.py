@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from kdtrack.config import Config, ConfigError
-from kdtrack.data import EpochSeededDataset, build_augment, encode_view
+from kdtrack.data import EpochSeededDataset, build_augment, encode_view, swap_background
 from kdtrack.formats.video import read_video_frames
 from kdtrack.transforms import BoxAugment
 
@@ -86,21 +86,36 @@ def read_clip_labels(labels_path: str | Path, data_root: str | Path) -> list[Cli
 
 
 def video_pair_sample(clip: ClipLabels, cfg: Config, rng: np.random.Generator, *,
-                      augment: BoxAugment | None = None) -> dict[str, np.ndarray]:
-    """Two frames of ``clip`` as the two views (keys and shapes of a two-view ``training_sample``)."""
+                      augment: BoxAugment | None = None, partners: Sequence[ClipLabels] = ()) -> dict[str, np.ndarray]:
+    """Two frames of ``clip`` as the two views (keys and shapes of a two-view ``training_sample``).
+
+    With ``data.background_swap`` > 0 and ``partners`` given, each view (or the second alone, with
+    ``data.background_swap_views: last``) has, with that probability, its people pasted onto a
+    labelled frame of a clip drawn from ``partners`` (``kdtrack.data.swap_background``): two frames
+    of one clip share their scene and often the neighbours around a person, the shortcut the swap
+    takes away in stage 1."""
     augment = augment or build_augment(cfg)
     frame_a, frame_b = clip.pair(rng, cfg.data.pair_sampling)
     images = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in read_video_frames(clip.path, [frame_a - 1, frame_b - 1])]
     view_rngs = rng.spawn(2)
     sides = cfg.data.multiscale_short_sides
     short_side = int(sides[int(rng.integers(len(sides)))]) if sides else None
+    swappable = range(2) if cfg.data.background_swap_views == "all" else range(1, 2)
+
+    def draw_partner(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        partner = partners[int(rng.integers(len(partners)))]
+        frame = int(rng.choice(partner.frames))
+        background = cv2.cvtColor(read_video_frames(partner.path, [frame - 1])[0], cv2.COLOR_BGR2RGB)
+        return background, partner.boxes[frame]  # its people (outliers too) become ignore regions
+
     per_view = []
-    for image, frame, view_rng in zip(images, (frame_a, frame_b), view_rngs):
+    for v, (image, frame, view_rng) in enumerate(zip(images, (frame_a, frame_b), view_rngs)):
         boxes, ids = clip.boxes[frame], clip.ids[frame]
         target = {"boxes_xyxy": boxes, "box_index": np.arange(len(boxes), dtype=np.int64), "ids": ids,
                   "ignore_boxes_xyxy": np.zeros((0, 4), np.float32)}
-        per_view.append(encode_view(*augment(image, target, view_rng), f"{clip.path}#frame={frame}", cfg, ids,
-                                    None, short_side))
+        view = swap_background(augment(image, target, view_rng), view_rng, cfg,
+                               draw_partner if partners and v in swappable else None)
+        per_view.append(encode_view(*view, f"{clip.path}#frame={frame}", cfg, ids, None, short_side))
     return {k: np.stack([v[k] for v in per_view]) for k in per_view[0]}
 
 
@@ -115,4 +130,4 @@ class VideoPairDataset(EpochSeededDataset):
         return self.items
 
     def sample(self, item: ClipLabels, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return video_pair_sample(item, self.cfg, rng, augment=self.augment)
+        return video_pair_sample(item, self.cfg, rng, augment=self.augment, partners=self.items)

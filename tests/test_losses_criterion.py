@@ -99,3 +99,32 @@ def test_from_config_uses_model_embedding_dim():
     cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, queue_size=8))
     crit = Criterion.from_config(cfg)
     assert crit.contrastive.queue.shape == (8, cfg.model.embedding_dim)
+
+
+def _two_view_batch():
+    """One sample, two views (view 0 first): the same two people, moved in view 1."""
+    view0 = np.array([[8, 8, 40, 60], [50, 4, 90, 56]], np.float32)
+    view1 = view0 + np.array([4, 2, 4, 2], np.float32)
+    ids = np.array([100, 101])
+    return collate_targets([encode_targets(b, ids, None, (H, W), max_objects=4) for b in (view0, view1)])
+
+
+def test_contrastive_detection_views_first_scores_view0_alone():
+    from kdtrack.losses.detection import DetectionLoss
+
+    targets = _two_view_batch()
+    cfg = LossConfig(id_mode="contrastive", queue_size=32, detection_views="first")
+    det_only = DetectionLoss(cfg.focal_alpha, cfg.focal_beta, cfg.heatmap_weight, cfg.size_weight,
+                             cfg.offset_weight, cfg.size_loss_scale)
+    outputs = _outputs(3)
+    view0 = det_only({k: v[:1] for k, v in outputs.items()}, {k: v[:1] for k, v in targets.items()})
+    both = det_only(outputs, targets)
+    terms = Criterion(cfg, embedding_dim=DIM)(outputs, targets)
+    assert terms["det"].item() == pytest.approx(view0["det"].item(), rel=1e-6)
+    assert abs(both["det"].item() - view0["det"].item()) > 1e-3  # view 1 really changes the detection terms
+    assert Criterion(dataclasses.replace(cfg, detection_views="all"), embedding_dim=DIM)(
+        outputs, targets)["det"].item() == pytest.approx(both["det"].item(), rel=1e-6)
+    terms["total"].backward()
+    assert outputs["heatmap"].grad[1].abs().sum().item() == 0.0  # no detection gradient from view 1
+    assert outputs["heatmap"].grad[0].abs().sum().item() > 0.0
+    assert outputs["embedding"].grad[1].abs().sum().item() > 0.0  # the identity loss still uses both views

@@ -65,6 +65,25 @@ def test_pair_samples_share_pseudo_ids_across_frames(tiny_world: Path, oracle_la
     assert batch["image"].shape[0] == 4
 
 
+def test_background_swap_pastes_the_second_frame_onto_another_clip(tiny_world: Path, oracle_labels: Path) -> None:
+    clips = read_clip_labels(oracle_labels, tiny_world)
+    plain = VideoPairDataset(clips, _video_cfg(tiny_world, oracle_labels))
+    swap = ["data.background_swap=1.0", "data.background_swap_views=last"]
+    in_place = VideoPairDataset(clips, _video_cfg(tiny_world, oracle_labels, *swap, "data.background_relayout=false"))
+    moved = VideoPairDataset(clips, _video_cfg(tiny_world, oracle_labels, *swap, "data.background_relayout=true"))
+    for i in range(min(len(clips), 3)):
+        a, b, c = plain[i], in_place[i], moved[i]
+        for key in ("image", "ids", "mask", "index"):
+            np.testing.assert_array_equal(a[key][0], b[key][0])  # view 0 stays the whole frame
+        np.testing.assert_array_equal(a["ids"][1], b["ids"][1])  # in place: the same people, the same keys
+        np.testing.assert_array_equal(a["index"][1], b["index"][1])
+        assert np.abs(a["image"][1] - b["image"][1]).mean() > 0.02  # another scene around them (pixels in [0, 1])
+        assert b["ignore"][1].sum() >= a["ignore"][1].sum()  # the partner frame's people are ignored
+        kept = set(c["ids"][1][c["mask"][1] > 0].tolist())
+        assert kept <= set(a["ids"][1][a["mask"][1] > 0].tolist())  # moved: a subset (the hidden are dropped)
+        assert not np.array_equal(a["index"][1][a["mask"][1] > 0], c["index"][1][c["mask"][1] > 0])
+
+
 def _changed(before: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str) -> bool:
     after = model.state_dict()
     return any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix)

@@ -72,13 +72,19 @@ class Criterion(nn.Module):
         ``outputs``: the student's dict; ``targets``: ``collate_targets`` output.
         KD reads the teacher embeddings from ``extra["teacher"]`` or
         ``targets["teacher"]`` ``(B, K, D)``, aligned with the target slots.
+        ``loss.detection_views: first`` (contrastive) takes the detection terms from view 0 alone.
         Contrastive: the batch must hold both views (``extra["views"]``, default
         2, all view-0 images first; the ``monitor/*`` collapse statistics are
         computed from them); ``extra["update_queue"]`` (default True) turns the
         queue update off (e.g. for validation); ``extra["key_embedding"]`` (the
         momentum key encoder's identity map of the batch) fills the queue.
         """
-        terms = dict(self.detection(outputs, targets))
+        if self.contrastive is not None and self.cfg.detection_views == "first":
+            total = int(outputs["heatmap"].shape[0])
+            rows = total // max(int(extra.get("views", 2)), 1)
+            terms = dict(self.detection(_leading_rows(outputs, rows, total), _leading_rows(targets, rows, total)))
+        else:
+            terms = dict(self.detection(outputs, targets))
         det = terms["det"]
         if self.kd is not None:
             teacher = extra.get("teacher", targets.get("teacher"))
@@ -108,3 +114,9 @@ class Criterion(nn.Module):
         else:
             terms["total"] = det
         return terms
+
+
+def _leading_rows(tensors: Mapping[str, Any], rows: int, total: int) -> dict[str, Any]:
+    """The first ``rows`` of every tensor batched over ``total`` images (view 0 of a two-view batch)."""
+    return {k: v[:rows] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == total else v
+            for k, v in tensors.items()}
