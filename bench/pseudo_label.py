@@ -9,8 +9,11 @@ boxes/s of each, the speed-ups, the parallel efficiencies (speed-up / CPUs), the
 process pool whose processes built the videos themselves (the machine's own ceiling: no Ray, no data
 moved) and the projected wall time of the paper's scale (1 M boxes in 45 k videos) on 16 cores from
 the measured per-box cost, with the assumptions. Every run must give the loop's partitions (checked).
+Each side is timed ``--repeats`` times after its warm-up: rates and efficiencies come from the median
+run, and the Ray engines' first timed run (on a store and workers that have not yet held data of this
+size) is printed beside it as ``*_first_run_*``.
 
-    python bench/pseudo_label.py [--videos 400] [--boxes 600] [--dim 256] [--cpus 2]
+    python bench/pseudo_label.py [--videos 400] [--boxes 600] [--dim 256] [--cpus 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -68,9 +72,20 @@ def _cluster_worker_chunk(chunk: list[int], eps: float, min_samples: int, metric
     return time.perf_counter() - start
 
 
-def process_pool_seconds(args: argparse.Namespace, chunks: list[list[int]], cfg) -> float:
+def timed_runs(fn, repeats: int) -> tuple[list[float], object]:
+    """Seconds of each of ``repeats`` calls of ``fn()``, and the last call's result."""
+    seconds, result = [], None
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        result = fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds, result
+
+
+def process_pool_seconds(args: argparse.Namespace, chunks: list[list[int]], cfg) -> list[float]:
     """The machine's own ceiling: the same chunks in ``--cpus`` plain processes that each built the
-    videos themselves (nothing crosses a process boundary but indices), after a warm-up round."""
+    videos themselves (nothing crosses a process boundary but indices), after a warm-up round; seconds of
+    each of ``--repeats`` runs."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -80,11 +95,12 @@ def process_pool_seconds(args: argparse.Namespace, chunks: list[list[int]], cfg)
                              initargs=(args.videos, args.boxes, args.dim)) as pool:
         for f in [pool.submit(_cluster_worker_chunk, c[:1], p.eps, p.min_samples, p.metric) for c in chunks]:
             f.result()  # warm: every process has imported scikit-learn and run DBSCAN once
-        start = time.perf_counter()
-        futures = [pool.submit(_cluster_worker_chunk, c, p.eps, p.min_samples, p.metric) for c in chunks]
-        for f in futures:
-            f.result()
-        return time.perf_counter() - start
+
+        def run() -> None:
+            for f in [pool.submit(_cluster_worker_chunk, c, p.eps, p.min_samples, p.metric) for c in chunks]:
+                f.result()
+
+        return timed_runs(run, args.repeats)[0]
 
 
 def main() -> None:
@@ -93,6 +109,7 @@ def main() -> None:
     ap.add_argument("--boxes", type=int, default=600, help="boxes per video")
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each side (median reported)")
     args = ap.parse_args()
     import ray
 
@@ -105,18 +122,18 @@ def main() -> None:
     # warm both sides alike: timed cold, the loop's first DBSCAN calls (imports, first allocations) made it look
     # slower (200 x 600: 55,779 boxes/s cold, 97,446 warm) and flattered every Ray speed-up (README)
     cluster_videos(videos[: min(len(videos), 4 * args.cpus)], cfg, use_ray=False)
-    start = time.perf_counter()
-    serial = cluster_videos(videos, cfg, use_ray=False)
-    serial_s = time.perf_counter() - start
+    serial_runs, serial = timed_runs(lambda: cluster_videos(videos, cfg, use_ray=False), args.repeats)
+    serial_s = statistics.median(serial_runs)
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    seconds, same = {}, {}
+    seconds, first, same = {}, {}, {}
     for engine in ("tasks", "ray_data"):
         engine_cfg = replace(cfg, pseudo=replace(cfg.pseudo, cluster_engine=engine))
         cluster_videos(videos[: min(len(videos), 4 * args.cpus)], engine_cfg, use_ray=True)  # warm: workers, imports
-        start = time.perf_counter()
-        distributed = cluster_videos(videos, engine_cfg, use_ray=True)
-        seconds[engine] = time.perf_counter() - start
+        # the first full-size run also maps fresh object-store pages and grows the workers' heaps: a once-per-
+        # session cost that made single timings swing (400 x 600: 0.57-0.90 first, 0.87-0.98 after, session 26)
+        runs, distributed = timed_runs(lambda: cluster_videos(videos, engine_cfg, use_ray=True), args.repeats)
+        seconds[engine], first[engine] = statistics.median(runs), runs[0]
         same[engine] = all(np.array_equal(serial[v.video], distributed[v.video]) for v in videos)
     # what the driver alone spends copying the tasks engine's arguments (every embedding, in the job's
     # chunks) into the object store: on 2 cores that copy takes CPU from the clustering tasks, so
@@ -128,17 +145,20 @@ def main() -> None:
         put_s = time.perf_counter() - start
         del refs
     ray.shutdown()
-    pool_s = process_pool_seconds(args, chunks, cfg)
+    pool_s = statistics.median(process_pool_seconds(args, chunks, cfg))
     ray_s = seconds["tasks"]
     speedup = serial_s / ray_s
     per_box_core_s = serial_s / total
     projected = PAPER_BOXES * per_box_core_s / (PAPER_CORES * min(1.0, speedup / args.cpus))
     print(json.dumps({
         "videos": args.videos, "boxes_per_video": args.boxes, "dim": args.dim, "cpus": args.cpus,
+        "repeats": args.repeats, "serial_seconds_each_run": [round(x, 3) for x in serial_runs],
         "serial_boxes_per_s": round(total / serial_s),
         **{f"{engine}_boxes_per_s": round(total / sec) for engine, sec in seconds.items()},
         **{f"{engine}_speedup": round(serial_s / sec, 2) for engine, sec in seconds.items()},
         **{f"{engine}_parallel_efficiency": round(serial_s / sec / args.cpus, 2) for engine, sec in seconds.items()},
+        **{f"{engine}_first_run_parallel_efficiency": round(serial_s / sec / args.cpus, 2)
+           for engine, sec in first.items()},
         "same_partitions": same,
         "driver_object_store_put_s": round(put_s, 3),
         "tasks_efficiency_bound_with_put": round(serial_s / (serial_s + put_s), 2),
