@@ -33,6 +33,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ from jobs import pseudo_label  # noqa: E402
 from kdtrack.checkpoint import save_checkpoint  # noqa: E402
 from kdtrack.config import Config, load_config  # noqa: E402
 from kdtrack.data import TrainingDataset, collate, load_records, read_image_rgb  # noqa: E402
-from kdtrack.engine import build_optimizer, build_scheduler, freeze_parts, train_step, trainable_parameters  # noqa: E402
+from kdtrack.engine import build_optimizer, build_scheduler, freeze_parts, train_one_epoch, trainable_parameters  # noqa: E402
 from kdtrack.formats.crowdhuman import read_crowdhuman  # noqa: E402
 from kdtrack.inference import Detector  # noqa: E402
 from kdtrack.losses import Criterion  # noqa: E402
@@ -118,7 +119,8 @@ def identity_batches(dataset: Any, batch_size: int, seed: int, epoch: int) -> li
 
 def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *, stage: str,
           probe: Callable[[], dict[str, Any]], probe_every: int, by_identity: bool = False) -> None:
-    """The stages' loop: ``train_step`` over shuffled batches (a new order and new draws every epoch);
+    """The stages' loop: :func:`kdtrack.engine.train_one_epoch` over shuffled batches (a new order and new
+    draws every epoch), a JSON line every 50 iterations and ``probe()`` every ``probe_every`` and at the end;
     ``by_identity``: :func:`identity_batches` instead."""
     freeze_parts(model, cfg.train.freeze)
     criterion = Criterion.from_config(cfg)
@@ -126,6 +128,16 @@ def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *,
     scheduler = build_scheduler(optimizer, cfg.train, iterations)
     keys = MomentumEncoder(model, cfg.loss.key_momentum) if cfg.loss.id_mode == "contrastive" else None
     bs, it, epoch, start = cfg.train.batch_size_per_worker, 0, 0, time.time()
+
+    def report(iteration: int, terms: dict[str, float]) -> None:
+        if iteration % 50 == 0:
+            print(json.dumps({"stage": stage, "it": iteration, "s": round(time.time() - start),
+                              **{k: round(v, 3) for k, v in terms.items()
+                                 if k in ("det", "id/contrastive", "monitor/cos_between", "monitor/xview_top1")}}),
+                  flush=True)
+        if (probe_every and iteration % probe_every == 0) or iteration == iterations:
+            print(json.dumps({"stage": stage, "it": iteration, **probe()}), flush=True)
+
     while it < iterations:
         dataset.set_epoch(epoch)
         if by_identity:
@@ -133,20 +145,13 @@ def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *,
         else:
             order = np.random.default_rng([cfg.train.seed, epoch]).permutation(len(dataset))
             batches = [order[s:s + bs] for s in range(0, len(order) - bs + 1, bs)]
-        for batch in batches:
-            terms = train_step(model, criterion, collate([dataset[int(i)] for i in batch]), optimizer,
-                               device="cpu", iteration=it, key_encoder=keys)
-            scheduler.step()
-            it += 1
-            if it % 50 == 0:
-                print(json.dumps({"stage": stage, "it": it, "s": round(time.time() - start),
-                                  **{k: round(v, 3) for k, v in terms.items()
-                                     if k in ("det", "id/contrastive", "monitor/cos_between", "monitor/xview_top1")}}),
-                      flush=True)
-            if (probe_every and it % probe_every == 0) or it == iterations:
-                print(json.dumps({"stage": stage, "it": it, **probe()}), flush=True)
-            if it >= iterations:
-                break
+        if not batches:
+            raise ValueError(f"{stage}: {len(dataset)} samples do not fill one batch of {bs}")
+        loader = (collate([dataset[int(i)] for i in batch]) for batch in batches)
+        it, _ = train_one_epoch(model, criterion, optimizer, loader, "cpu", epoch, scheduler=scheduler,
+                                start_iteration=it, max_iterations=iterations,
+                                log_every=math.gcd(50, probe_every) if probe_every else 50, log_fn=report,
+                                key_encoder=keys)
         epoch += 1
 
 
