@@ -308,15 +308,13 @@ def run_epoch(
     window_start = time.perf_counter()
     waited, images, steps = 0.0, 0, 0
     batches = iter(data_loader)
-    while True:
+    while not (max_iterations > 0 and iteration >= max_iterations):  # never fetch (decode) a batch past the budget
         fetch_start = time.perf_counter()
         try:
             batch = next(batches)
         except StopIteration:
             break
         waited += time.perf_counter() - fetch_start
-        if max_iterations > 0 and iteration >= max_iterations:
-            break
         terms = step(batch, iteration)
         iteration += 1
         images += batch_images(batch)
@@ -330,8 +328,6 @@ def run_epoch(
                     "perf/seconds_per_iteration": elapsed / steps}
             log_fn(iteration, {**terms, **perf, "epoch": float(epoch)})
             window_start, waited, images, steps = time.perf_counter(), 0.0, 0, 0
-        if last:
-            break  # without fetching (decoding, augmenting) one more batch
     return iteration, terms
 
 

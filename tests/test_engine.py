@@ -203,3 +203,25 @@ def test_run_epoch_reports_throughput_and_data_wait():
     assert terms["perf/seconds_per_iteration"] >= 0.045
     line = perf_suffix(2, 10, {"perf/images_per_s": 12.0, "perf/data_wait": 0.25, "perf/seconds_per_iteration": 450.0})
     assert line == " | 12.0 img/s, data wait 25%, ETA 1:00:00"
+
+
+def test_run_epoch_stops_at_the_budget_without_fetching_another_batch():
+    """At ``max_iterations`` the loop ends before asking the loader for a batch it would not train on (a
+    wasted decode, or a wait on a stream that has nothing more to give), also when an epoch starts with the
+    budget already spent (a resume at the last iteration)."""
+    from kdtrack.engine import run_epoch
+
+    fetched = []
+
+    def loader():
+        for i in range(10):
+            fetched.append(i)
+            yield {"image": torch.zeros(2, 3, 4, 4)}
+
+    steps = []
+    iteration, _ = run_epoch(lambda batch, it: steps.append(it) or {"total": 1.0}, loader(), 0,
+                             start_iteration=5, max_iterations=8)
+    assert iteration == 8 and steps == [5, 6, 7] and fetched == [0, 1, 2]
+    fetched.clear()
+    assert run_epoch(lambda batch, it: {"total": 1.0}, loader(), 1, start_iteration=8, max_iterations=8)[0] == 8
+    assert fetched == []  # a budget already spent fetches nothing
