@@ -48,8 +48,8 @@ import kdtrack.transforms as transforms  # noqa: E402
 from jobs import pseudo_label  # noqa: E402
 from kdtrack.checkpoint import save_checkpoint  # noqa: E402
 from kdtrack.config import Config, load_config  # noqa: E402
-from kdtrack.data import TrainingDataset, collate, load_records, read_image_rgb  # noqa: E402
-from kdtrack.engine import build_optimizer, build_scheduler, freeze_parts, train_one_epoch, trainable_parameters  # noqa: E402
+from kdtrack.data import TrainingDataset, load_records, read_image_rgb  # noqa: E402
+from kdtrack.engine import build_optimizer, build_scheduler, freeze_parts, train_in_process, trainable_parameters  # noqa: E402
 from kdtrack.formats.crowdhuman import read_crowdhuman  # noqa: E402
 from kdtrack.inference import Detector  # noqa: E402
 from kdtrack.losses import Criterion  # noqa: E402
@@ -119,7 +119,7 @@ def identity_batches(dataset: Any, batch_size: int, seed: int, epoch: int) -> li
 
 def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *, stage: str,
           probe: Callable[[], dict[str, Any]], probe_every: int, by_identity: bool = False) -> None:
-    """The stages' loop: :func:`kdtrack.engine.train_one_epoch` over shuffled batches (a new order and new
+    """The stages' loop: :func:`kdtrack.engine.train_in_process` over shuffled batches (a new order and new
     draws every epoch), a JSON line every 50 iterations and ``probe()`` every ``probe_every`` and at the end;
     ``by_identity``: :func:`identity_batches` instead."""
     freeze_parts(model, cfg.train.freeze)
@@ -127,7 +127,7 @@ def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *,
     optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, iterations)
     keys = MomentumEncoder(model, cfg.loss.key_momentum) if cfg.loss.id_mode == "contrastive" else None
-    bs, it, epoch, start = cfg.train.batch_size_per_worker, 0, 0, time.time()
+    bs, start = cfg.train.batch_size_per_worker, time.time()
 
     def report(iteration: int, terms: dict[str, float]) -> None:
         if iteration % 50 == 0:
@@ -138,21 +138,10 @@ def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *,
         if (probe_every and iteration % probe_every == 0) or iteration == iterations:
             print(json.dumps({"stage": stage, "it": iteration, **probe()}), flush=True)
 
-    while it < iterations:
-        dataset.set_epoch(epoch)
-        if by_identity:
-            batches = identity_batches(dataset, bs, cfg.train.seed, epoch)
-        else:
-            order = np.random.default_rng([cfg.train.seed, epoch]).permutation(len(dataset))
-            batches = [order[s:s + bs] for s in range(0, len(order) - bs + 1, bs)]
-        if not batches:
-            raise ValueError(f"{stage}: {len(dataset)} samples do not fill one batch of {bs}")
-        loader = (collate([dataset[int(i)] for i in batch]) for batch in batches)
-        it, _ = train_one_epoch(model, criterion, optimizer, loader, "cpu", epoch, scheduler=scheduler,
-                                start_iteration=it, max_iterations=iterations,
-                                log_every=math.gcd(50, probe_every) if probe_every else 50, log_fn=report,
-                                key_encoder=keys)
-        epoch += 1
+    train_in_process(model, criterion, optimizer, dataset, iterations, batch_size=bs, seed=cfg.train.seed,
+                     scheduler=scheduler, key_encoder=keys, log_fn=report,
+                     log_every=math.gcd(50, probe_every) if probe_every else 50,
+                     epoch_batches=(lambda e: identity_batches(dataset, bs, cfg.train.seed, e)) if by_identity else None)
 
 
 def use_group_norm(groups: int = 8, set_attr: Callable[[Any, str, Any], None] = setattr) -> None:

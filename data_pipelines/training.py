@@ -38,6 +38,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from data_pipelines.loop_throttle import throttle_scheduling_loop
 from kdtrack.config import Config
+from kdtrack.data import epoch_order  # noqa: F401  (re-exported: the stream's item order)
 from kdtrack.letterbox import Uint8Canvas
 
 SAMPLE_COLUMN = "sample"
@@ -83,11 +84,6 @@ class StreamPlan:
             within = positions[sel] - epoch * self.rows_per_epoch
             items[sel] = epoch_order(self.num_items, self.seed, int(epoch))[within] if self.shuffle else within
         return {"position": positions, "epoch": epochs, "item": items}
-
-
-def epoch_order(num_items: int, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled item order of one epoch (the same on every node and rerun)."""
-    return np.random.default_rng([seed, epoch]).permutation(num_items)
 
 
 def plan_stream(num_items: int, cfg: Config, *, rows_per_batch: int | None = None, shuffle: bool = True) -> StreamPlan:

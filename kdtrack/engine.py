@@ -10,7 +10,7 @@ every loss term, before any weight is touched.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -274,6 +274,45 @@ def train_one_epoch(
 
     return run_epoch(step, data_loader, epoch, scheduler=scheduler, start_iteration=start_iteration,
                      max_iterations=max_iterations, log_every=log_every, log_fn=log_fn)
+
+
+def train_in_process(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: Any,
+    iterations: int,
+    *,
+    batch_size: int,
+    seed: int,
+    scheduler: Any | None = None,
+    key_encoder: nn.Module | None = None,
+    log_every: int = 10,
+    log_fn: LogFn | None = None,
+    epoch_batches: Callable[[int], Sequence[Sequence[int]]] | None = None,
+) -> int:
+    """Single-process training on CPU without a DataLoader, for benches and tests: each epoch
+    ``dataset.set_epoch(e)``, then :func:`kdtrack.data.epoch_order` cut to whole batches (or the item
+    indices ``epoch_batches(e)`` gives), collated, through :func:`train_one_epoch` until ``iterations``.
+    Returns the iteration reached."""
+    from kdtrack.data import collate, epoch_order
+
+    it, epoch = 0, 0
+    while it < iterations:
+        dataset.set_epoch(epoch)
+        if epoch_batches is not None:
+            batches = list(epoch_batches(epoch))
+        else:
+            order = epoch_order(len(dataset), seed, epoch)
+            batches = [order[s:s + batch_size] for s in range(0, len(order) - batch_size + 1, batch_size)]
+        if not batches:
+            raise ValueError(f"{len(dataset)} samples do not fill one batch of {batch_size}")
+        loader = (collate([dataset[int(i)] for i in batch]) for batch in batches)
+        it, _ = train_one_epoch(model, criterion, optimizer, loader, "cpu", epoch, scheduler=scheduler,
+                                start_iteration=it, max_iterations=iterations, log_every=log_every,
+                                log_fn=log_fn, key_encoder=key_encoder)
+        epoch += 1
+    return it
 
 
 def batch_images(batch: Any) -> int:

@@ -225,3 +225,18 @@ def test_run_epoch_stops_at_the_budget_without_fetching_another_batch():
     fetched.clear()
     assert run_epoch(lambda batch, it: {"total": 1.0}, loader(), 1, start_iteration=8, max_iterations=8)[0] == 8
     assert fetched == []  # a budget already spent fetches nothing
+
+
+def test_train_in_process_refuses_a_dataset_that_fills_no_batch():
+    """Fewer samples than one batch is an error naming both, not an endless loop of empty epochs."""
+    from kdtrack.engine import train_in_process
+
+    class ThreeSamples:
+        def __len__(self):
+            return 3
+
+        def set_epoch(self, epoch):
+            pass
+
+    with pytest.raises(ValueError, match="3 samples do not fill one batch of 4"):
+        train_in_process(None, None, None, ThreeSamples(), 10, batch_size=4, seed=0)

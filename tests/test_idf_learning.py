@@ -27,7 +27,7 @@ import torch
 
 from kdtrack.config import SynthConfig, load_config
 from kdtrack.data import TrainingDataset, collate, load_records
-from kdtrack.engine import build_optimizer, build_scheduler, train_one_epoch
+from kdtrack.engine import build_optimizer, build_scheduler, train_in_process
 from kdtrack.formats import read_crowdhuman
 from kdtrack.losses import Criterion
 from kdtrack.losses.collapse import collapse_stats
@@ -42,19 +42,6 @@ SMALL = ["model.input_width=160", "model.input_height=96", "model.width=16", "mo
 ITERATIONS = 60
 
 
-def _fit(model, criterion, optimizer, keys, dataset, iterations, batch_size, seed, scheduler=None):
-    """The engine's epoch loop over shuffled batches, a new order and new augmentation draws every epoch."""
-    it, epoch = 0, 0
-    while it < iterations:
-        dataset.set_epoch(epoch)
-        order = np.random.default_rng([seed, epoch]).permutation(len(dataset))
-        batches = (collate([dataset[int(i)] for i in order[s:s + batch_size]])
-                   for s in range(0, len(order) - batch_size + 1, batch_size))
-        it, _ = train_one_epoch(model, criterion, optimizer, batches, "cpu", epoch, scheduler=scheduler,
-                                start_iteration=it, max_iterations=iterations, key_encoder=keys)
-        epoch += 1
-
-
 def _train_and_probe(world, overrides):
     cfg = load_config("tiny", SMALL + [f"data.root={world}"] + overrides)
     records, _ = read_crowdhuman(world / "crowdhuman" / "annotation_train.odgt", world / "crowdhuman" / "Images")
@@ -65,7 +52,8 @@ def _train_and_probe(world, overrides):
     optimizer = build_optimizer(list(model.parameters()) + list(criterion.parameters()), cfg.train)
     keys = MomentumEncoder(model, cfg.loss.key_momentum) if cfg.loss.key_momentum > 0 else None
     bs = cfg.train.batch_size_per_worker
-    _fit(model, criterion, optimizer, keys, TrainingDataset(records, cfg, views=2), ITERATIONS, bs, seed=0)
+    train_in_process(model, criterion, optimizer, TrainingDataset(records, cfg, views=2), ITERATIONS, batch_size=bs,
+                     seed=0, key_encoder=keys)
     model.eval()
     probe = TrainingDataset(held_out, cfg, views=2)
     cos, top1, chance, weights = [], [], [], []
@@ -127,9 +115,10 @@ def _cross_camera_map(world, overrides):
     criterion = Criterion.from_config(cfg)
     optimizer = build_optimizer(list(model.parameters()) + list(criterion.parameters()), cfg.train)
     iterations = cfg.train.max_iterations
-    _fit(model, criterion, optimizer, MomentumEncoder(model, cfg.loss.key_momentum),
-         TrainingDataset(load_records(cfg), cfg, views=2), iterations, cfg.train.batch_size_per_worker,
-         seed=cfg.train.seed, scheduler=build_scheduler(optimizer, cfg.train, iterations))
+    train_in_process(model, criterion, optimizer, TrainingDataset(load_records(cfg), cfg, views=2), iterations,
+                     batch_size=cfg.train.batch_size_per_worker, seed=cfg.train.seed,
+                     scheduler=build_scheduler(optimizer, cfg.train, iterations),
+                     key_encoder=MomentumEncoder(model, cfg.loss.key_momentum))
     box_set = person_search_box_set(world / "person_search" / "manifest.json", "test")
     features = embed_box_set(box_set, build_embedders(model, cfg, baselines=("random",)))
     return {name: 100 * score_box_set(box_set, f).summary()["mAP"] for name, f in features.items()}
