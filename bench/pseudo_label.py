@@ -126,14 +126,14 @@ def main() -> None:
     serial_s = statistics.median(serial_runs)
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    seconds, first, same = {}, {}, {}
+    seconds, each, same = {}, {}, {}
     for engine in ("tasks", "ray_data"):
         engine_cfg = replace(cfg, pseudo=replace(cfg.pseudo, cluster_engine=engine))
         cluster_videos(videos[: min(len(videos), 4 * args.cpus)], engine_cfg, use_ray=True)  # warm: workers, imports
         # the first full-size run also maps fresh object-store pages and grows the workers' heaps: a once-per-
-        # session cost that made single timings swing (400 x 600: 0.57-0.90 first, 0.87-0.98 after, session 26)
+        # session cost that made single timings swing (README, "Session 26"; each run's figure is printed)
         runs, distributed = timed_runs(lambda: cluster_videos(videos, engine_cfg, use_ray=True), args.repeats)
-        seconds[engine], first[engine] = statistics.median(runs), runs[0]
+        seconds[engine], each[engine] = statistics.median(runs), runs
         same[engine] = all(np.array_equal(serial[v.video], distributed[v.video]) for v in videos)
     # what the driver alone spends copying the tasks engine's arguments (every embedding, in the job's
     # chunks) into the object store: on 2 cores that copy takes CPU from the clustering tasks, so
@@ -157,8 +157,10 @@ def main() -> None:
         **{f"{engine}_boxes_per_s": round(total / sec) for engine, sec in seconds.items()},
         **{f"{engine}_speedup": round(serial_s / sec, 2) for engine, sec in seconds.items()},
         **{f"{engine}_parallel_efficiency": round(serial_s / sec / args.cpus, 2) for engine, sec in seconds.items()},
-        **{f"{engine}_first_run_parallel_efficiency": round(serial_s / sec / args.cpus, 2)
-           for engine, sec in first.items()},
+        **{f"{engine}_first_run_parallel_efficiency": round(serial_s / runs[0] / args.cpus, 2)
+           for engine, runs in each.items()},
+        **{f"{engine}_parallel_efficiency_each_run": [round(serial_s / sec / args.cpus, 2) for sec in runs]
+           for engine, runs in each.items()},
         "same_partitions": same,
         "driver_object_store_put_s": round(put_s, 3),
         "tasks_efficiency_bound_with_put": round(serial_s / (serial_s + put_s), 2),
