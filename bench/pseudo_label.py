@@ -11,7 +11,10 @@ moved) and the projected wall time of the paper's scale (1 M boxes in 45 k video
 the measured per-box cost, with the assumptions. Every run must give the loop's partitions (checked).
 Each side is timed ``--repeats`` times after its warm-up: rates and efficiencies come from the median
 run, and the Ray engines' first timed run (on a store and workers that have not yet held data of this
-size) is printed beside it as ``*_first_run_*``.
+size) is printed beside it as ``*_first_run_*``. Where the cores went during the tasks engine's timed
+runs is printed as ``tasks_cpu_seconds``: the CPU seconds of the Ray worker processes (the clustering),
+of this driver and of every other process on the machine (Ray's daemons, the OS), beside the seconds
+the cores were there (wall x CPUs) and the loop's CPU seconds for the same work.
 
     python bench/pseudo_label.py [--videos 400] [--boxes 600] [--dim 256] [--cpus 2] [--repeats 3]
 """
@@ -27,14 +30,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # One BLAS thread, as each Ray task gets (OMP_NUM_THREADS = its CPUs): otherwise the "single-process" loop
 # would already run its distance matrices on every core and the comparison would not be one core vs N.
+# Set before numpy is imported: OpenBLAS reads them once, as it loads (until session 27 they came after
+# `import numpy`, and the loop ran with a second BLAS thread busy beside it; README, "Session 27").
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdtrack.config import load_config  # noqa: E402
 from kdtrack.pseudo_labels import VideoDetections  # noqa: E402
@@ -70,6 +76,32 @@ def _cluster_worker_chunk(chunk: list[int], eps: float, min_samples: int, metric
     for i in chunk:
         dbscan_labels(_WORKER_VIDEOS[i].embeddings, eps=eps, min_samples=min_samples, metric=metric)
     return time.perf_counter() - start
+
+
+def cpu_seconds_by_role() -> dict[tuple[int, float], tuple[str, float]]:
+    """``{(pid, start time): (role, user + system CPU seconds)}`` of every process on the machine; role is
+    ``driver`` (this process), ``ray_workers`` (a process named ``ray::...``: task workers) or ``other``."""
+    import psutil
+
+    me, out = os.getpid(), {}
+    for proc in psutil.process_iter(["pid", "create_time", "name", "cmdline"]):
+        try:
+            cpu = proc.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        cmd = " ".join(proc.info["cmdline"] or []) or proc.info["name"] or ""
+        role = "driver" if proc.info["pid"] == me else "ray_workers" if cmd.startswith("ray::") else "other"
+        out[(proc.info["pid"], proc.info["create_time"])] = (role, cpu.user + cpu.system)
+    return out
+
+
+def cpu_split(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds spent by each role between two :func:`cpu_seconds_by_role` snapshots (a process that
+    started in between counts from zero; one that ended in between is lost, so none should)."""
+    split = {"ray_workers": 0.0, "driver": 0.0, "other": 0.0}
+    for key, (role, cpu) in after.items():
+        split[role] += cpu - before.get(key, (role, 0.0))[1]
+    return {role: round(sec, 2) for role, sec in split.items()}
 
 
 def timed_runs(fn, repeats: int) -> tuple[list[float], object]:
@@ -122,18 +154,31 @@ def main() -> None:
     # warm both sides alike: timed cold, the loop's first DBSCAN calls (imports, first allocations) made it look
     # slower (200 x 600: 55,779 boxes/s cold, 97,446 warm) and flattered every Ray speed-up (README)
     cluster_videos(videos[: min(len(videos), 4 * args.cpus)], cfg, use_ray=False)
-    serial_runs, serial = timed_runs(lambda: cluster_videos(videos, cfg, use_ray=False), args.repeats)
+    loop_cpu_runs: list[float] = []
+
+    def loop() -> dict:
+        start = time.process_time()
+        labels = cluster_videos(videos, cfg, use_ray=False)
+        loop_cpu_runs.append(time.process_time() - start)
+        return labels
+
+    serial_runs, serial = timed_runs(loop, args.repeats)
     serial_s = statistics.median(serial_runs)
+    loop_cpu = statistics.median(loop_cpu_runs)  # CPU seconds of one loop
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     seconds, each, same = {}, {}, {}
     for engine in ("tasks", "ray_data"):
         engine_cfg = replace(cfg, pseudo=replace(cfg.pseudo, cluster_engine=engine))
         cluster_videos(videos[: min(len(videos), 4 * args.cpus)], engine_cfg, use_ray=True)  # warm: workers, imports
+        before = cpu_seconds_by_role()
         # the first full-size run also maps fresh object-store pages and grows the workers' heaps: a once-per-
         # session cost that made single timings swing (README, "Session 26"; each run's figure is printed)
         runs, distributed = timed_runs(lambda: cluster_videos(videos, engine_cfg, use_ray=True), args.repeats)
         seconds[engine], each[engine] = statistics.median(runs), runs
+        if engine == "tasks":
+            tasks_cpu = {**cpu_split(before, cpu_seconds_by_role()), "wall_x_cpus": round(sum(runs) * args.cpus, 2),
+                         "loop_same_work": round(loop_cpu * len(runs), 2)}
         same[engine] = all(np.array_equal(serial[v.video], distributed[v.video]) for v in videos)
     # what the driver alone spends copying the tasks engine's arguments (every embedding, in the job's
     # chunks) into the object store: on 2 cores that copy takes CPU from the clustering tasks, so
@@ -162,6 +207,7 @@ def main() -> None:
         **{f"{engine}_parallel_efficiency_each_run": [round(serial_s / sec / args.cpus, 2) for sec in runs]
            for engine, runs in each.items()},
         "same_partitions": same,
+        "tasks_cpu_seconds": tasks_cpu,
         "driver_object_store_put_s": round(put_s, 3),
         "tasks_efficiency_bound_with_put": round(serial_s / (serial_s + put_s), 2),
         "process_pool_boxes_per_s": round(total / pool_s),
