@@ -44,6 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+from bench._procs import is_ray_worker  # noqa: E402
+
 
 def config(world: Path, records: int, batch: int, procs: int, preset: str, overrides: list[str] = ()):
     """The measured config; ``overrides`` (``--set``) come last, e.g. ``data.map_actors=4 data.map_num_cpus=0.5``
@@ -76,7 +78,7 @@ class PeakMemory:
     def _processes(self):
         procs = self.me.children(recursive=True)  # Ray: the cluster ray.init started here (daemons + workers)
         if self.ray_workers:
-            procs = [p for p in procs if _is_ray_worker(p)]
+            procs = [p for p in procs if is_ray_worker(p)]
         return procs
 
     def _run(self) -> None:
@@ -112,17 +114,6 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def _is_ray_worker(proc) -> bool:
-    """A Ray worker process (``ray::<task or actor>`` in its title), not a daemon (raylet, GCS, monitors)."""
-    import psutil
-
-    try:
-        cmdline = proc.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-    return bool(cmdline) and cmdline[0].startswith("ray::")
 
 
 def consume(batches, views_per_batch: int, memory: PeakMemory) -> dict:

@@ -83,14 +83,15 @@ def cpu_seconds_by_role() -> dict[tuple[int, float], tuple[str, float]]:
     ``driver`` (this process), ``ray_workers`` (a process named ``ray::...``: task workers) or ``other``."""
     import psutil
 
+    from bench._procs import is_ray_worker
+
     me, out = os.getpid(), {}
-    for proc in psutil.process_iter(["pid", "create_time", "name", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "create_time"]):
         try:
             cpu = proc.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        cmd = " ".join(proc.info["cmdline"] or []) or proc.info["name"] or ""
-        role = "driver" if proc.info["pid"] == me else "ray_workers" if cmd.startswith("ray::") else "other"
+        role = "driver" if proc.info["pid"] == me else "ray_workers" if is_ray_worker(proc) else "other"
         out[(proc.info["pid"], proc.info["create_time"])] = (role, cpu.user + cpu.system)
     return out
 

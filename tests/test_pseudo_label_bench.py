@@ -29,12 +29,24 @@ def test_loop_process_has_one_blas_thread():
     assert all(threads == 1 for _, threads in pools), pools
 
 
-def test_cpu_split_by_role():
-    sys.path.insert(0, str(ROOT / "bench"))
+def _bench_module():
+    """bench/pseudo_label.py as a module; the thread caps it sets on import are undone, so that they do not
+    leak into the processes later tests start."""
+    import importlib.util
+
+    saved = dict(os.environ)
     try:
-        from pseudo_label import cpu_split
+        spec = importlib.util.spec_from_file_location("_bench_pseudo_label", ROOT / "bench" / "pseudo_label.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(ROOT / "bench"))
+        os.environ.clear()
+        os.environ.update(saved)
+    return module
+
+
+def test_cpu_split_by_role():
+    cpu_split = _bench_module().cpu_split
     before = {(1, 0.0): ("driver", 2.0), (2, 0.0): ("ray_workers", 5.0), (3, 0.0): ("other", 1.0)}
     after = {(1, 0.0): ("driver", 2.5), (2, 0.0): ("ray_workers", 9.0), (3, 0.0): ("other", 1.25),
              (4, 7.0): ("ray_workers", 3.0)}  # a worker started in between counts from zero
