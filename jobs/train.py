@@ -64,9 +64,12 @@ from jobs._ray import refuse_unless_joining
 from jobs._resume import check_resume, note_resume_changes
 from kdtrack.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, training_cpus
 
-RECIPE_ID_MODE = {"detection": "none", "contrastive": "contrastive", "kd": "kd", "video": "contrastive"}  # recipes this job runs
+RECIPE_ID_MODE = {"detection": "none", "contrastive": "contrastive", "kd": "kd", "video": "contrastive",
+                  "supervised": "supervised"}  # recipes this job runs
+CLASSIFIER_RECIPES = ("kd", "supervised")  # recipes whose identity classifier takes one class per labelled person
 CONTRASTIVE_RECIPES = ("contrastive", "video")  # two views per sample, the contrastive queue and its key encoder
-ID_CLASSES_KEY = "num_id_classes"  # loop data: KD's hard-label classes found in the training records
+ID_CLASSES_KEY = "num_id_classes"  # loop data: identity classes found in the training records (KD hard labels, supervised)
+LABELLED_KEY = "labelled_by_source"  # loop data: labelled boxes per data source (the supervised recipe's start-up check)
 TEACHER_RECIPE = "teacher"  # the Re-ID teacher on Market-1501-style crops: no student, loss.id_mode unused
 TEACHER_PROGRESS_TERMS = ("total", "id", "triplet", "accuracy", "lr")  # printed by the teacher loop
 FINAL_CHECKPOINT = "checkpoint.pt"
@@ -750,26 +753,52 @@ def training_data(cfg: Config, smoke_test: bool = False) -> tuple[Any, dict[str,
               f"pairs), initialised from {cfg.train.init_from or 'random weights'}", flush=True)
         return train_func, {"clips": [dataclasses.asdict(c) for c in clips]}
     records = load_records(cfg)
-    records = records[:keep] if smoke_test else records
+    loop_data: dict[str, Any] = {}
+    if cfg.train.recipe in CLASSIFIER_RECIPES:  # counted over the whole data, a smoke test's few records aside
+        loop_data[LABELLED_KEY] = labelled_boxes_by_source(records, cfg.data.sources)
+    if smoke_test:  # the supervised recipe's few records are labelled ones where the data has them
+        records = sorted(records, key=lambda r: not (r.ids >= 0).any()) if cfg.train.recipe == "supervised" else records
+        records = records[:keep]
     print(f"{len(records)} training records from {', '.join(cfg.data.sources)} under {cfg.data.root}", flush=True)
     _check_fills_a_batch(len(records), "training records", cfg)
-    loop_data: dict[str, Any] = {}
     if cfg.train.recipe == "kd" and cfg.teacher.embeddings:
         check_teacher_store(cfg, records)
-    if cfg.train.recipe == "kd":  # hard labels (eta < 1, maybe in a sweep's trial): one class per person
+    if cfg.train.recipe in CLASSIFIER_RECIPES:  # KD hard labels (eta < 1, maybe in a sweep's trial), supervised
         records, loop_data[ID_CLASSES_KEY] = dataset_wide_ids(records)
     return train_func, {**loop_data, "records": [r.to_dict() for r in records]}
 
 
+def labelled_boxes_by_source(records: Sequence[Any], sources: Sequence[str]) -> dict[str, int]:
+    """``{data source: boxes with an identity label}`` (``id >= 0``) of every ``data.sources`` entry."""
+    counts = {source: 0 for source in sources}
+    for record in records:
+        source = record.source.split(":", 1)[0]  # person_search:<dataset name>
+        counts[source] = counts.get(source, 0) + int((record.ids >= 0).sum())
+    return counts
+
+
 def with_id_classes(cfg: Config, loop_data: dict[str, Any]) -> Config:
-    """KD with hard labels: ``loss.num_id_classes`` 0 takes the number of people in the training data
-    (``dataset_wide_ids``); a smaller one is refused (a person would have no class)."""
+    """The identity classifier's size: KD with hard labels (``loss.eta < 1``) and the supervised recipe.
+    ``loss.num_id_classes`` 0 takes the number of people in the training data (``dataset_wide_ids``); a
+    smaller one is refused (a person would have no class). Training data without a single identity label is
+    refused, naming each source and what it holds."""
     found = loop_data.get(ID_CLASSES_KEY)
-    if found is None or cfg.loss.eta >= 1.0:
+    supervised = cfg.train.recipe == "supervised"
+    if found is None or (cfg.loss.eta >= 1.0 and not supervised):
         return cfg
+    labelled = loop_data.get(LABELLED_KEY, {})
     if found == 0:
-        raise ConfigError(f"loss.eta {cfg.loss.eta} < 1 needs identity labels, but no training box of "
-                          f"{', '.join(cfg.data.sources)} has one (MOT17 has them; CrowdHuman does not)")
+        what = (f"train.recipe 'supervised' classifies identities" if supervised
+                else f"loss.eta {cfg.loss.eta} < 1 needs identity labels")
+        counts = ", ".join(f"{source}: {n}" for source, n in labelled.items()) or ", ".join(cfg.data.sources)
+        raise ConfigError(f"{what}, but no training box of data.sources has one (labelled boxes per source: "
+                          f"{counts}); CrowdHuman and COCO carry no identities: add a source that does "
+                          f"(--set data.sources=[crowdhuman,person_search,mot17])")
+    if supervised:
+        unlabelled = [source for source, n in labelled.items() if n == 0]
+        if unlabelled:
+            print(f"train.recipe 'supervised': {', '.join(unlabelled)} carry no identity labels and train "
+                  f"detection only", flush=True)
     if cfg.loss.num_id_classes == 0:
         print(f"loss.num_id_classes = {found}: the people of the training data (one class per source, "
               f"sequence and track id)", flush=True)

@@ -162,11 +162,11 @@ class LossConfig:
     heatmap_weight: float = 1.0  # w_c
     size_weight: float = 0.1  # w_s
     offset_weight: float = 1.0  # w_o
-    id_mode: Literal["kd", "contrastive", "none"] = "contrastive"  # which identity loss
+    id_mode: Literal["kd", "contrastive", "supervised", "none"] = "contrastive"  # which identity loss (supervised: FairMOT's identity classifier, METHOD.md section 4b)
     eta: float = 1.0  # KD: weight of the soft (teacher) term; 1 - eta for hard-label CE
-    num_id_classes: int = 0  # KD hard labels: classifier size (0 = no classifier)
+    num_id_classes: int = 0  # identity classifier size (KD hard labels, supervised); 0 = the number of labelled people in the training data
     kd_reduction: Literal["sum_per_object", "mean"] = "sum_per_object"  # KD soft smooth-L1: summed over the embedding channels and averaged over objects (KDMOT's per-object scale; its trainer also sums over objects, kdtrack.losses.kd) | averaged over the channels too (k times weaker: 2048 for KDMOT)
-    uncertainty: bool = True  # Kendall uncertainty weighting of L_det and L_id (id_mode kd only; IDF adds lambda l_id)
+    uncertainty: bool = True  # Kendall uncertainty weighting of L_det and L_id (id_mode kd and supervised; IDF adds lambda l_id)
     s_det_init: float = -1.85  # initial log-variance of the detection term
     s_id_init: float = -1.05  # initial log-variance of the identity term
     temperature: float = 0.07  # contrastive tau
@@ -195,7 +195,7 @@ class DecodeConfig:
 class TrainConfig:
     """Optimisation and the Ray Train loop."""
 
-    recipe: Literal["teacher", "kd", "contrastive", "video", "detection"] = "contrastive"  # jobs.train runs detection | contrastive | kd | video (must match loss.id_mode: none | contrastive | kd | contrastive) and teacher (the Re-ID teacher; loss.id_mode unused); video = IDF stage 2 on pseudo-labelled frame pairs (data.pseudo_labels)
+    recipe: Literal["teacher", "kd", "contrastive", "video", "detection", "supervised"] = "contrastive"  # jobs.train runs detection | contrastive | kd | video | supervised (must match loss.id_mode: none | contrastive | kd | contrastive | supervised) and teacher (the Re-ID teacher; loss.id_mode unused); video = IDF stage 2 on pseudo-labelled frame pairs (data.pseudo_labels)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-4
     momentum: float = 0.9  # SGD only
@@ -262,6 +262,10 @@ class DataConfig:
     # detection heads, and its pair still never shares the scene when the last view is swapped; a one-view sample's
     # only view is its last)
     background_swap_views: Literal["all", "last"] = "all"
+    # a swapped view pastes each person through its outline (COCO segmentation polygons) instead of its box rectangle,
+    # where the record has one (Simple Copy-Paste, Ghiasi et al. 2021): the two views then share the person and not
+    # the background inside the person's box (sources without outlines, CrowdHuman, keep the rectangle)
+    paste_masks: bool = False
     min_box_size: float = 2.0  # pixels: boxes narrower / lower than this after augmentation are dropped
     min_visible_fraction: float = 0.25  # a box cut by the image border to less than this share of its area is dropped
     loader_workers: int = 0  # torch DataLoader worker processes per train worker (0 = in the train process)

@@ -126,7 +126,24 @@ def test_kd_cpu_distils_the_teacher_cpu_checkpoint(tmp_path):
     assert lr_milestones(tc, 900) == [600]
 
 
-@pytest.mark.parametrize("name", ["kd_paper", "kd_paper_mot17", "idf_paper", "teacher_paper"])
+def test_sup_presets_are_fairmot_and_idf_cpus_budget():
+    """sup_paper: FairMOT's re-ID branch and schedule (METHOD.md 4b); sup_cpu: idf_cpu's network, input,
+    optimiser and iteration budget, so that the label-free numbers are read against it at the same budget."""
+    paper, cpu, idf = load_config("sup_paper"), load_config("sup_cpu"), load_config("idf_cpu")
+    assert (paper.train.recipe, paper.loss.id_mode, paper.model.embedding_dim) == ("supervised", "supervised", 128)
+    assert paper.model.backbone == "dla34" and (paper.model.input_width, paper.model.input_height) == (1088, 608)
+    tc = paper.train
+    assert tc.optimizer == "adam" and tc.lr == 1e-4 and tc.epochs == 30 and tc.lr_steps == (2 / 3,)
+    assert tc.batch_size_per_worker * tc.num_workers == 12 and paper.loss.uncertainty
+    assert (paper.loss.s_det_init, paper.loss.s_id_init) == (-1.85, -1.05)
+    assert {"mot17", "person_search"} <= set(paper.data.sources)
+    assert cpu.model == idf.model and (cpu.train.recipe, cpu.loss.id_mode) == ("supervised", "supervised")
+    for field in ("optimizer", "lr", "epochs", "max_iterations", "lr_steps", "batch_size_per_worker", "num_workers"):
+        assert getattr(cpu.train, field) == getattr(idf.train, field), field
+    assert {"mot17", "person_search"} <= set(cpu.data.sources)
+
+
+@pytest.mark.parametrize("name", ["kd_paper", "kd_paper_mot17", "idf_paper", "teacher_paper", "sup_paper"])
 def test_paper_presets_survive_worker_loss_and_bound_their_checkpoints(name):
     tc = load_config(name).train
     assert tc.max_failures >= 3 and tc.keep_checkpoints > 0

@@ -364,3 +364,34 @@ def test_stream_fields_out_of_range_are_refused_on_the_driver():
         check_pipeline(load_config("tiny", ["data.stream_buffer_mb=-1"]))
     with pytest.raises(ConfigError, match=r"data.background_swap is a probability per view, in \[0, 1\], got 1.5"):
         check_pipeline(load_config("tiny", ["data.background_swap=1.5"]))
+
+
+def test_supervised_smoke_run_classifies_the_labelled_people(ray_session, tiny_world, mlflow_uri, tmp_path):
+    """sup_cpu for two iterations: one class per labelled (source, sequence, id) of the training data, the
+    classifier and the Kendall weights checkpointed with the criterion; a supervised preset pointed at sources
+    without a single identity label is refused on the driver, naming each source, before Ray starts."""
+    from jobs.train import training_data
+    from kdtrack.data import dataset_wide_ids, load_records
+
+    fast = [a for item in FAST[:5] + ["train.batch_size_per_worker=2"] for a in ("--set", item)]
+    argv = ["--config", "sup_cpu", "--data-root", str(tiny_world), "--out", str(tmp_path / "S"), "--mlflow-uri",
+            mlflow_uri, "--smoke-test", *fast]
+    with pytest.raises(ConfigError, match=r"no training box of data.sources has one \(labelled boxes per source: "
+                                          r"crowdhuman: 0, coco: 0\)"):
+        main(get_args_parser().parse_args(argv + ["--set", "data.sources=[crowdhuman,coco]"]))
+
+    cfg = load_config("sup_cpu", [f"data.root={tiny_world}", "data.sources=[crowdhuman,person_search,mot17]"])
+    _, people = dataset_wide_ids(load_records(cfg))
+    _, loop_data = training_data(cfg)
+    assert loop_data["num_id_classes"] == people > 20
+    assert loop_data["labelled_by_source"]["crowdhuman"] == 0 < loop_data["labelled_by_source"]["person_search"]
+
+    result = main(get_args_parser().parse_args(argv))
+    state = load_checkpoint(result["checkpoint"])
+    assert state["iteration"] == 2 and state["config"].train.recipe == "supervised"
+    classes = state["config"].loss.num_id_classes  # 0 in the preset: counted from the (smoke test's) records
+    assert 3 <= classes < people
+    assert state["criterion"]["supervised.classifier.weight"].shape == (classes, state["config"].model.embedding_dim)
+    assert "uncertainty.s_id" in state["criterion"]
+    # the smoke test's records are labelled ones: the identity term is a real cross-entropy, near ln(classes)
+    assert 0.5 * math.log(classes) < result["metrics"]["train/id"] < 2 * math.log(classes)

@@ -88,6 +88,17 @@ def test_bad_sweep_presets_are_refused_naming_the_key_and_file(tmp_path, changes
     assert str(path) in str(err.value) or "--set" in str(err.value) or "unknown key" in str(err.value)
 
 
+def test_the_supervised_recipe_sweeps_its_own_fields_only(tmp_path):
+    fields = {k: v for k, v in SMALL_SWEEP["set"].items() if k != "loss.queue_size"}
+    spec = load_sweep(write_sweep(tmp_path, train_config="sup_cpu", set=fields,
+                                  search={"loss.s_id_init": {"uniform": [-2.0, 0.0]},
+                                          "train.lr": {"loguniform": [3.0e-4, 3.0e-3]}}))
+    assert spec.base.train.recipe == "supervised" and set(spec.search) == {"loss.s_id_init", "train.lr"}
+    with pytest.raises(ConfigError, match="read only by train.recipe contrastive | video"):
+        load_sweep(write_sweep(tmp_path, train_config="sup_cpu", set=fields,
+                               search={"loss.temperature": {"loguniform": [0.03, 0.3]}}))
+
+
 def test_set_overrides_route_tune_fields_to_the_sweep_and_others_to_training(tmp_path):
     spec = load_sweep(write_sweep(tmp_path), ["tune.num_samples=7", "train.max_iterations=6", "tune.mode=min"],
                       num_samples=3)

@@ -46,7 +46,9 @@ SWEEP_KEYS = ("train_config", "set", "search", "tune")
 # Fields a recipe reads: searching one the trial's recipe ignores would make trials differ by noise only.
 RECIPE_ONLY_FIELDS: dict[str, tuple[str, ...]] = {
     "loss.eta": ("kd",),
-    "loss.num_id_classes": ("kd",),
+    "loss.num_id_classes": ("kd", "supervised"),
+    "loss.s_det_init": ("kd", "supervised"),
+    "loss.s_id_init": ("kd", "supervised"),
     "loss.kd_reduction": ("kd",),
     "loss.temperature": ("contrastive", "video"),
     "loss.queue_size": ("contrastive", "video"),

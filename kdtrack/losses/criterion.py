@@ -12,6 +12,8 @@ Totals per ``id_mode``:
   ``loss.uncertainty`` else ``L_det + L_id``.
 - ``"contrastive"``: ``L_id = lambda * l_id``; ``total = L_det + L_id`` (IDF).
   ``loss.uncertainty`` belongs to the KD recipe and is not applied here.
+- ``"supervised"``: ``L_id`` = FairMOT's identity cross-entropy over
+  ``loss.num_id_classes`` training identities; ``total`` as for ``"kd"``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from kdtrack.losses.collapse import collapse_stats
 from kdtrack.losses.contrastive import DenseContrastiveLoss
 from kdtrack.losses.detection import DetectionLoss
 from kdtrack.losses.kd import KDLoss
+from kdtrack.losses.supervised import SupervisedIdLoss
 from kdtrack.losses.uncertainty import UncertaintyWeighting
+
+
+ID_MODES = ("kd", "contrastive", "supervised", "none")
+KENDALL_ID_MODES = ("kd", "supervised")  # Kendall weighting of L_det and L_id (loss.uncertainty)
 
 
 class Criterion(nn.Module):
@@ -39,8 +46,8 @@ class Criterion(nn.Module):
         gather_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
-        if cfg.id_mode not in ("kd", "contrastive", "none"):
-            raise ValueError(f"loss.id_mode must be kd | contrastive | none, got {cfg.id_mode!r}")
+        if cfg.id_mode not in ID_MODES:
+            raise ValueError(f"loss.id_mode must be {' | '.join(ID_MODES)}, got {cfg.id_mode!r}")
         self.cfg = cfg
         self.detection = DetectionLoss(
             cfg.focal_alpha, cfg.focal_beta, cfg.heatmap_weight, cfg.size_weight, cfg.offset_weight,
@@ -54,8 +61,11 @@ class Criterion(nn.Module):
             if cfg.id_mode == "contrastive"
             else None
         )
+        self.supervised = (SupervisedIdLoss(embedding_dim, cfg.num_id_classes)
+                           if cfg.id_mode == "supervised" else None)
         self.uncertainty = (
-            UncertaintyWeighting(cfg.s_det_init, cfg.s_id_init) if cfg.id_mode == "kd" and cfg.uncertainty else None
+            UncertaintyWeighting(cfg.s_det_init, cfg.s_id_init)
+            if cfg.id_mode in KENDALL_ID_MODES and cfg.uncertainty else None
         )
 
     @classmethod
@@ -86,11 +96,16 @@ class Criterion(nn.Module):
         else:
             terms = dict(self.detection(outputs, targets))
         det = terms["det"]
-        if self.kd is not None:
-            teacher = extra.get("teacher", targets.get("teacher"))
-            if teacher is None:
-                raise ValueError("loss.id_mode = 'kd' needs teacher embeddings (targets['teacher'] or teacher=)")
-            terms.update(self.kd(outputs["embedding"], targets["index"], targets["mask"], teacher, targets.get("ids")))
+        if self.kd is not None or self.supervised is not None:
+            if self.kd is not None:
+                teacher = extra.get("teacher", targets.get("teacher"))
+                if teacher is None:
+                    raise ValueError("loss.id_mode = 'kd' needs teacher embeddings (targets['teacher'] or teacher=)")
+                terms.update(self.kd(outputs["embedding"], targets["index"], targets["mask"], teacher,
+                                     targets.get("ids")))
+            else:
+                terms.update(self.supervised(outputs["embedding"], targets["index"], targets["mask"],
+                                             targets["ids"]))
             if self.uncertainty is not None:
                 terms["total"] = self.uncertainty(det, terms["id"])
                 terms["s_det"] = self.uncertainty.s_det.detach()

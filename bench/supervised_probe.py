@@ -1,0 +1,88 @@
+"""The supervised reference (``train.recipe=supervised``) trained in process, probed as it learns.
+
+One process, no Ray (``torch`` threads as given), the records and classes that ``jobs.train`` would read
+(``jobs.train.training_data``), the student, criterion, optimiser and lr schedule of the preset, and every
+``--probe-every`` iterations one JSON line: oracle-box person-search mAP on the world's test split
+(``kdtrack.reid_probe``, what ``jobs.evaluate reid`` scores), and the training accuracy of the identity
+classifier over those iterations. It answers how the supervised recipe's re-ID grows with its budget
+without a Ray job per budget (docs/results/identity-learning.md).
+
+    python -m jobs.generate_synth --preset small --out W --seed 0
+    python bench/supervised_probe.py --world W --iterations 1500 --probe-every 300   # sup_cpu's budget
+    python bench/supervised_probe.py --world W --iterations 4500 --probe-every 900
+    python bench/supervised_probe.py --world W --iterations 1500 --set model.embedding_norm=none
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from jobs.train import training_data, with_id_classes  # noqa: E402
+from kdtrack.config import load_config  # noqa: E402
+from kdtrack.data import TrainingDataset  # noqa: E402
+from kdtrack.engine import build_optimizer, build_scheduler, train_in_process  # noqa: E402
+from kdtrack.losses import Criterion  # noqa: E402
+from kdtrack.models import build_student  # noqa: E402
+from kdtrack.reid_probe import build_embedders, embed_box_set, load_reid_box_sets, score_box_set  # noqa: E402
+from kdtrack.structures import ImageRecord  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--world", type=Path, default=None,
+                    help="a synthetic world (jobs.generate_synth); default: the small world's person-search and "
+                         "MOT17 parts, generated once into runs/bench-world-small-labelled")
+    ap.add_argument("--config", default="sup_cpu", help="a supervised preset")
+    ap.add_argument("--iterations", type=int, default=1500, help="the run length (the lr steps scale with it)")
+    ap.add_argument("--probe-every", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.world is None:
+        from bench._world import world_parts
+
+        args.world = world_parts("small", REPO / "runs" / "bench-world-small-labelled", ("person_search", "mot17"),
+                                 ("person_search/manifest.json", "MOT17/train"))
+    cfg = load_config(args.config, [f"data.root={args.world.resolve()}", *args.overrides])
+    if cfg.train.recipe != "supervised":
+        raise SystemExit(f"supervised_probe: {args.config} trains '{cfg.train.recipe}', not 'supervised'")
+    _, loop_data = training_data(cfg)
+    cfg = with_id_classes(cfg, loop_data)
+    dataset = TrainingDataset([ImageRecord.from_dict(r) for r in loop_data["records"]], cfg, views=1)
+    torch.manual_seed(cfg.train.seed)
+    model = build_student(cfg.model)
+    criterion = Criterion.from_config(cfg)
+    optimizer = build_optimizer(list(model.parameters()) + list(criterion.parameters()), cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, args.iterations)
+    boxes = load_reid_box_sets(args.world, cfg.eval, protocols=["person_search"])["person_search"]
+    accuracy: list[float] = []
+    start = time.time()
+
+    def probe(step: int, terms: dict[str, float]) -> None:
+        accuracy.append(terms["id/accuracy"] if terms.get("id", 0.0) > 0 else np.nan)  # nan: nobody labelled
+        if step % args.probe_every and step != args.iterations:
+            return
+        features = embed_box_set(boxes, build_embedders(model, cfg, baselines=()))["student"]
+        model.train()
+        print(json.dumps({"it": step, "ps_mAP": round(100 * score_box_set(boxes, features).summary()["mAP"], 1),
+                          "train_accuracy": round(float(np.nanmean(accuracy[-args.probe_every:])), 3),
+                          "id": round(terms["id"], 3), "s_id": round(terms.get("s_id", float("nan")), 3),
+                          "seconds": round(time.time() - start)}), flush=True)
+
+    train_in_process(model, criterion, optimizer, dataset, args.iterations, batch_size=cfg.train.batch_size_per_worker,
+                     seed=cfg.train.seed, scheduler=scheduler, log_every=1, log_fn=probe)
+
+
+if __name__ == "__main__":
+    main()
