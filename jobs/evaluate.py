@@ -54,10 +54,11 @@ Modes (argparse subcommands):
 * ``reid``: oracle-box re-identification (``kdtrack.reid_probe``): the identity
   embedding read at every ground-truth box, scored by retrieval (mAP, CMC) on
   the person-search split (cross-camera) and the MOT17 val halves (cross-time),
-  with baselines (random-init student, colour histogram) on the same boxes::
+  with baselines (random-init student, colour histograms of the whole box and of its centre, where the
+  person is) on the same boxes::
 
     python -m jobs.evaluate reid --checkpoint CKPT --world W [--split test] \
-        [--baselines random,colour] [--teacher-checkpoint T] [--out metrics.json]
+        [--baselines random,colour,colour_centre] [--teacher-checkpoint T] [--out metrics.json]
 
 * ``market1501``: the Market-1501 protocol on crops for a teacher (or student)
   checkpoint, with the colour histogram and chance (``jobs._market_eval``)::
@@ -743,6 +744,8 @@ def reid_dataset_name(split: str) -> str:
 
 def add_reid_parser(sub: Any) -> argparse.ArgumentParser:
     """The ``reid`` subcommand's arguments."""
+    from kdtrack.reid_probe import BASELINES
+
     p = sub.add_parser("reid", help="oracle-box re-ID: embeddings at ground-truth boxes, retrieval mAP / CMC")
     p.add_argument("--checkpoint", required=True, type=Path, help="kdtrack checkpoint (file or folder)")
     p.add_argument("--world", required=True, type=Path,
@@ -750,8 +753,9 @@ def add_reid_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="person-search split (default: eval.reid_split)")
     p.add_argument("--protocols", default=None,
                    help="comma-separated, from person_search,mot (default: eval.reid_protocols)")
-    p.add_argument("--baselines", default="random,colour",
-                   help="comma-separated baselines from random,colour on the same boxes ('none' for none)")
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help=f"comma-separated baselines from {','.join(BASELINES)} on the same boxes: the random-init "
+                        f"student, the whole-box and the person-centred colour histograms ('none' for none)")
     p.add_argument("--teacher-checkpoint", default="",
                    help="also embed with this Re-ID teacher: rows 'teacher' (crops of the frame) and 'teacher_input' "
                         "(crops of the frame letterboxed to the student's input: KD's targets), and each embedder's "

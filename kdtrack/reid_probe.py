@@ -31,6 +31,9 @@ them, so baselines come from the same run:
 - ``student``: the checkpoint's identity map at the box centres;
 - ``random``: a randomly initialised student of the same architecture;
 - ``colour``: an HSV colour histogram of the upper and lower half of the box;
+- ``colour_centre``: the same histogram over the central 40 % x 80 % of the box
+  only, where the person is: a whole-box histogram is mostly background (a
+  person fills about 40 % of its box), so this one is the strong cheap yardstick;
 - ``teacher`` (optional): the Re-ID teacher on box crops.
 
 Results also hold a ``chance`` row: the expected scores of a uniformly random
@@ -60,13 +63,14 @@ from kdtrack.models import build_student
 from kdtrack.synth.world import PERSON_SEARCH_TRUTH
 
 PROTOCOLS = ("person_search", "mot")
-BASELINES = ("random", "colour")
+BASELINES = ("random", "colour", "colour_centre")
 CHANCE = "chance"  # results row: expected scores of a random ranking
 TEACHER = "teacher"  # the Re-ID teacher on box crops (optional embedder)
 TEACHER_COSINE = "teacher_cosine"  # results field: mean cosine to the teacher's feature of the same box
 PERSON_SEARCH_DIR = "person_search"
 MOT_DIR = "MOT17/train"
 COLOUR_BINS = (8, 4, 4)  # hue x saturation x value bins per box half
+CENTRE_REGION = (0.4, 0.8)  # colour_centre: share of the box width and height kept, centred (where the person is)
 VIEW_SIDE = {"front": "front", "back": "back", "left": "side", "right": "side"}  # a flip maps left onto right
 VIEW_SPLITS = (("same_view", "same_tag"), ("other_view", "other_tag"))  # metric suffix, retrieval positives
 CONTEXTS = ("scene", "alone")  # a box read in its image, or isolated on a grey canvas (eval.reid_context)
@@ -147,6 +151,21 @@ def colour_histogram_features(image_rgb: np.ndarray, boxes_xyxy: np.ndarray,
     return l2_normalize(out)
 
 
+def central_boxes(boxes_xyxy: np.ndarray, region: tuple[float, float] = CENTRE_REGION) -> np.ndarray:
+    """Each box shrunk about its centre to ``region`` = (width share, height share) of its size."""
+    boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    half_w = (boxes[:, 2] - boxes[:, 0]) * region[0] / 2
+    half_h = (boxes[:, 3] - boxes[:, 1]) * region[1] / 2
+    return np.stack([centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h], axis=1)
+
+
+def centre_colour_histogram_features(image_rgb: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
+    """The person-centred colour baseline: :func:`colour_histogram_features` over :func:`central_boxes`
+    (the central 40 % x 80 % of each box, upper and lower half)."""
+    return colour_histogram_features(image_rgb, central_boxes(boxes_xyxy))
+
+
 def build_embedders(
     model: torch.nn.Module,
     cfg: Config,
@@ -172,8 +191,9 @@ def build_embedders(
 
 def baseline_embedders(cfg: Config, device: torch.device | str = "cpu", *, baselines: Sequence[str] = BASELINES,
                        seed: int | None = None) -> dict[str, EmbedFn]:
-    """``{"random", "colour"}`` (those in ``baselines``): the same-architecture random-init student (``seed``
-    as :func:`build_embedders` says) and the colour histogram. An unknown name is a ValueError."""
+    """``{"random", "colour", "colour_centre"}`` (those in ``baselines``): the same-architecture random-init
+    student (``seed`` as :func:`build_embedders` says), the whole-box and the person-centred colour
+    histograms. An unknown name is a ValueError."""
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(BASELINES)}")
@@ -184,6 +204,8 @@ def baseline_embedders(cfg: Config, device: torch.device | str = "cpu", *, basel
         embedders["random"] = random_student_embedder(cfg, device, seed)
     if "colour" in baselines:
         embedders["colour"] = colour_histogram_features
+    if "colour_centre" in baselines:
+        embedders["colour_centre"] = centre_colour_histogram_features
     return embedders
 
 

@@ -16,6 +16,8 @@ from kdtrack.data import read_image_rgb
 from kdtrack.formats.common import FormatError
 from kdtrack.reid_probe import (
     CHANCE,
+    central_boxes,
+    centre_colour_histogram_features,
     colour_histogram_features,
     embed_box_set,
     evaluate_reid_box_sets,
@@ -261,6 +263,23 @@ def test_colour_histogram_halves():
     assert not feats[2].any()  # an empty box: zero row
 
 
+def test_centre_colour_reads_the_middle_of_the_box_only():
+    np.testing.assert_allclose(central_boxes(np.array([[0, 0, 10, 20], [10, 10, 30, 20]])),
+                               [[3, 2, 7, 18], [16, 11, 24, 19]])  # 40 % of the width, 80 % of the height
+    # one person (red top, blue bottom, 4 px wide) in the middle of two boxes whose sides are other colours
+    image = np.zeros((20, 30, 3), np.uint8)
+    image[:, 3:7] = np.where(np.arange(20)[:, None, None] < 10, (255, 0, 0), (0, 0, 255))
+    image[:, 0:3] = image[:, 7:10] = (0, 255, 0)  # green scene around the first box
+    image[:, 23:27] = image[:, 3:7]
+    image[:, 20:23] = image[:, 27:30] = (255, 255, 0)  # yellow scene around the second
+    boxes = np.array([[0, 0, 10, 20], [20, 0, 30, 20]])
+    centre = centre_colour_histogram_features(image, boxes)
+    whole = colour_histogram_features(image, boxes)
+    assert centre[0] @ centre[1] == pytest.approx(1.0)  # the same person, whatever the scene
+    assert whole[0] @ whole[1] < 0.8  # the whole box is mostly scene
+    np.testing.assert_array_equal(centre, colour_histogram_features(image, central_boxes(boxes)))
+
+
 def test_split_and_paths_errors(tiny_world: Path, tmp_path: Path):
     manifest = tiny_world / "person_search" / "manifest.json"
     with pytest.raises(FormatError, match=r"manifest.json: no images of split 'nope' \(splits present: .*test"):
@@ -303,7 +322,8 @@ def test_cli_writes_json_and_logs_to_mlflow(tiny_world: Path, tmp_path: Path, ca
     assert "PS cosT" in printed
     record = json.loads(out.read_text())
     for protocol in ("person_search", "mot"):
-        assert set(record[protocol]) == {"student", "random", "colour", "teacher", "teacher_input", CHANCE}
+        assert set(record[protocol]) == {"student", "random", "colour", "colour_centre", "teacher", "teacher_input",
+                                         CHANCE}
         assert record[protocol]["student"]["queries"] > 0
         assert -1 <= record[protocol]["student"]["teacher_cosine"] < 0.99  # a random student is not its teacher
         assert record[protocol]["teacher_input"]["teacher_cosine"] > 0.5  # the same teacher at 2/3 of the size
