@@ -33,7 +33,7 @@ from kdtrack.config import Config
 from kdtrack.formats.mot import DETECTOR_SUFFIXES as MOT_DETECTOR_SUFFIXES  # noqa: F401  (re-exported)
 from kdtrack.formats.mot import dedupe_detector_copies
 from kdtrack.letterbox import DEFAULT_PAD_VALUE, letterbox, resize_pad
-from kdtrack.structures import ImageRecord
+from kdtrack.structures import POLYGONS_KEY, ImageRecord
 from kdtrack.targets import SLOT_KEYS, encode_targets, person_keys
 from kdtrack.transforms import BoxAugment, paste_people
 
@@ -73,6 +73,17 @@ def read_image_rgb(path: str | Path, expected_size: tuple[int, int] | None = Non
         if bgr.shape[1] != w or bgr.shape[0] != h:
             raise ValueError(f"{path}: image is {bgr.shape[1]}x{bgr.shape[0]} but its annotation says {w}x{h}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def instance_map(polygons: Sequence[Any], height: int, width: int) -> np.ndarray:
+    """``(height, width)`` int32: ``j + 1`` on the pixels inside box ``j``'s outline polygons (later boxes drawn
+    over earlier ones), 0 elsewhere and for boxes without polygons (None)."""
+    out = np.zeros((height, width), np.int32)
+    for j, person in enumerate(polygons):
+        if person is not None and len(person):
+            cv2.fillPoly(out, [np.round(np.asarray(p, np.float64)).astype(np.int32).reshape(-1, 2) for p in person],
+                         int(j + 1))
+    return out
 
 
 def student_canvas(image: np.ndarray, cfg: Config, short_side: int | None = None) -> tuple[np.ndarray, Any]:
@@ -150,6 +161,8 @@ def training_sample(
         "ids": record.ids,
         "ignore_boxes_xyxy": record.ignore_boxes_xyxy,
     }
+    if cfg.data.paste_masks and cfg.data.background_swap > 0 and POLYGONS_KEY in record.extra:
+        target["instance_map"] = instance_map(record.extra[POLYGONS_KEY], record.height, record.width)
     keys = person_keys(image_uid(record), record.num_boxes) if cfg.loss.id_mode == "contrastive" else None
     view_rngs = rng.spawn(views)
     sides = cfg.data.multiscale_short_sides

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+POLYGONS_KEY = "polygons"  # ImageRecord.extra: per box, a person's outline polygons ((n, 2) arrays) or None (COCO)
 UNKNOWN_ID = -1  # identity not annotated (CrowdHuman, COCO) or an unlabeled person
 
 
@@ -87,6 +88,7 @@ class ImageRecord:
             "ignore_boxes_xyxy": self.ignore_boxes_xyxy,
             "image_id": self.image_id,
             "source": self.source,
+            **({POLYGONS_KEY: self.extra[POLYGONS_KEY]} if POLYGONS_KEY in self.extra else {}),
         }
 
     @classmethod
@@ -101,6 +103,7 @@ class ImageRecord:
             ignore_boxes_xyxy=row["ignore_boxes_xyxy"],
             image_id=str(row.get("image_id", "")),
             source=str(row.get("source", "")),
+            extra={POLYGONS_KEY: row[POLYGONS_KEY]} if POLYGONS_KEY in row else {},
         )
 
 

@@ -187,7 +187,7 @@ def build_pipeline(params: AugmentParams | None) -> v2.Transform:
         ops.append(v2.RandomAffine(
             degrees=p.affine_degrees, translate=(p.affine_translate, p.affine_translate),
             scale=p.affine_scale, shear=p.affine_shear or None,
-            interpolation=v2.InterpolationMode.BILINEAR, fill=p.fill,
+            interpolation=v2.InterpolationMode.BILINEAR, fill={tv_tensors.Image: p.fill, tv_tensors.Mask: 0},
         ))
     if p.flip_prob:
         ops.append(v2.RandomHorizontalFlip(p.flip_prob))
@@ -261,6 +261,11 @@ class BoxAugment:
             "tags": torch.from_numpy(tags),
             "ids": torch.from_numpy(np.concatenate([t["ids"], np.full(m, -1, np.int64)])),
         }
+        instances = target.get("instance_map")
+        if instances is not None:  # person outlines (kdtrack.data.instance_map): warped with the image, nearest
+            if np.shape(instances) != (h, w):
+                raise ValueError(f"BoxAugment: instance_map is {np.shape(instances)}, the image {(h, w)}")
+            sample["instance_map"] = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(instances, np.int32)))
         seed = int(rng.integers(0, SEED_HIGH))
         with torch.random.fork_rng(devices=[]), single_thread():
             torch.manual_seed(seed)
@@ -271,12 +276,15 @@ class BoxAugment:
         boxes = sample["boxes"].as_subclass(torch.Tensor).numpy().astype(np.float32)
         person = tags >= 0
         out_image = sample["image"].permute(1, 2, 0).contiguous().numpy()
-        return out_image, {
+        out = {
             "boxes_xyxy": boxes[person].reshape(-1, 4),
             "box_index": tags[person].astype(np.int64),
             "ids": sample["ids"].numpy()[person].astype(np.int64),
             "ignore_boxes_xyxy": boxes[~person].reshape(-1, 4),
         }
+        if "instance_map" in sample:
+            out["instance_map"] = sample["instance_map"].as_subclass(torch.Tensor).numpy()
+        return out_image, out
 
     def _clamp_and_drop(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Clamp boxes to the canvas; a person box left with < min_visible_fraction of its area collapses
@@ -318,10 +326,16 @@ def paste_people(
     of its box showing is dropped with its fields. The background's own people
     (``background_boxes``, in its pixels) become ignore boxes: people (no background loss on
     them) without a key or a detection target. ``feather`` (pixels, Gaussian sigma) softens the
-    paste edges so that a box outline is no person cue of its own.
+    paste edges so that a box outline is no person cue of its own. With ``target["instance_map"]``
+    (``kdtrack.data.instance_map``: ``box_index + 1`` on each person's pixels) a person that has an
+    outline is pasted through it, not through its box: only the person moves, not the background
+    inside its box (Simple Copy-Paste, Ghiasi et al., CVPR 2021).
     """
     t = check_target(target)
     h, w = image.shape[:2]
+    instances = target.get("instance_map")
+    if instances is not None and np.shape(instances) != (h, w):
+        raise ValueError(f"paste_people: instance_map is {np.shape(instances)}, the image {(h, w)}")
     bh, bw = background.shape[:2]
     out = cv2.resize(background, (w, h), interpolation=cv2.INTER_LINEAR) if (bh, bw) != (h, w) else background
     out = out.astype(np.float32)
@@ -339,7 +353,11 @@ def paste_people(
         pad = int(np.ceil(3 * feather)) if feather > 0 else 0
         ax0, ay0, ax3, ay3 = max(nx - pad, 0), max(ny - pad, 0), min(nx + bw_i + pad, w), min(ny + bh_i + pad, h)
         alpha = np.zeros((ay3 - ay0, ax3 - ax0), np.float32)
-        alpha[ny - ay0:ny - ay0 + bh_i, nx - ax0:nx - ax0 + bw_i] = 1.0
+        outline = None if instances is None else instances[y0:y3, x0:x3] == t["box_index"][i] + 1
+        if outline is not None and outline.any():  # the person's own pixels (copy-paste with a mask)
+            alpha[ny - ay0:ny - ay0 + bh_i, nx - ax0:nx - ax0 + bw_i] = outline
+        else:  # the whole box rectangle
+            alpha[ny - ay0:ny - ay0 + bh_i, nx - ax0:nx - ax0 + bw_i] = 1.0
         if feather > 0:
             alpha = cv2.GaussianBlur(alpha, (0, 0), float(feather))
         patch = np.zeros((ay3 - ay0, ax3 - ax0, 3), np.float32)

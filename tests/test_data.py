@@ -258,3 +258,24 @@ def test_background_swap_pastes_the_people_onto_another_image(tmp_path):
     (root / "crowdhuman" / "Images" / "img2.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(OSError, match="img2.jpg: cannot read image"):
         training_sample(first, cfg_on, np.random.default_rng(0), views=2, partners=[second])
+
+
+def test_paste_masks_moves_coco_people_through_their_outlines(tiny_world):
+    """data.paste_masks: a COCO record's swapped view pastes each person through its segmentation outline;
+    the whole first view, the targets and the draws are those of the rectangle paste."""
+    from kdtrack.structures import POLYGONS_KEY
+
+    overrides = [f"data.root={tiny_world}", "data.sources=[coco]"]
+    rect_cfg = load_config("idf_cpu", overrides)
+    mask_cfg = load_config("idf_cpu", overrides + ["data.paste_masks=true"])
+    records = load_records(mask_cfg)
+    assert all(POLYGONS_KEY in r.extra and len(r.extra[POLYGONS_KEY]) == r.num_boxes for r in records)
+    differs = 0
+    for i, record in enumerate(records[:6]):
+        rect = training_sample(record, rect_cfg, np.random.default_rng(i), views=2, partners=records)
+        mask = training_sample(record, mask_cfg, np.random.default_rng(i), views=2, partners=records)
+        assert np.array_equal(rect["image"][0], mask["image"][0])
+        for key in ("index", "mask", "ids", "heatmap"):
+            assert np.array_equal(rect[key], mask[key]), key
+        differs += not np.array_equal(rect["image"][1], mask["image"][1])
+    assert differs >= 5  # the pasted view: the box's own background stayed behind

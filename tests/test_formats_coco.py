@@ -97,3 +97,29 @@ def test_writer_checks_references(tmp_path):
     annotations[0]["image_id"] = 123
     with pytest.raises(ValueError, match=r"annotations\[0\]"):
         write_coco(tmp_path / "x.json", images, annotations, CATEGORIES)
+
+
+def test_person_polygons_are_kept_per_box_and_a_bad_one_names_the_record(tmp_path):
+    from kdtrack.data import instance_map
+    from kdtrack.structures import POLYGONS_KEY, ImageRecord
+
+    images, annotations = _dataset()
+    annotations[1]["segmentation"] = [[52, 1, 60, 1, 60, 10, 52, 10]]  # person 2: a square outline
+    path = tmp_path / "annotations" / "instances_val2017.json"
+    write_coco(path, images, annotations, CATEGORIES)
+    for img in images:
+        _jpg(tmp_path / "val2017" / img["file_name"])
+    rec = read_coco_persons(path, tmp_path / "val2017")[0][0]
+    polygons = rec.extra[POLYGONS_KEY]
+    assert len(polygons) == rec.num_boxes == 2 and polygons[0] is None  # an empty segmentation: no outline
+    np.testing.assert_allclose(polygons[1][0], [[52, 1], [60, 1], [60, 10], [52, 10]])
+    again = ImageRecord.from_dict(rec.to_dict())  # the outlines travel with the record to the workers
+    np.testing.assert_allclose(again.extra[POLYGONS_KEY][1][0], polygons[1][0])
+    assert again.select(np.array([False, True])).extra[POLYGONS_KEY][0] is polygons[1]
+    instances = instance_map(polygons, rec.height, rec.width)
+    assert set(np.unique(instances)) == {0, 2} and (instances[1:11, 52:61] == 2).all() and instances[20, 5] == 0
+
+    annotations[0]["segmentation"] = [[1, 2, 3]]
+    write_coco(path, images, annotations, CATEGORIES)
+    with pytest.raises(FormatError, match=r"instances_val2017.json:annotations\[0\]: segmentation\[0\]"):
+        read_coco_persons(path, tmp_path / "val2017")

@@ -189,3 +189,48 @@ def test_paste_people_relayout_moves_each_person_and_drops_the_hidden():
         dropped += len(t["ids"]) < 2
         assert len(t["ids"]) == len(t["box_index"]) == len(t["boxes_xyxy"]) >= 1
     assert dropped > 0
+
+
+def test_paste_people_through_outlines_moves_the_person_not_its_box():
+    """With an instance map a person with an outline is pasted through it (its box's background stays behind);
+    a person without one (map 0 in its box) falls back to the rectangle."""
+    from kdtrack.transforms import paste_people
+
+    image, target = _image(), _target()
+    outlines = np.zeros((H, W), np.int32)
+    outlines[30:80, 55:75] = 1  # box 0 (40..90 x 10..90): a 20 px wide body in the middle
+    outlines[20:80, 90:110] = 3  # box 2 (80..120 x 20..80)
+    background = np.full((H, W, 3), 7, np.uint8)
+    out, t = paste_people(image, {**target, "instance_map": outlines}, background, np.zeros((0, 4)), feather=0.0)
+    body = outlines > 0
+    assert np.array_equal(out[body], image[body])
+    assert (out[15:25, 45:50] == 7).all()  # inside box 0, outside its outline: background now
+    assert np.array_equal(out[10:90, 140:190], image[10:90, 140:190])  # box 1 has no outline: its rectangle
+    for key in ("boxes_xyxy", "box_index", "ids"):
+        assert np.array_equal(t[key], target[key])
+    # the rectangle paste of the same target keeps the box's own background
+    rect, _ = paste_people(image, target, background, np.zeros((0, 4)), feather=0.0)
+    assert np.array_equal(rect[15:25, 45:50], image[15:25, 45:50])
+    with pytest.raises(ValueError, match="instance_map is"):
+        paste_people(image, {**target, "instance_map": outlines[:10]}, background, np.zeros((0, 4)))
+
+
+def test_augment_carries_the_instance_map_without_changing_the_draws():
+    """The outlines are warped with the image (nearest, 0 where the warp fills), and their presence changes
+    neither the image nor the boxes of any draw."""
+    image, target = _image(), _target()
+    outlines = np.zeros((H, W), np.int32)
+    for row, (x1, y1, x2, y2) in enumerate(target["boxes_xyxy"].astype(int)):
+        outlines[y1 + 5:y2 - 5, x1 + 5:x2 - 5] = row + 1
+    augment = BoxAugment("idf_view")
+    for seed in range(8):
+        plain_image, plain = augment(image, target, np.random.default_rng(seed))
+        warped_image, warped = augment(image, {**target, "instance_map": outlines}, np.random.default_rng(seed))
+        assert np.array_equal(plain_image, warped_image) and np.array_equal(plain["boxes_xyxy"], warped["boxes_xyxy"])
+        instances = warped["instance_map"]
+        assert instances.shape == plain_image.shape[:2] and set(np.unique(instances)) <= {0, 1, 2, 3}
+        for box, row in zip(warped["boxes_xyxy"], warped["box_index"]):  # each outline stays inside its box
+            ys, xs = np.nonzero(instances == row + 1)
+            if len(xs):
+                assert box[0] - 2 <= xs.mean() <= box[2] + 2 and box[1] - 2 <= ys.mean() <= box[3] + 2
+    assert "instance_map" not in plain

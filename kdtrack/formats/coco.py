@@ -27,7 +27,7 @@ from kdtrack.formats.common import (
     where,
 )
 from kdtrack.io import atomic_write_json
-from kdtrack.structures import UNKNOWN_ID, ImageRecord
+from kdtrack.structures import POLYGONS_KEY, UNKNOWN_ID, ImageRecord
 
 PERSON_CATEGORY_ID = 1
 PERSON_CATEGORY = {"supercategory": "person", "id": PERSON_CATEGORY_ID, "name": "person"}
@@ -71,6 +71,24 @@ def _require(obj: Any, keys: tuple[str, ...], loc: str) -> None:
         raise FormatError(f"{loc}: missing {', '.join(missing)}")
 
 
+def segmentation_polygons(segmentation: Any, loc: str) -> list[np.ndarray] | None:
+    """A person's COCO polygons as ``(n_i, 2)`` float32 arrays (image pixels), or None when it has none
+    (missing, empty, or run-length encoded): copy-paste falls back to its box. A malformed polygon is a
+    ``FormatError`` naming the record."""
+    if not isinstance(segmentation, list) or not segmentation:
+        return None
+    polygons = []
+    for j, poly in enumerate(segmentation):
+        try:
+            points = np.asarray(poly, dtype=np.float32)
+        except (TypeError, ValueError):
+            points = np.zeros(1, np.float32)
+        if points.ndim != 1 or len(points) < 6 or len(points) % 2 or not np.isfinite(points).all():
+            raise FormatError(f"{loc}: segmentation[{j}] must be a flat list of >= 3 x, y pairs")
+        polygons.append(points.reshape(-1, 2))
+    return polygons
+
+
 def read_coco_persons(
     json_path: str | os.PathLike,
     image_dir: str | os.PathLike,
@@ -81,7 +99,8 @@ def read_coco_persons(
 ) -> tuple[list[ImageRecord], ReadStats]:
     """Person boxes of a COCO instances file, one ``ImageRecord`` per image that has a person.
 
-    Errors name the file and the record (``instances_val2017.json:annotations[17]: ...``).
+    Errors name the file and the record (``instances_val2017.json:annotations[17]: ...``). Each person's
+    polygons (``segmentation``) are kept in ``record.extra[POLYGONS_KEY]``, one entry per box (None without).
     """
     check_on_error(on_error)
     json_path, image_dir = Path(json_path), Path(image_dir)
@@ -106,6 +125,7 @@ def read_coco_persons(
         images[img["id"]] = (i, img)
 
     persons: dict[Any, list[np.ndarray]] = defaultdict(list)
+    person_polygons: dict[Any, list[list[np.ndarray] | None]] = defaultdict(list)
     crowds: dict[Any, list[np.ndarray]] = defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
         loc = where(json_path, f"annotations[{i}]")
@@ -123,10 +143,15 @@ def read_coco_persons(
                 raise FormatError(f"{loc}: bbox must be 4 numbers, got {ann['bbox']!r}")
             if ann.get("iscrowd", 0) not in (0, 1):
                 raise FormatError(f"{loc}: iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
+            polygons = None if ann.get("iscrowd", 0) == 1 else segmentation_polygons(ann.get("segmentation"), loc)
         except FormatError as exc:
             stats.skip(exc, on_error)
             continue
-        (crowds if ann.get("iscrowd", 0) == 1 else persons)[ann["image_id"]].append(bbox)
+        if ann.get("iscrowd", 0) == 1:
+            crowds[ann["image_id"]].append(bbox)
+        else:
+            persons[ann["image_id"]].append(bbox)
+            person_polygons[ann["image_id"]].append(polygons)
 
     records: list[ImageRecord] = []
     for image_id, (i, img) in images.items():
@@ -144,6 +169,9 @@ def read_coco_persons(
                           on_error)
             continue
         n = int(keep.sum())
+        polygons = np.empty(len(keep), object)
+        for j, person in enumerate(person_polygons.get(image_id, [])):
+            polygons[j] = person
         records.append(ImageRecord(
             image_path=str(image_path),
             width=width,
@@ -154,6 +182,7 @@ def read_coco_persons(
             ignore_boxes_xyxy=ignore[keep_ignore],
             image_id=str(image_id),
             source="coco",
+            extra={POLYGONS_KEY: polygons[keep]},
         ))
     stats.records = len(records)
     return records, stats
