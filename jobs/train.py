@@ -788,7 +788,7 @@ def with_id_classes(cfg: Config, loop_data: dict[str, Any]) -> Config:
         return cfg
     labelled = loop_data.get(LABELLED_KEY, {})
     if found == 0:
-        what = (f"train.recipe 'supervised' classifies identities" if supervised
+        what = ("train.recipe 'supervised' classifies identities" if supervised
                 else f"loss.eta {cfg.loss.eta} < 1 needs identity labels")
         counts = ", ".join(f"{source}: {n}" for source, n in labelled.items()) or ", ".join(cfg.data.sources)
         raise ConfigError(f"{what}, but no training box of data.sources has one (labelled boxes per source: "
