@@ -6,7 +6,7 @@ Stages (each prints what it did):
   3. train the tiny student with the IDF recipe (detection + dense contrastive)
      on Ray Train, logging to MLflow (``<out>/mlflow.db``);
   4. evaluate the checkpoint: oracle-box re-identification against a random-init
-     student and a colour histogram, person search on the synthetic CUHK-SYSU-style set,
+     student and two colour histograms (the whole box, its centre), person search on the synthetic CUHK-SYSU-style set,
      then MOT17-style tracking on the val halves (one Ray task per sequence),
      logged into the training run; the MOT table is the last thing printed.
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     print("[4/4] evaluating the checkpoint", flush=True)
     print("  oracle-box re-identification (identity embedding at ground-truth boxes; random-init student and "
-          "colour histogram scored on the same boxes):", flush=True)
+          "colour histograms of the whole box and of its centre scored on the same boxes):", flush=True)
     reid = evaluate.main(["reid", "--checkpoint", checkpoint, "--world", str(world),
                           "--out", str(out / "eval" / "reid.json"), *mlflow_args])
     manifest = world / "person_search" / "manifest.json"
