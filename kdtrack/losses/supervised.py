@@ -10,7 +10,7 @@ posterior), then classified by a linear layer over the training identities:
 
 Objects with id -1 (unlabelled people, detection-only datasets) are ignored,
 as FairMOT's ``ignore_index=-1``. The classifier starts from N(0, 0.01) weights
-and zero bias (FairMOT's ``nn.Linear`` weight init in its re-ID head code).
+(METHOD.md 4b) and a zero bias.
 """
 
 from __future__ import annotations
