@@ -234,3 +234,17 @@ def test_augment_carries_the_instance_map_without_changing_the_draws():
             if len(xs):
                 assert box[0] - 2 <= xs.mean() <= box[2] + 2 and box[1] - 2 <= ys.mean() <= box[3] + 2
     assert "instance_map" not in plain
+
+
+def test_the_affine_fill_of_images_is_the_scalar_grey_it_was():
+    """RandomAffine fills images with 127 and instance maps with 0 (a per-type fill): every image and box of
+    the preset's warp is the one the scalar fill 127 gave, so no training sample changed with the maps."""
+    image = tv_tensors.Image(torch.from_numpy(_image()).permute(2, 0, 1).contiguous())
+    boxes = tv_tensors.BoundingBoxes(torch.tensor(_target()["boxes_xyxy"]), format="XYXY", canvas_size=(H, W))
+    for seed in range(10):
+        outs = []
+        for fill in (127, {tv_tensors.Image: 127, tv_tensors.Mask: 0}):
+            affine = v2.RandomAffine(degrees=10, translate=(0.2, 0.2), scale=(0.5, 1.5), shear=2, fill=fill)
+            torch.manual_seed(seed)
+            outs.append(affine({"image": image, "boxes": boxes}))
+        assert torch.equal(outs[0]["image"], outs[1]["image"]) and torch.equal(outs[0]["boxes"], outs[1]["boxes"])
