@@ -225,6 +225,15 @@ def check_target(target: dict[str, Any], where: str = "target") -> dict[str, np.
     return {"boxes_xyxy": boxes, "box_index": box_index, "ids": ids, "ignore_boxes_xyxy": ignore}
 
 
+def instance_map_of(target: dict[str, Any], height: int, width: int, where: str) -> np.ndarray | None:
+    """``target["instance_map"]`` (person outlines, ``kdtrack.data.instance_map``) or None; one of another
+    size than the image is a ValueError naming ``where``."""
+    instances = target.get("instance_map")
+    if instances is not None and np.shape(instances) != (height, width):
+        raise ValueError(f"{where}: instance_map is {np.shape(instances)}, the image {(height, width)}")
+    return instances
+
+
 class BoxAugment:
     """A named preset applied to ``(image, target)``; see the module docstring.
 
@@ -261,10 +270,8 @@ class BoxAugment:
             "tags": torch.from_numpy(tags),
             "ids": torch.from_numpy(np.concatenate([t["ids"], np.full(m, -1, np.int64)])),
         }
-        instances = target.get("instance_map")
+        instances = instance_map_of(target, h, w, "BoxAugment")
         if instances is not None:  # person outlines (kdtrack.data.instance_map): warped with the image, nearest
-            if np.shape(instances) != (h, w):
-                raise ValueError(f"BoxAugment: instance_map is {np.shape(instances)}, the image {(h, w)}")
             sample["instance_map"] = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(instances, np.int32)))
         seed = int(rng.integers(0, SEED_HIGH))
         with torch.random.fork_rng(devices=[]), single_thread():
@@ -333,9 +340,7 @@ def paste_people(
     """
     t = check_target(target)
     h, w = image.shape[:2]
-    instances = target.get("instance_map")
-    if instances is not None and np.shape(instances) != (h, w):
-        raise ValueError(f"paste_people: instance_map is {np.shape(instances)}, the image {(h, w)}")
+    instances = instance_map_of(target, h, w, "paste_people")
     bh, bw = background.shape[:2]
     out = cv2.resize(background, (w, h), interpolation=cv2.INTER_LINEAR) if (bh, bw) != (h, w) else background
     out = out.astype(np.float32)
