@@ -1,4 +1,4 @@
-"""The id-free collapse diagnosis (README, "Why the id-free embedding collapsed"), rerunnable.
+"""The id-free collapse diagnosis (docs/results/idf-stage1.md, "Why the id-free embedding collapsed"), rerunnable.
 
 Trains the tiny student in-process (no Ray) with the IDF stage-1 recipe on a synthetic world's
 CrowdHuman + COCO images, one variant per run, and prints every 25 iterations the collapse monitor
@@ -15,7 +15,7 @@ random-init student of the same architecture and the colour histogram, on the sa
     python bench/idf_collapse.py --world runs/world --set loss.heatmap_weight=0 --set loss.size_weight=0 \\
         --set loss.offset_weight=0 --set loss.id_weight=1.0                   # identity loss alone
 
-Settings of the README table: tiny preset at 320x192, Adam 1e-3, 4 image pairs per iteration,
+Settings of that page's table: tiny preset at 320x192, Adam 1e-3, 4 image pairs per iteration,
 queue 2048, 300-400 iterations, one torch thread.
 """
 

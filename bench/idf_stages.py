@@ -1,4 +1,4 @@
-"""The IDF stages measured end to end on a synthetic world (README, "IDF stages 2 and 3" and the stage-1 table).
+"""The IDF stages measured end to end on a synthetic world (docs/results/idf-stages-2-3.md and idf-stage1.md).
 
 In-process loops (no Ray, one torch thread) with the presets' settings -- ``idf_cpu`` (stage 1),
 ``idf_video_cpu`` (stage 2), ``idf_det_cpu`` (stage 3) -- and, between them, ``jobs.pseudo_label``
@@ -9,16 +9,16 @@ detection recall / precision / AP on the CrowdHuman val images. The random-init 
 baselines are probed once, on the same boxes.
 
     python -m jobs.generate_synth --preset small --out W --seed 0
-    python bench/idf_stages.py --world W --out runs/idf-stages                      # README numbers
+    python bench/idf_stages.py --world W --out runs/idf-stages                      # the results pages' numbers
     python bench/idf_stages.py --world W --out runs/idf-stages --stage1-iters 0     # stage 2 from random init
     python bench/idf_stages.py --world W --out runs/idf-stages --set data.pair_sampling=random
     python bench/idf_stages.py --world W --out runs/hue0 --aug hue=0.0 --labels none  # stage 1 only, no hue jitter
 
 Stage-1 variants: ``--aug`` (``idf_view`` transform fields) and ``--set`` (config overrides, all stages).
-Two diagnostic controls patch the process before any network or sample is built (README, "Identity
-learning: status"): ``--norm group`` makes every ``BatchNorm2d`` a ``GroupNorm`` (8 groups; no batch
-statistics, so nothing can leak between the samples of a batch, MoCo's "shuffle BN" concern), and
-``--keys ids`` gives the contrastive loss the records' true identities (ids > 0) as person keys instead
+Two diagnostic controls patch the process before any network or sample is built (docs/results/idf-stage1.md,
+"The dense contrastive objective fails at this scale"): ``--norm group`` makes every ``BatchNorm2d`` a
+``GroupNorm`` (8 groups; no batch statistics, so nothing can leak between the samples of a batch, MoCo's
+"shuffle BN" concern), and ``--keys ids`` gives the contrastive loss the records' true identities (ids > 0) as person keys instead
 of one key per person and image: the same person in two images of a batch is a positive and never a
 negative (a *supervised* upper-bound control, e.g. with ``--set data.sources=[person_search]``).
 

@@ -32,8 +32,8 @@ from pathlib import Path
 
 # One BLAS thread, as each Ray task gets (OMP_NUM_THREADS = its CPUs): otherwise the "single-process" loop
 # would already run its distance matrices on every core and the comparison would not be one core vs N.
-# Set before numpy is imported: OpenBLAS reads them once, as it loads (until session 27 they came after
-# `import numpy`, and the loop ran with a second BLAS thread busy beside it; README, "Session 27").
+# Set before numpy is imported: OpenBLAS reads them once, as it loads (until 2026-12-03 they came after
+# `import numpy`, and the loop ran with a second BLAS thread busy beside it; bench/README.md).
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -153,7 +153,7 @@ def main() -> None:
     cfg = load_config("tiny", ["pseudo.eps=0.3", "pseudo.min_samples=3", "pseudo.cluster_cpus=1"])
 
     # warm both sides alike: timed cold, the loop's first DBSCAN calls (imports, first allocations) made it look
-    # slower (200 x 600: 55,779 boxes/s cold, 97,446 warm) and flattered every Ray speed-up (README)
+    # slower (200 x 600: 55,779 boxes/s cold, 97,446 warm) and flattered every Ray speed-up (bench/README.md)
     cluster_videos(videos[: min(len(videos), 4 * args.cpus)], cfg, use_ray=False)
     loop_cpu_runs: list[float] = []
 
@@ -174,7 +174,7 @@ def main() -> None:
         cluster_videos(videos[: min(len(videos), 4 * args.cpus)], engine_cfg, use_ray=True)  # warm: workers, imports
         before = cpu_seconds_by_role()
         # the first full-size run also maps fresh object-store pages and grows the workers' heaps: a once-per-
-        # session cost that made single timings swing (README, "Session 26"; each run's figure is printed)
+        # invocation cost that made single timings swing (bench/README.md; each run's figure is printed)
         runs, distributed = timed_runs(lambda: cluster_videos(videos, engine_cfg, use_ray=True), args.repeats)
         seconds[engine], each[engine] = statistics.median(runs), runs
         if engine == "tasks":

@@ -185,7 +185,7 @@ def _cluster_row(row: dict[str, Any], *, eps: float, min_samples: int, metric: s
 def _cluster_chunk(embeddings: Sequence[np.ndarray], *, eps: float, min_samples: int, metric: str) -> np.ndarray:
     """The labels of every video of a chunk, concatenated: one array back to the driver instead of one per
     video, whose deserialisation there cost parallel efficiency at paper scale (45,000 videos of 22 boxes:
-    0.82 -> 0.85 on 2 cores; bench/pseudo_label.py, README)."""
+    0.82 -> 0.85 on 2 cores; bench/pseudo_label.py, bench/README.md)."""
     labels = [dbscan_labels(e, eps=eps, min_samples=min_samples, metric=metric) for e in embeddings]
     return np.concatenate(labels) if labels else np.zeros(0, np.int64)
 

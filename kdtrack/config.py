@@ -107,7 +107,7 @@ class ModelConfig:
     size_channels: Literal[2, 4] = 4  # 4: l,t,r,b distances; 2: w,h
     embedding_dim: int = 128  # identity channels k (KD: 2048 = teacher dim; IDF: 256)
     normalize_embedding: bool = True  # L2-normalise the identity output (IDF); False for KD regression
-    embedding_norm: Literal["batchnorm", "none"] = "batchnorm"  # centre the identity output before the L2 norm (BatchNorm without affine, as MoCo v2 / SimCLR heads): at init every person shares one direction (cosine 0.94); centring alone delays the id-free collapse but does not prevent it (the key encoder does, README)
+    embedding_norm: Literal["batchnorm", "none"] = "batchnorm"  # centre the identity output before the L2 norm (BatchNorm without affine, as MoCo v2 / SimCLR heads): at init every person shares one direction (cosine 0.94); centring alone delays the id-free collapse but does not prevent it (the key encoder does, docs/results/idf-stage1.md)
     heatmap_bias: float = -2.19  # initial bias of the heatmap logits (prior 0.1)
     width: int = 32  # base channel width of the tiny backbone
     pretrained: str = ""  # local checkpoint to initialise from ("" = random): a kdtrack checkpoint, a torchvision ImageNet ResNet (resnet*_unet encoder) or a CenterNet/FairMOT DLA-34 (dla34: ctdet_coco_dla_2x.pth); the format is read from the keys, a one-line report says what loaded
@@ -339,7 +339,7 @@ class PseudoLabelConfig:
     score_threshold: float = 0.4  # detections kept for clustering (the tracking threshold)
     max_frames: int = 0  # >0: at most this many frames per clip (after the stride), evenly spread
     batch_frames: int = 8  # frames per network forward
-    eps: float = 0.02  # DBSCAN neighbourhood radius (cosine distance = 1 - cos). Measured on the small world with an idf_cpu stage-1 embedding: 0.3 merges each clip into one cluster (ARI 0.47); 0.02 gives the best ARI (0.68, README); consecutive frames of one person are near-duplicates, so DBSCAN chains them at a small radius
+    eps: float = 0.02  # DBSCAN neighbourhood radius (cosine distance = 1 - cos). Measured on the small world with an idf_cpu stage-1 embedding: 0.3 merges each clip into one cluster (ARI 0.47); 0.02 gives the best ARI (0.68, docs/results/idf-stages-2-3.md); consecutive frames of one person are near-duplicates, so DBSCAN chains them at a small radius
     min_samples: int = 3  # DBSCAN core-point size (the point itself included, as scikit-learn counts)
     metric: Literal["cosine", "euclidean"] = "cosine"  # on L2-normalised embeddings both give the same clusters at matching eps
     min_track_frames: int = 2  # a cluster is a valid trajectory when it spans this many frames, with boxes in both halves of the clip; a video is kept when it has one

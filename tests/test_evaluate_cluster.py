@@ -1,4 +1,4 @@
-"""Batch evaluation at cluster scale (issue 12), on a real 2-CPU Ray cluster and the tiny world.
+"""Batch evaluation at cluster scale (actor pools), on a real 2-CPU Ray cluster and the tiny world.
 
 - a MOT17 root holding every sequence three times (one copy per public detector) is tracked once per sequence;
 - a sequence with a corrupt frame fails by name while the other is scored and written, and the job exits 1;

@@ -1,4 +1,4 @@
-"""The diagnostic controls of ``bench/idf_stages.py`` (README, "Identity learning: status") do what they say."""
+"""The diagnostic controls of ``bench/idf_stages.py`` (docs/results/idf-stage1.md) do what they say."""
 
 from __future__ import annotations
 

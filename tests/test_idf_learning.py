@@ -1,4 +1,4 @@
-"""The id-free recipe keeps learning its training task instead of collapsing (regression for issue 7).
+"""The id-free recipe keeps learning its training task instead of collapsing (a regression test of IDF stage 1).
 
 A short in-process training of a small student on the tiny world's CrowdHuman-style images, twice
 in one run: the recipe as built now (momentum key encoder filling the queue, in-batch negatives) and
@@ -12,8 +12,8 @@ The second test is the oracle-box regression: stage 1 as ``idf_cpu`` runs it (ba
 second view, people re-laid out), small student, 600 iterations on a micro world, must re-identify the
 person-search TEST people across cameras (oracle boxes, ``kdtrack.reid_probe``, what ``jobs.evaluate
 reid`` runs) clearly better than the random-init network it started from. Its strict-xfail twin runs
-the recipe without the swap, which learns the scene instead of the person (README, "Identity learning:
-status"): if that control ever passes, the threshold no longer tells learning from noise.
+the recipe without the swap, which learns the scene instead of the person (docs/results/idf-stage1.md,
+"The oracle-box regression test"): if that control ever passes, the threshold no longer tells learning from noise.
 """
 
 from __future__ import annotations

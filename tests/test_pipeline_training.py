@@ -133,7 +133,7 @@ def test_stream_samples_equal_the_torch_paths_and_pair_the_same_people(ray_sessi
 
 def test_a_stream_buffer_keeps_the_decoders_from_running_ahead(ray_session, tiny_world):
     # Ray's default lets the decode actor fill the object store with the whole run while the step waits
-    # for the cores (README "How samples reach the workers"); data.stream_buffer_mb caps it.
+    # for the cores (docs/train.md, "How samples reach the workers"); data.stream_buffer_mb caps it.
     import time
 
     cfg = _cfg(tiny_world, "train.epochs=0", "train.max_iterations=150", "data.stream_buffer_mb=1")

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_loop_process_has_one_blas_thread():
-    """Importing the bench caps numpy's BLAS before numpy loads (until session 27 the cap came after
+    """Importing the bench caps numpy's BLAS before numpy loads (until 2026-12-03 the cap came after
     ``import numpy`` and the "single-process" loop had a second BLAS thread)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                              "MKL_NUM_THREADS")}

@@ -16,7 +16,7 @@ For a centre-region point ``v`` of person ``i`` (all vectors L2-normalised):
   Without them nothing keeps the current people apart: the network lowers the
   loss by moving every current person to one point away from the (stale)
   queue, and the embedding collapses (measured: between-person cosine 1.000;
-  see README, "Why the id-free embedding collapsed"). ``batch_negatives=False``
+  see docs/results/idf-stage1.md, "Why the id-free embedding collapsed"). ``batch_negatives=False``
   is the paper's text (queue only). With no negative at all the loss is
   exactly 0 (and so is its gradient).
 - ``l_id`` = mean of ``l(v)`` over all anchors of all people; people with id

@@ -4,8 +4,8 @@ The queue of negatives must hold embeddings of (nearly) the current network.
 Filled with detached embeddings of the fast-moving student itself, it goes
 stale in a consistent direction, and the student can lower the loss by moving
 every person away from its own past outputs instead of separating people: the
-id-free embedding collapsed that way (between-person cosine 1.000, README
-"Why the id-free embedding collapsed"). MoCo's remedy: the queue is filled by
+id-free embedding collapsed that way (between-person cosine 1.000, docs/results/
+idf-stage1.md, "Why the id-free embedding collapsed"). MoCo's remedy: the queue is filled by
 a slowly moving copy ``theta_k <- m theta_k + (1 - m) theta_q``.
 
 The copy is trained by nothing but ``update``; it is part of the training
