@@ -378,6 +378,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
         build_optimizer,
         build_scheduler,
         freeze_parts,
+        leave_out_unused_heads,
         set_train_mode,
         total_iterations,
         train_one_epoch,
@@ -419,8 +420,11 @@ def train_func(loop_config: dict[str, Any]) -> None:
     frozen = freeze_parts(student, tc.freeze)
     if rank == 0 and frozen:
         print(f"frozen: {', '.join(frozen)}", flush=True)
-    model = ray.train.torch.prepare_model(student)
     criterion = Criterion.from_config(cfg, gather_fn=all_gather_cat if world > 1 else None).to(device)
+    unused = leave_out_unused_heads(student, criterion)  # before DDP: it would wait for their gradients
+    if rank == 0 and unused:
+        print(f"not trained (no loss reads them): heads {', '.join(unused)}", flush=True)
+    model = ray.train.torch.prepare_model(student)
     teacher = build_kd_teacher(cfg, device) if tc.recipe == "kd" and not cfg.teacher.embeddings else None
     optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), tc)
     key_encoder = None

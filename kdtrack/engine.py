@@ -2,9 +2,13 @@
 
 ``train_step`` = forward (autocast on CUDA only) -> criterion (float32) ->
 non-finite check -> backward -> gradient averaging of the criterion's own
-parameters across processes (DDP only syncs the model) -> clip -> step.
-A non-finite loss raises ``FloatingPointError`` naming the iteration and
-every loss term, before any weight is touched.
+parameters across processes (DDP only syncs the model) -> unscale -> clip ->
+step. A non-finite loss is handled the same way on every rank: without a
+gradient scaler every rank raises ``FloatingPointError`` (naming the
+iteration, the ranks whose loss was not finite and, on those, every loss
+term) before any weight is touched; with an enabled scaler (AMP) the
+non-finite gradients reach every rank (DDP and :func:`average_gradients`
+average them) and every rank's scaler skips the step and lowers its scale.
 """
 
 from __future__ import annotations
@@ -119,20 +123,52 @@ def average_gradients(module: nn.Module) -> None:
             p.grad.div_(world)
 
 
+def check_finite_everywhere(terms: Mapping[str, Any], iteration: int) -> None:
+    """Raise ``FloatingPointError`` on every rank when ``terms["total"]`` is not finite on any rank.
+
+    One all-reduce of a per-rank flag, so a rank with a good loss does not go on into DDP's gradient
+    all-reduce and wait there for a rank that stopped. The message names the ranks with a bad loss and,
+    on those, every term. Costs one host sync per step (only the unscaled path runs it)."""
+    total = terms["total"]
+    bad = ~torch.isfinite(total.detach()).all()
+    if is_distributed():
+        flags = torch.zeros(dist.get_world_size(), device=total.device)
+        flags[dist.get_rank()] = bad.float()
+        dist.all_reduce(flags)
+        bad_ranks = [int(r) for r in torch.nonzero(flags).flatten().tolist()]
+        where = f" on rank(s) {bad_ranks}" if bad_ranks else ""
+    else:
+        bad_ranks = [0] if bool(bad) else []
+        where = ""
+    if not bad_ranks:
+        return
+    if bool(bad):
+        values = {k: float(v.detach().float().mean()) for k, v in terms.items() if torch.is_tensor(v)}
+        raise FloatingPointError(f"iteration {iteration}: loss is {float(total.detach())}{where}, stopping "
+                                 f"training on every rank; terms: {values}")
+    raise FloatingPointError(f"iteration {iteration}: the loss is not finite{where}, stopping training on every "
+                             f"rank (the terms are in that rank's error)")
+
+
 def backward_and_step(total: torch.Tensor, optimizer: torch.optim.Optimizer, *,
                       scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0,
                       sync: Callable[[], None] | None = None) -> None:
     """zero_grad -> (scaled) backward -> ``sync()`` (e.g. averaging gradients DDP does not see) ->
-    clip -> (scaled) step: the update shared by the student and the teacher steps."""
+    unscale -> clip -> (scaled) step: the update shared by the student and the teacher steps.
+
+    ``sync`` runs before ``scaler.unscale_``: the scale is the same on every rank, so averaging the scaled
+    gradients first lets each rank's inf check see the same (averaged) gradients, and an inf on one rank
+    skips the step on every rank instead of being spread by the average into the ranks that stepped."""
     optimizer.zero_grad(set_to_none=True)
     scaled = scaler is not None and scaler.is_enabled()
     if scaled:
         scaler.scale(total).backward()
-        scaler.unscale_(optimizer)
     else:
         total.backward()
     if sync is not None:
         sync()
+    if scaled:
+        scaler.unscale_(optimizer)
     if grad_clip > 0:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -172,6 +208,19 @@ def freeze_parts(model: nn.Module, parts: Iterable[str]) -> list[str]:
     return paths
 
 
+def leave_out_unused_heads(model: nn.Module, criterion: nn.Module) -> list[str]:
+    """Train only the student heads ``criterion`` reads (``Criterion.required_outputs``); returns the heads
+    left out (e.g. the embedding of the detection recipe). Call it before DDP wraps the model: DDP waits
+    for a gradient of every parameter that requires one, and a head no loss reads never gives one (the
+    "Expected to have finished reduction" crash). Not computing such a head also saves its forward and
+    backward, which ``find_unused_parameters=True`` would pay for plus a graph walk every step."""
+    net = getattr(model, "module", model)
+    required = getattr(criterion, "required_outputs", None)
+    if required is None or not hasattr(net, "train_only"):
+        return []
+    return net.train_only(required)
+
+
 def set_train_mode(model: nn.Module) -> None:
     """``model.train()``, except the parts :func:`freeze_parts` fixed, which stay in eval mode."""
     model.train()
@@ -202,6 +251,7 @@ def train_step(
     key_encoder: nn.Module | None = None,
 ) -> dict[str, float]:
     """One optimisation step on ``batch`` (a ``kdtrack.data.collate`` dict); returns the loss terms as floats.
+    A non-finite loss: see the module docstring (raised on every rank, or under AMP skipped on every rank).
 
     ``gather_fn`` (e.g. ``all_gather_cat``) replaces the contrastive loss's queue gather;
     ``teacher`` computes KD soft targets on the fly (see ``attach_teacher_targets``);
@@ -231,9 +281,8 @@ def train_step(
                 extra["key_embedding"] = key_encoder(batch[MODEL_INPUT_KEY]).float()
     terms = criterion(outputs, batch, **extra)
     total = terms["total"]
-    if not torch.isfinite(total).all():
-        values = {k: float(v.detach().float().mean()) for k, v in terms.items() if torch.is_tensor(v)}
-        raise FloatingPointError(f"iteration {iteration}: loss is {float(total.detach())}, stopping training; terms: {values}")
+    if scaler is None or not scaler.is_enabled():  # with a scaler the step is skipped on every rank instead
+        check_finite_everywhere(terms, iteration)
     backward_and_step(total, optimizer, scaler=scaler, grad_clip=grad_clip, sync=lambda: average_gradients(criterion))
     if key_encoder is not None:
         key_encoder.update(model)
@@ -410,8 +459,7 @@ def teacher_train_step(
 
     total = label-smoothed ID cross-entropy on the BNNeck classifier logits + batch-hard triplet on
     the pooled features before the BNNeck (``kdtrack.models.reid_losses.reid_loss``); ``accuracy`` =
-    the batch's top-1 ID accuracy. A non-finite loss raises ``FloatingPointError`` before any weight
-    is touched, as :func:`train_step` does.
+    the batch's top-1 ID accuracy. A non-finite loss is handled as :func:`train_step` does.
     """
     from kdtrack.models.reid_losses import reid_loss
 
@@ -425,9 +473,8 @@ def teacher_train_step(
     outputs = {k: (v.float() if torch.is_tensor(v) else v) for k, v in outputs.items()}
     terms = reid_loss(outputs, labels, label_smoothing, triplet_margin)
     total = terms["loss"]
-    if not torch.isfinite(total).all():
-        values = {k: float(v.detach().float()) for k, v in terms.items()}
-        raise FloatingPointError(f"iteration {iteration}: loss is {float(total.detach())}, stopping training; terms: {values}")
+    if scaler is None or not scaler.is_enabled():
+        check_finite_everywhere({"total": total, **terms}, iteration)
     backward_and_step(total, optimizer, scaler=scaler, grad_clip=grad_clip)
     accuracy = (outputs["logits"].detach().argmax(dim=1) == labels).float().mean()
     return {"total": float(total.detach()), "id": float(terms["id"]), "triplet": float(terms["triplet"]),

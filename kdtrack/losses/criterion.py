@@ -68,6 +68,13 @@ class Criterion(nn.Module):
             if cfg.id_mode in KENDALL_ID_MODES and cfg.uncertainty else None
         )
 
+    @property
+    def required_outputs(self) -> tuple[str, ...]:
+        """The student outputs this criterion reads: the detection heads, and the embedding unless
+        ``id_mode`` is ``none`` (``Student.train_only`` leaves the others out of training)."""
+        detection = ("heatmap", "size", "offset")
+        return detection if self.cfg.id_mode == "none" else (*detection, "embedding")
+
     @classmethod
     def from_config(
         cls, cfg: Config, gather_fn: Callable[[torch.Tensor], torch.Tensor] | None = None

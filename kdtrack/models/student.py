@@ -12,9 +12,16 @@ like FairMOT), H and W multiples of 32, and returns, at output stride 4
   ``normalize_embedding`` (IDF; centred first by a BatchNorm without affine
   when ``embedding_norm = "batchnorm"``), raw otherwise (KD regression to the
   teacher).
+
+``forward(images, heads=...)`` computes only the named outputs; in training
+mode :meth:`Student.train_only` restricts them to the ones a loss reads (a
+head whose output no loss uses would hold parameters without gradients,
+which DistributedDataParallel refuses).
 """
 
 from __future__ import annotations
+
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -77,16 +84,34 @@ class Student(nn.Module):
             nn.BatchNorm2d(cfg.embedding_dim, affine=False)
             if cfg.normalize_embedding and cfg.embedding_norm == "batchnorm" else nn.Identity()
         )
+        self.training_outputs: tuple[str, ...] = OUTPUT_KEYS  # what forward computes in training mode
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_only(self, outputs: Iterable[str]) -> list[str]:
+        """Train just the heads of ``outputs``: the others are not computed in training mode and their
+        parameters take no gradient (set before DDP wraps the model, so it never waits for them; the
+        optimizer skips them). Evaluation mode still computes every head. Returns the heads left out."""
+        keep = tuple(name for name in OUTPUT_KEYS if name in set(outputs))
+        unknown = sorted(set(outputs) - set(OUTPUT_KEYS))
+        if unknown or not keep:
+            raise ValueError(f"Student.train_only: outputs must be among {OUTPUT_KEYS}, got {sorted(outputs)}")
+        dropped = [name for name in OUTPUT_KEYS if name not in keep]
+        for name in dropped:
+            for p in self.heads[name].parameters():
+                p.requires_grad_(False)
+        self.training_outputs = keep
+        return dropped
+
+    def forward(self, images: torch.Tensor, heads: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """The outputs named by ``heads``; None: :attr:`training_outputs` in training mode, all in eval mode."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"Student expects images of shape (B, 3, H, W), got {tuple(images.shape)}")
         h, w = images.shape[-2:]
         if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
             raise ValueError(f"Student input height/width must be multiples of {INPUT_MULTIPLE}, got {h}x{w}")
+        names = set(heads) if heads is not None else set(self.training_outputs if self.training else OUTPUT_KEYS)
         features = self.body(images)
-        out = {name: head(features) for name, head in self.heads.items()}
-        if self.cfg.normalize_embedding:
+        out = {name: head(features) for name, head in self.heads.items() if name in names}
+        if self.cfg.normalize_embedding and "embedding" in out:
             out["embedding"] = F.normalize(self.embedding_norm(out["embedding"]), dim=1)
         return out
 
