@@ -69,13 +69,45 @@ class TeacherEmbedder:
             torch.set_num_threads(num_threads)
         limit_blas_threads()
         self.cfg = config_from_dict(config)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # decided where the actor runs
+        self.device = granted_device()
         self.teacher = frozen_teacher(config_from_dict(teacher_config).teacher, ray.get(weights[0]), self.device)
         self.crop_batch = crop_batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = list(_unpickled(batch))
         return _pickled(embed_items(self.teacher, items, self.cfg, self.device, self.crop_batch))
+
+
+def granted_device() -> Any:
+    """The device of a Ray task or actor: CUDA only when Ray granted it a GPU (``ray.get_gpu_ids()``), as
+    ``jobs.evaluate``'s inference actors decide. ``torch.cuda.is_available()`` alone is not enough: Ray
+    2.60 no longer hides a node's GPUs from actors that reserved none, so a "CPU" actor would run on
+    GPU 0 beside the training workers that hold it."""
+    import ray
+    import torch
+
+    return torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+
+
+def pool_gpus(requested: float, actors: int, cluster: dict[str, float], free: dict[str, float]) -> tuple[float, str]:
+    """GPUs per teacher actor, and a note when the pool runs on CPU instead. ``requested`` < 0 (auto):
+    one per actor when the cluster has a free GPU for every actor right now (``free``: Ray's available
+    resources), else CPU actors, said so (the GPUs are busy, e.g. training); >= 0 is taken as it is,
+    but a pool that needs more GPUs than the cluster has is refused (its actors would wait forever)."""
+    if requested >= 0:
+        have = float(cluster.get("GPU", 0.0))
+        if requested * actors > have + 1e-9:
+            raise ValueError(f"--gpus-per-actor {requested:g} x --actors {actors} = {requested * actors:g} GPUs, "
+                             f"but the cluster has {have:g}: the actors would never start (lower either, or "
+                             f"--gpus-per-actor 0 for CPU actors)")
+        return requested, ""
+    if float(cluster.get("GPU", 0.0)) <= 0:
+        return 0.0, ""
+    if float(free.get("GPU", 0.0)) + 1e-9 >= actors:
+        return 1.0, ""
+    return 0.0, (f"teacher actors on CPU: {float(free.get('GPU', 0.0)):g} of the cluster's "
+                 f"{float(cluster['GPU']):g} GPUs are free, {actors} actor(s) would need one each "
+                 f"(--gpus-per-actor 1 waits for them)")
 
 
 def frozen_teacher(teacher_cfg: Any, weights: dict[str, Any], device: Any = "cpu") -> Any:

@@ -8,7 +8,8 @@ the un-augmented image letterboxed to the network input: the crop the online KD 
 from ``E`` gets the same targets without running the teacher on the training GPUs
 (``kdtrack.teacher_store``). Decoding runs in Ray Data CPU tasks, the teacher in an actor pool (built
 once per actor from weights in the object store; a GPU per actor with ``--gpus-per-actor``, by default
-when the cluster has GPUs).
+when the cluster has a free GPU for each actor, else CPU actors; an actor runs on CUDA only when Ray
+granted it a GPU).
 
 Output: ``E/parts/part-NNNNN.parquet`` (source, image_id, box_row, x1, y1, x2, y2, embedding), each
 written atomically as results arrive, so a rerun over the same ``--out`` skips the images already
@@ -49,7 +50,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=1, help="teacher actors (one model each)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--gpus-per-actor", type=float, default=-1.0,
-                   help="GPUs per teacher actor; -1 (default): 1 when the cluster has GPUs, else 0")
+                   help="GPUs per teacher actor; -1 (default): 1 when every actor finds a free GPU as the "
+                        "pool starts, else CPU actors (said so)")
     p.add_argument("--decode-cpus", type=float, default=0.5, help="CPUs per Ray Data decode task")
     p.add_argument("--batch-images", type=int, default=16, help="images per decode task and per teacher call")
     p.add_argument("--crop-batch", type=int, default=256, help="crops per teacher forward")
@@ -178,19 +180,25 @@ def _results(todo: Sequence[Any], cfg: Config, state: dict[str, Any], args: argp
 
         from kdtrack.config import config_to_dict
 
-        teacher = pipeline.frozen_teacher(state["config"].teacher, pipeline.teacher_weights(state))
+        # in this process: the GPU when there is one, unless --gpus-per-actor 0 asks for the CPU
+        device = torch.device("cuda" if args.gpus_per_actor != 0 and torch.cuda.is_available() else "cpu")
+        teacher = pipeline.frozen_teacher(state["config"].teacher, pipeline.teacher_weights(state), device)
         config = config_to_dict(cfg)
         for start in range(0, len(todo), args.batch_images):
             batch = pipeline._pickled([r.to_dict() for r in todo[start:start + args.batch_images]])
             items = list(pipeline._unpickled(pipeline.decode_canvases(batch, config)))
-            yield from pipeline.embed_items(teacher, items, cfg, torch.device("cpu"), args.crop_batch)
+            yield from pipeline.embed_items(teacher, items, cfg, device, args.crop_batch)
         return
     from jobs._ray import ensure_ray
 
     ray = ensure_ray()
-    gpus = args.gpus_per_actor
-    if gpus < 0:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    try:
+        gpus, note = pipeline.pool_gpus(args.gpus_per_actor, args.actors, ray.cluster_resources(),
+                                        ray.available_resources())
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if note:
+        print(note, flush=True)
     dataset = pipeline.embedding_dataset(
         todo, cfg, state, actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=gpus,
         decode_cpus=args.decode_cpus, batch_images=args.batch_images, crop_batch=args.crop_batch)

@@ -62,7 +62,9 @@ from typing import Any, Iterator, Sequence
 from jobs._mlflow_train import create_driver_run, failed_run_on_error, mark_failed, open_sink, sink_run_id
 from jobs._ray import refuse_unless_joining
 from jobs._resume import check_resume, note_resume_changes
-from kdtrack.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, training_cpus
+from kdtrack.config import (
+    Config, ConfigError, config_from_dict, config_to_dict, load_config, training_cpus, training_gpus,
+)
 
 RECIPE_ID_MODE = {"detection": "none", "contrastive": "contrastive", "kd": "kd", "video": "contrastive",
                   "supervised": "supervised"}  # recipes this job runs
@@ -71,6 +73,7 @@ CONTRASTIVE_RECIPES = ("contrastive", "video")  # two views per sample, the cont
 ID_CLASSES_KEY = "num_id_classes"  # loop data: identity classes found in the training records (KD hard labels, supervised)
 LABELLED_KEY = "labelled_by_source"  # loop data: labelled boxes per data source (the supervised recipe's start-up check)
 TEACHER_RECIPE = "teacher"  # the Re-ID teacher on Market-1501-style crops: no student, loss.id_mode unused
+RECIPES = (*RECIPE_ID_MODE, TEACHER_RECIPE)  # every recipe this job runs (the tests' two-worker matrix reads it)
 TEACHER_PROGRESS_TERMS = ("total", "id", "triplet", "accuracy", "lr")  # printed by the teacher loop
 FINAL_CHECKPOINT = "checkpoint.pt"
 RAY_STORAGE_DIR = "ray_results"
@@ -115,7 +118,7 @@ def check_recipe(cfg: Config) -> None:
         return
     if recipe not in RECIPE_ID_MODE:
         raise ConfigError(f"train.recipe '{recipe}' is not run by jobs.train "
-                          f"(known: {', '.join([*RECIPE_ID_MODE, TEACHER_RECIPE])})")
+                          f"(known: {', '.join(RECIPES)})")
     if cfg.loss.id_mode != RECIPE_ID_MODE[recipe]:
         raise ConfigError(f"train.recipe '{recipe}' needs loss.id_mode={RECIPE_ID_MODE[recipe]}, "
                           f"got loss.id_mode={cfg.loss.id_mode} (add --set loss.id_mode={RECIPE_ID_MODE[recipe]})")
@@ -836,6 +839,20 @@ def check_cluster_cpus(cfg: Config, ray: Any) -> None:
         f"data.map_num_cpus"))
 
 
+def check_cluster_gpus(cfg: Config, ray: Any) -> None:
+    """With ``train.use_gpu`` each train worker takes a whole GPU: more workers than the cluster has GPUs
+    would leave Ray Train retrying to schedule them forever (a silent hang, the GPU twin of the CPU check;
+    ``refuse_unless_joining``)."""
+    need, have = training_gpus(cfg), float(ray.cluster_resources().get("GPU", 0.0))
+    if need <= have + 1e-9:
+        return
+    tc = cfg.train
+    refuse_unless_joining(ConfigError(
+        f"the run needs {need:g} GPUs (train.num_workers {tc.num_workers} x 1 GPU per worker with train.use_gpu) "
+        f"but the cluster has {have:g}: lower train.num_workers to {int(have + 1e-9)} or less"
+        + ("" if have >= 1 else ", or set train.use_gpu=false")))
+
+
 def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlflow_uri: str, storage: str,
                   mlflow_run_id: str = "", callbacks: list | None = None) -> Any:
     """The ``TorchTrainer`` of one training run (``jobs.train``, and each ``jobs.tune`` trial with a
@@ -896,7 +913,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     storage = storage_path(getattr(args, "storage", None), out)
     resuming = check_resume(cfg, storage)
 
-    check_cluster_cpus(cfg, ensure_ray())  # joins RAY_ADDRESS when set, else starts a local cluster
+    ray = ensure_ray()  # joins RAY_ADDRESS when set, else starts a local cluster
+    check_cluster_cpus(cfg, ray)
+    check_cluster_gpus(cfg, ray)
     # a new run's MLflow run is made here, once; a resume reopens the run its checkpoint names (rank 0)
     run_id = "" if resuming else create_driver_run(cfg, uri)
     trainer = build_trainer(cfg, train_fn, loop_data, mlflow_uri=uri, storage=storage, mlflow_run_id=run_id)

@@ -263,9 +263,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     train_fn, loop_data = training_data(spec.base)
 
     ray = ensure_ray()
-    cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    cluster = ray.cluster_resources()
     try:
-        check_resources(spec, cluster_cpus)
+        check_resources(spec, float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0)))
     except ConfigError as exc:
         refuse_unless_joining(exc)
 

@@ -516,6 +516,14 @@ def training_cpus(cfg: Config) -> float:
     return tc.num_workers * tc.cpus_per_worker + decode
 
 
+GPUS_PER_TRAIN_WORKER = 1.0  # Ray Train's ScalingConfig(use_gpu=True) reserves one GPU per worker
+
+
+def training_gpus(cfg: Config) -> float:
+    """Ray GPUs a training run holds: one per train worker with ``train.use_gpu``, else none."""
+    return cfg.train.num_workers * GPUS_PER_TRAIN_WORKER if cfg.train.use_gpu else 0.0
+
+
 def preset_path(name_or_path: str | Path, folder: Path = PRESET_DIR, kind: str = "preset") -> Path:
     """A preset name (``tiny``) resolves to ``<folder>/tiny.yaml`` (``kdtrack/configs``); a path is used as is."""
     path = Path(name_or_path)

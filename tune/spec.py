@@ -38,6 +38,7 @@ from kdtrack.config import (
     preset_path,
     read_yaml,
     training_cpus,
+    training_gpus,
 )
 
 SWEEP_DIR = Path(__file__).parent / "configs"
@@ -253,9 +254,14 @@ def trial_cpus_needed(spec: SweepSpec) -> float:
     return spec.tune.trial_cpus + training_cpus(spec.base)
 
 
-def check_resources(spec: SweepSpec, cluster_cpus: float) -> None:
-    """A trial that needs more CPUs than the cluster has never starts: Tune waits forever (the classic
-    hang on a 2-core machine). Refused with the numbers to change."""
+def check_resources(spec: SweepSpec, cluster_cpus: float, cluster_gpus: float = 0.0) -> None:
+    """A trial that needs more CPUs (or, with ``train.use_gpu``, GPUs) than the cluster has never starts:
+    Tune waits forever (the classic hang on a 2-core machine). Refused with the numbers to change."""
+    gpus = training_gpus(spec.base)
+    if gpus > cluster_gpus + 1e-9:
+        raise ConfigError(f"one trial needs {gpus:g} GPUs (train.num_workers {spec.base.train.num_workers} x 1 GPU "
+                          f"per worker with train.use_gpu) but the cluster has {cluster_gpus:g}: it would never "
+                          f"start; lower train.num_workers or set train.use_gpu=false")
     need = trial_cpus_needed(spec)
     if need > cluster_cpus + 1e-9:
         tc = spec.base.train
