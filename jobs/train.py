@@ -113,6 +113,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def check_recipe(cfg: Config) -> None:
     """The recipe must be one this job runs and agree with ``loss.id_mode`` (and KD dims with the teacher)."""
     recipe = cfg.train.recipe
+    if cfg.train.sync_batchnorm and not cfg.train.use_gpu:
+        raise ConfigError("train.sync_batchnorm syncs BatchNorm statistics between GPU workers (torch's "
+                          "SyncBatchNorm takes CUDA tensors only): set train.use_gpu=true, or leave it false")
     if recipe == TEACHER_RECIPE:
         check_teacher_recipe(cfg)
         return
@@ -383,6 +386,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
         freeze_parts,
         leave_out_unused_heads,
         set_train_mode,
+        sync_batchnorm,
         total_iterations,
         train_one_epoch,
         trainable_parameters,
@@ -427,6 +431,8 @@ def train_func(loop_config: dict[str, Any]) -> None:
     unused = leave_out_unused_heads(student, criterion)  # before DDP: it would wait for their gradients
     if rank == 0 and unused:
         print(f"not trained (no loss reads them): heads {', '.join(unused)}", flush=True)
+    if tc.sync_batchnorm:
+        student = sync_batchnorm(student, world)
     model = ray.train.torch.prepare_model(student)
     teacher = build_kd_teacher(cfg, device) if tc.recipe == "kd" and not cfg.teacher.embeddings else None
     optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), tc)
@@ -617,7 +623,8 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
 
     from kdtrack.checkpoint import restore_training_state, save_checkpoint
     from kdtrack.engine import (
-        amp_enabled, build_optimizer, build_warmup_scheduler, teacher_train_one_epoch, total_iterations,
+        amp_enabled, build_optimizer, build_warmup_scheduler, sync_batchnorm, teacher_train_one_epoch,
+        total_iterations,
     )
     from kdtrack.losses.distributed import mean_over_ranks
     from kdtrack.models import build_teacher
@@ -648,7 +655,8 @@ def teacher_train_func(loop_config: dict[str, Any]) -> None:
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.loader_workers,
                             pin_memory=device.type == "cuda")
         per_epoch = len(sampler)
-    model = ray.train.torch.prepare_model(build_teacher(teach, int(loop_config["num_classes"])))
+    teacher = build_teacher(teach, int(loop_config["num_classes"]))
+    model = ray.train.torch.prepare_model(sync_batchnorm(teacher, world) if tc.sync_batchnorm else teacher)
     optimizer = build_optimizer(model.parameters(), tc)
     total = total_iterations(tc, per_epoch)
     scheduler = build_warmup_scheduler(optimizer, tc, total, warmup_iterations=teach.warmup_epochs * per_epoch,

@@ -209,6 +209,7 @@ class TrainConfig:
     cpus_per_worker: float = 0.5  # 2-core machines: leave CPU for Ray Data
     use_gpu: bool = False  # one GPU per worker (NCCL) when True; gloo on CPU
     amp: bool = True  # mixed precision when on GPU (ignored on CPU)
+    sync_batchnorm: bool = False  # with several GPU workers, BatchNorm statistics over the whole batch of every worker (SyncBatchNorm, converted before DDP): few images per GPU (idf_paper's 4) make per-GPU statistics noisy; needs train.use_gpu
     grad_clip: float = 0.0  # max gradient norm (0 = off)
     checkpoint_every: int = 1  # epochs between checkpoints (when report_every is 0)
     report_every: int = 0  # >0: report (checkpoint + metrics + validation) every this many iterations and at the end, not at epoch ends (iteration budgets, Tune's ASHA rungs); student recipes

@@ -221,6 +221,16 @@ def leave_out_unused_heads(model: nn.Module, criterion: nn.Module) -> list[str]:
     return net.train_only(required)
 
 
+def sync_batchnorm(model: nn.Module, world_size: int) -> nn.Module:
+    """``train.sync_batchnorm``: every BatchNorm of ``model`` as a ``SyncBatchNorm`` (statistics over all
+    ranks' images), before DDP wraps it; with one process there is nothing to sync and the model is returned
+    as it is. Weights, frozen flags and modules kept in eval mode by :func:`freeze_parts` carry over.
+    torch syncs only CUDA tensors (the config refuses the option without ``train.use_gpu``)."""
+    if world_size <= 1:
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def set_train_mode(model: nn.Module) -> None:
     """``model.train()``, except the parts :func:`freeze_parts` fixed, which stay in eval mode."""
     model.train()
