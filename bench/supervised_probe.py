@@ -11,6 +11,8 @@ without a Ray job per budget (docs/results/identity-learning.md).
     python bench/supervised_probe.py --world W --iterations 1500 --probe-every 300   # sup_cpu's budget
     python bench/supervised_probe.py --world W --iterations 4500 --probe-every 900
     python bench/supervised_probe.py --world W --iterations 1500 --set model.embedding_norm=none
+    python bench/supervised_probe.py --world W --iterations 1500 --set train.classifier_lr_mult=1   # FairMOT's lr
+    python bench/supervised_probe.py --world W --iterations 1500 --id-cells region
 """
 
 from __future__ import annotations
@@ -37,6 +39,23 @@ from kdtrack.reid_probe import build_embedders, embed_box_set, load_reid_box_set
 from kdtrack.structures import ImageRecord  # noqa: E402
 
 
+class RegionCellCriterion(Criterion):
+    """The supervised criterion with every centre-region cell of a labelled person as one more classified
+    sample of its identity (``--id-cells region``); detection terms unchanged."""
+
+    def forward(self, outputs, targets, **extra):  # type: ignore[override]
+        region, valid = targets["region_index"], targets["region_mask"]  # (B, K, R)
+        b, k, r = region.shape
+        cells = {**targets, "index": region.reshape(b, k * r),
+                 "mask": (valid & targets["mask"].bool()[..., None]).reshape(b, k * r),
+                 "ids": targets["ids"][..., None].expand(b, k, r).reshape(b, k * r)}
+        terms = super().forward(outputs, targets, **extra)
+        dense = self.supervised(outputs["embedding"], cells["index"], cells["mask"], cells["ids"])
+        terms.update(dense)
+        terms["total"] = self.uncertainty(terms["det"], dense["id"]) if self.uncertainty else terms["det"] + dense["id"]
+        return terms
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--world", type=Path, default=None,
@@ -47,6 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--probe-every", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value")
+    ap.add_argument("--id-cells", choices=("centre", "region"), default="centre",
+                    help="where the identity loss reads each labelled person: its centre cell (the recipe), or "
+                         "every cell of its centre region (loss.centre_region_radius, the contrastive loss's "
+                         "positives), a denser signal per person")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.world is None:
@@ -62,8 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     dataset = TrainingDataset([ImageRecord.from_dict(r) for r in loop_data["records"]], cfg, views=1)
     torch.manual_seed(cfg.train.seed)
     model = build_student(cfg.model)
-    criterion = Criterion.from_config(cfg)
-    optimizer = build_optimizer(list(model.parameters()) + list(criterion.parameters()), cfg.train)
+    criterion = Criterion.from_config(cfg) if args.id_cells == "centre" else RegionCellCriterion.from_config(cfg)
+    optimizer = build_optimizer(list(model.parameters()) + list(criterion.parameters()), cfg.train,
+                                criterion.classifier_parameters())
     scheduler = build_scheduler(optimizer, cfg.train, args.iterations)
     boxes = load_reid_box_sets(args.world, cfg.eval, protocols=["person_search"])["person_search"]
     accuracy: list[float] = []

@@ -435,7 +435,8 @@ def train_func(loop_config: dict[str, Any]) -> None:
         student = sync_batchnorm(student, world)
     model = ray.train.torch.prepare_model(student)
     teacher = build_kd_teacher(cfg, device) if tc.recipe == "kd" and not cfg.teacher.embeddings else None
-    optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), tc)
+    optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), tc,
+                                criterion.classifier_parameters())
     key_encoder = None
     if tc.recipe in CONTRASTIVE_RECIPES and cfg.loss.key_momentum > 0:
         key_encoder = MomentumEncoder(model, cfg.loss.key_momentum).to(device)

@@ -204,6 +204,9 @@ class TrainConfig:
     max_iterations: int = 0  # >0 stops after this many iterations (iteration schedules)
     lr_steps: tuple[float, ...] = (0.6, 0.8)  # fractions of training where lr drops x0.1
     lr_gamma: float = 0.1  # lr multiplier at each of lr_steps
+    # the identity classifier's lr (supervised, KD hard labels) = train.lr x this: a classifier started from
+    # N(0, 0.01) over a few hundred people is what a short run fits slowest (docs/results/identity-learning.md)
+    classifier_lr_mult: float = 1.0
     batch_size_per_worker: int = 4
     num_workers: int = 1  # Ray Train workers
     cpus_per_worker: float = 0.5  # 2-core machines: leave CPU for Ray Data

@@ -38,13 +38,26 @@ def amp_enabled(amp: bool, device: torch.device) -> bool:
     return bool(amp) and torch.device(device).type == "cuda"
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (KD) or SGD with momentum (IDF); only parameters that require gradients."""
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig,
+                    classifier_params: Iterable[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """Adam (KD) or SGD with momentum (IDF); only parameters that require gradients.
+
+    ``classifier_params`` (those of ``params`` that are an identity classifier, e.g.
+    ``Criterion.classifier_parameters()``) form a second group at ``train.lr x train.classifier_lr_mult``;
+    the lr schedule scales both groups alike.
+    """
+    if not cfg.classifier_lr_mult > 0:
+        raise ValueError(f"train.classifier_lr_mult must be > 0, got {cfg.classifier_lr_mult}")
+    fast = {id(p) for p in classifier_params} if cfg.classifier_lr_mult != 1.0 else set()
     params = [p for p in params if p.requires_grad]
+    classifier = [p for p in params if id(p) in fast]
+    groups: list[dict] = [{"params": [p for p in params if id(p) not in fast]}]
+    if classifier:  # at a multiplier of 1 one group, as before (its checkpoints resume)
+        groups.append({"params": classifier, "lr": cfg.lr * cfg.classifier_lr_mult})
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"train.optimizer must be adam | sgd, got {cfg.optimizer!r}")
 
 

@@ -88,3 +88,36 @@ def test_criterion_weights_detection_and_identity_as_kendall():
     assert float(terms["total"]) == pytest.approx(float(expected), rel=1e-6)
     assert float(terms["id"]) > 0 and "s_id" in terms
     assert set(dict(criterion.named_parameters())) >= {"supervised.classifier.weight", "uncertainty.s_id"}
+
+
+def test_classifier_lr_mult_gives_the_classifier_its_own_group_scaled_by_the_schedule():
+    from kdtrack.engine import build_optimizer, build_scheduler
+
+    cfg = load_config("sup_cpu", ["loss.num_id_classes=6", "train.classifier_lr_mult=10", "train.lr=0.002"])
+    criterion = Criterion.from_config(cfg)
+    body = torch.nn.Linear(3, 3)
+    classifier = criterion.classifier_parameters()
+    assert {id(p) for p in classifier} == {id(p) for p in criterion.supervised.classifier.parameters()}
+    optimizer = build_optimizer(list(body.parameters()) + list(criterion.parameters()), cfg.train, classifier)
+    main, fast = optimizer.param_groups
+    assert fast["lr"] == pytest.approx(0.02) and main["lr"] == pytest.approx(0.002)
+    assert {id(p) for p in fast["params"]} == {id(p) for p in classifier}
+    assert len(main["params"]) == 2 + 2  # the body's weight and bias, s_det and s_id
+    scheduler = build_scheduler(optimizer, cfg.train, 10)  # lr / 10 at 80 %
+    for _ in range(8):
+        optimizer.step()
+        scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.0002, 0.002])
+
+
+def test_classifier_lr_mult_of_one_keeps_one_group_and_a_bad_value_is_refused():
+    from kdtrack.engine import build_optimizer
+
+    cfg = load_config("sup_cpu", ["loss.num_id_classes=6", "train.classifier_lr_mult=1"])
+    criterion = Criterion.from_config(cfg)
+    optimizer = build_optimizer(criterion.parameters(), cfg.train, criterion.classifier_parameters())
+    assert len(optimizer.param_groups) == 1  # as before the option: its checkpoints' optimiser state still loads
+    bad = load_config("sup_cpu", ["loss.num_id_classes=6", "train.classifier_lr_mult=0"])
+    with pytest.raises(ValueError, match="train.classifier_lr_mult must be > 0"):
+        build_optimizer(criterion.parameters(), bad.train, criterion.classifier_parameters())
+    assert Criterion.from_config(load_config("idf_cpu")).classifier_parameters() == []

@@ -141,6 +141,7 @@ def test_sup_presets_are_fairmot_and_idf_cpus_budget():
     for field in ("optimizer", "lr", "epochs", "max_iterations", "lr_steps", "batch_size_per_worker", "num_workers"):
         assert getattr(cpu.train, field) == getattr(idf.train, field), field
     assert {"mot17", "person_search"} <= set(cpu.data.sources)
+    assert paper.train.classifier_lr_mult == 1.0 and cpu.train.classifier_lr_mult == 10.0  # FairMOT's; ours
 
 
 @pytest.mark.parametrize("name", ["kd_paper", "kd_paper_mot17", "idf_paper", "teacher_paper", "sup_paper"])

@@ -51,6 +51,7 @@ RECIPE_ONLY_FIELDS: dict[str, tuple[str, ...]] = {
     "loss.s_det_init": ("kd", "supervised"),
     "loss.s_id_init": ("kd", "supervised"),
     "loss.kd_reduction": ("kd",),
+    "train.classifier_lr_mult": ("kd", "supervised"),
     "loss.temperature": ("contrastive", "video"),
     "loss.queue_size": ("contrastive", "video"),
     "loss.key_momentum": ("contrastive", "video"),

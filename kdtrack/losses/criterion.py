@@ -68,6 +68,12 @@ class Criterion(nn.Module):
             if cfg.id_mode in KENDALL_ID_MODES and cfg.uncertainty else None
         )
 
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        """The identity classifiers' weights (supervised, KD hard labels): ``train.classifier_lr_mult``'s group."""
+        heads = [self.supervised.classifier if self.supervised is not None else None,
+                 self.kd.classifier if self.kd is not None else None]
+        return [p for head in heads if head is not None for p in head.parameters()]
+
     @property
     def required_outputs(self) -> tuple[str, ...]:
         """The student outputs this criterion reads: the detection heads, and the embedding unless
