@@ -1,4 +1,4 @@
-"""Benchmark one tiny training step (``demo`` preset: IDF stage 1, contrastive, two views) without and with
+"""Benchmark one tiny training step (``demo_idf`` preset: IDF stage 1, contrastive, two views) without and with
 Ray Train, on the same data and iteration budget, in one run on one machine.
 
 * plain loop — no Ray: ``TrainingDataset`` + torch ``DataLoader`` (``num_workers=0``, ``kdtrack.data.TorchFeed``,
@@ -16,11 +16,22 @@ windows spent waiting for the next batch. Other work on the machine skews every 
 
     .venv/bin/python bench/train_step.py                # ~5 min on 2 cores; makes runs/bench-train-world-tiny once
     .venv/bin/python bench/train_step.py --smoke-test   # 6 iterations
+    .venv/bin/python bench/train_step.py --host-syncs-only  # the host-read count alone (seconds, no Ray)
+
+Host syncs: every run first counts, per training step, the tensor reads back to the host that kdtrack's
+own code makes (``Tensor.item``, ``tolist``, ``numpy``, ``float()``, ``int()``, ``bool()`` called from a
+``kdtrack/`` frame: on CUDA each one waits for the GPU to drain), on steps between logging steps and on
+logging steps, for the detection and contrastive recipes on a synthetic batch (``jobs.gpu_check``'s),
+naming the lines that still read. Reads inside torch (the optimizer's CPU step counters) are not ours and
+not counted; neither are syncs without a Python call (a boolean-mask index), which only CUDA's
+``torch.cuda.set_sync_debug_mode`` sees.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
 import os
 import subprocess
@@ -28,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -62,7 +74,7 @@ def train_argv(world: Path, out: Path, iterations: int, log_every: int, extra: l
     end (``checkpoint_every`` past the run: the plain loop writes none, so per-epoch ones would skew wall s)."""
     sets = ["train.epochs=0", f"train.max_iterations={iterations}", f"train.log_every={log_every}",
             f"train.checkpoint_every={iterations + 1}", *extra]
-    argv = ["--config", "demo", "--data-root", str(world), "--out", str(out),
+    argv = ["--config", "demo_idf", "--data-root", str(world), "--out", str(out),
             "--mlflow-uri", f"sqlite:///{out.resolve() / 'mlflow.db'}"]
     for item in sets:
         argv += ["--set", item]
@@ -152,6 +164,99 @@ def ray_run(argv: list[str], warmup: int) -> dict[str, float]:
             "iterations": int(result["metrics"]["iteration"])}
 
 
+HOST_READS = ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
+
+
+@contextlib.contextmanager
+def counting_host_reads(sites: collections.Counter) -> Iterator[None]:
+    """Count the ``HOST_READS`` tensor methods called directly from kdtrack code, by ``file:line``."""
+    import torch
+
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def counted(name: str, method: Callable) -> Callable:
+        def read(self: Any, *args: Any, **kwargs: Any) -> Any:
+            caller = sys._getframe(1)
+            path = caller.f_code.co_filename
+            if f"{os.sep}kdtrack{os.sep}" in path:
+                sites[f"{Path(path).relative_to(REPO) if path.startswith(str(REPO)) else path}:{caller.f_lineno}"] += 1
+            return method(self, *args, **kwargs)
+        return read
+
+    for name, method in originals.items():
+        setattr(torch.Tensor, name, counted(name, method))
+    try:
+        yield
+    finally:
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, method)
+
+
+def host_reads_per_step(recipe: str, iterations: int = 6, log_every: int = 3,
+                        amp_path: bool = True) -> list[dict[str, Any]]:
+    """``iterations`` steps of ``recipe`` (``jobs.gpu_check``'s synthetic batch and config, CPU) through
+    ``train_one_epoch`` with a logger every ``log_every``: per step whether it was a logging step, and the
+    kdtrack host reads it made by site. ``amp_path``: with a gradient scaler, as the GPU trains (without
+    one the step adds its one non-finite check, ``engine.check_finite_everywhere``)."""
+    import torch
+
+    from jobs import gpu_check
+    from kdtrack import engine
+    from kdtrack.losses import Criterion
+    from kdtrack.models import build_student
+    from kdtrack.models.momentum import MomentumEncoder
+
+    torch.manual_seed(0)
+    cfg = gpu_check.recipe_config(recipe)
+    model, criterion = build_student(cfg.model), Criterion.from_config(cfg)
+    if hasattr(engine, "leave_out_unused_heads"):
+        engine.leave_out_unused_heads(model, criterion)
+    optimizer = engine.build_optimizer(engine.trainable_parameters(model) + list(criterion.parameters()), cfg.train)
+    contrastive = cfg.loss.id_mode == "contrastive"
+    keys = MomentumEncoder(model, cfg.loss.key_momentum) if contrastive else None
+    batch = gpu_check.synthetic_batch(cfg, images=2, views=2 if contrastive else 1)
+    steps: list[dict[str, Any]] = []
+    plain_step = engine.train_step
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        sites: collections.Counter = collections.Counter()
+        with counting_host_reads(sites):
+            out = plain_step(*args, **kwargs)
+        it = kwargs["iteration"]
+        steps.append({"iteration": it, "logged": (it + 1) == 1 or (it + 1) % log_every == 0 or it + 1 == iterations,
+                      "reads": sum(sites.values()), "sites": dict(sites)})
+        return out
+
+    engine.train_step = step
+    try:
+        engine.train_one_epoch(model, criterion, optimizer, [batch] * iterations, "cpu", 0, max_iterations=iterations,
+                               log_every=log_every, log_fn=lambda it, terms: None, key_encoder=keys,
+                               scaler=torch.amp.GradScaler("cpu") if amp_path else None)
+    finally:
+        engine.train_step = plain_step
+    return steps
+
+
+def host_reads_report(recipes: Sequence[str] = ("detection", "contrastive")) -> tuple[str, dict[str, Any]]:
+    """One line per recipe: the largest read count of an unlogged step and of a logged step, and where the
+    unlogged steps still read."""
+    lines, figures = [], {}
+    for recipe in recipes:
+        steps = host_reads_per_step(recipe)
+        unlogged = [s for s in steps if not s["logged"]]
+        logged = [s for s in steps if s["logged"]]
+        sites: collections.Counter = collections.Counter()
+        for s in unlogged:
+            sites.update(s["sites"])
+        figures[recipe] = {"unlogged_max": max((s["reads"] for s in unlogged), default=0),
+                           "logged_max": max((s["reads"] for s in logged), default=0),
+                           "unlogged_sites": {k: v / max(len(unlogged), 1) for k, v in sites.items()}}
+        where = ", ".join(f"{k} x{v / max(len(unlogged), 1):g}" for k, v in sites.most_common()) or "none"
+        lines.append(f"host reads per step (AMP path), {recipe}: {figures[recipe]['unlogged_max']} between logging "
+                     f"steps ({where}), {figures[recipe]['logged_max']} on a logging step")
+    return "\n".join(lines), figures
+
+
 def table(rows: dict[str, dict[str, float]]) -> str:
     base = rows[PLAIN]["images_per_s"]
     lines = ["| setup | images/s steady | wall s | data wait | ratio vs plain |", "|---|---:|---:|---:|---:|"]
@@ -173,7 +278,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="config override for every setup (e.g. data.background_swap=0)")
+    parser.add_argument("--host-syncs-only", action="store_true", help="only count the host reads per step")
     args = parser.parse_args()
+    reads_text, reads = host_reads_report()
+    print(reads_text, flush=True)
+    if args.host_syncs_only:
+        if args.json:
+            args.json.write_text(json.dumps({"host_reads": reads}, indent=2))
+        return
     iterations = args.iterations or (6 if args.smoke_test else 30)
     log_every = args.log_every or (2 if args.smoke_test else 10)
     warmup = args.warmup if args.warmup is not None else log_every
@@ -196,13 +308,14 @@ def main() -> None:
                 rows[name] = ray_run(argv, warmup)
         finally:
             ray.shutdown()
-    print(f"\ntiny world, demo recipe (contrastive, two views, batch 4 per worker), {iterations} iterations, "
+    print(f"\ntiny world, demo_idf recipe (contrastive, two views, batch 4 per worker), {iterations} iterations, "
           f"steady = after iteration {warmup}; ray.init {ray_init_s:.1f} s (not in wall s); "
           f"{os.cpu_count()} CPUs\n")
     print(table(rows))
+    print("\n" + reads_text)
     if args.json:
         args.json.write_text(json.dumps({"iterations": iterations, "warmup": warmup, "ray_init_s": ray_init_s,
-                                         "rows": rows}, indent=2))
+                                         "rows": rows, "host_reads": reads}, indent=2))
     print(f"\nray_train/plain images/s ratio: {rows[RATIO_ROW]['images_per_s'] / rows[PLAIN]['images_per_s']:.2f}")
 
 

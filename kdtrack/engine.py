@@ -272,9 +272,14 @@ def train_step(
     teacher_crop_size: tuple[int, int] = (256, 128),
     iteration: int = 0,
     key_encoder: nn.Module | None = None,
-) -> dict[str, float]:
+    host_terms: bool = True,
+) -> dict[str, Any]:
     """One optimisation step on ``batch`` (a ``kdtrack.data.collate`` dict); returns the loss terms as floats.
     A non-finite loss: see the module docstring (raised on every rank, or under AMP skipped on every rank).
+
+    ``host_terms=False`` (the steps between logging steps, :func:`train_one_epoch`): the terms stay detached
+    device tensors and the collapse monitor is not computed, so the step reads nothing back to the host
+    for them (each ``float()`` of a CUDA tensor waits for the GPU to drain).
 
     ``gather_fn`` (e.g. ``all_gather_cat``) replaces the contrastive loss's queue gather;
     ``teacher`` computes KD soft targets on the fly (see ``attach_teacher_targets``);
@@ -302,6 +307,8 @@ def train_step(
         if key_encoder is not None:
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 extra["key_embedding"] = key_encoder(batch[MODEL_INPUT_KEY]).float()
+    if not host_terms:
+        extra["monitor"] = False
     terms = criterion(outputs, batch, **extra)
     total = terms["total"]
     if scaler is None or not scaler.is_enabled():  # with a scaler the step is skipped on every rank instead
@@ -309,8 +316,11 @@ def train_step(
     backward_and_step(total, optimizer, scaler=scaler, grad_clip=grad_clip, sync=lambda: average_gradients(criterion))
     if key_encoder is not None:
         key_encoder.update(model)
-    out = {k: float(v.detach().float().mean()) for k, v in terms.items() if torch.is_tensor(v)}
-    out["lr"] = float(optimizer.param_groups[0]["lr"])
+    if host_terms:
+        out: dict[str, Any] = {k: float(v.detach().float().mean()) for k, v in terms.items() if torch.is_tensor(v)}
+    else:
+        out = {k: v.detach().float().mean() for k, v in terms.items() if torch.is_tensor(v)}
+    out["lr"] = float(optimizer.param_groups[0]["lr"])  # a Python float already: no sync
     return out
 
 
@@ -339,10 +349,12 @@ def train_one_epoch(
     ``log_fn(iteration, terms)`` is called at the first iteration, every ``log_every`` and
     at the last one. Returns ``(global iteration, last terms)``.
     """
-    def step(batch: Mapping[str, Any], iteration: int) -> dict[str, float]:
+    def step(batch: Mapping[str, Any], iteration: int) -> dict[str, Any]:
+        logged = log_fn is not None and is_log_step(iteration, start_iteration=start_iteration,
+                                                    log_every=log_every, max_iterations=max_iterations)
         return train_step(model, criterion, batch, optimizer, device=device, scaler=scaler, amp=amp,
                           grad_clip=grad_clip, teacher=teacher, teacher_crop_size=teacher_crop_size,
-                          iteration=iteration, key_encoder=key_encoder)
+                          iteration=iteration, key_encoder=key_encoder, host_terms=logged)
 
     return run_epoch(step, data_loader, epoch, scheduler=scheduler, start_iteration=start_iteration,
                      max_iterations=max_iterations, log_every=log_every, log_fn=log_fn)
@@ -395,6 +407,14 @@ def batch_images(batch: Any) -> int:
     return int(len(first)) if hasattr(first, "__len__") else 0
 
 
+def is_log_step(iteration: int, *, start_iteration: int, log_every: int, max_iterations: int) -> bool:
+    """Whether the step at (0-based) ``iteration`` is reported: the first of the stretch, every ``log_every``-th
+    and the last of the budget (:func:`run_epoch`'s rule; :func:`train_one_epoch` reads the terms back to the
+    host on these steps only)."""
+    done = iteration + 1
+    return done == start_iteration + 1 or done % max(log_every, 1) == 0 or (0 < max_iterations <= done)
+
+
 def run_epoch(
     step: Callable[[Mapping[str, Any], int], dict[str, float]],
     data_loader: Iterable[Mapping[str, Any]],
@@ -432,14 +452,14 @@ def run_epoch(
         steps += 1
         if scheduler is not None:
             scheduler.step()
-        last = max_iterations > 0 and iteration >= max_iterations
-        if log_fn is not None and (iteration == start_iteration + 1 or iteration % max(log_every, 1) == 0 or last):
+        if log_fn is not None and is_log_step(iteration - 1, start_iteration=start_iteration, log_every=log_every,
+                                              max_iterations=max_iterations):
             elapsed = max(time.perf_counter() - window_start, 1e-9)
             perf = {"perf/images_per_s": images / elapsed, "perf/data_wait": min(1.0, waited / elapsed),
                     "perf/seconds_per_iteration": elapsed / steps}
             log_fn(iteration, {**terms, **perf, "epoch": float(epoch)})
             window_start, waited, images, steps = time.perf_counter(), 0.0, 0, 0
-    return iteration, terms
+    return iteration, {k: float(v) for k, v in terms.items()}  # the epoch's one read-back when it ends unlogged
 
 
 # --------------------------------------------------------------------------- the Re-ID teacher (train.recipe=teacher)

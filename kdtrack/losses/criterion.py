@@ -100,7 +100,9 @@ class Criterion(nn.Module):
         2, all view-0 images first; the ``monitor/*`` collapse statistics are
         computed from them); ``extra["update_queue"]`` (default True) turns the
         queue update off (e.g. for validation); ``extra["key_embedding"]`` (the
-        momentum key encoder's identity map of the batch) fills the queue.
+        momentum key encoder's identity map of the batch) fills the queue;
+        ``extra["monitor"] = False`` skips the collapse statistics (host reads; the train
+        loop computes them on logging steps only).
         """
         if self.contrastive is not None and self.cfg.detection_views == "first":
             total = int(outputs["heatmap"].shape[0])
@@ -132,7 +134,7 @@ class Criterion(nn.Module):
             )
             c["id/contrastive"] = c["id"]
             views = int(extra.get("views", 2))
-            if views == 2:  # the collapse monitor (kdtrack.losses.collapse), from this very batch
+            if views == 2 and extra.get("monitor", True):  # the collapse monitor (kdtrack.losses.collapse), from this very batch
                 stats = collapse_stats(outputs["embedding"], targets["region_index"], targets["region_mask"],
                                        targets["ids"], views=views)
                 c.update({f"monitor/{k}": torch.tensor(v) for k, v in stats.items() if math.isfinite(v)})  # undefined: absent

@@ -27,7 +27,7 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     count = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
     counts = [torch.zeros_like(count) for _ in range(world)]
     dist.all_gather(counts, count)
-    sizes = [int(c.item()) for c in counts]
+    sizes = torch.cat(counts).tolist()  # one read-back for all ranks, not one per rank
     padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
     buffers = [torch.empty_like(padded) for _ in range(world)]
