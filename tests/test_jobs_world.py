@@ -51,3 +51,46 @@ def test_demo_job_smoke(tmp_path: Path):
     assert "[2/4] reading it back" in proc.stdout and "mot17/MOT17-SYN01-SDP" in proc.stdout
     summary = json.loads((out / "world_summary.json").read_text())
     assert summary["crowdhuman/train"]["images"] > 0
+
+
+class _Query:
+    galleries = {"10": [], "20": []}
+
+
+def _demo_calls(monkeypatch, tmp_path: Path, argv: list[str]) -> tuple[list[list[str]], list[list[str]], dict]:
+    """``jobs.demo.main(argv)`` with world generation, training and evaluation recorded instead of run."""
+    from jobs import demo
+
+    trained: list[list[str]] = []
+    evaluated: list[list[str]] = []
+
+    def fake_train(args):
+        config = args.config
+        trained.append([config, *args.overrides])
+        return {"checkpoint": str(tmp_path / config / "checkpoint.pt"), "mlflow_run_id": "r", "mlflow_uri": "u"}
+
+    monkeypatch.setattr(demo.generate_synth, "main", lambda args: None)
+    monkeypatch.setattr(demo.inspect_world, "main", lambda argv: {})
+    monkeypatch.setattr(demo.train, "main", fake_train)
+    monkeypatch.setattr(demo.evaluate, "main", lambda argv: evaluated.append(list(argv)) or {})
+    monkeypatch.setattr(demo, "read_manifest", lambda *a, **k: type("M", (), {"queries": [_Query()]})())
+    return trained, evaluated, demo.main(["--out", str(tmp_path / "out"), *argv])
+
+
+def test_demo_trains_the_teacher_first_and_distils_it_into_the_student(monkeypatch, tmp_path: Path):
+    trained, evaluated, result = _demo_calls(monkeypatch, tmp_path, [])
+    teacher = str(tmp_path / "demo_teacher" / "checkpoint.pt")
+    assert [t[0] for t in trained] == ["demo_teacher", "demo"]
+    assert f"teacher.checkpoint={teacher}" in trained[1] and result["teacher"] == teacher
+    reid = next(argv for argv in evaluated if argv[0] == "reid")
+    assert reid[reid.index("--teacher-checkpoint") + 1] == teacher  # the teacher's row beside the student's
+    assert [argv[0] for argv in evaluated] == ["reid", "person-search", "mot"]
+
+
+def test_demo_idf_and_a_given_teacher_train_no_teacher(monkeypatch, tmp_path: Path):
+    trained, evaluated, result = _demo_calls(monkeypatch, tmp_path, ["--config", "demo_idf"])
+    assert [t[0] for t in trained] == ["demo_idf"] and result["teacher"] is None
+    assert "--teacher-checkpoint" not in evaluated[0]
+    given = tmp_path / "t.pt"
+    trained, evaluated, result = _demo_calls(monkeypatch, tmp_path, ["--set", f"teacher.checkpoint={given}"])
+    assert [t[0] for t in trained] == ["demo"] and result["teacher"] == str(given)
