@@ -41,10 +41,13 @@ def _artifact_root_for(tracking_uri: str) -> str | None:
 
 
 def _experiment_id(client: "MlflowClient", tracking_uri: str, name: str) -> str:
+    from jobs._mlflow_train import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_root_for(tracking_uri))
+    return client.create_experiment(name, artifact_location=_artifact_root_for(tracking_uri),
+                                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def scalar_metrics(metrics: Mapping[str, Any], dataset: str) -> dict[str, float]:
@@ -59,11 +62,22 @@ def scalar_metrics(metrics: Mapping[str, Any], dataset: str) -> dict[str, float]
     return out
 
 
-def sequence_table_csv(metrics: Mapping[str, Any]) -> str:
-    """Per-sequence rows plus the COMBINED row, one column per metric (fractions as stored)."""
+def sequence_rows(metrics: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per-sequence rows plus the COMBINED row, and the columns (``sequence``, then each metric)."""
     rows = [{"sequence": name, **values} for name, values in metrics["sequences"].items()]
     rows.append({"sequence": "COMBINED", **metrics["combined"]})
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return rows, list(dict.fromkeys(key for row in rows for key in row))
+
+
+def sequence_table(metrics: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The per-sequence table column by column, as MLflow's ``log_table`` takes it (non-finite -> None)."""
+    rows, columns = sequence_rows(metrics)
+    return {column: [_jsonable(row.get(column)) for row in rows] for column in columns}
+
+
+def sequence_table_csv(metrics: Mapping[str, Any]) -> str:
+    """Per-sequence rows plus the COMBINED row, one column per metric (fractions as stored)."""
+    rows, columns = sequence_rows(metrics)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
@@ -86,13 +100,16 @@ def log_evaluation_to_mlflow(
     staging_dir: str | Path | None = None,
     step: int = 0,
     artifact_subdir: str = "",
+    tables: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
 ) -> str:
     """Log ``metrics`` for ``dataset`` (e.g. "MOT17-val") at ``step`` and return the run id.
 
     Artifacts go under ``eval/<dataset>/`` (``eval/<dataset>/<artifact_subdir>/`` when given: one
     folder per checkpoint of a multi-checkpoint evaluation): ``metrics.json``, ``sequences.csv``
     (MOT only), ``results/`` (tracker output files) and ``frames/`` (rendered frames handed in
-    by the caller). ``staging_dir`` holds the table files before upload (a temp dir when None).
+    by the caller). ``staging_dir`` holds the table files before upload (a temp dir when None). The
+    per-sequence table is also an MLflow table (``sequences.json``), and so is each of ``tables``
+    (``{name: {column: values}}``, e.g. one row per embedder) as ``<name>.json``.
     """
     from mlflow.entities import Metric  # imported here: scoring without MLflow stays light
     from mlflow.tracking import MlflowClient
@@ -124,6 +141,10 @@ def log_evaluation_to_mlflow(
             if "sequences" in metrics:
                 table = atomic_write_text(stage / "sequences.csv", sequence_table_csv(metrics))
                 client.log_artifact(run_id, str(table), base)
+                # the same rows as an MLflow table, which the UI shows as a table (Artifacts, Evaluations)
+                client.log_table(run_id, sequence_table(metrics), f"{base}/sequences.json")
+            for name, table_data in (tables or {}).items():
+                client.log_table(run_id, table_data, f"{base}/{name}.json")
             for path in result_files:
                 client.log_artifact(run_id, str(path), f"{base}/results")
             for path in rendered_frames:
@@ -149,7 +170,8 @@ def _jsonable(obj: Any) -> Any:
 
 def write_and_log_record(record: dict[str, Any], flat_metrics: Mapping[str, Any], *, dataset: str,
                          out: str | Path | None, tracking_uri: str | None, experiment: str, run_id: str | None,
-                         checkpoint: str) -> dict[str, Any]:
+                         checkpoint: str, tables: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
+                         ) -> dict[str, Any]:
     """An in-process evaluation's ending: ``record`` written to ``out`` atomically (nan -> null), then
     ``flat_metrics`` logged under ``dataset`` into ``run_id`` (or a new run) when a tracking URI is given;
     the run id joins ``record`` as ``mlflow_run_id``."""
@@ -158,7 +180,7 @@ def write_and_log_record(record: dict[str, Any], flat_metrics: Mapping[str, Any]
     if tracking_uri:
         logged = log_evaluation_to_mlflow(flat_metrics, dataset=dataset, tracking_uri=tracking_uri,
                                           experiment=experiment, run_id=run_id, checkpoint=checkpoint,
-                                          result_files=[out] if out else ())
+                                          result_files=[out] if out else (), tables=tables)
         record["mlflow_run_id"] = logged
         print(f"logged to MLflow run {logged} ({tracking_uri})")
     return record

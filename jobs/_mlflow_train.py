@@ -8,6 +8,9 @@ config is the ``config.yaml`` artifact.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -15,6 +18,10 @@ from typing import Any, Callable, Iterator
 from kdtrack.config import Config, config_yaml, flatten_config
 
 MLFLOW_RETRY_SECONDS = 60.0  # rank 0 tries a failing tracking server again at most this often
+# MLflow's own tag for what an experiment is; its UI reads it where no view is chosen in the browser
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+MODEL_TAG = "kdtrack.model_uri"  # the run's logged model, as a models:/ URI
 
 
 def start_run(cfg: Config, uri: str, ray_run_name: str, resume_state: dict[str, Any] | None = None,
@@ -81,11 +88,59 @@ def mlflow_experiment_id(client: Any, name: str, uri: str) -> str:
     not in the working directory of whichever process created it)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     artifact_root = None
     if uri.startswith("sqlite:///"):
         artifact_root = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=artifact_root)
+    return client.create_experiment(name, artifact_location=artifact_root,
+                                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+
+def log_trained_model(uri: str, run_id: str, checkpoint: str | Path, cfg: Config, *, iteration: int = 0,
+                      register_as: str = "") -> str:
+    """The final checkpoint as an MLflow logged model of the run (``student``, or ``teacher`` for the teacher
+    recipe), with the resolved config beside it, so another machine fetches it by ``runs:/<run>/student``
+    or ``models:/<model id>`` (``jobs._model_uri``); ``register_as`` registers it as the next version of
+    that registered model (``models:/NAME/VERSION``). Returns the ``models:/`` URI, tagged on the run as
+    ``kdtrack.model_uri``; best-effort like all training-run logging: a failure is a warning and ``""``."""
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.tracking import MlflowClient
+
+    name = "teacher" if cfg.train.recipe == "teacher" else "student"
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        run = client.get_run(run_id)
+        model = client.create_logged_model(
+            run.info.experiment_id, name=name, source_run_id=run_id, model_type="kdtrack-checkpoint",
+            tags={"kdtrack.recipe": cfg.train.recipe},
+            params={"iteration": str(int(iteration)), "model.backbone": str(cfg.model.backbone)})
+        with tempfile.TemporaryDirectory() as stage:
+            staged = Path(stage) / Path(checkpoint).name
+            try:
+                os.link(checkpoint, staged)  # no copy of a large file when the folders share a disk
+            except OSError:
+                shutil.copy2(checkpoint, staged)
+            (Path(stage) / "config.yaml").write_text(config_yaml(cfg))
+            client.log_model_artifacts(model.model_id, stage)
+        client.finalize_logged_model(model.model_id, "READY")
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=int(iteration))])
+        model_uri = f"models:/{model.model_id}"
+        client.set_tag(run_id, MODEL_TAG, model_uri)
+        message = f"MLflow model {model_uri} (runs:/{run_id}/{name})"
+        if register_as:
+            if not client.search_registered_models(filter_string=f"name = '{register_as}'"):
+                client.create_registered_model(register_as)
+            # source: the artifacts' location (a models:/ source is resolved through MLflow's global URI)
+            version = client.create_model_version(register_as, source=model.artifact_location, run_id=run_id,
+                                                  model_id=model.model_id)
+            message += f", registered as models:/{register_as}/{version.version}"
+        print(message, flush=True)
+        return model_uri
+    except Exception as exc:  # noqa: BLE001  (any tracking-server failure: the checkpoint file is there)
+        print(f"warning: MLflow at {uri} did not log the trained model ({type(exc).__name__}: {exc})", flush=True)
+        return ""
 
 
 def unused_sections(recipe: str) -> tuple[str, ...]:

@@ -84,9 +84,10 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from jobs._mlflow_eval import log_evaluation_to_mlflow
+from jobs._mlflow_eval import _jsonable, log_evaluation_to_mlflow
+from jobs._model_uri import resolve_checkpoints
 from jobs._cli import InputError, run_cli  # noqa: F401  (InputError: part of this module's API)
 from jobs._ray import PoolReport, ensure_ray, map_tasks, run_actor_pool, transient_errors, worker_location
 from kdtrack.config import Config, ConfigError, EvalConfig, load_config
@@ -844,10 +845,28 @@ def run_reid(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         run_id = log_evaluation_to_mlflow(
             flatten_reid_metrics(results, prefix=""), dataset=args.dataset or reid_dataset_name(split),
             tracking_uri=uri, experiment=args.experiment or cfg.mlflow.experiment, run_id=args.run_id,
-            checkpoint=str(args.checkpoint),
+            checkpoint=str(args.checkpoint), tables=reid_tables(results),
         )
         print(f"logged to MLflow run {run_id} ({uri})")
     return record
+
+
+def reid_tables(results: Mapping[str, Any]) -> dict[str, dict[str, list[Any]]]:
+    """One MLflow table per protocol, ``reid_<protocol>``: a row per embedder, a column per metric (the
+    numbers of the printed table; a metric an embedder lacks, or a non-finite one, is None)."""
+    tables = {}
+    for protocol in ("person_search", "mot"):
+        rows = results.get(protocol)
+        if not isinstance(rows, Mapping) or not rows:
+            continue
+        metrics = list(dict.fromkeys(m for row in rows.values() for m, v in row.items()
+                                     if isinstance(v, (int, float)) and not isinstance(v, bool)))
+        table: dict[str, list[Any]] = {"embedder": list(rows)}
+        for metric in metrics:
+            table[metric] = [_jsonable(rows[name].get(metric)) if isinstance(rows[name].get(metric), (int, float))
+                             else None for name in rows]
+        tables[f"reid_{protocol}"] = table
+    return tables
 
 
 # --------------------------------------------------------------------------- CLI
@@ -955,6 +974,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     args = get_args_parser().parse_args(argv)
     cfg: Config = load_config(args.config, args.overrides)
+    uri_source = args.mlflow_uri or cfg.mlflow.tracking_uri
+    args.checkpoint = resolve_checkpoints(getattr(args, "checkpoint", None), uri_source)  # runs:/, models:/
+    if getattr(args, "teacher_checkpoint", None):
+        args.teacher_checkpoint = resolve_checkpoints(args.teacher_checkpoint, uri_source)
     limit_blas_threads()  # in-process inference and scoring (reid, --no-ray, the driver's ranking)
     if args.mode == "reid":
         return run_reid(args, cfg)

@@ -38,6 +38,7 @@ import numpy as np
 
 from jobs._ray import ensure_ray, map_tasks, run_actor_pool
 from jobs._cli import InputError, run_cli
+from jobs._model_uri import resolve_checkpoints
 from jobs.evaluate import InferenceWorker, ModelHandle, _Progress, checkpoint_entry, read_checkpoint
 from kdtrack.config import Config, apply_overrides, config_to_dict, flatten_config, load_config
 from kdtrack.formats.common import ReadStats
@@ -353,7 +354,8 @@ def _log_mlflow(uri: str, cfg: Config, summary: dict[str, Any], out: Path, check
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.pseudo_label", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help="the stage-1 (id-free image) checkpoint (required unless --oracle-truth)")
+                   help="the stage-1 (id-free image) checkpoint: a path, or an MLflow URI (runs:/<run>/student, "
+                        "models:/<name>/<version>) fetched from --mlflow-uri (required unless --oracle-truth)")
     p.add_argument("--videos", required=True, type=Path, help="Kinetics root: <split>.csv and <split>/<label>/*.mp4")
     p.add_argument("--out", required=True, type=Path, help="output folder (rerun over it to resume)")
     p.add_argument("--split", default="train", help="clip list: train (train.csv), val (validate.csv), test")
@@ -376,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return _main_oracle(args)
     if args.checkpoint is None:
         raise InputError("--checkpoint is required (the stage-1 network), unless --oracle-truth")
+    args.checkpoint = Path(resolve_checkpoints(args.checkpoint, args.mlflow_uri))  # runs:/, models:/ URIs
     if not args.checkpoint.is_file():
         raise InputError(f"--checkpoint {args.checkpoint}: file not found")
     state = read_checkpoint(args.checkpoint)  # read once: config, iteration and the weights to ship
