@@ -38,6 +38,18 @@ class TransientError(RuntimeError):
 RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (TransientError, TimeoutError, ConnectionError)
 
 
+def quiet_ray_train_reports() -> None:
+    """In a Ray Train worker: Ray Train's per-report line ("Reporting training result N: TrainingReport(...)",
+    at INFO, one per report) off the console; its warnings and errors stay. Ray 2.60 logs it under its
+    module's file path instead of the ``ray.train`` logger that ``RunConfig(logging_config=...)`` sets, so
+    that setting (which ``jobs.train`` uses for the rest of Ray Train's chatter) does not reach it."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 @contextlib.contextmanager
 def transient_errors() -> Iterator[None]:
     """Inside a task: an ``OSError`` with a "try again" errno is re-raised as :class:`TransientError`."""

@@ -59,7 +59,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from jobs._mlflow_train import create_driver_run, failed_run_on_error, mark_failed, open_sink, sink_run_id
+from jobs._mlflow_train import (create_driver_run, failed_run_on_error, log_trained_model, mark_failed, open_sink,
+                                sink_run_id)
 from jobs._ray import refuse_unless_joining
 from jobs._resume import check_resume, note_resume_changes
 from kdtrack.config import (
@@ -89,6 +90,9 @@ CHECKPOINT_TAG = "kdtrack.final_checkpoint"
 # Train V2 patches print() in its workers to log through its own logger, and also prints when stdout is
 # wrapped (it is, in a Ray worker): every progress line reached the driver twice. Plain print, once.
 WORKER_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+# Ray Train's own console lines: warnings and errors. At INFO it prints "Checkpoint successfully created at"
+# and "Reporting training result" for every report, between the progress lines (its log files keep them).
+RAY_TRAIN_LOG_LEVEL = "WARNING"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -107,6 +111,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "train.resume_policy), force continues")
     parser.add_argument("--init-from", default=None,
                         help="start from this kdtrack checkpoint's network weights (fresh optimizer; train.init_from)")
+    parser.add_argument("--register-model", default="", metavar="NAME",
+                        help="register the trained model in MLflow's model registry as the next version of NAME "
+                             "(models:/NAME/VERSION); it is logged to the run either way (runs:/<run id>/student)")
     return parser
 
 
@@ -372,6 +379,9 @@ def build_kd_teacher(cfg: Config, device: Any = "cpu") -> Any:
 
 def train_func(loop_config: dict[str, Any]) -> None:
     """Per-worker training loop (Ray Train V2)."""
+    from jobs._ray import quiet_ray_train_reports
+
+    quiet_ray_train_reports()
     import numpy as np
     import ray.train
     import ray.train.torch
@@ -616,6 +626,9 @@ def build_validation(cfg: Config, device: Any) -> Any:
 def teacher_train_func(loop_config: dict[str, Any]) -> None:
     """Per-worker loop of ``train.recipe=teacher`` (Ray Train V2): the Re-ID teacher on this rank's
     share of P x K batches, BoT losses, warm-up + step lr; checkpoints, resume and MLflow as ``train_func``."""
+    from jobs._ray import quiet_ray_train_reports
+
+    quiet_ray_train_reports()
     import numpy as np
     import ray.train
     import ray.train.torch
@@ -903,6 +916,7 @@ def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlfl
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None),
             worker_runtime_env=WORKER_RUNTIME_ENV,
+            logging_config=ray.train.LoggingConfig(log_level=RAY_TRAIN_LOG_LEVEL),
             callbacks=callbacks or None,
         ),
     )
@@ -946,8 +960,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             client.set_tag(run_id, CHECKPOINT_TAG, str(final))
             client.set_tag(run_id, "kdtrack.ray_checkpoint", result.checkpoint.path)
         print(f"final checkpoint: {final}  (fit {elapsed:.1f} s)", flush=True)
+        model_uri = log_trained_model(uri, run_id, final, cfg, iteration=int(result.metrics.get("iteration", 0) or 0),
+                                      register_as=getattr(args, "register_model", "")) if run_id else ""
         return {"checkpoint": str(final), "metrics": dict(result.metrics), "mlflow_uri": uri,
-                "mlflow_run_id": run_id, "fit_seconds": elapsed}
+                "mlflow_run_id": run_id, "mlflow_model_uri": model_uri, "fit_seconds": elapsed}
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
