@@ -7,6 +7,7 @@ import math
 import mlflow
 import pytest
 
+from jobs._model_uri import fetch_checkpoint
 from jobs.train import CHECKPOINT_TAG, check_pipeline, check_recipe, get_args_parser, main
 from kdtrack.checkpoint import load_checkpoint
 from kdtrack.config import ConfigError, load_config
@@ -80,6 +81,10 @@ def test_smoke_run_logs_to_mlflow_and_resumes(ray_session, tiny_world, mlflow_ur
     assert run["params.train.recipe"] == "contrastive" and run["params.model.input_width"] == "160"
     assert math.isfinite(run["metrics.train/total"]) and run["metrics.train/det"] > 0
     assert run[f"tags.{CHECKPOINT_TAG}"] == str(ckpt_path)
+    # the final checkpoint is the run's logged model: another machine fetches it through the tracking server
+    assert first["mlflow_model_uri"].startswith("models:/")
+    fetched = fetch_checkpoint(f"runs:/{first['mlflow_run_id']}/student", mlflow_uri, dst=tmp_path / "fetched")
+    assert fetched.read_bytes() == ckpt_path.read_bytes()
 
     # Same --out and run name, a longer budget: a changed training field is refused on the driver, naming it
     # (the schedule would silently continue with the old milestones) ...
