@@ -64,9 +64,13 @@ def model_artifacts_uri(client: Any, uri: str) -> str:
         run_id, _, name = uri[len("runs:/"):].partition("/")
         if not run_id or not name:
             raise InputError(f"--checkpoint {uri}: expected runs:/<run_id>/<model name>, e.g. runs:/<id>/student")
-        experiment_id = client.get_run(run_id).info.experiment_id
-        logged = [m for m in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        run = client.get_run(run_id)
+        logged = [m for m in client.search_logged_models([run.info.experiment_id],
+                                                         filter_string=f"source_run_id = '{run_id}'")
                   if m.name == name]
+        if not logged:  # a model another run logged and this one lists as its output (a sweep's best trial's)
+            outputs = run.outputs.model_outputs if run.outputs else []
+            logged = [m for m in (client.get_logged_model(o.model_id) for o in outputs) if m.name == name]
         # the newest model of that name; else a plain artifact path of the run
         return max(logged, key=lambda m: m.creation_timestamp).artifact_location if logged else uri
     ref = uri[len("models:/"):]

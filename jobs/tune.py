@@ -41,6 +41,8 @@ from tune.spec import SweepSpec, check_resources, load_sweep, override_text
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's nesting tag: the UI shows children under their parent
 OUTCOME_TAG = "kdtrack.tune.outcome"  # completed | stopped_early | failed
 TRIAL_TAG = "kdtrack.tune.trial_id"
+BEST_RUN_TAG = "kdtrack.tune.best_run_id"  # the parent's link to its best trial's child run
+NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI (markdown)
 BEST_CONFIG = "best_config.yaml"
 SUMMARY_CSV = "summary.csv"
 SWEEP_JSON = "sweep.json"
@@ -97,8 +99,9 @@ def run_trial(values: dict[str, Any], *, base: dict[str, Any], train_fn: Any, lo
     from mlflow.tracking import MlflowClient
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from jobs._mlflow_train import create_mlflow_run
+    from jobs._mlflow_train import create_mlflow_run, log_trained_model
     from jobs.train import build_trainer, check_recipe, with_id_classes
+    from kdtrack.checkpoint import CHECKPOINT_NAME
 
     context = ray.tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
@@ -112,7 +115,7 @@ def run_trial(values: dict[str, Any], *, base: dict[str, Any], train_fn: Any, lo
         check_recipe(cfg)  # a bad sampled value fails this trial, not the sweep
         trainer = build_trainer(cfg, train_fn, loop_data, mlflow_uri=mlflow_uri, storage=storage,
                                 mlflow_run_id=run_id, callbacks=[TuneReportCallback()])
-        trainer.fit()
+        result = trainer.fit()
     except BaseException as exc:
         if not run_id:  # the values did not even make a config: still one child run, with the error
             run_id = client.create_run(experiment_id, run_name=trial_name,
@@ -125,6 +128,10 @@ def run_trial(values: dict[str, Any], *, base: dict[str, Any], train_fn: Any, lo
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_tag(run_id, OUTCOME_TAG, "completed")
+    if result.checkpoint is not None:  # the trial's last checkpoint as its run's model (local or --storage)
+        with result.checkpoint.as_directory() as folder:
+            log_trained_model(mlflow_uri, run_id, Path(folder) / CHECKPOINT_NAME, cfg,
+                              iteration=int(result.metrics.get("iteration", 0) or 0))
 
 
 # --------------------------------------------------------------------------- the sweep (driver)
@@ -339,6 +346,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     client.set_tag(parent_id, "kdtrack.tune.best_trial", best["trial_id"])
     for key, value in best["values"].items():
         client.log_param(parent_id, f"best.{key}", str(value))
+    best["model_uri"] = _link_best_trial(client, experiment_id, parent_id, spec, best)
     client.set_terminated(parent_id)
     record["best"] = {**best, "config": str(best_path)}
     atomic_write_json(out / SWEEP_JSON, record)
@@ -347,6 +355,27 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
           + f"\nbest config: {best_path}\n({len(trials)} trials in {elapsed:.0f} s; "
           f"mlflow ui --backend-store-uri {uri})", flush=True)
     return {**record, "exit_code": 0}
+
+
+def _link_best_trial(client: Any, experiment_id: str, parent_id: str, spec: SweepSpec, best: dict[str, Any]) -> str:
+    """The parent run points at its best trial: the child's run id as a tag and a link in the run's
+    description, and the model that trial logged as one of the parent's outputs (so the parent lists it
+    and ``runs:/<parent>/student`` fetches it). Returns its ``models:/`` URI (``""`` when it logged none)."""
+    from mlflow.entities import LoggedModelOutput
+
+    from jobs._mlflow_train import MODEL_TAG
+
+    child = best.get("mlflow_run_id", "")
+    if not child:
+        return ""
+    client.set_tag(parent_id, BEST_RUN_TAG, child)
+    client.set_tag(parent_id, NOTE_TAG, f"Best trial: [{best['trial_id']}](#/experiments/{experiment_id}/runs/"
+                                        f"{child}), {spec.tune.metric} = {best['objective']:.4f}")
+    model_uri = client.get_run(child).data.tags.get(MODEL_TAG, "")
+    if model_uri:
+        client.set_tag(parent_id, MODEL_TAG, model_uri)
+        client.log_outputs(parent_id, [LoggedModelOutput(model_uri[len("models:/"):], step=int(best["iteration"]))])
+    return model_uri
 
 
 def _reconcile_children(client: Any, experiment_id: str, parent_id: str, trial_log: _TrialLog,
@@ -390,7 +419,7 @@ def _best(trials: Sequence[dict[str, Any]], spec: SweepSpec) -> dict[str, Any] |
     sign = 1.0 if spec.tune.mode == "max" else -1.0
     best = max(scored, key=lambda t: (sign * t["objective"], t["iteration"]))
     return {"trial_id": best["trial_id"], "values": best["values"], "objective": float(best["objective"]),
-            "iteration": best["iteration"]}
+            "iteration": best["iteration"], "mlflow_run_id": best.get("mlflow_run_id", "")}
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -207,6 +207,15 @@ def test_sweep_records_a_nan_trial_as_failed_and_writes_the_best_config(ray_sess
     assert good.data.params["train.lr"] == "0.001"
     assert parent.data.metrics["best/val/person_search/mAP"] == pytest.approx(
         good.data.metrics["val/person_search/mAP"])
+    # the parent links its best child and holds that trial's last checkpoint as its model
+    assert parent.data.tags["kdtrack.tune.best_run_id"] == good.info.run_id
+    assert f"runs/{good.info.run_id})" in parent.data.tags["mlflow.note.content"]
+    assert result["best"]["model_uri"].startswith("models:/")
+    from jobs._model_uri import fetch_checkpoint
+    from kdtrack.checkpoint import load_checkpoint
+
+    fetched = fetch_checkpoint(f"runs:/{parent.info.run_id}/student", result["mlflow_uri"], dst=tmp_path / "best")
+    assert load_checkpoint(fetched)["iteration"] == 4
 
     best = load_config(out / "best_config.yaml")  # a preset jobs.train takes as it is
     assert best.train.lr == pytest.approx(1e-3) and best.train.run_name == "best"
