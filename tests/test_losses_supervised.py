@@ -121,3 +121,5 @@ def test_classifier_lr_mult_of_one_keeps_one_group_and_a_bad_value_is_refused():
     with pytest.raises(ValueError, match="train.classifier_lr_mult must be > 0"):
         build_optimizer(criterion.parameters(), bad.train, criterion.classifier_parameters())
     assert Criterion.from_config(load_config("idf_cpu")).classifier_parameters() == []
+    kd = Criterion.from_config(load_config("kd_cpu", ["loss.eta=0.5", "loss.num_id_classes=5"]))
+    assert [tuple(p.shape) for p in kd.classifier_parameters()] == [(5, 128)]  # KD's hard-label classifier
