@@ -865,7 +865,10 @@ def check_cluster_gpus(cfg: Config, ray: Any) -> None:
     """With ``train.use_gpu`` each train worker takes a whole GPU: more workers than the cluster has GPUs
     would leave Ray Train retrying to schedule them forever (a silent hang, the GPU twin of the CPU check;
     ``refuse_unless_joining``)."""
-    need, have = training_gpus(cfg), float(ray.cluster_resources().get("GPU", 0.0))
+    need = training_gpus(cfg)
+    if need == 0:  # a CPU run asks the cluster nothing
+        return
+    have = float(ray.cluster_resources().get("GPU", 0.0))
     if need <= have + 1e-9:
         return
     tc = cfg.train
