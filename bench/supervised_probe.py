@@ -13,6 +13,7 @@ without a Ray job per budget (docs/results/identity-learning.md).
     python bench/supervised_probe.py --world W --iterations 1500 --set model.embedding_norm=none
     python bench/supervised_probe.py --world W --iterations 1500 --set train.classifier_lr_mult=1   # FairMOT's lr
     python bench/supervised_probe.py --world W --iterations 1500 --id-cells region
+    python bench/supervised_probe.py --world W --iterations 1500 --set loss.supervised_memory=0   # no metric term
 """
 
 from __future__ import annotations

@@ -165,6 +165,11 @@ class LossConfig:
     id_mode: Literal["kd", "contrastive", "supervised", "none"] = "contrastive"  # which identity loss (supervised: FairMOT's identity classifier, METHOD.md section 4b)
     eta: float = 1.0  # KD: weight of the soft (teacher) term; 1 - eta for hard-label CE
     num_id_classes: int = 0  # identity classifier size (KD hard labels, supervised); 0 = the number of labelled people in the training data
+    # supervised: a metric term beside the classifier over a cross-batch memory of the last N labelled unit vectors
+    # (XBM + supervised contrastive, kdtrack.losses.supervised; not FairMOT's); 0 = off (FairMOT's loss)
+    supervised_memory: int = 0
+    supervised_metric_weight: float = 1.0  # w of the metric term: L_id = CE + w l_metric
+    supervised_temperature: float = 0.1  # tau of the metric term
     kd_reduction: Literal["sum_per_object", "mean"] = "sum_per_object"  # KD soft smooth-L1: summed over the embedding channels and averaged over objects (KDMOT's per-object scale; its trainer also sums over objects, kdtrack.losses.kd) | averaged over the channels too (k times weaker: 2048 for KDMOT)
     uncertainty: bool = True  # Kendall uncertainty weighting of L_det and L_id (id_mode kd and supervised; IDF adds lambda l_id)
     s_det_init: float = -1.85  # initial log-variance of the detection term

@@ -123,3 +123,61 @@ def test_classifier_lr_mult_of_one_keeps_one_group_and_a_bad_value_is_refused():
     assert Criterion.from_config(load_config("idf_cpu")).classifier_parameters() == []
     kd = Criterion.from_config(load_config("kd_cpu", ["loss.eta=0.5", "loss.num_id_classes=5"]))
     assert [tuple(p.shape) for p in kd.classifier_parameters()] == [(5, 128)]  # KD's hard-label classifier
+
+
+def _supcon_by_hand(anchors: np.ndarray, labels: list[int], bank: np.ndarray, bank_labels: list[int],
+                    tau: float) -> float:
+    """``l(v)`` of kdtrack.losses.supervised written out: candidates = the other anchors + filled bank slots."""
+    keys, key_labels = np.concatenate([anchors, bank]), list(labels) + list(bank_labels)
+    losses = []
+    for i, (v, y) in enumerate(zip(anchors, labels)):
+        cand = [j for j in range(len(keys)) if j != i and key_labels[j] >= 0]
+        pos = [j for j in cand if key_labels[j] == y]
+        if not pos:
+            continue
+        log_den = np.log(sum(np.exp(v @ keys[j] / tau) for j in cand))
+        losses.append(-np.mean([v @ keys[j] / tau - log_den for j in pos]))
+    return float(np.mean(losses)) if losses else 0.0
+
+
+def test_supervised_contrastive_matches_a_hand_computation():
+    from kdtrack.losses.supervised import supervised_contrastive
+
+    rng = np.random.default_rng(0)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    anchors, bank = unit(rng.normal(size=(4, 3))), unit(rng.normal(size=(5, 3)))
+    labels, bank_labels = [0, 1, 0, 2], [1, -1, 2, 3, 0]  # anchor 3's only positive is in the bank; slot 1 empty
+    got = supervised_contrastive(torch.tensor(anchors), torch.tensor(labels), torch.tensor(bank),
+                                 torch.tensor(bank_labels), 0.5)
+    assert float(got) == pytest.approx(_supcon_by_hand(anchors, labels, bank, bank_labels, 0.5), rel=1e-6)
+    # no positive anywhere: 0, no anchor
+    none = supervised_contrastive(torch.tensor(anchors[:2]), torch.tensor([5, 6]), torch.tensor(bank),
+                                  torch.tensor(bank_labels), 0.5)
+    assert float(none) == 0.0
+
+
+def test_the_memory_is_a_fifo_and_feeds_the_next_batch():
+    torch.manual_seed(0)
+    loss_fn = SupervisedIdLoss(embedding_dim=2, num_classes=4, memory_size=3, metric_weight=0.5, temperature=0.2)
+    assert {"memory", "memory_ids", "memory_ptr"} <= set(loss_fn.state_dict())  # checkpointed
+    assert "memory" not in SupervisedIdLoss(embedding_dim=2, num_classes=4).state_dict()  # plain: keys as before
+    first = _one_image([[1.0, 0.0], [0.0, 2.0]], [0, 5], [1, 2])
+    terms = loss_fn(*first)
+    assert float(terms["id/metric"]) == 0.0  # nobody twice, empty memory
+    assert float(terms["id"]) == pytest.approx(float(terms["id/ce"]))
+    assert loss_fn.memory_ids.tolist() == [1, 2, -1] and int(loss_fn.memory_ptr) == 2
+    second = _one_image([[3.0, 4.0], [1.0, 1.0]], [1, 2], [2, 3])
+    terms = loss_fn(*second)  # person 2 meets its remembered vector (0, 1)
+    anchors = np.array([[0.6, 0.8], [2 ** -0.5, 2 ** -0.5]])
+    expected = _supcon_by_hand(anchors, [2, 3], np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), [1, 2, -1], 0.2)
+    assert float(terms["id/metric"]) == pytest.approx(expected, rel=1e-5)
+    assert float(terms["id"]) == pytest.approx(float(terms["id/ce"]) + 0.5 * expected, rel=1e-5)
+    assert loss_fn.memory_ids.tolist() == [3, 2, 2] and int(loss_fn.memory_ptr) == 1  # wrapped: oldest out
+    assert loss_fn.memory[0].tolist() == pytest.approx([2 ** -0.5, 2 ** -0.5])
+    loss_fn.eval()
+    loss_fn(*second)
+    assert loss_fn.memory_ids.tolist() == [3, 2, 2]  # evaluation leaves the memory alone
+    with pytest.raises(ValueError, match="loss.supervised_memory must be >= 0"):
+        SupervisedIdLoss(embedding_dim=2, num_classes=4, memory_size=-1)
+    with pytest.raises(ValueError, match="supervised_temperature must be > 0"):
+        SupervisedIdLoss(embedding_dim=2, num_classes=4, memory_size=8, temperature=0.0)

@@ -61,7 +61,8 @@ class Criterion(nn.Module):
             if cfg.id_mode == "contrastive"
             else None
         )
-        self.supervised = (SupervisedIdLoss(embedding_dim, cfg.num_id_classes)
+        self.supervised = (SupervisedIdLoss(embedding_dim, cfg.num_id_classes, cfg.supervised_memory,
+                                            cfg.supervised_metric_weight, cfg.supervised_temperature)
                            if cfg.id_mode == "supervised" else None)
         self.uncertainty = (
             UncertaintyWeighting(cfg.s_det_init, cfg.s_id_init)
