@@ -90,7 +90,7 @@ from jobs._mlflow_eval import _jsonable, log_evaluation_to_mlflow
 from jobs._model_uri import resolve_checkpoints
 from jobs._cli import InputError, run_cli  # noqa: F401  (InputError: part of this module's API)
 from jobs._ray import PoolReport, ensure_ray, map_tasks, run_actor_pool, transient_errors, worker_location
-from kdtrack.config import Config, ConfigError, EvalConfig, load_config
+from kdtrack.config import Config, EvalConfig, load_config
 from kdtrack.formats.common import FormatError
 from kdtrack.io import atomic_write_json
 
@@ -797,9 +797,7 @@ def run_reid(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     )
 
     start = time.perf_counter()
-    eval_cfg = cfg.eval
-    if not eval_cfg.reid_context_pad >= 0:  # before any work: one line, exit 2
-        raise ConfigError(f"eval.reid_context_pad must be >= 0, got {eval_cfg.reid_context_pad}")
+    eval_cfg = cfg.eval  # its ranges were checked as it loaded (kdtrack.config_checks)
     split = args.split or eval_cfg.reid_split
     baselines = _csv(args.baselines) or ()
     device = select_device(inference_gpus(eval_cfg, use_ray=False) > 0)

@@ -64,7 +64,8 @@ from jobs._mlflow_train import (create_driver_run, failed_run_on_error, log_trai
 from jobs._ray import refuse_unless_joining
 from jobs._resume import check_resume, note_resume_changes
 from kdtrack.config import (
-    Config, ConfigError, config_from_dict, config_to_dict, load_config, training_cpus, training_gpus,
+    Config, ConfigError, check_training, config_from_dict, config_to_dict, load_config, preset_path, training_cpus,
+    training_gpus,
 )
 
 RECIPE_ID_MODE = {"detection": "none", "contrastive": "contrastive", "kd": "kd", "video": "contrastive",
@@ -117,12 +118,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_recipe(cfg: Config) -> None:
-    """The recipe must be one this job runs and agree with ``loss.id_mode`` (and KD dims with the teacher)."""
+def check_recipe(cfg: Config, source: str = "<config>", overrides: Sequence[str] = ()) -> None:
+    """The config's ranges and training rules (``kdtrack.config.check_training``, naming ``source``), then
+    the recipe: one this job runs, agreeing with ``loss.id_mode`` (and KD dims with the teacher)."""
     recipe = cfg.train.recipe
-    if cfg.train.sync_batchnorm and not cfg.train.use_gpu:
-        raise ConfigError("train.sync_batchnorm syncs BatchNorm statistics between GPU workers (torch's "
-                          "SyncBatchNorm takes CUDA tensors only): set train.use_gpu=true, or leave it false")
+    check_training(cfg, source, overrides)
     if recipe == TEACHER_RECIPE:
         check_teacher_recipe(cfg)
         return
@@ -144,7 +144,6 @@ def check_recipe(cfg: Config) -> None:
                           "--set data.pseudo_labels=L/labels.parquet (from python -m jobs.pseudo_label) and "
                           "--init-from the stage-1 checkpoint")
     check_validation(cfg)
-    check_pipeline(cfg)
     if cfg.train.init_from and not Path(cfg.train.init_from).is_file():
         raise ConfigError(f"train.init_from: {cfg.train.init_from} is not a file")
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():  # on the driver, before any GPU is reserved
@@ -159,27 +158,10 @@ def check_recipe(cfg: Config) -> None:
         check_kd_teacher(cfg)
 
 
-def check_pipeline(cfg: Config) -> None:
-    """The sample pipeline's fields (the Ray Data stream's, ``data.loader: ray``, and the augmentation's)."""
-    dc = cfg.data
-    if dc.map_actors < 1 or dc.map_num_cpus <= 0 or dc.prefetch_batches < 0 or dc.scheduling_min_step_s < 0:
-        raise ConfigError(f"data.map_actors must be >= 1, data.map_num_cpus > 0, data.prefetch_batches >= 0 and "
-                          f"data.scheduling_min_step_s >= 0, got {dc.map_actors}, {dc.map_num_cpus}, "
-                          f"{dc.prefetch_batches}, {dc.scheduling_min_step_s}")
-    if not 0.0 <= dc.max_bad_fraction < 1.0:
-        raise ConfigError(f"data.max_bad_fraction is a share of the items read, in [0, 1), got {dc.max_bad_fraction}")
-    if dc.stream_buffer_mb < 0:
-        raise ConfigError(f"data.stream_buffer_mb must be >= 0 (0 = Ray's own budget), got {dc.stream_buffer_mb}")
-    if not 0.0 <= dc.background_swap <= 1.0:
-        raise ConfigError(f"data.background_swap is a probability per view, in [0, 1], got {dc.background_swap}")
-
-
 def check_validation(cfg: Config) -> None:
-    """``train.report_every`` and ``train.val_*`` checked on the driver: the validation boxes are read here
-    (a missing manifest or split is an error naming it before any worker starts; rank 0 reads them again)."""
+    """``train.val_*`` checked on the driver: the validation boxes are read here (a missing manifest or
+    split is an error naming it before any worker starts; rank 0 reads them again)."""
     tc = cfg.train
-    if tc.report_every < 0:
-        raise ConfigError(f"train.report_every must be >= 0 (0 = report after epochs), got {tc.report_every}")
     if not tc.val_protocols:
         return
     from kdtrack.formats.common import FormatError
@@ -242,7 +224,8 @@ def check_teacher_store(cfg: Config, records: Any) -> None:
 
 
 def check_teacher_recipe(cfg: Config) -> None:
-    """``train.recipe=teacher``: trained from scratch, and a PK batch that batch-hard mining can use."""
+    """``train.recipe=teacher``: trained from scratch, reported after epochs (its PK batch and augmentation
+    ranges are checked with the config, ``kdtrack.config_checks``)."""
     t = cfg.teacher
     if cfg.train.report_every or cfg.train.val_protocols:
         raise ConfigError("train.recipe 'teacher' reports after epochs and is validated with python -m "
@@ -252,15 +235,6 @@ def check_teacher_recipe(cfg: Config) -> None:
                           f"teacher.checkpoint must be empty, got {t.checkpoint!r}")
     if t.pretrained and not Path(t.pretrained).is_file():
         raise ConfigError(f"teacher.pretrained: {t.pretrained} is not a file")
-    if t.train_p < 2 or t.train_k < 2:
-        raise ConfigError(f"train.recipe 'teacher': batch-hard triplets need teacher.train_p >= 2 identities x "
-                          f"teacher.train_k >= 2 crops per batch, got {t.train_p} x {t.train_k}")
-    for name in ("flip_prob", "random_erasing"):
-        if not 0.0 <= getattr(t, name) <= 1.0:
-            raise ConfigError(f"teacher.{name} is a probability, got {getattr(t, name)}")
-    if t.pad < 0 or t.warmup_epochs < 0 or not 0.0 < t.warmup_factor <= 1.0:
-        raise ConfigError(f"teacher.pad and teacher.warmup_epochs must be >= 0 and teacher.warmup_factor in (0, 1], "
-                          f"got {t.pad}, {t.warmup_epochs}, {t.warmup_factor}")
 
 
 def storage_path(storage: str | None, out: Path) -> str:
@@ -295,11 +269,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
         overrides.append(f"train.init_from={Path(args.init_from).resolve()}")
     if getattr(args, "resume_policy", None):
         overrides.append(f"train.resume_policy={args.resume_policy}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)  # every field's range checked here, before anything else runs
     cfg = _absolute_files(cfg)  # the Ray workers' working directory is not the caller's
     if args.smoke_test:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_iterations=cfg.train.smoke_iterations))
-    check_recipe(cfg)
+    check_recipe(cfg, str(preset_path(args.config)), overrides)
     return cfg
 
 

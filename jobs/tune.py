@@ -73,7 +73,7 @@ def resolve_sweep(args: argparse.Namespace) -> SweepSpec:
         overrides.append(f"data.root={Path(args.data_root).resolve()}")
     spec = load_sweep(args.config, overrides, num_samples=args.num_samples)
     base = _absolute_files(spec.base)
-    check_recipe(base)
+    check_recipe(base, spec.source)
     return dataclasses.replace(spec, base=base)
 
 

@@ -18,6 +18,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+from kdtrack.config_checks import range_violations, training_violations
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -582,13 +584,46 @@ def load_config(preset: str | Path | None = None, overrides: Sequence[str] = ())
         path = preset_path(preset)
         data, source = _read_with_bases(path, seen=()), str(path)
         _build(Config, data, "", source)  # unknown keys / types reported against the file
-    return _build(Config, _merge_overrides(data, overrides), "", source)
+    cfg = _build(Config, _merge_overrides(data, overrides), "", source)
+    check_ranges(cfg, source, overrides)
+    return cfg
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
     """``--set`` overrides on a config that exists already (a checkpoint's), checked as :func:`load_config`
-    checks them (an unknown key or a wrong type names the ``--set``)."""
-    return _build(Config, _merge_overrides(config_to_dict(cfg), overrides), "", "<config>")
+    checks them (an unknown key, a wrong type or a value out of range names the ``--set``)."""
+    out = _build(Config, _merge_overrides(config_to_dict(cfg), overrides), "", "<config>")
+    check_ranges(out, "<config>", overrides)
+    return out
+
+
+def check_ranges(cfg: Config, source: str = "<config>", overrides: Sequence[str] = ()) -> None:
+    """Every field inside its range (``kdtrack.config_checks.RULES``), on the driver before any work: the
+    first value out of range is a :class:`ConfigError` naming the field, the value, the range and where the
+    value came from (the ``--set`` that gave it, else ``source``, the preset file)."""
+    broken = range_violations(cfg)
+    if broken:
+        field_name, message = broken[0]
+        raise ConfigError(f"{_value_source(field_name, source, overrides)}: {message}")
+
+
+def check_training(cfg: Config, source: str = "<config>", overrides: Sequence[str] = ()) -> None:
+    """:func:`check_ranges` and the rules between fields that a training run needs
+    (``kdtrack.config_checks.training_violations``), before Ray reserves anything for it."""
+    check_ranges(cfg, source, overrides)
+    broken = training_violations(cfg)
+    if broken:
+        field_name, message = broken[0]
+        raise ConfigError(f"{_value_source(field_name, source, overrides)}: {message}")
+
+
+def _value_source(field_name: str, source: str, overrides: Sequence[str]) -> str:
+    """Where a field's value came from: the last ``--set`` of it (or of its section), else ``source``."""
+    for text in reversed(overrides):
+        key = ".".join(parse_override(text)[0])
+        if field_name == key or field_name.startswith(key + "."):
+            return f"--set {text.strip()}" + (f" (on {source})" if source != "<config>" else "")
+    return source
 
 
 def _merge_overrides(data: dict, overrides: Sequence[str]) -> dict:

@@ -98,3 +98,39 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config("no_such_preset")
+
+
+def test_values_out_of_range_name_the_field_the_range_and_where_they_came_from(tmp_path):
+    from kdtrack.config import apply_overrides, check_training
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("base: tiny\nloss:\n  queue_size: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (f"{path}: loss.queue_size must be > 0 (the contrastive negative queue's length), "
+                              f"got 0")
+    # a --set is named with the file it changes; the last --set of a field is the one that counts
+    with pytest.raises(ConfigError, match=r"^--set train.classifier_lr_mult=0 \(on .*tiny.yaml\): "
+                                          r"train.classifier_lr_mult must be > 0, got 0.0$"):
+        load_config("tiny", ["train.classifier_lr_mult=2", "train.classifier_lr_mult=0"])
+    assert load_config(path, ["loss.queue_size=8"]).loss.queue_size == 8
+    with pytest.raises(ConfigError, match=r"teacher.warmup_factor must be in \(0, 1\], got 0.0"):
+        load_config("teacher_cpu", ["teacher.warmup_factor=0"])
+    with pytest.raises(ConfigError, match=r"loss.key_momentum must be in \[0, 1\), got 1.0"):
+        apply_overrides(load_config("idf_cpu"), ["loss.key_momentum=1"])  # a checkpoint's config, changed
+    with pytest.raises(ConfigError, match=r"train.lr_steps must be fractions of training in \(0, 1\)"):
+        load_config("tiny", ["train.lr_steps=[0.5, 1.0]"])
+    with pytest.raises(ConfigError, match="data.map_actors must be >= 1, got 0"):
+        load_config("tiny", ["data.map_actors=0"])
+    # rules between fields hold for training only (an evaluation may read such a config)
+    unbounded = load_config("tiny", ["train.epochs=0", "train.max_iterations=0"])
+    with pytest.raises(ConfigError, match=r"train.epochs = 0 \(unbounded\) needs train.max_iterations > 0"):
+        check_training(unbounded, "tiny")
+
+
+def test_every_range_rule_names_a_field_of_the_config():
+    from kdtrack.config_checks import RULES, field_value
+
+    cfg = Config()
+    for rule in RULES:
+        assert rule.ok(field_value(cfg, rule.field)), rule.field  # the defaults are inside every range

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -117,9 +118,11 @@ def test_classifier_lr_mult_of_one_keeps_one_group_and_a_bad_value_is_refused():
     criterion = Criterion.from_config(cfg)
     optimizer = build_optimizer(criterion.parameters(), cfg.train, criterion.classifier_parameters())
     assert len(optimizer.param_groups) == 1  # as before the option: its checkpoints' optimiser state still loads
-    bad = load_config("sup_cpu", ["loss.num_id_classes=6", "train.classifier_lr_mult=0"])
+    with pytest.raises(ValueError, match="train.classifier_lr_mult must be > 0"):  # refused as the config loads
+        load_config("sup_cpu", ["loss.num_id_classes=6", "train.classifier_lr_mult=0"])
+    bad = dataclasses.replace(cfg.train, classifier_lr_mult=0.0)  # built past the loader: the optimiser refuses it
     with pytest.raises(ValueError, match="train.classifier_lr_mult must be > 0"):
-        build_optimizer(criterion.parameters(), bad.train, criterion.classifier_parameters())
+        build_optimizer(criterion.parameters(), bad, criterion.classifier_parameters())
     assert Criterion.from_config(load_config("idf_cpu")).classifier_parameters() == []
     kd = Criterion.from_config(load_config("kd_cpu", ["loss.eta=0.5", "loss.num_id_classes=5"]))
     assert [tuple(p.shape) for p in kd.classifier_parameters()] == [(5, 128)]  # KD's hard-label classifier

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import mlflow
 import pytest
 
 from jobs._model_uri import fetch_checkpoint
-from jobs.train import CHECKPOINT_TAG, check_pipeline, check_recipe, get_args_parser, main
+from jobs.train import CHECKPOINT_TAG, check_recipe, get_args_parser, main
 from kdtrack.checkpoint import load_checkpoint
-from kdtrack.config import ConfigError, load_config
+from kdtrack.config import ConfigError, check_ranges, load_config
 
 # A smaller student than the tiny preset so that one fit stays ~15-30 s on 2 shared cores.
 FAST = ["model.input_width=160", "model.input_height=96", "model.width=16", "model.head_conv=32",
@@ -364,11 +368,32 @@ def test_cli_bad_input_is_one_line_naming_the_file_and_exit_2(tmp_path, capsys):
 
 
 def test_stream_fields_out_of_range_are_refused_on_the_driver():
-    check_pipeline(load_config("tiny", ["data.stream_buffer_mb=64"]))
+    check_ranges(load_config("tiny", ["data.stream_buffer_mb=64"]))
     with pytest.raises(ConfigError, match=r"data.stream_buffer_mb must be >= 0 \(0 = Ray's own budget\), got -1.0"):
-        check_pipeline(load_config("tiny", ["data.stream_buffer_mb=-1"]))
+        check_ranges(load_config("tiny", ["data.stream_buffer_mb=-1"]))
     with pytest.raises(ConfigError, match=r"data.background_swap is a probability per view, in \[0, 1\], got 1.5"):
-        check_pipeline(load_config("tiny", ["data.background_swap=1.5"]))
+        check_ranges(load_config("tiny", ["data.background_swap=1.5"]))
+
+
+def test_a_value_out_of_range_ends_the_cli_before_ray_starts(tmp_path):
+    """loss.queue_size used to be read first inside the Ray worker, after the cluster had reserved it: now
+    the driver refuses it at load, naming the field, the value, the range and the --set on the preset file,
+    without importing Ray (in a fresh interpreter: the test run's own Ray cannot hide it)."""
+    out = tmp_path / "o"
+    script = ("import sys\nfrom jobs.train import cli\n"
+              f"rc = cli(['--config', 'idf_cpu', '--data-root', {str(tmp_path)!r}, '--out', {str(out)!r}, "
+              "'--set', 'loss.queue_size=-1'])\n"
+              "print('rc', rc, 'ray imported', 'ray' in sys.modules)\n")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    elapsed = time.perf_counter() - start
+    assert done.stdout.strip() == "rc 2 ray imported False", done.stdout + done.stderr
+    preset = Path(__file__).resolve().parents[1] / "kdtrack" / "configs" / "idf_cpu.yaml"
+    assert done.stderr == (f"train: --set loss.queue_size=-1 (on {preset}): loss.queue_size must be > 0 "
+                           f"(the contrastive negative queue's length), got -1\n")
+    assert not out.exists()  # no Ray storage, no MLflow database
+    assert elapsed < 5.0, f"{elapsed:.1f} s"
 
 
 def test_supervised_smoke_run_classifies_the_labelled_people(ray_session, tiny_world, mlflow_uri, tmp_path):

@@ -79,6 +79,9 @@ def test_shipped_cpu_sweep_searches_lambda_tau_queue_and_lr_on_validation_map():
     ({"tune": {"num_sampels": 3}}, "unknown key 'tune.num_sampels'"),
     ({"tune": {"baselines": ["random", "sift"]}}, "tune.baselines: unknown ['sift']"),
     ({"extra": 1}, "unknown key 'extra'"),
+    ({"search": {"loss.key_momentum": {"uniform": [0.9, 1.0]}}}, "loss.key_momentum must be in [0, 1), got 1.0"),
+    ({"set": {**SMALL_SWEEP["set"], "loss.queue_size": 0}}, "loss.queue_size must be > 0"),
+    ({"tune": {"reduction_factor": 1}}, "tune.reduction_factor must be >= 2 (ASHA keeps"),
 ])
 def test_bad_sweep_presets_are_refused_naming_the_key_and_file(tmp_path, changes, message):
     path = write_sweep(tmp_path, **changes)

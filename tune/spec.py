@@ -14,10 +14,11 @@
 
 Distributions: ``uniform: [low, high]``, ``loguniform: [low, high]``, ``randint: [low, high)``,
 ``choice: [values]``, ``grid: [values]`` (every value, ``num_samples`` times each). Everything is
-checked here, on the driver, before Ray starts: an unknown field, a value of the wrong type, a field
-the recipe does not read, an objective that training does not measure, or an objective measured on a
-test split is a :class:`~kdtrack.config.ConfigError` naming the key and the file. This module does not
-import Ray (``tune.spaces`` turns a spec into Ray Tune domains).
+checked here, on the driver, before Ray starts: an unknown field, a value of the wrong type or out of
+its range (a searched distribution's ends too: ``kdtrack.config_checks``), a field the recipe does not
+read, an objective that training does not measure, or an objective measured on a test split is a
+:class:`~kdtrack.config.ConfigError` naming the key and the file. This module does not import Ray
+(``tune.spaces`` turns a spec into Ray Tune domains).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from kdtrack.config import (
     training_cpus,
     training_gpus,
 )
+from kdtrack.config_checks import at_least, range_violations
 
 SWEEP_DIR = Path(__file__).parent / "configs"
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
@@ -90,6 +92,16 @@ class SweepConfig:
     seed: int = 0  # seed of the search algorithm's draws
     experiment: str = ""  # MLflow experiment of the parent and child runs ("" = the training config's)
     baselines: tuple[str, ...] = ("random", "colour")  # embedders scored once on the same validation boxes (kdtrack.reid_probe)
+
+
+# The ranges of the ``tune:`` fields, checked as the training config's are (``kdtrack.config_checks``).
+SWEEP_RULES = (
+    at_least("tune.num_samples", 1),
+    at_least("tune.max_concurrent_trials", 1),
+    at_least("tune.reduction_factor", 2, "ASHA keeps the best 1/reduction_factor"),
+    at_least("tune.trial_cpus", 0),
+    at_least("tune.grace_period", 0, "0 = train.report_every"),
+)
 
 
 @dataclass(frozen=True)
@@ -157,6 +169,9 @@ def load_sweep(name_or_path: str | Path, overrides: Sequence[str] = (), *, num_s
     if num_samples is not None:
         tune_data["num_samples"] = int(num_samples)
     sweep = build_dataclass(SweepConfig, tune_data, source, prefix="tune")
+    broken = range_violations(sweep, SWEEP_RULES, prefix="tune.")
+    if broken:
+        raise ConfigError(f"{source}: {broken[0][1]}")
     base = load_config(resolved_train, fixed)
     search_data = data.get("search") or {}
     if not isinstance(search_data, Mapping) or not search_data:
@@ -239,11 +254,6 @@ def check_sweep(spec: SweepSpec) -> None:
                           f"train.max_iterations > 0 (ASHA's max_t)")
     if cfg.train.report_every <= 0:
         raise ConfigError(f"{src}: set train.report_every > 0: the objective is measured at every report")
-    if sweep.num_samples < 1 or sweep.max_concurrent_trials < 1 or sweep.reduction_factor < 2:
-        raise ConfigError(f"{src}: tune.num_samples and tune.max_concurrent_trials must be >= 1 and "
-                          f"tune.reduction_factor >= 2")
-    if sweep.trial_cpus < 0 or sweep.grace_period < 0:
-        raise ConfigError(f"{src}: tune.trial_cpus and tune.grace_period must be >= 0")
     from kdtrack.reid_probe import BASELINES
 
     unknown = [b for b in sweep.baselines if b not in BASELINES]
