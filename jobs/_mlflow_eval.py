@@ -72,7 +72,7 @@ def sequence_rows(metrics: Mapping[str, Any]) -> tuple[list[dict[str, Any]], lis
 def sequence_table(metrics: Mapping[str, Any]) -> dict[str, list[Any]]:
     """The per-sequence table column by column, as MLflow's ``log_table`` takes it (non-finite -> None)."""
     rows, columns = sequence_rows(metrics)
-    return {column: [_jsonable(row.get(column)) for row in rows] for column in columns}
+    return {column: [jsonable(row.get(column)) for row in rows] for column in columns}
 
 
 def sequence_table_csv(metrics: Mapping[str, Any]) -> str:
@@ -137,7 +137,7 @@ def log_evaluation_to_mlflow(
         with tempfile.TemporaryDirectory() as tmp:
             stage = Path(staging_dir or tmp)
             stage.mkdir(parents=True, exist_ok=True)
-            client.log_artifact(run_id, str(atomic_write_json(stage / "metrics.json", _jsonable(metrics))), base)
+            client.log_artifact(run_id, str(atomic_write_json(stage / "metrics.json", jsonable(metrics))), base)
             if "sequences" in metrics:
                 table = atomic_write_text(stage / "sequences.csv", sequence_table_csv(metrics))
                 client.log_artifact(run_id, str(table), base)
@@ -158,11 +158,11 @@ def log_evaluation_to_mlflow(
     return run_id
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -176,7 +176,7 @@ def write_and_log_record(record: dict[str, Any], flat_metrics: Mapping[str, Any]
     ``flat_metrics`` logged under ``dataset`` into ``run_id`` (or a new run) when a tracking URI is given;
     the run id joins ``record`` as ``mlflow_run_id``."""
     if out:
-        atomic_write_json(out, _jsonable(record))
+        atomic_write_json(out, jsonable(record))
     if tracking_uri:
         logged = log_evaluation_to_mlflow(flat_metrics, dataset=dataset, tracking_uri=tracking_uri,
                                           experiment=experiment, run_id=run_id, checkpoint=checkpoint,

@@ -39,11 +39,12 @@ import numpy as np
 from jobs._ray import ensure_ray, map_tasks, run_actor_pool
 from jobs._cli import InputError, run_cli
 from jobs._model_uri import resolve_checkpoints
-from jobs.evaluate import InferenceWorker, ModelHandle, _Progress, checkpoint_entry, read_checkpoint
+from jobs._inference_pool import InferenceWorker, ModelHandle, checkpoint_entry, read_checkpoint
 from kdtrack.config import Config, apply_overrides, config_to_dict, flatten_config, load_config
 from kdtrack.formats.common import ReadStats
 from kdtrack.formats.kinetics import read_kinetics
 from kdtrack.io import atomic_save, atomic_write_json
+from kdtrack.progress import Progress
 from kdtrack.pseudo_labels import (
     VideoDetections,
     clustering_quality,
@@ -143,8 +144,8 @@ def run_inference(clips: Sequence[tuple[str, str]], out: Path, handle: ModelHand
 
     job_cfg = replace(cfg, decode=replace(cfg.decode, score_threshold=cfg.pseudo.score_threshold))
     bad: list[dict[str, str]] = []
-    bar = _Progress(len(clips), len(clips), unit="clip", items="clips", desc="pseudo-label inference",
-                    enabled=progress)
+    bar = Progress(len(clips), len(clips), unit="clip", items="clips", desc="pseudo-label inference",
+                   enabled=progress)
 
     def on_done(outcome) -> None:
         video = clips[outcome.index][0]

@@ -71,7 +71,7 @@ def job_config(args: argparse.Namespace, state: dict[str, Any]) -> Config:
 
 
 def _teacher_state(path: Path) -> dict[str, Any]:
-    from jobs.evaluate import read_checkpoint
+    from jobs._inference_pool import read_checkpoint
 
     state = read_checkpoint(path)
     recipe = state["config"].train.recipe

@@ -65,7 +65,7 @@ from jobs._ray import refuse_unless_joining
 from jobs._resume import check_resume, note_resume_changes
 from kdtrack.config import (
     Config, ConfigError, check_training, config_from_dict, config_to_dict, load_config, preset_path, training_cpus,
-    training_gpus,
+    training_gpus, with_absolute_paths,
 )
 
 RECIPE_ID_MODE = {"detection": "none", "contrastive": "contrastive", "kd": "kd", "video": "contrastive",
@@ -247,20 +247,6 @@ def storage_path(storage: str | None, out: Path) -> str:
     return str(Path(storage).resolve())
 
 
-def _absolute_files(cfg: Config) -> Config:
-    """Weights paths made absolute on the driver: a job runs in an extracted copy of the working dir and
-    Ray workers start elsewhere, so a relative path would point at nothing there."""
-    def absolute(path: str) -> str:
-        return str(Path(path).resolve()) if path and "://" not in path else path
-
-    return dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model, pretrained=absolute(cfg.model.pretrained)),
-        train=dataclasses.replace(cfg.train, val_root=absolute(cfg.train.val_root)),
-        teacher=dataclasses.replace(cfg.teacher, checkpoint=absolute(cfg.teacher.checkpoint),
-                                    pretrained=absolute(cfg.teacher.pretrained),
-                                    embeddings=absolute(cfg.teacher.embeddings)))
-
-
 def resolve_config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if args.data_root is not None:
@@ -270,7 +256,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if getattr(args, "resume_policy", None):
         overrides.append(f"train.resume_policy={args.resume_policy}")
     cfg = load_config(args.config, overrides)  # every field's range checked here, before anything else runs
-    cfg = _absolute_files(cfg)  # the Ray workers' working directory is not the caller's
+    cfg = with_absolute_paths(cfg)  # the Ray workers' working directory is not the caller's
     if args.smoke_test:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_iterations=cfg.train.smoke_iterations))
     check_recipe(cfg, str(preset_path(args.config)), overrides)

@@ -35,7 +35,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from kdtrack.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, dump_config
+from kdtrack.config import (
+    Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, dump_config, with_absolute_paths,
+)
 from tune.spec import SweepSpec, check_resources, load_sweep, override_text
 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's nesting tag: the UI shows children under their parent
@@ -66,13 +68,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def resolve_sweep(args: argparse.Namespace) -> SweepSpec:
     """The checked sweep: preset + ``--set`` + ``--data-root``, paths made absolute, the base config
     checked as ``jobs.train`` checks it (validation boxes read once here)."""
-    from jobs.train import _absolute_files, check_recipe
+    from jobs.train import check_recipe
 
     overrides = list(args.overrides)
     if args.data_root is not None:
         overrides.append(f"data.root={Path(args.data_root).resolve()}")
     spec = load_sweep(args.config, overrides, num_samples=args.num_samples)
-    base = _absolute_files(spec.base)
+    base = with_absolute_paths(spec.base)
     check_recipe(base, spec.source)
     return dataclasses.replace(spec, base=base)
 

@@ -535,6 +535,21 @@ def training_gpus(cfg: Config) -> float:
     return cfg.train.num_workers * GPUS_PER_TRAIN_WORKER if cfg.train.use_gpu else 0.0
 
 
+def with_absolute_paths(cfg: Config) -> Config:
+    """The weights and data paths a training run's workers read, made absolute on the driver: a job runs in
+    an extracted copy of the working dir and Ray workers start elsewhere, so a relative path would point
+    at nothing there (a URI, ``s3://...``, passes through)."""
+    def absolute(path: str) -> str:
+        return str(Path(path).resolve()) if path and "://" not in path else path
+
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, pretrained=absolute(cfg.model.pretrained)),
+        train=dataclasses.replace(cfg.train, val_root=absolute(cfg.train.val_root)),
+        teacher=dataclasses.replace(cfg.teacher, checkpoint=absolute(cfg.teacher.checkpoint),
+                                    pretrained=absolute(cfg.teacher.pretrained),
+                                    embeddings=absolute(cfg.teacher.embeddings)))
+
+
 def preset_path(name_or_path: str | Path, folder: Path = PRESET_DIR, kind: str = "preset") -> Path:
     """A preset name (``tiny``) resolves to ``<folder>/tiny.yaml`` (``kdtrack/configs``); a path is used as is."""
     path = Path(name_or_path)

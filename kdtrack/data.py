@@ -32,9 +32,10 @@ import torch
 from kdtrack.config import Config
 from kdtrack.formats.mot import DETECTOR_SUFFIXES as MOT_DETECTOR_SUFFIXES  # noqa: F401  (re-exported)
 from kdtrack.formats.mot import dedupe_detector_copies
-from kdtrack.letterbox import DEFAULT_PAD_VALUE, letterbox, resize_pad
+from kdtrack.letterbox import DEFAULT_PAD_VALUE, student_canvas
 from kdtrack.structures import POLYGONS_KEY, ImageRecord
 from kdtrack.targets import SLOT_KEYS, encode_targets, person_keys
+from kdtrack.teacher_store import attach_stored_targets, read_teacher_table
 from kdtrack.transforms import BoxAugment, paste_people
 
 UID_BITS = 46  # person_keys allows image uids below 2**(62 - 16)
@@ -84,14 +85,6 @@ def instance_map(polygons: Sequence[Any], height: int, width: int) -> np.ndarray
             cv2.fillPoly(out, [np.round(np.asarray(p, np.float64)).astype(np.int32).reshape(-1, 2) for p in person],
                          int(j + 1))
     return out
-
-
-def student_canvas(image: np.ndarray, cfg: Config, short_side: int | None = None) -> tuple[np.ndarray, Any]:
-    """``(canvas (3, H, W) float32, transform)``: ``image`` letterboxed to ``model.input_width x
-    input_height``, or (multi-scale) resized to ``short_side`` and padded by ``resize_pad``."""
-    if short_side is None:
-        return letterbox(image, cfg.model.input_width, cfg.model.input_height)
-    return resize_pad(image, short_side, cfg.data.multiscale_max_long_side)
 
 
 def encode_view(
@@ -377,8 +370,6 @@ class TrainingDataset(EpochSeededDataset):
         if not self.teacher_store:
             return training_sample(item, self.cfg, rng, views=self.views, with_original=self.with_original,
                                    augment=self.augment, partners=self.items)
-        from kdtrack.teacher_store import attach_stored_targets, read_teacher_table
-
         if self._table is None:  # read once per process (a DataLoader worker or a Ray Data decode actor)
             self._table = read_teacher_table(self.teacher_store)
         sample = training_sample(item, self.cfg, rng, views=self.views, augment=self.augment, partners=self.items)

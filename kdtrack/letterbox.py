@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
+
+from kdtrack.config import Config
 
 DEFAULT_PAD_VALUE = 127.5  # FairMOT's grey, on the 0-255 scale
 CANVAS_MULTIPLE = 32  # resize_pad rounds the canvas up to this (the coarsest backbone stride)
@@ -176,3 +179,13 @@ def boxes_from_letterbox(
     boxes_xyxy: np.ndarray, transform: LetterboxTransform, clip: bool = True
 ) -> np.ndarray:
     return transform.boxes_from_letterbox(boxes_xyxy, clip=clip)
+
+
+def student_canvas(image: np.ndarray, cfg: Config, short_side: int | None = None) -> tuple[np.ndarray, Any]:
+    """``(canvas (3, H, W) float32, transform)``: ``image`` letterboxed to ``model.input_width x
+    input_height``, or (multi-scale) resized to ``short_side`` and padded by ``resize_pad``. The one canvas
+    of the student: training samples (``kdtrack.data``) and the offline teacher store
+    (``kdtrack.teacher_store``) cut their boxes from it."""
+    if short_side is None:
+        return letterbox(image, cfg.model.input_width, cfg.model.input_height)
+    return resize_pad(image, short_side, cfg.data.multiscale_max_long_side)

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from kdtrack.config import Config
-from kdtrack.data import student_canvas
+from kdtrack.letterbox import student_canvas
 from kdtrack.structures import ImageRecord
 
 STORE_COLUMNS = ("source", "image_id", "box_row", "x1", "y1", "x2", "y2", "embedding")

@@ -118,7 +118,7 @@ def test_a_corrupt_sequence_fails_by_name_and_the_other_is_written(tiny_world, t
 
 @pytest.mark.ray
 def test_person_search_builds_the_network_once_per_actor(tiny_world, tmp_path, ray_session):
-    from jobs.evaluate import InferenceWorker, ModelHandle
+    from jobs._inference_pool import InferenceWorker, ModelHandle
     from kdtrack.boxes import xywh_to_xyxy
     from kdtrack.config import config_to_dict
     from kdtrack.data import read_image_rgb
@@ -227,7 +227,7 @@ def test_inference_workers_run_numpy_blas_on_one_thread():
     # two spinning BLAS threads beside torch's made `evaluate mot --no-ray` 4.5x slower on 2 cores (kdtrack.threads)
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from jobs.evaluate import InferenceWorker
+    from jobs._inference_pool import InferenceWorker
     from kdtrack.config import config_to_dict
 
     def blas_threads() -> set[int]:

@@ -143,7 +143,7 @@ def test_evaluate_mot_job_from_shell(tiny_world: Path, tmp_path: Path, mlflow_ur
 
 def test_two_step_tracking_embeds_detections_with_the_teacher(tiny_world: Path, tmp_path: Path):
     """KDMOT 'two-step': detected boxes are embedded by the Re-ID teacher, not the student head."""
-    from jobs.evaluate import InferenceWorker, ModelHandle
+    from jobs._inference_pool import InferenceWorker, ModelHandle
     from kdtrack.checkpoint import save_checkpoint
     from kdtrack.config import config_to_dict
     from kdtrack.models import build_student, build_teacher
@@ -215,7 +215,7 @@ def test_person_search_inputs_from_checkpoint(tiny_world: Path, tmp_path: Path):
 def test_inference_gpus_auto_and_explicit():
     from dataclasses import replace
 
-    from jobs.evaluate import inference_gpus
+    from jobs._inference_pool import inference_gpus
     from kdtrack.config import EvalConfig
 
     assert inference_gpus(replace(EvalConfig(), gpus_per_sequence=0.5), use_ray=False) == 0.5
