@@ -36,6 +36,7 @@ from kdtrack.data import TrainingDataset  # noqa: E402
 from kdtrack.engine import build_optimizer, build_scheduler, train_in_process  # noqa: E402
 from kdtrack.losses import Criterion  # noqa: E402
 from kdtrack.models import build_student  # noqa: E402
+from kdtrack.recipes import recipe_of  # noqa: E402
 from kdtrack.reid_probe import build_embedders, embed_box_set, load_reid_box_sets, score_box_set  # noqa: E402
 from kdtrack.structures import ImageRecord  # noqa: E402
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         args.world = world_parts("small", REPO / "runs" / "bench-world-small-labelled", ("person_search", "mot17"),
                                  ("person_search/manifest.json", "MOT17/train"))
     cfg = load_config(args.config, [f"data.root={args.world.resolve()}", *args.overrides])
-    if cfg.train.recipe != "supervised":
+    if recipe_of(cfg).classifier != "always":  # the probe reads the identity classifier every step
         raise SystemExit(f"supervised_probe: {args.config} trains '{cfg.train.recipe}', not 'supervised'")
     _, loop_data = training_data(cfg)
     cfg = with_id_classes(cfg, loop_data)

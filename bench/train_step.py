@@ -107,12 +107,13 @@ def plain_loop(argv: list[str], warmup: int) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from jobs.train import CONTRASTIVE_RECIPES, dataset_factory, get_args_parser, resolve_config, training_data
+    from jobs.train import dataset_factory, get_args_parser, resolve_config, training_data
     from kdtrack.data import TorchFeed
     from kdtrack.engine import build_optimizer, build_scheduler, total_iterations, train_one_epoch, trainable_parameters
     from kdtrack.losses import Criterion
     from kdtrack.models import build_student
     from kdtrack.models.momentum import MomentumEncoder
+    from kdtrack.recipes import recipe_of
 
     start = time.perf_counter()
     torch.set_num_threads(2)  # as a Ray worker of 1.5 CPUs sets it
@@ -129,7 +130,7 @@ def plain_loop(argv: list[str], warmup: int) -> dict[str, float]:
     total = total_iterations(tc, feed.per_epoch)
     scheduler = build_scheduler(optimizer, tc, total)
     key_encoder = None
-    if tc.recipe in CONTRASTIVE_RECIPES and cfg.loss.key_momentum > 0:
+    if recipe_of(cfg).key_encoder and cfg.loss.key_momentum > 0:
         key_encoder = MomentumEncoder(model, cfg.loss.key_momentum)
     windows: list[tuple[int, dict[str, float]]] = []
 

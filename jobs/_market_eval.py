@@ -31,6 +31,7 @@ from kdtrack.checkpoint import load_checkpoint
 from kdtrack.data import read_image_rgb
 from kdtrack.formats.market1501 import DISTRACTOR_PID, ReidCrop, read_market1501
 from kdtrack.metrics.market1501 import evaluate_market1501_crops
+from kdtrack.recipes import recipe_of
 from kdtrack.reid_data import market_root
 
 DATASET = "market1501"
@@ -111,7 +112,7 @@ def run_market1501(
     query, _ = read_market1501(root, QUERY_SPLIT)
     gallery, gallery_stats = read_market1501(root, GALLERY_SPLIT)  # junk (-1) dropped here and counted
     cfg = load_checkpoint(checkpoint)["config"]
-    if cfg.train.recipe == "teacher":
+    if not recipe_of(cfg).student:
         name = "teacher"
         network = teacher_crop_embedder(load_teacher(cfg.teacher, checkpoint, device), cfg.teacher, device)
     else:

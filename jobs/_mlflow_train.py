@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kdtrack.config import Config, config_yaml, flatten_config
+from kdtrack.recipes import get_recipe, recipe_of
 
 MLFLOW_RETRY_SECONDS = 60.0  # rank 0 tries a failing tracking server again at most this often
 # MLflow's own tag for what an experiment is; its UI reads it where no view is chosen in the browser
@@ -108,7 +109,7 @@ def log_trained_model(uri: str, run_id: str, checkpoint: str | Path, cfg: Config
     from mlflow.entities import LoggedModelOutput
     from mlflow.tracking import MlflowClient
 
-    name = "teacher" if cfg.train.recipe == "teacher" else "student"
+    name = "student" if recipe_of(cfg).student else "teacher"
     try:
         client = MlflowClient(tracking_uri=uri)
         run = client.get_run(run_id)
@@ -147,7 +148,7 @@ def unused_sections(recipe: str) -> tuple[str, ...]:
     """Config sections a training recipe never reads: left out of its MLflow params (they stay in the
     ``config.yaml`` artifact)."""
     unused = ["synth", "pseudo"]  # the world generator; jobs.pseudo_label
-    if recipe not in ("kd", "teacher"):
+    if not get_recipe(recipe).reads_teacher:
         unused.append("teacher")
     return tuple(unused)
 

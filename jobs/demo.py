@@ -27,6 +27,7 @@ from pathlib import Path
 from jobs import evaluate, generate_synth, inspect_world, train
 from kdtrack.config import load_config
 from kdtrack.formats.person_search import read_manifest
+from kdtrack.recipes import recipe_of
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = list(args.overrides)
     cfg = load_config(args.config, overrides)
     teacher = cfg.teacher.checkpoint or None
-    if cfg.train.recipe == "kd" and not (teacher or cfg.teacher.embeddings):
+    if recipe_of(cfg).distils and not (teacher or cfg.teacher.embeddings):
         print(f"[3/4] training the Re-ID teacher ({args.teacher_config} preset) on Ray Train", flush=True)
         taught = train.main(train.get_args_parser().parse_args(
             ["--config", args.teacher_config, "--data-root", str(world), "--out", str(out / "teacher"),

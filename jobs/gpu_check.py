@@ -107,6 +107,7 @@ def run_recipe(recipe: str, device: torch.device, *, iterations: int, amp: bool,
     from kdtrack.losses import Criterion
     from kdtrack.models import build_student, build_teacher, freeze_teacher
     from kdtrack.models.momentum import MomentumEncoder
+    from kdtrack.recipes import get_recipe
 
     torch.manual_seed(0)
     cfg = recipe_config(recipe, *overrides)
@@ -115,7 +116,8 @@ def run_recipe(recipe: str, device: torch.device, *, iterations: int, amp: bool,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     losses, times = [], []
-    if recipe == "teacher":
+    spec = get_recipe(recipe)
+    if not spec.student:
         p, k = cfg.teacher.train_p, cfg.teacher.train_k
         model = wrap(build_teacher(cfg.teacher, num_classes=p).to(device))
         optimizer = build_optimizer(model.parameters(), cfg.train)
@@ -132,10 +134,10 @@ def run_recipe(recipe: str, device: torch.device, *, iterations: int, amp: bool,
         leave_out_unused_heads(student, criterion)
         model = wrap(student.to(device))
         optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), cfg.train)
-        contrastive = cfg.loss.id_mode == "contrastive"
+        contrastive = spec.key_encoder
         keys = MomentumEncoder(model, cfg.loss.key_momentum).to(device) if contrastive else None
         teacher = None
-        if recipe == "kd":
+        if spec.distils:
             teacher = freeze_teacher(build_teacher(cfg.teacher)).to(device)
         batch = synthetic_batch(cfg, images=2, views=2 if contrastive else 1)
 

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 from jobs._cli import InputError, run_cli
 from kdtrack.config import Config, apply_overrides, load_config
 from kdtrack.io import atomic_save, atomic_write_json
+from kdtrack.recipes import recipe_of
 
 SUMMARY_FILE = "summary.json"
 
@@ -75,7 +76,7 @@ def _teacher_state(path: Path) -> dict[str, Any]:
 
     state = read_checkpoint(path)
     recipe = state["config"].train.recipe
-    if recipe != "teacher":
+    if recipe_of(state["config"]).student:
         raise InputError(f"--teacher {path}: a checkpoint of train.recipe={recipe!r}, not a Re-ID teacher "
                          f"(train one with python -m jobs.train --config teacher_cpu)")
     return state

@@ -67,24 +67,18 @@ from kdtrack.config import (
     Config, ConfigError, check_training, config_from_dict, config_to_dict, load_config, preset_path, training_cpus,
     training_gpus, with_absolute_paths,
 )
+from kdtrack.recipes import KD_TEACHER_HELP, check_recipe_rules, recipe_of
+from kdtrack.recipes import RECIPES as RECIPE_TABLE
 
-RECIPE_ID_MODE = {"detection": "none", "contrastive": "contrastive", "kd": "kd", "video": "contrastive",
-                  "supervised": "supervised"}  # recipes this job runs
-CLASSIFIER_RECIPES = ("kd", "supervised")  # recipes whose identity classifier takes one class per labelled person
-CONTRASTIVE_RECIPES = ("contrastive", "video")  # two views per sample, the contrastive queue and its key encoder
 ID_CLASSES_KEY = "num_id_classes"  # loop data: identity classes found in the training records (KD hard labels, supervised)
 LABELLED_KEY = "labelled_by_source"  # loop data: labelled boxes per data source (the supervised recipe's start-up check)
-TEACHER_RECIPE = "teacher"  # the Re-ID teacher on Market-1501-style crops: no student, loss.id_mode unused
-RECIPES = (*RECIPE_ID_MODE, TEACHER_RECIPE)  # every recipe this job runs (the tests' two-worker matrix reads it)
+RECIPES = tuple(RECIPE_TABLE)  # every recipe this job runs, kdtrack.recipes' (the tests' two-worker matrix reads it)
 TEACHER_PROGRESS_TERMS = ("total", "id", "triplet", "accuracy", "lr")  # printed by the teacher loop
 FINAL_CHECKPOINT = "checkpoint.pt"
 RAY_STORAGE_DIR = "ray_results"
 MLFLOW_RUN_ID_KEY = "mlflow_run_id"
 PIPELINE_KEY = "pipeline"  # loop-config key of the Ray Data stream's plan and state (data.loader ray)
 ITEM_KEYS = ("records", "clips")  # loop-config keys of the items the torch path ships to every worker
-# the same people in several images (frames of one video; one person seen by several person-search cameras):
-# never the "independent" images IDF stage 1 assumes
-RECURRING_PEOPLE_SOURCES = ("mot17", "kinetics", "person_search")
 # Terms in the printed progress line (every term goes to MLflow): losses, lr and the collapse monitor.
 PROGRESS_TERMS = ("total", "det", "id", "lr", "monitor/cos_between", "monitor/xview_top1")
 CHECKPOINT_TAG = "kdtrack.final_checkpoint"
@@ -119,43 +113,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_recipe(cfg: Config, source: str = "<config>", overrides: Sequence[str] = ()) -> None:
-    """The config's ranges and training rules (``kdtrack.config.check_training``, naming ``source``), then
-    the recipe: one this job runs, agreeing with ``loss.id_mode`` (and KD dims with the teacher)."""
-    recipe = cfg.train.recipe
+    """The config's ranges and training rules (``kdtrack.config.check_training``, naming ``source``), its
+    recipe's (``kdtrack.recipes``: ``loss.id_mode`` and what the recipe refuses), then a student recipe's
+    inputs: the validation boxes and the weights files, all on the driver before anything is reserved."""
     check_training(cfg, source, overrides)
-    if recipe == TEACHER_RECIPE:
-        check_teacher_recipe(cfg)
+    try:
+        recipe = check_recipe_rules(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}" if source != "<config>" else str(exc)) from None
+    if not recipe.student:
         return
-    if recipe not in RECIPE_ID_MODE:
-        raise ConfigError(f"train.recipe '{recipe}' is not run by jobs.train "
-                          f"(known: {', '.join(RECIPES)})")
-    if cfg.loss.id_mode != RECIPE_ID_MODE[recipe]:
-        raise ConfigError(f"train.recipe '{recipe}' needs loss.id_mode={RECIPE_ID_MODE[recipe]}, "
-                          f"got loss.id_mode={cfg.loss.id_mode} (add --set loss.id_mode={RECIPE_ID_MODE[recipe]})")
-    if recipe == "contrastive":
-        recurring = sorted(set(cfg.data.sources) & set(RECURRING_PEOPLE_SOURCES))
-        if recurring:
-            raise ConfigError(
-                f"train.recipe 'contrastive' (IDF stage 1) treats every person of every image as a unique identity; "
-                f"data.sources {recurring} hold the same people in several images (false negatives): use still "
-                f"images only (--set data.sources=[crowdhuman,coco]); video belongs to stage 2 (pseudo-labels)")
-    if recipe == "video" and not cfg.data.pseudo_labels:
-        raise ConfigError("train.recipe 'video' (IDF stage 2) trains on pseudo-labelled frame pairs: pass "
-                          "--set data.pseudo_labels=L/labels.parquet (from python -m jobs.pseudo_label) and "
-                          "--init-from the stage-1 checkpoint")
     check_validation(cfg)
     if cfg.train.init_from and not Path(cfg.train.init_from).is_file():
         raise ConfigError(f"train.init_from: {cfg.train.init_from} is not a file")
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():  # on the driver, before any GPU is reserved
         raise ConfigError(f"model.pretrained: {cfg.model.pretrained} is not a file")
-    if recipe == "kd":
-        from kdtrack.models import teacher_feature_dim
-
-        dim = teacher_feature_dim(cfg.teacher)
-        if cfg.model.embedding_dim != dim:
-            raise ConfigError(f"train.recipe 'kd': model.embedding_dim ({cfg.model.embedding_dim}) must equal the "
-                              f"teacher's feature dimension ({dim})")
-        check_kd_teacher(cfg)
 
 
 def check_validation(cfg: Config) -> None:
@@ -184,28 +156,6 @@ def check_validation(cfg: Config) -> None:
                           f"(split {tc.val_split!r})")
 
 
-KD_TEACHER_PASS = "pass --set teacher.checkpoint=T/checkpoint.pt"
-KD_TEACHER_HELP = (f"train one with train.recipe=teacher (python -m jobs.train --config teacher_cpu --data-root W "
-                   f"--out T) and {KD_TEACHER_PASS}")
-
-
-def check_kd_teacher(cfg: Config) -> None:
-    """``train.recipe=kd`` distils a *trained* teacher: random teacher weights would teach the student nothing
-    while every loss curve looks normal, so an untrained teacher is refused, not warned about. Its features
-    come either from ``teacher.embeddings`` (offline, ``jobs.teacher_embeddings``) or from the checkpoint."""
-    t = cfg.teacher
-    if t.embeddings:
-        if not Path(t.embeddings).exists():
-            raise ConfigError(f"teacher.embeddings: {t.embeddings} does not exist (write it with python -m "
-                              f"jobs.teacher_embeddings --teacher T/checkpoint.pt --data-root W --out E)")
-        return
-    if not t.checkpoint:
-        raise ConfigError(f"train.recipe 'kd' distils a trained Re-ID teacher, but teacher.checkpoint is empty and "
-                          f"teacher.embeddings is not set: {KD_TEACHER_HELP}")
-    if not Path(t.checkpoint).is_file():
-        raise ConfigError(f"teacher.checkpoint: {t.checkpoint} is not a file ({KD_TEACHER_HELP})")
-
-
 def check_teacher_store(cfg: Config, records: Any) -> None:
     """On the driver, KD from ``teacher.embeddings``: the store is this canvas's and this student's size,
     and every training box has its row; a missing one is an error naming the image."""
@@ -221,20 +171,6 @@ def check_teacher_store(cfg: Config, records: Any) -> None:
         raise ConfigError(f"teacher.embeddings: {exc}") from None
     print(f"teacher embeddings: {len(table.matrix)} boxes of {len(table.index)} images from {t.embeddings} "
           f"(teacher {table.meta['teacher_checkpoint']}, iteration {table.meta['teacher_iteration']})", flush=True)
-
-
-def check_teacher_recipe(cfg: Config) -> None:
-    """``train.recipe=teacher``: trained from scratch, reported after epochs (its PK batch and augmentation
-    ranges are checked with the config, ``kdtrack.config_checks``)."""
-    t = cfg.teacher
-    if cfg.train.report_every or cfg.train.val_protocols:
-        raise ConfigError("train.recipe 'teacher' reports after epochs and is validated with python -m "
-                          "jobs.evaluate market1501: leave train.report_every at 0 and train.val_protocols empty")
-    if t.checkpoint:
-        raise ConfigError(f"train.recipe 'teacher' trains the teacher and writes <out>/checkpoint.pt; "
-                          f"teacher.checkpoint must be empty, got {t.checkpoint!r}")
-    if t.pretrained and not Path(t.pretrained).is_file():
-        raise ConfigError(f"teacher.pretrained: {t.pretrained} is not a file")
 
 
 def storage_path(storage: str | None, out: Path) -> str:
@@ -404,11 +340,12 @@ def train_func(loop_config: dict[str, Any]) -> None:
     if tc.sync_batchnorm:
         student = sync_batchnorm(student, world)
     model = ray.train.torch.prepare_model(student)
-    teacher = build_kd_teacher(cfg, device) if tc.recipe == "kd" and not cfg.teacher.embeddings else None
+    recipe = recipe_of(cfg)
+    teacher = build_kd_teacher(cfg, device) if recipe.distils and not cfg.teacher.embeddings else None
     optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), tc,
                                 criterion.classifier_parameters())
     key_encoder = None
-    if tc.recipe in CONTRASTIVE_RECIPES and cfg.loss.key_momentum > 0:
+    if recipe.key_encoder and cfg.loss.key_momentum > 0:
         key_encoder = MomentumEncoder(model, cfg.loss.key_momentum).to(device)
 
     per_epoch = feed.per_epoch
@@ -500,7 +437,8 @@ def train_func(loop_config: dict[str, Any]) -> None:
 def dataset_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
     """``(factory, number of items)``: ``factory()`` builds the recipe's ``EpochSeededDataset`` over the
     items the driver read (in a torch worker, or once in each Ray Data decode actor)."""
-    if cfg.train.recipe == "video":
+    recipe = recipe_of(cfg)
+    if recipe.items == "clips":
         from kdtrack.video_pairs import ClipLabels, VideoPairDataset
 
         clips = [ClipLabels(**c) for c in loop_data["clips"]]
@@ -509,10 +447,9 @@ def dataset_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
     from kdtrack.structures import ImageRecord
 
     records = [ImageRecord.from_dict(r) for r in loop_data["records"]]
-    kd = cfg.train.recipe == "kd"
-    store = cfg.teacher.embeddings if kd else ""
-    return functools.partial(TrainingDataset, records, cfg, views=2 if cfg.train.recipe == "contrastive" else 1,
-                             with_original=kd and not store, teacher_store=store), len(records)
+    store = cfg.teacher.embeddings if recipe.distils else ""
+    return functools.partial(TrainingDataset, records, cfg, views=recipe.views,
+                             with_original=recipe.distils and not store, teacher_store=store), len(records)
 
 
 def teacher_batches_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
@@ -730,9 +667,10 @@ def training_data(cfg: Config, smoke_test: bool = False) -> tuple[Any, dict[str,
     from kdtrack.data import dataset_wide_ids, load_records
 
     keep = cfg.train.smoke_iterations * cfg.train.batch_size_per_worker * cfg.train.num_workers
-    if cfg.train.recipe == TEACHER_RECIPE:
+    recipe = recipe_of(cfg)
+    if recipe.items == "crops":
         return teacher_train_func, teacher_loop_data(cfg)  # smoke test: every crop, few iterations
-    if cfg.train.recipe == "video":
+    if recipe.items == "clips":
         from kdtrack.video_pairs import read_clip_labels
 
         clips = read_clip_labels(cfg.data.pseudo_labels, cfg.data.root)
@@ -743,16 +681,16 @@ def training_data(cfg: Config, smoke_test: bool = False) -> tuple[Any, dict[str,
         return train_func, {"clips": [dataclasses.asdict(c) for c in clips]}
     records = load_records(cfg)
     loop_data: dict[str, Any] = {}
-    if cfg.train.recipe in CLASSIFIER_RECIPES:  # counted over the whole data, a smoke test's few records aside
+    if recipe.classifier:  # counted over the whole data, a smoke test's few records aside
         loop_data[LABELLED_KEY] = labelled_boxes_by_source(records, cfg.data.sources)
     if smoke_test:  # the supervised recipe's few records are labelled ones where the data has them
-        records = sorted(records, key=lambda r: not (r.ids >= 0).any()) if cfg.train.recipe == "supervised" else records
+        records = sorted(records, key=lambda r: not (r.ids >= 0).any()) if recipe.classifier == "always" else records
         records = records[:keep]
     print(f"{len(records)} training records from {', '.join(cfg.data.sources)} under {cfg.data.root}", flush=True)
     _check_fills_a_batch(len(records), "training records", cfg)
-    if cfg.train.recipe == "kd" and cfg.teacher.embeddings:
+    if recipe.distils and cfg.teacher.embeddings:
         check_teacher_store(cfg, records)
-    if cfg.train.recipe in CLASSIFIER_RECIPES:  # KD hard labels (eta < 1, maybe in a sweep's trial), supervised
+    if recipe.classifier:  # KD hard labels (eta < 1, maybe in a sweep's trial), supervised
         records, loop_data[ID_CLASSES_KEY] = dataset_wide_ids(records)
     return train_func, {**loop_data, "records": [r.to_dict() for r in records]}
 
@@ -772,7 +710,7 @@ def with_id_classes(cfg: Config, loop_data: dict[str, Any]) -> Config:
     smaller one is refused (a person would have no class). Training data without a single identity label is
     refused, naming each source and what it holds."""
     found = loop_data.get(ID_CLASSES_KEY)
-    supervised = cfg.train.recipe == "supervised"
+    supervised = recipe_of(cfg).classifier == "always"
     if found is None or (cfg.loss.eta >= 1.0 and not supervised):
         return cfg
     labelled = loop_data.get(LABELLED_KEY, {})

@@ -28,6 +28,7 @@ from kdtrack.engine import amp_enabled
 from kdtrack.formats.mot import SeqInfo, read_seqinfo, split_frames
 from kdtrack.letterbox import LetterboxTransform, letterbox
 from kdtrack.models import build_student, build_teacher, freeze_teacher, teacher_embeddings
+from kdtrack.recipes import recipe_of
 from kdtrack.structures import Detections
 from kdtrack.tracker import Tracker, TrackerConfig
 
@@ -57,7 +58,7 @@ def teacher_config_of(checkpoint: str | Path, fallback: TeacherConfig) -> Teache
         state = load_checkpoint(checkpoint, map_location="cpu")
     except ValueError:  # not a kdtrack training checkpoint
         return fallback
-    return state["config"].teacher if state["config"].train.recipe == "teacher" else fallback
+    return state["config"].teacher if not recipe_of(state["config"]).student else fallback
 
 
 def load_teacher(teacher_cfg: TeacherConfig, checkpoint: str | Path,

@@ -42,28 +42,14 @@ from kdtrack.config import (
     training_gpus,
 )
 from kdtrack.config_checks import at_least, range_violations
+from kdtrack.recipes import recipe_of, recipe_only_fields
 
 SWEEP_DIR = Path(__file__).parent / "configs"
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
 SWEEP_KEYS = ("train_config", "set", "search", "tune")
-# Fields a recipe reads: searching one the trial's recipe ignores would make trials differ by noise only.
-RECIPE_ONLY_FIELDS: dict[str, tuple[str, ...]] = {
-    "loss.eta": ("kd",),
-    "loss.num_id_classes": ("kd", "supervised"),
-    "loss.s_det_init": ("kd", "supervised"),
-    "loss.s_id_init": ("kd", "supervised"),
-    "loss.kd_reduction": ("kd",),
-    "train.classifier_lr_mult": ("kd", "supervised"),
-    "loss.supervised_memory": ("supervised",),
-    "loss.supervised_metric_weight": ("supervised",),
-    "loss.supervised_temperature": ("supervised",),
-    "loss.temperature": ("contrastive", "video"),
-    "loss.queue_size": ("contrastive", "video"),
-    "loss.key_momentum": ("contrastive", "video"),
-    "loss.batch_negatives": ("contrastive", "video"),
-    "loss.id_weight": ("contrastive", "video"),
-    "loss.centre_region_radius": ("contrastive", "video"),
-}
+# Fields only some recipes read (kdtrack.recipes): searching one the trial's recipe ignores would make
+# trials differ by noise only.
+RECIPE_ONLY_FIELDS: dict[str, tuple[str, ...]] = recipe_only_fields()
 NOT_SEARCHABLE_SECTIONS = {
     "data": "the training records are read once per sweep, on the driver",
     "pseudo": "pseudo.* is read by jobs.pseudo_label, not by training: a sweep that re-labels the videos per "
@@ -234,8 +220,8 @@ def check_sweep(spec: SweepSpec) -> None:
         if users and recipe not in users:
             raise ConfigError(f"{src}: search.{key} is read only by train.recipe {' | '.join(users)}; this sweep "
                               f"trains '{recipe}' (every trial would differ by noise only)")
-    if recipe == "teacher":
-        raise ConfigError(f"{src}: train.recipe 'teacher' is not swept (its validation is jobs.evaluate market1501)")
+    if not recipe_of(cfg).sweepable:
+        raise ConfigError(f"{src}: train.recipe '{recipe}' is not swept (its validation is jobs.evaluate market1501)")
     parts = sweep.metric.split("/")
     if len(parts) != 3 or parts[0] != "val":
         raise ConfigError(f"{src}: tune.metric must be a validation metric val/<protocol>/<metric> "
