@@ -1,7 +1,7 @@
 """The id-free recipe keeps learning its training task instead of collapsing (a regression test of IDF stage 1).
 
-A short in-process training of a small student on the tiny world's CrowdHuman-style images, twice
-in one run: the recipe as built now (momentum key encoder filling the queue, in-batch negatives) and
+A short training of a small student on the tiny world's CrowdHuman-style images, twice, side by side
+in two processes: the recipe as built now (momentum key encoder filling the queue, in-batch negatives) and
 the recipe that collapsed (the student's own stale embeddings in the queue, queue-only negatives,
 no centring before the L2 norm).
 Both are measured on HELD-OUT images (CrowdHuman val, two views each) with the collapse monitor:
@@ -73,11 +73,30 @@ def _train_and_probe(world, overrides):
     return tuple(float(np.average(v, weights=weights)) for v in (cos, top1, chance))
 
 
+def _one_thread(fn, *args):
+    """``fn(*args)`` on one torch thread and one BLAS thread, in a pool process: two trainings run side by side,
+    one per core (two threads per training spun on 2 shared cores: 6-10x slower under load)."""
+    torch.set_num_threads(1)
+    limit_blas_threads()
+    return fn(*args)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """Two processes for :func:`_one_thread`; a training no test waits for (-k) is not waited for at the end."""
+    processes = multiprocessing.get_context("spawn").Pool(2)
+    yield processes
+    processes.terminate()
+    processes.join()
+
+
 @pytest.mark.slow
-def test_fixed_recipe_learns_where_the_old_one_collapses(tiny_world):
-    old_cos, old_top1, chance = _train_and_probe(
-        tiny_world, ["loss.key_momentum=0", "loss.batch_negatives=false", "model.embedding_norm=none"])
-    new_cos, new_top1, _ = _train_and_probe(tiny_world, [])
+def test_fixed_recipe_learns_where_the_old_one_collapses(tiny_world, pool):
+    old = pool.apply_async(_one_thread, (_train_and_probe, tiny_world, ["loss.key_momentum=0",
+                                                                         "loss.batch_negatives=false",
+                                                                         "model.embedding_norm=none"]))
+    new = pool.apply_async(_one_thread, (_train_and_probe, tiny_world, []))
+    (old_cos, old_top1, chance), (new_cos, new_top1, _) = old.get(), new.get()
     measured = dict(old_cos=old_cos, old_top1=old_top1, new_cos=new_cos, new_top1=new_top1, chance=chance)
     # Old: every person gets nearly the same vector on held-out images.
     assert old_cos > 0.97, measured
@@ -126,31 +145,20 @@ def _cross_camera_map(world, overrides):
     return {name: 100 * score_box_set(box_set, f).summary()["mAP"] for name, f in features.items()}
 
 
-def _cross_camera_map_alone(world, overrides):
-    """:func:`_cross_camera_map` in a process of its own on one torch thread: the recipe and its control run
-    side by side, one per core (two threads per training spun on 2 shared cores, 10x slower under load)."""
-    torch.set_num_threads(1)
-    limit_blas_threads()
-    return _cross_camera_map(world, overrides)
-
-
 @pytest.fixture(scope="module")
-def cross_camera_maps(reid_world):
+def cross_camera_maps(reid_world, pool):
     """``maps(seed, kind)``: the mAPs of ``"recipe"`` or ``"control"`` at ``train.seed`` ``seed``. The first
     request for a seed starts both trainings at once; the other test of that seed then finds its result."""
-    pool = multiprocessing.get_context("spawn").Pool(2)
     started = {}
 
     def maps(seed, kind):
         if seed not in started:
-            started[seed] = {name: pool.apply_async(_cross_camera_map_alone,
-                                                    (reid_world, [*extra, f"train.seed={seed}"]))
+            started[seed] = {name: pool.apply_async(_one_thread, (_cross_camera_map, reid_world,
+                                                                  [*extra, f"train.seed={seed}"]))
                              for name, extra in (("recipe", []), ("control", NO_SWAP))}
         return started[seed][kind].get()
 
-    yield maps
-    pool.terminate()  # a training no test asked for (-k) is not waited for
-    pool.join()
+    return maps
 
 
 def _assert_beats_random_init(m):
