@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,20 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """A new sqlite MLflow store with its tables made: MLflow's schema migrations cost seconds per new store."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path: Path) -> str:
-    """An absolute sqlite MLflow store in this test's temp dir."""
+def mlflow_uri(tmp_path: Path, empty_mlflow_db: Path) -> str:
+    """An absolute sqlite MLflow store in this test's temp dir: a copy of the empty store, nothing logged yet."""
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
