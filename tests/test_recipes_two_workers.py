@@ -5,11 +5,16 @@ A one-worker run never wraps the model in DDP, so a recipe that leaves a head or
 gradient (the detection recipe's embedding head did) only fails once a second worker joins. The recipes
 come from ``jobs.train.RECIPES``: a new recipe fails ``test_every_recipe_has_a_two_worker_case`` until it
 gets its inputs here. Each fit is a smoke test (two iterations) of a small student on the tiny world.
+
+Most of a fit's time is Ray starting processes and waiting on them, so the fits run two at a time on the
+test cluster (``jobs.train.main`` in a Ray task each, a quarter CPU per worker and decode actor); each case's
+test checks its own fit's result.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import typing
 from pathlib import Path
 
@@ -22,7 +27,9 @@ from kdtrack.checkpoint import load_checkpoint, save_checkpoint
 from kdtrack.config import TrainConfig, load_config
 from kdtrack.models import build_student, build_teacher
 
-TWO_WORKERS = ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.log_every=1"]
+# two fits side by side fit 2 CPUs: 2 x (2 workers + 1 decode actor) x 0.25
+TWO_WORKERS = ["train.num_workers=2", "train.cpus_per_worker=0.25", "data.map_num_cpus=0.25", "train.log_every=1"]
+CONCURRENT_FITS = 2
 SMALL_STUDENT = ["model.input_width=160", "model.input_height=96", "model.width=16", "model.head_conv=32",
                  "model.deformable=false", "loss.queue_size=256", "train.batch_size_per_worker=2"]
 SMALL_TEACHER = ["teacher.width=8", "teacher.feature_dim=32", "teacher.crop_height=64", "teacher.crop_width=32",
@@ -80,18 +87,60 @@ SETUPS = {"detection": _detection, "contrastive": _contrastive, "video": _video,
           "supervised": _supervised, "teacher": _teacher}
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-@pytest.mark.parametrize("recipe, freeze", CASES, ids=[r + ("-" + "+".join(f) if f else "") for r, f in CASES])
-def test_recipe_trains_on_two_workers(recipe, freeze, ray_session, tiny_world, mlflow_uri, tmp_path, request):
+def _argv(recipe, freeze, tmp: Path, world: Path, mlflow_uri: str, request) -> list[str]:
     torch.manual_seed(0)
-    preset, overrides = SETUPS[recipe](tmp_path, request)
+    preset, overrides = SETUPS[recipe](tmp, request)
     overrides = [*overrides, *TWO_WORKERS]
     if freeze:
         overrides.append(f"train.freeze=[{','.join(freeze)}]")
-    argv = ["--config", preset, "--data-root", str(tiny_world), "--out", str(tmp_path / "out"),
+    return ["--config", preset, "--data-root", str(world), "--out", str(tmp / "out"),
             "--mlflow-uri", mlflow_uri, "--smoke-test", *[a for o in overrides for a in ("--set", o)]]
-    result = main(get_args_parser().parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def two_worker_fits(ray_session, tiny_world, empty_mlflow_db, tmp_path_factory, request):
+    """``fit(recipe, freeze)``: ``jobs.train.main``'s result for that case. The cases this run selected start
+    in ``CASES`` order, ``CONCURRENT_FITS`` at a time, each as a Ray task on the test cluster."""
+    selected = [(item.callspec.params["recipe"], item.callspec.params["freeze"]) for item in request.session.items
+                if getattr(item, "originalname", "") == "test_recipe_trains_on_two_workers"]
+    pending = [case for case in CASES if case in selected]
+    refs: dict = {}
+
+    @ray_session.remote(num_cpus=0, max_retries=0)
+    def train(argv):
+        return main(get_args_parser().parse_args(argv))
+
+    def start_next():
+        recipe, freeze = case = pending.pop(0)
+        tmp = tmp_path_factory.mktemp(recipe)
+        shutil.copyfile(empty_mlflow_db, tmp / "mlflow.db")
+        refs[case] = train.remote(_argv(recipe, freeze, tmp, tiny_world, f"sqlite:///{tmp / 'mlflow.db'}", request))
+
+    def running():
+        done, _ = ray_session.wait(list(refs.values()), num_returns=len(refs), timeout=0) if refs else ([], [])
+        return [ref for ref in refs.values() if ref not in done]
+
+    def fit(recipe, freeze):
+        case = (recipe, freeze)
+        if case not in refs and case not in pending:
+            pending.insert(0, case)
+        while True:
+            while pending and len(running()) < CONCURRENT_FITS:
+                start_next()
+            if case in refs and ray_session.wait([refs[case]], timeout=0)[0]:
+                return ray_session.get(refs[case])
+            ray_session.wait(running(), num_returns=1)  # a slot frees (maybe this case's fit ends)
+
+    yield fit
+    for ref in running():  # a test that failed before asking for its fit
+        ray_session.cancel(ref, force=True)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, freeze", CASES, ids=[r + ("-" + "+".join(f) if f else "") for r, f in CASES])
+def test_recipe_trains_on_two_workers(recipe, freeze, two_worker_fits):
+    result = two_worker_fits(recipe, freeze)
     state = load_checkpoint(result["checkpoint"])
     assert state["iteration"] == 2 and state["config"].train.recipe == recipe
     assert state["config"].train.num_workers == 2
