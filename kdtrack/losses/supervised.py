@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdtrack.decode import gather_at
+from kdtrack.losses.contrastive import MASKED_LOGIT  # an excluded candidate: e^{-1e4} == 0, finite gradients
 
 MIN_CLASSES = 3  # ln(nID - 1) must be > 0
 
@@ -46,9 +47,6 @@ def fairmot_embedding_scale(num_classes: int) -> float:
         raise ValueError(f"the supervised identity loss needs >= {MIN_CLASSES} training identities "
                          f"(emb_scale = sqrt(2) ln(nID - 1)), got {num_classes}")
     return math.sqrt(2.0) * math.log(num_classes - 1)
-
-
-MASKED_LOGIT = -1.0e4  # logit of an excluded memory slot: e^{-1e4} == 0 in float32, finite gradients
 
 
 def supervised_contrastive(anchors: torch.Tensor, labels: torch.Tensor, bank: torch.Tensor,
