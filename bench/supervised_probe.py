@@ -14,6 +14,8 @@ without a Ray job per budget (docs/results/identity-learning.md).
     python bench/supervised_probe.py --world W --iterations 1500 --set train.classifier_lr_mult=1   # FairMOT's lr
     python bench/supervised_probe.py --world W --iterations 1500 --id-cells region
     python bench/supervised_probe.py --world W --iterations 1500 --set loss.supervised_memory=0   # no metric term
+    python bench/supervised_probe.py --world W --iterations 1500 --set data.sources=[person_search,mot17] \
+        --mot-classes world   # MOT17 tracks classed by the world's true person (an oracle)
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -58,6 +62,29 @@ class RegionCellCriterion(Criterion):
         return terms
 
 
+def classes_by_world_person(world: Path):
+    """``dataset_wide_ids`` with every MOT17 track classed by the person the synthetic world drew for it
+    (``world.json``'s ``mot17_track_pids``): an oracle no real dataset offers. The world's MOT17 sequences
+    share their people, which the recipe's one class per (source, sequence, track) splits into several."""
+    track_person = json.loads((world / "world.json").read_text())["mot17_track_pids"]
+
+    def assign(records):
+        classes: dict[tuple, int] = {}
+        out = []
+        for record in records:
+            sequence = str(record.extra.get("sequence", "")) if record.extra else ""
+            ids = np.full(len(record.ids), -1, np.int64)
+            for j, pid in enumerate(record.ids.tolist()):
+                if pid >= 0:
+                    key = (("world", track_person[sequence][str(pid)]) if record.source == "mot17"
+                           else (record.source, sequence, pid))
+                    ids[j] = classes.setdefault(key, len(classes))
+            out.append(replace(record, ids=ids))
+        return out, len(classes)
+
+    return assign
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--world", type=Path, default=None,
@@ -72,6 +99,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="where the identity loss reads each labelled person: its centre cell (the recipe), or "
                          "every cell of its centre region (loss.centre_region_radius, the contrastive loss's "
                          "positives), a denser signal per person")
+    ap.add_argument("--mot-classes", choices=("track", "world"), default="track",
+                    help="MOT17's identity classes: one per sequence and track (the recipe, as FairMOT), or one per "
+                         "person of the synthetic world (an oracle: its sequences share people)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.world is None:
@@ -82,7 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config, [f"data.root={args.world.resolve()}", *args.overrides])
     if recipe_of(cfg).classifier != "always":  # the probe reads the identity classifier every step
         raise SystemExit(f"supervised_probe: {args.config} trains '{cfg.train.recipe}', not 'supervised'")
-    _, loop_data = training_data(cfg)
+    if args.mot_classes == "world":
+        with mock.patch("kdtrack.data.dataset_wide_ids", classes_by_world_person(args.world)):
+            _, loop_data = training_data(cfg)
+    else:
+        _, loop_data = training_data(cfg)
     cfg = with_id_classes(cfg, loop_data)
     dataset = TrainingDataset([ImageRecord.from_dict(r) for r in loop_data["records"]], cfg, views=1)
     torch.manual_seed(cfg.train.seed)
