@@ -129,6 +129,44 @@ def encode_targets(
     if size_channels not in (2, 4):
         raise ValueError(f"{where}size_channels must be 2 or 4, got {size_channels}")
     h, w = H // down_ratio, W // down_ratio
+    boxes, id_arr, teacher_embeddings = _checked_boxes(boxes_xyxy, ids, teacher_embeddings, where)
+    K = int(max_objects)
+    slots = _fill_slots(boxes, id_arr, (h, w), down_ratio=down_ratio, size_channels=size_channels, max_objects=K,
+                        min_overlap=min_overlap)
+    k = slots.pop("count")
+    centres, clipped_slots = slots.pop("centres"), slots.pop("clipped")
+    region_index, region_mask = _centre_regions(
+        slots["index"][:k], centres[:k], clipped_slots[:k], (h, w), centre_region_radius, K
+    )
+    heatmap = slots.pop("heatmap")
+    ignore = _ignore_map(ignore_boxes_xyxy, heatmap, down_ratio, where)
+
+    result = {
+        "heatmap": torch.from_numpy(heatmap[None]),
+        "ignore": torch.from_numpy(ignore[None]),
+        "index": torch.from_numpy(slots["index"]),
+        "mask": torch.from_numpy(slots["mask"]),
+        "offset": torch.from_numpy(slots["offset"]),
+        "size": torch.from_numpy(slots["size"]),
+        "ids": torch.from_numpy(slots["ids"]),
+        "box_index": torch.from_numpy(slots["box_index"]),
+        "region_index": torch.from_numpy(region_index),
+        "region_mask": torch.from_numpy(region_mask),
+        "num_dropped": torch.tensor(slots["num_dropped"], dtype=torch.int64),
+        "num_skipped": torch.tensor(slots["num_skipped"], dtype=torch.int64),
+    }
+    if teacher_embeddings is not None:
+        teacher = np.zeros((K, teacher_embeddings.shape[1]), np.float32)
+        used = slots["box_index"][:k]
+        teacher[:k] = teacher_embeddings[used]
+        result["teacher"] = torch.from_numpy(teacher)
+    return result
+
+
+def _checked_boxes(boxes_xyxy: np.ndarray, ids: np.ndarray | None, teacher_embeddings: np.ndarray | None,
+                   where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(boxes (N, 4) f64, ids (N,) i64, teacher embeddings (N, D) f32 or None)``; a non-finite box or a
+    length that does not match the boxes' is a ``ValueError`` naming ``where``."""
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     n = len(boxes)
     if not np.isfinite(boxes).all():
@@ -141,8 +179,16 @@ def encode_targets(
         teacher_embeddings = np.asarray(teacher_embeddings, dtype=np.float32)
         if teacher_embeddings.ndim != 2 or len(teacher_embeddings) != n:
             raise ValueError(f"{where}{n} boxes but teacher embeddings of shape {teacher_embeddings.shape}")
+    return boxes, id_arr, teacher_embeddings
 
-    K = int(max_objects)
+
+def _fill_slots(boxes: np.ndarray, id_arr: np.ndarray, map_hw: tuple[int, int], *, down_ratio: int,
+                size_channels: int, max_objects: int, min_overlap: float) -> dict[str, Any]:
+    """The heatmap and the first ``max_objects`` slots of the boxes inside the map (in box order): every
+    box draws its Gaussian, one past the slots counts as dropped, one clipped to nothing as skipped.
+    ``count`` is the number of slots filled; ``centres``/``clipped`` (output cells) feed the centre regions."""
+    h, w = map_hw
+    K = max_objects
     heatmap = np.zeros((h, w), np.float32)
     index = np.zeros((K,), np.int64)
     mask = np.zeros((K,), bool)
@@ -183,11 +229,15 @@ def encode_targets(
         centres[k] = c
         clipped_slots[k] = clipped[i]
         k += 1
+    return {"heatmap": heatmap, "index": index, "mask": mask, "offset": offset, "size": size, "ids": slot_ids,
+            "box_index": box_index, "centres": centres, "clipped": clipped_slots, "count": k,
+            "num_dropped": num_dropped, "num_skipped": num_skipped}
 
-    region_index, region_mask = _centre_regions(
-        index[:k], centres[:k], clipped_slots[:k], (h, w), centre_region_radius, K
-    )
 
+def _ignore_map(ignore_boxes_xyxy: np.ndarray | None, heatmap: np.ndarray, down_ratio: int, where: str) -> np.ndarray:
+    """``(h, w)`` 1 inside the ignore regions (output cells, rounded outwards), 0 wherever a person's
+    Gaussian reaches: a labelled person inside a crowd region still trains."""
+    h, w = heatmap.shape
     ignore = np.zeros((h, w), np.float32)
     if ignore_boxes_xyxy is not None:
         ign = np.asarray(ignore_boxes_xyxy, dtype=np.float64).reshape(-1, 4) / down_ratio
@@ -199,27 +249,7 @@ def encode_targets(
             if x3 > x0 and y3 > y0:
                 ignore[y0:y3, x0:x3] = 1.0
         ignore[heatmap > 0] = 0.0
-
-    result = {
-        "heatmap": torch.from_numpy(heatmap[None]),
-        "ignore": torch.from_numpy(ignore[None]),
-        "index": torch.from_numpy(index),
-        "mask": torch.from_numpy(mask),
-        "offset": torch.from_numpy(offset),
-        "size": torch.from_numpy(size),
-        "ids": torch.from_numpy(slot_ids),
-        "box_index": torch.from_numpy(box_index),
-        "region_index": torch.from_numpy(region_index),
-        "region_mask": torch.from_numpy(region_mask),
-        "num_dropped": torch.tensor(num_dropped, dtype=torch.int64),
-        "num_skipped": torch.tensor(num_skipped, dtype=torch.int64),
-    }
-    if teacher_embeddings is not None:
-        teacher = np.zeros((K, teacher_embeddings.shape[1]), np.float32)
-        used = box_index[:k]
-        teacher[:k] = teacher_embeddings[used]
-        result["teacher"] = torch.from_numpy(teacher)
-    return result
+    return ignore
 
 
 def _centre_regions(
