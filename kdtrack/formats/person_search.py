@@ -28,7 +28,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -427,6 +427,44 @@ def _clip_xywh(boxes_xywh: np.ndarray, width: int, height: int, stats: ReadStats
 # --------------------------------------------------------------------------- CUHK-SYSU
 
 
+def _cuhk_queries(ann: Path, sizes: Sequence[int], num_train: int,
+                  label: Callable[[str, np.ndarray, int, str], None]) -> list[PersonSearchQuery]:
+    """The test queries of ``TestG<size>.mat`` for every gallery size (the same queries in each), their
+    gallery lists per size; the first size's query and gallery boxes are labelled (``label``) with pid
+    ``num_train + j + 1``. Query boxes are as in the file (clipped once the image sizes are known)."""
+    queries: list[PersonSearchQuery] = []
+    for s, size in enumerate(sizes):
+        test_path = ann / "test" / "train_test" / f"TestG{size}.mat"
+        protocol = _mat_records(_mat_var(_loadmat(test_path), f"TestG{size}", test_path))
+        if s and len(protocol) != len(queries):
+            raise FormatError(f"{test_path}: {len(protocol)} queries, TestG{sizes[0]} has {len(queries)}")
+        for j, item in enumerate(protocol):
+            loc = where(test_path, f"TestG{size}[{j}]")
+            with _at(loc):
+                query = _mat_records(item["Query"])
+                if len(query) != 1:
+                    raise FormatError(f"{loc}: Query must hold one struct, got {len(query)}")
+                q_name, q_box = _mat_str(query[0]["imname"]), _mat_box(query[0]["idlocate"])
+                pid = num_train + j + 1
+                gallery_names = []
+                for g, entry in enumerate(_mat_records(item["Gallery"])):
+                    g_name, g_box = _mat_str(entry["imname"]), _mat_box(entry["idlocate"])
+                    gallery_names.append(g_name)
+                    if s == 0 and g_box.size:
+                        label(g_name, g_box, pid, f"{loc}.Gallery[{g}]")
+                if s == 0:
+                    if q_box.size != 4:
+                        raise FormatError(f"{loc}.Query: empty idlocate")
+                    label(q_name, q_box, pid, f"{loc}.Query")
+                    queries.append(PersonSearchQuery(pid, q_name, q_box, {}))  # clipped once sizes are known
+                elif queries[j].file_name != q_name:
+                    raise FormatError(f"{loc}: query {q_name!r} differs from "
+                                      f"TestG{sizes[0]}'s {queries[j].file_name!r}")
+                queries[j].galleries[str(size)] = gallery_names
+
+    return queries
+
+
 def convert_cuhk_sysu(
     root: str | os.PathLike, gallery_size: int | Sequence[int] = 100, *, stats: ReadStats | None = None
 ) -> PersonSearchManifest:
@@ -479,35 +517,7 @@ def convert_cuhk_sysu(
             with _at(loc):
                 label(_mat_str(scene["imname"]), _mat_box(scene["idlocate"]), k, loc)
 
-    queries: list[PersonSearchQuery] = []
-    for s, size in enumerate(sizes):
-        test_path = ann / "test" / "train_test" / f"TestG{size}.mat"
-        protocol = _mat_records(_mat_var(_loadmat(test_path), f"TestG{size}", test_path))
-        if s and len(protocol) != len(queries):
-            raise FormatError(f"{test_path}: {len(protocol)} queries, TestG{sizes[0]} has {len(queries)}")
-        for j, item in enumerate(protocol):
-            loc = where(test_path, f"TestG{size}[{j}]")
-            with _at(loc):
-                query = _mat_records(item["Query"])
-                if len(query) != 1:
-                    raise FormatError(f"{loc}: Query must hold one struct, got {len(query)}")
-                q_name, q_box = _mat_str(query[0]["imname"]), _mat_box(query[0]["idlocate"])
-                pid = len(train) + j + 1
-                gallery_names = []
-                for g, entry in enumerate(_mat_records(item["Gallery"])):
-                    g_name, g_box = _mat_str(entry["imname"]), _mat_box(entry["idlocate"])
-                    gallery_names.append(g_name)
-                    if s == 0 and g_box.size:
-                        label(g_name, g_box, pid, f"{loc}.Gallery[{g}]")
-                if s == 0:
-                    if q_box.size != 4:
-                        raise FormatError(f"{loc}.Query: empty idlocate")
-                    label(q_name, q_box, pid, f"{loc}.Query")
-                    queries.append(PersonSearchQuery(pid, q_name, q_box, {}))  # clipped once sizes are known
-                elif queries[j].file_name != q_name:
-                    raise FormatError(f"{loc}: query {q_name!r} differs from "
-                                      f"TestG{sizes[0]}'s {queries[j].file_name!r}")
-                queries[j].galleries[str(size)] = gallery_names
+    queries = _cuhk_queries(ann, sizes, len(train), label)
 
     images = []
     sizes_by_name = {}
