@@ -197,90 +197,121 @@ def run_actor_pool(
         return _run_local(worker_cls, {**worker_kwargs, **(local_kwargs or {})}, calls,
                           max_task_retries=max_task_retries, on_done=on_done, on_ready=on_ready)
     ray = ensure_ray()
-    outcomes: list[Outcome | None] = [None] * len(calls)
-    report = PoolReport(outcomes=[])
     if not calls:
-        return report
-    remote_cls = ray.remote(worker_cls)
-    pending: dict[Any, tuple[Any, float, float]] = {}  # ready() ref -> (actor, gpus, started at)
-    actors: list[Any] = []
-    idle: list[Any] = []
-    busy: dict[Any, tuple[Any, int, float]] = {}  # call ref -> (actor, item, submitted at)
-    queue = collections.deque(range(len(calls)))
-    start_errors: list[str] = []
-    warned_waiting = False
-
-    def start(gpus: float) -> None:
-        actor = remote_cls.options(
-            num_cpus=num_cpus, num_gpus=gpus, max_restarts=max_restarts, max_task_retries=max_task_retries,
-            scheduling_strategy="SPREAD",
-        ).remote(**worker_kwargs)
-        actors.append(actor)
-        pending[actor.ready.remote()] = (actor, gpus, time.monotonic())
-
-    def finish(outcome: Outcome) -> None:
-        outcomes[outcome.index] = outcome
-        if on_done is not None:
-            on_done(outcome)
-
+        return PoolReport(outcomes=[])
+    pool = _ActorPool(ray, ray.remote(worker_cls), worker_kwargs, calls, num_cpus=num_cpus, num_gpus=num_gpus,
+                      max_restarts=max_restarts, max_task_retries=max_task_retries, start_timeout_s=start_timeout_s,
+                      on_done=on_done, on_ready=on_ready)
     try:
         for gpus in plan_actor_gpus(len(calls), num_actors=num_actors, num_cpus=num_cpus, num_gpus=num_gpus):
-            start(gpus)
-        while queue or busy:
-            while idle and queue:
-                actor, index = idle.pop(), queue.popleft()
-                method, args = calls[index]
-                ref = getattr(actor, method).options(retry_exceptions=list(RETRY_EXCEPTIONS)).remote(*args)
-                busy[ref] = (actor, index, time.monotonic())
-            if not busy and not pending:  # every actor failed to start or died
-                reason = start_errors[-1] if start_errors else "no worker left"
-                while queue:
-                    finish(Outcome(queue.popleft(), error=f"no worker could run it ({reason})"))
-                break
-            done, _ = ray.wait(list(busy) + list(pending), num_returns=1, timeout=1.0 if pending else None)
-            now = time.monotonic()
-            for ref, (actor, gpus, started) in list(pending.items()):
-                if gpus > 0 and num_gpus < 0 and now - started > start_timeout_s:
-                    del pending[ref]  # auto mode: the GPU went elsewhere; run on CPU instead of waiting
-                    ray.kill(actor)
-                    report.gpu_requests_dropped += 1
-                    start(0.0)
-            if not busy and not idle and not warned_waiting and any(
-                    now - started > start_timeout_s for _, _, started in pending.values()):
-                warned_waiting = True
-                print(f"waiting for Ray to place {len(pending)} actor(s) of {num_cpus} CPU "
-                      f"(free now: {ray.available_resources()})", flush=True)
-            if not done or done[0] not in busy and done[0] not in pending:
-                continue
-            ref = done[0]
-            if ref in pending:
-                actor, _, _ = pending.pop(ref)
-                try:
-                    info = ray.get(ref)
-                except Exception as exc:  # the constructor raised: this actor is gone
-                    start_errors.append(describe_error(exc))
-                    continue
-                report.workers.append(info)
-                if on_ready is not None:
-                    on_ready(info)
-                idle.append(actor)
-                continue
-            actor, index, submitted = busy.pop(ref)
-            try:
-                value = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:  # died for good (restarts used up): drop it
-                finish(Outcome(index, error=describe_error(exc), seconds=time.monotonic() - submitted))
-                continue
-            except Exception as exc:
-                finish(Outcome(index, error=describe_error(exc), seconds=time.monotonic() - submitted))
-            else:
-                finish(Outcome(index, value=value, seconds=time.monotonic() - submitted))
-            idle.append(actor)
+            pool.start(gpus)
+        pool.run()
     finally:
-        for actor in actors:
+        for actor in pool.actors:
             ray.kill(actor)
-    report.outcomes = [o if o is not None else Outcome(i, error="not run") for i, o in enumerate(outcomes)]
+    report = pool.report
+    report.outcomes = [o if o is not None else Outcome(i, error="not run") for i, o in enumerate(pool.outcomes)]
     return report
+
+
+class _ActorPool:
+    """The driver's book-keeping of one :func:`run_actor_pool`: actors starting (``pending``: their
+    ``ready()`` refs), idle and busy ones, the items still queued, and each item's outcome."""
+
+    def __init__(self, ray: Any, remote_cls: Any, worker_kwargs: dict[str, Any], calls: Sequence[tuple[str, tuple]],
+                 *, num_cpus: float, num_gpus: float, max_restarts: int, max_task_retries: int,
+                 start_timeout_s: float, on_done: Callable[[Outcome], None] | None,
+                 on_ready: Callable[[dict], None] | None) -> None:
+        self.ray, self.remote_cls, self.worker_kwargs, self.calls = ray, remote_cls, worker_kwargs, calls
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self.max_restarts, self.max_task_retries, self.start_timeout_s = max_restarts, max_task_retries, start_timeout_s
+        self.on_done, self.on_ready = on_done, on_ready
+        self.outcomes: list[Outcome | None] = [None] * len(calls)
+        self.report = PoolReport(outcomes=[])
+        self.pending: dict[Any, tuple[Any, float, float]] = {}  # ready() ref -> (actor, gpus, started at)
+        self.actors: list[Any] = []
+        self.idle: list[Any] = []
+        self.busy: dict[Any, tuple[Any, int, float]] = {}  # call ref -> (actor, item, submitted at)
+        self.queue = collections.deque(range(len(calls)))
+        self.start_errors: list[str] = []
+        self.warned_waiting = False
+
+    def start(self, gpus: float) -> None:
+        actor = self.remote_cls.options(
+            num_cpus=self.num_cpus, num_gpus=gpus, max_restarts=self.max_restarts,
+            max_task_retries=self.max_task_retries, scheduling_strategy="SPREAD",
+        ).remote(**self.worker_kwargs)
+        self.actors.append(actor)
+        self.pending[actor.ready.remote()] = (actor, gpus, time.monotonic())
+
+    def finish(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.index] = outcome
+        if self.on_done is not None:
+            self.on_done(outcome)
+
+    def run(self) -> None:
+        """Hand queued items to idle actors until every item has an outcome (or no actor is left)."""
+        ray = self.ray
+        while self.queue or self.busy:
+            while self.idle and self.queue:
+                actor, index = self.idle.pop(), self.queue.popleft()
+                method, args = self.calls[index]
+                ref = getattr(actor, method).options(retry_exceptions=list(RETRY_EXCEPTIONS)).remote(*args)
+                self.busy[ref] = (actor, index, time.monotonic())
+            if not self.busy and not self.pending:  # every actor failed to start or died
+                reason = self.start_errors[-1] if self.start_errors else "no worker left"
+                while self.queue:
+                    self.finish(Outcome(self.queue.popleft(), error=f"no worker could run it ({reason})"))
+                break
+            done, _ = ray.wait(list(self.busy) + list(self.pending), num_returns=1,
+                               timeout=1.0 if self.pending else None)
+            self._watch_starts(time.monotonic())
+            if not done or done[0] not in self.busy and done[0] not in self.pending:
+                continue
+            if done[0] in self.pending:
+                self._started(done[0])
+            else:
+                self._returned(done[0])
+
+    def _watch_starts(self, now: float) -> None:
+        """Actors still starting: in auto GPU mode one waiting past ``start_timeout_s`` for a GPU is
+        replaced by a CPU one; when nothing runs, say (once) what Ray is waiting for."""
+        for ref, (actor, gpus, started) in list(self.pending.items()):
+            if gpus > 0 and self.num_gpus < 0 and now - started > self.start_timeout_s:
+                del self.pending[ref]  # auto mode: the GPU went elsewhere; run on CPU instead of waiting
+                self.ray.kill(actor)
+                self.report.gpu_requests_dropped += 1
+                self.start(0.0)
+        if not self.busy and not self.idle and not self.warned_waiting and any(
+                now - started > self.start_timeout_s for _, _, started in self.pending.values()):
+            self.warned_waiting = True
+            print(f"waiting for Ray to place {len(self.pending)} actor(s) of {self.num_cpus} CPU "
+                  f"(free now: {self.ray.available_resources()})", flush=True)
+
+    def _started(self, ref: Any) -> None:
+        actor, _, _ = self.pending.pop(ref)
+        try:
+            info = self.ray.get(ref)
+        except Exception as exc:  # the constructor raised: this actor is gone
+            self.start_errors.append(describe_error(exc))
+            return
+        self.report.workers.append(info)
+        if self.on_ready is not None:
+            self.on_ready(info)
+        self.idle.append(actor)
+
+    def _returned(self, ref: Any) -> None:
+        actor, index, submitted = self.busy.pop(ref)
+        try:
+            value = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as exc:  # died for good (restarts used up): drop it
+            self.finish(Outcome(index, error=describe_error(exc), seconds=time.monotonic() - submitted))
+            return
+        except Exception as exc:
+            self.finish(Outcome(index, error=describe_error(exc), seconds=time.monotonic() - submitted))
+        else:
+            self.finish(Outcome(index, value=value, seconds=time.monotonic() - submitted))
+        self.idle.append(actor)
 
 
 def _run_local(worker_cls: type, worker_kwargs: dict[str, Any], calls: Sequence[tuple[str, tuple]], *,
