@@ -284,8 +284,8 @@ def data_config(cfg: Config) -> Any:
 
 
 class WorkerStream:
-    """A worker's view of the stream: ``epoch_batches(epoch, iteration, skip)`` yields the rest of an epoch's
-    batches. ``start(iteration)`` (else the first ``epoch_batches``) tells ``PipelineState`` where the stream
+    """A worker's view of the stream (a ``kdtrack.data.Feed``): ``epoch_batches(epoch, iteration, skip)`` yields
+    the rest of an epoch's batches. ``start(iteration)`` (else the first ``epoch_batches``) tells ``PipelineState`` where the stream
     starts (``iteration x global batch``: what the restored checkpoint consumed) and opens this rank's shard
     once for the whole run."""
 

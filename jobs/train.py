@@ -6,7 +6,8 @@
 The driver reads the annotation files (``kdtrack.data.load_records``); a
 Ray Data stream (``data_pipelines.training``, ``data.loader: ray``) decodes
 and augments them in an actor pool and Ray Train splits it across the
-workers, which train with ``kdtrack.engine``. ``data.loader: torch`` ships
+workers, which run one loop for every recipe (``jobs._train_worker``; the
+steps are ``kdtrack.engine``'s). ``data.loader: torch`` ships
 the records to the workers instead, each feeding a plain ``DataLoader``
 over its rank-strided shard (the debug path). Every ``checkpoint_every``
 epochs rank 0 writes the full training state (``kdtrack.checkpoint``) and every rank reports; a rerun
@@ -32,7 +33,7 @@ written by ``jobs.teacher_embeddings``, checked here against every training box;
 targets and no worker builds the teacher). With ``loss.eta < 1`` its hard labels are one class per
 person of the training data (``kdtrack.data.dataset_wide_ids``).
 
-``train.recipe=teacher`` trains the Re-ID teacher instead (``teacher_train_func``):
+``train.recipe=teacher`` trains the Re-ID teacher instead (the same loop, its own build step):
 the driver reads ``<data-root>/market1501/bounding_box_train`` (or an unpacked
 Market-1501 given as the data root) and labels the identities 0..C-1; the
 stream's rows are whole P x K batches (``kdtrack.reid_data.PKBatches`` over
@@ -48,39 +49,34 @@ its ``"model"`` is the teacher's state dict (classifier included, which
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import functools
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from jobs._mlflow_train import (create_driver_run, failed_run_on_error, log_trained_model, mark_failed, open_sink,
-                                sink_run_id)
+from jobs._mlflow_train import create_driver_run, log_trained_model, mark_failed
 from jobs._ray import refuse_unless_joining
-from jobs._resume import check_resume, note_resume_changes
+from jobs._resume import check_resume
+from jobs._train_worker import (  # noqa: F401  (perf_suffix .. build_kd_teacher: the worker's public names)
+    MLFLOW_RUN_ID_KEY, PIPELINE_KEY, build_kd_teacher, dataset_factory, next_report_iteration, perf_suffix, report_due,
+    teacher_batches_factory, train_func,
+)
 from kdtrack.config import (
-    Config, ConfigError, check_training, config_from_dict, config_to_dict, load_config, preset_path, training_cpus,
+    Config, ConfigError, check_training, config_to_dict, load_config, preset_path, training_cpus,
     training_gpus, with_absolute_paths,
 )
-from kdtrack.recipes import KD_TEACHER_HELP, check_recipe_rules, recipe_of
+from kdtrack.recipes import check_recipe_rules, recipe_of
 from kdtrack.recipes import RECIPES as RECIPE_TABLE
 
 ID_CLASSES_KEY = "num_id_classes"  # loop data: identity classes found in the training records (KD hard labels, supervised)
 LABELLED_KEY = "labelled_by_source"  # loop data: labelled boxes per data source (the supervised recipe's start-up check)
 RECIPES = tuple(RECIPE_TABLE)  # every recipe this job runs, kdtrack.recipes' (the tests' two-worker matrix reads it)
-TEACHER_PROGRESS_TERMS = ("total", "id", "triplet", "accuracy", "lr")  # printed by the teacher loop
 FINAL_CHECKPOINT = "checkpoint.pt"
 RAY_STORAGE_DIR = "ray_results"
-MLFLOW_RUN_ID_KEY = "mlflow_run_id"
-PIPELINE_KEY = "pipeline"  # loop-config key of the Ray Data stream's plan and state (data.loader ray)
 ITEM_KEYS = ("records", "clips")  # loop-config keys of the items the torch path ships to every worker
-# Terms in the printed progress line (every term goes to MLflow): losses, lr and the collapse monitor.
-PROGRESS_TERMS = ("total", "det", "id", "lr", "monitor/cos_between", "monitor/xview_top1")
 CHECKPOINT_TAG = "kdtrack.final_checkpoint"
 # Train V2 patches print() in its workers to log through its own logger, and also prints when stdout is
 # wrapped (it is, in a Ray worker): every progress line reached the driver twice. Plain print, once.
@@ -199,439 +195,6 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-# --------------------------------------------------------------------------- worker
-
-
-def _latest_checkpoint_state(device: Any) -> dict[str, Any] | None:
-    """The state of the checkpoint Ray Train hands back on a resume (``kdtrack.checkpoint`` format), or None."""
-    import ray.train
-
-    from kdtrack.checkpoint import load_checkpoint
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as ckpt_dir:
-        return load_checkpoint(ckpt_dir, map_location=device)
-
-
-def perf_suffix(step: int, total: int, terms: dict[str, float]) -> str:
-    """`` | 12.3 img/s, data wait 8%, ETA 0:41:10`` from ``engine.run_epoch``'s perf terms (rank 0's view)."""
-    if "perf/images_per_s" not in terms:
-        return ""
-    eta = max(0, total - step) * terms["perf/seconds_per_iteration"]
-    hours, rest = divmod(int(round(eta)), 3600)
-    return (f" | {terms['perf/images_per_s']:.1f} img/s, data wait {terms['perf/data_wait']:.0%}, "
-            f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d}")
-
-
-def _epoch_metrics(terms: dict[str, float], epoch: int, iteration: int, resumed: dict[str, float],
-                   mlflow_run: str) -> dict[str, Any]:
-    """What every rank reports with a checkpoint (``Result.metrics`` of the run)."""
-    return {**{f"train/{k}": v for k, v in terms.items()}, "epoch": epoch, "iteration": iteration, **resumed,
-            MLFLOW_RUN_ID_KEY: mlflow_run}
-
-
-def _close_epoch(rank: int, tc: Any, *, epoch: int, epoch_start: int, iteration: int, per_epoch: int, total: int,
-                 terms: dict[str, float], resumed: dict[str, float], mlflow_run: str,
-                 save: Any) -> tuple[bool, int]:
-    """After an epoch of either loop: checkpoint (``save(tmp, next_epoch, float_metrics)`` on rank 0) and
-    report every ``checkpoint_every`` epochs and at the end. Returns ``(finished, next epoch)``; a
-    checkpoint's epoch is where a resume starts (the same one when the epoch was cut by the budget)."""
-    from kdtrack.losses.distributed import mean_over_ranks
-
-    epoch_done = iteration - epoch_start >= per_epoch
-    next_epoch = epoch + 1 if epoch_done else epoch
-    finished = iteration >= total or 0 < tc.epochs <= next_epoch
-    if report_due(tc, epoch=epoch, iteration=iteration, epoch_done=epoch_done, finished=finished):
-        metrics = _epoch_metrics(mean_over_ranks(terms), next_epoch, iteration, resumed, mlflow_run)
-        with _reporting(rank, metrics) as tmp:
-            if tmp is not None:
-                save(tmp, next_epoch, {k: v for k, v in metrics.items() if isinstance(v, float)})
-    return finished, next_epoch
-
-
-@contextlib.contextmanager
-def _reporting(rank: int, metrics: dict[str, Any]) -> Iterator[str | None]:
-    """``with _reporting(rank, metrics) as tmp:`` rank 0 writes its checkpoint into ``tmp`` (None on other
-    ranks); on exit every rank calls ``ray.train.report`` (a barrier), rank 0 with that checkpoint."""
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        yield tmp if rank == 0 else None
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
-
-
-def build_kd_teacher(cfg: Config, device: Any = "cpu") -> Any:
-    """The frozen KD teacher with ``teacher.checkpoint``'s trained weights: ``build_teacher`` reads the file with
-    ``torch.load(weights_only=True)`` and loads it strictly (a saved Re-ID classifier dropped), printing what
-    it loaded. ``check_recipe`` refuses a missing checkpoint on the driver; this refuses it in the worker too."""
-    from kdtrack.models import build_teacher, freeze_teacher
-
-    if not cfg.teacher.checkpoint:
-        raise ConfigError(f"train.recipe 'kd' needs a trained teacher: {KD_TEACHER_HELP}")
-    return freeze_teacher(build_teacher(cfg.teacher)).to(device)
-
-
-def train_func(loop_config: dict[str, Any]) -> None:
-    """Per-worker training loop (Ray Train V2)."""
-    from jobs._ray import quiet_ray_train_reports
-
-    quiet_ray_train_reports()
-    import numpy as np
-    import ray.train
-    import ray.train.torch
-    import torch
-
-    from kdtrack.checkpoint import restore_training_state, save_checkpoint
-    from kdtrack.data import TorchFeed
-    from kdtrack.engine import (
-        amp_enabled,
-        build_optimizer,
-        build_scheduler,
-        freeze_parts,
-        leave_out_unused_heads,
-        set_train_mode,
-        sync_batchnorm,
-        total_iterations,
-        train_one_epoch,
-        trainable_parameters,
-    )
-    from kdtrack.losses import Criterion, all_gather_cat
-    from kdtrack.losses.distributed import mean_over_ranks
-    from kdtrack.losses.collapse import CollapseWatch
-    from kdtrack.models import build_student
-    from kdtrack.models.momentum import MomentumEncoder
-    from kdtrack.threads import limit_blas_threads
-
-    cfg = config_from_dict(loop_config["config"])
-    tc = cfg.train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device() if tc.use_gpu else torch.device("cpu")
-    if device.type == "cpu":  # Ray sets OMP threads from whole CPUs: a fractional share would leave one thread
-        torch.set_num_threads(max(1, int(round(tc.cpus_per_worker))))
-    limit_blas_threads()  # numpy's spinning BLAS threads would take the cores from torch's
-    torch.manual_seed(tc.seed)
-    np.random.seed(tc.seed)
-
-    state = _latest_checkpoint_state(device)  # a resume's checkpoint: where the data stream starts
-    if PIPELINE_KEY in loop_config:  # data.loader ray: this rank's split of the run's Ray Data stream
-        from data_pipelines.training import WorkerStream
-
-        feed = WorkerStream(ray.train.get_dataset_shard("train"), loop_config[PIPELINE_KEY], cfg.data.prefetch_batches)
-        feed.start(int(state["iteration"]) if state is not None else 0)  # decode actors start meanwhile
-    else:  # data.loader torch: a DataLoader over this rank's share of the items
-        factory, _ = dataset_factory(cfg, loop_config)
-        feed = TorchFeed(factory(), cfg, rank, world)
-
-    student = build_student(cfg.model)
-    if tc.init_from:  # IDF stages 2 / 3: the previous stage's network, weights only
-        from kdtrack.checkpoint import load_checkpoint
-
-        student.load_state_dict(load_checkpoint(tc.init_from, map_location="cpu")["model"])
-    frozen = freeze_parts(student, tc.freeze)
-    if rank == 0 and frozen:
-        print(f"frozen: {', '.join(frozen)}", flush=True)
-    criterion = Criterion.from_config(cfg, gather_fn=all_gather_cat if world > 1 else None).to(device)
-    unused = leave_out_unused_heads(student, criterion)  # before DDP: it would wait for their gradients
-    if rank == 0 and unused:
-        print(f"not trained (no loss reads them): heads {', '.join(unused)}", flush=True)
-    if tc.sync_batchnorm:
-        student = sync_batchnorm(student, world)
-    model = ray.train.torch.prepare_model(student)
-    recipe = recipe_of(cfg)
-    teacher = build_kd_teacher(cfg, device) if recipe.distils and not cfg.teacher.embeddings else None
-    optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), tc,
-                                criterion.classifier_parameters())
-    key_encoder = None
-    if recipe.key_encoder and cfg.loss.key_momentum > 0:
-        key_encoder = MomentumEncoder(model, cfg.loss.key_momentum).to(device)
-
-    per_epoch = feed.per_epoch
-    total = total_iterations(tc, per_epoch)
-    scheduler = build_scheduler(optimizer, tc, total)
-    use_amp = amp_enabled(tc.amp, device)
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
-
-    start_epoch, iteration = 0, 0
-    resumed = {"resumed_from_iteration": -1.0, "resumed_queue_fill": -1.0}
-    if state is not None:
-        start_epoch, iteration = restore_training_state(
-            state, model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-            key_encoder=key_encoder)
-        resumed["resumed_from_iteration"] = float(iteration)
-        if criterion.contrastive is not None:
-            resumed["resumed_queue_fill"] = float(criterion.contrastive.queue_fill)
-        print(f"[rank {rank}] resumed from epoch {start_epoch}, iteration {iteration}", flush=True)
-
-    sink = None
-    if rank == 0:
-        sink = open_sink(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state,
-                         run_id=loop_config.get(MLFLOW_RUN_ID_KEY, ""))
-    note_resume_changes(state, cfg, sink)
-    validate = build_validation(cfg, device) if rank == 0 else None
-
-    collapse_watch = CollapseWatch(tc.collapse_cosine, tc.collapse_patience)
-
-    def log_fn(step: int, terms: dict[str, float]) -> None:
-        terms = mean_over_ranks(terms)  # every rank calls log_fn at the same iterations
-        if rank != 0:
-            return
-        sink.metrics(step, terms)
-        print(f"[iter {step}/{total}] " + " ".join(f"{k.removeprefix('monitor/')}={v:.4f}" for k, v in terms.items()
-                                                    if k in PROGRESS_TERMS) + perf_suffix(step, total, terms),
-              flush=True)
-        bad_item_check(feed, cfg, sink, step)
-        warning = collapse_watch.update(step, terms.get("monitor/cos_between", float("nan")))
-        if warning:
-            print(warning, flush=True)
-            sink.tag("kdtrack.collapse_warning", warning[:5000])
-
-    def save(tmp: str, next_epoch: int, metrics: dict[str, float]) -> None:
-        save_checkpoint(tmp, model=model, config=cfg, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-                        scaler=scaler, key_encoder=key_encoder, epoch=next_epoch, iteration=iteration,
-                        metrics=metrics, mlflow_run_id=sink_run_id(sink))
-
-    epoch, finished = start_epoch, iteration >= total
-    # a checkpoint taken inside an epoch (report_every) resumes that epoch after the batches it had done
-    done_before = iteration - start_epoch * per_epoch if 0 < iteration - start_epoch * per_epoch < per_epoch else 0
-    with failed_run_on_error(sink):
-        while not finished and (tc.epochs == 0 or epoch < tc.epochs):  # epochs 0: until max_iterations
-            epoch_start = iteration - done_before
-            batches = feed.epoch_batches(epoch, iteration, done_before)
-            while True:  # the epoch, cut at every report_every-th iteration
-                stop = next_report_iteration(tc, iteration, total)
-                iteration, terms = train_one_epoch(
-                    model, criterion, optimizer, batches, device, epoch, scheduler=scheduler, scaler=scaler,
-                    amp=tc.amp, grad_clip=tc.grad_clip, teacher=teacher,
-                    teacher_crop_size=(cfg.teacher.crop_height, cfg.teacher.crop_width),
-                    start_iteration=iteration, max_iterations=stop, log_every=tc.log_every, log_fn=log_fn,
-                    key_encoder=key_encoder)
-                epoch_done = iteration - epoch_start >= per_epoch
-                next_epoch = epoch + 1 if epoch_done else epoch
-                finished = iteration >= total or 0 < tc.epochs <= next_epoch
-                if report_due(tc, epoch=epoch, iteration=iteration, epoch_done=epoch_done, finished=finished):
-                    metrics = _epoch_metrics(mean_over_ranks(terms), next_epoch, iteration, resumed,
-                                             sink_run_id(sink))
-                    if validate is not None:
-                        val = validate(model)
-                        set_train_mode(model)
-                        metrics.update(val)
-                        sink.metrics(iteration, val, prefix="")
-                        print(f"[iter {iteration}/{total}] validation: "
-                              + " ".join(f"{k}={v:.4f}" for k, v in val.items()), flush=True)
-                    with _reporting(rank, metrics) as tmp:
-                        if tmp is not None:
-                            save(tmp, next_epoch, {k: v for k, v in metrics.items() if isinstance(v, float)})
-                if epoch_done or finished:
-                    break
-            done_before = 0
-            epoch = next_epoch
-        if rank == 0:
-            bad_item_check(feed, cfg, sink, iteration, final=True)
-    if sink is not None:
-        sink.finish()
-
-
-def dataset_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
-    """``(factory, number of items)``: ``factory()`` builds the recipe's ``EpochSeededDataset`` over the
-    items the driver read (in a torch worker, or once in each Ray Data decode actor)."""
-    recipe = recipe_of(cfg)
-    if recipe.items == "clips":
-        from kdtrack.video_pairs import ClipLabels, VideoPairDataset
-
-        clips = [ClipLabels(**c) for c in loop_data["clips"]]
-        return functools.partial(VideoPairDataset, clips, cfg), len(clips)
-    from kdtrack.data import TrainingDataset
-    from kdtrack.structures import ImageRecord
-
-    records = [ImageRecord.from_dict(r) for r in loop_data["records"]]
-    store = cfg.teacher.embeddings if recipe.distils else ""
-    return functools.partial(TrainingDataset, records, cfg, views=recipe.views,
-                             with_original=recipe.distils and not store, teacher_store=store), len(records)
-
-
-def teacher_batches_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
-    """``(factory, number of P x K batches per epoch, all ranks)`` of the teacher recipe's stream."""
-    from kdtrack.reid_data import PKBatches
-
-    crops, teach = loop_data["crops"], cfg.teacher
-    paths, labels = [c["path"] for c in crops], [c["label"] for c in crops]
-    factory = functools.partial(PKBatches, paths, labels, teach, p=teach.train_p, k=teach.train_k,
-                                seed=cfg.train.seed, world_size=cfg.train.num_workers)
-    return factory, len(factory())
-
-
-def bad_item_check(feed: Any, cfg: Config, sink: Any, step: int, *, final: bool = False) -> None:
-    """Rank 0, Ray Data stream: log the unreadable items skipped so far (``data/bad_items``,
-    ``data/items_read``) and stop the run past ``data.max_bad_fraction``."""
-    if feed is None or not hasattr(feed, "bad_counts"):
-        return
-    from data_pipelines.training import check_bad_fraction
-
-    counts = feed.bad_counts()
-    if counts["bad"]:
-        sink.metrics(step, {"data/bad_items": float(counts["bad"]), "data/items_read": float(counts["items"])},
-                     prefix="")
-        if final:
-            print(f"data: {counts['bad']} of {counts['items']} items could not be read and were skipped, e.g. "
-                  + "; ".join(counts["examples"][:2]), flush=True)
-    check_bad_fraction(counts, cfg.data.max_bad_fraction, final=final)
-
-
-def next_report_iteration(tc: Any, iteration: int, total: int) -> int:
-    """Where the next stretch of training stops: the next multiple of ``train.report_every`` (capped at
-    ``total``), or ``total`` when reports follow epochs."""
-    if tc.report_every <= 0:
-        return total
-    return min(total, (iteration // tc.report_every + 1) * tc.report_every)
-
-
-def report_due(tc: Any, *, epoch: int, iteration: int, epoch_done: bool, finished: bool) -> bool:
-    """A report (checkpoint + metrics) is due at the end, at every ``report_every``-th iteration when it is
-    set, else after every ``checkpoint_every``-th full epoch."""
-    if finished:
-        return True
-    if tc.report_every > 0:
-        return iteration % tc.report_every == 0
-    return epoch_done and (epoch + 1) % max(tc.checkpoint_every, 1) == 0
-
-
-def build_validation(cfg: Config, device: Any) -> Any:
-    """Rank 0: ``validate(model) -> {"val/<protocol>/<metric>": value}``, oracle-box re-ID of the student's
-    identity embedding on ``train.val_protocols`` (person search: ``train.val_split``, people no training
-    split shows), or None when validation is off. The boxes are read once, here."""
-    tc = cfg.train
-    if not tc.val_protocols:
-        return None
-    from kdtrack.reid_probe import evaluate_reid_box_sets, load_reid_box_sets, student_embedder
-
-    box_sets = load_reid_box_sets(tc.val_root or cfg.data.root, cfg.eval, split=tc.val_split,
-                                  protocols=tc.val_protocols)
-
-    def validate(model: Any) -> dict[str, float]:
-        net = getattr(model, "module", model)  # DDP wraps the student
-        results = evaluate_reid_box_sets({"student": student_embedder(net, cfg, device)}, box_sets, cfg.eval)
-        return {f"val/{protocol}/{metric}": float(value) for protocol, rows in results.items()
-                for metric, value in rows["student"].items()
-                if isinstance(value, (int, float)) and not isinstance(value, bool)}
-
-    return validate
-
-
-def teacher_train_func(loop_config: dict[str, Any]) -> None:
-    """Per-worker loop of ``train.recipe=teacher`` (Ray Train V2): the Re-ID teacher on this rank's
-    share of P x K batches, BoT losses, warm-up + step lr; checkpoints, resume and MLflow as ``train_func``."""
-    from jobs._ray import quiet_ray_train_reports
-
-    quiet_ray_train_reports()
-    import numpy as np
-    import ray.train
-    import ray.train.torch
-    import torch
-    from torch.utils.data import DataLoader
-
-    from kdtrack.checkpoint import restore_training_state, save_checkpoint
-    from kdtrack.engine import (
-        amp_enabled, build_optimizer, build_warmup_scheduler, sync_batchnorm, teacher_train_one_epoch,
-        total_iterations,
-    )
-    from kdtrack.losses.distributed import mean_over_ranks
-    from kdtrack.models import build_teacher
-    from kdtrack.reid_data import PKSampler, ReidCropDataset
-
-    cfg = config_from_dict(loop_config["config"])
-    tc, teach = cfg.train, cfg.teacher
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device() if tc.use_gpu else torch.device("cpu")
-    torch.manual_seed(tc.seed)
-    np.random.seed(tc.seed)
-
-    crops = loop_config["crops"]
-    state = _latest_checkpoint_state(device)  # a resume's checkpoint: where the data stream starts
-    if PIPELINE_KEY in loop_config:  # data.loader ray: one stream row = one P x K batch, decoded by the actors
-        from data_pipelines.training import WorkerStream, unpickle_batch
-
-        stream = WorkerStream(ray.train.get_dataset_shard("train"), loop_config[PIPELINE_KEY],
-                              cfg.data.prefetch_batches, collate=unpickle_batch)
-        stream.start(int(state["iteration"]) if state is not None else 0)
-        per_epoch = stream.per_epoch
-    else:  # data.loader torch: this rank's P x K batches through a DataLoader
-        stream = None
-        dataset = ReidCropDataset([c["path"] for c in crops], [c["label"] for c in crops], teach, augment=True,
-                                  seed=tc.seed)
-        sampler = PKSampler(dataset.labels, teach.train_p, teach.train_k, seed=tc.seed, rank=rank, world_size=world)
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.loader_workers,
-                            pin_memory=device.type == "cuda")
-        per_epoch = len(sampler)
-    teacher = build_teacher(teach, int(loop_config["num_classes"]))
-    model = ray.train.torch.prepare_model(sync_batchnorm(teacher, world) if tc.sync_batchnorm else teacher)
-    optimizer = build_optimizer(model.parameters(), tc)
-    total = total_iterations(tc, per_epoch)
-    scheduler = build_warmup_scheduler(optimizer, tc, total, warmup_iterations=teach.warmup_epochs * per_epoch,
-                                       warmup_factor=teach.warmup_factor)
-    scaler = torch.amp.GradScaler("cuda") if amp_enabled(tc.amp, device) else None
-
-    start_epoch, iteration = 0, 0
-    resumed = {"resumed_from_iteration": -1.0}
-    if state is not None:
-        start_epoch, iteration = restore_training_state(state, model=model, optimizer=optimizer,
-                                                        scheduler=scheduler, scaler=scaler)
-        resumed["resumed_from_iteration"] = float(iteration)
-        print(f"[rank {rank}] resumed from epoch {start_epoch}, iteration {iteration}", flush=True)
-
-    sink = None
-    if rank == 0:
-        sink = open_sink(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state,
-                         run_id=loop_config.get(MLFLOW_RUN_ID_KEY, ""))
-        sink.param("data/num_id_classes", int(loop_config["num_classes"]))
-        sink.param("data/num_train_crops", len(crops))
-        print(f"[teacher] {len(crops)} crops, {loop_config['num_classes']} identities, {world} worker(s) x "
-              f"{teach.train_p}x{teach.train_k} crops per batch, {per_epoch} iterations per epoch, {total} in all",
-              flush=True)
-    note_resume_changes(state, cfg, sink)
-
-    def log_fn(step: int, terms: dict[str, float]) -> None:
-        terms = mean_over_ranks(terms)
-        if rank != 0:
-            return
-        sink.metrics(step, terms)
-        print(f"[iter {step}/{total}] " + " ".join(f"{k}={terms[k]:.4g}" for k in TEACHER_PROGRESS_TERMS if k in terms)
-              + perf_suffix(step, total, terms), flush=True)
-        bad_item_check(stream, cfg, sink, step)
-
-    epoch = start_epoch
-    terms: dict[str, float] = {}
-    with failed_run_on_error(sink):
-        while (tc.epochs == 0 or epoch < tc.epochs) and iteration < total:
-            if stream is not None:
-                batches = stream.epoch_batches(epoch, iteration, 0)  # teacher checkpoints fall after epochs
-            else:
-                sampler.set_epoch(epoch)
-                dataset.set_epoch(epoch)
-                batches = loader
-            epoch_start = iteration
-            iteration, terms = teacher_train_one_epoch(
-                model, optimizer, batches, device, epoch, label_smoothing=teach.label_smoothing,
-                triplet_margin=teach.triplet_margin, scheduler=scheduler, scaler=scaler, amp=tc.amp,
-                grad_clip=tc.grad_clip, start_iteration=iteration, max_iterations=total, log_every=tc.log_every,
-                log_fn=log_fn)
-            finished, epoch = _close_epoch(
-                rank, tc, epoch=epoch, epoch_start=epoch_start, iteration=iteration, per_epoch=per_epoch,
-                total=total, terms=terms, resumed=resumed, mlflow_run=sink_run_id(sink),
-                save=lambda tmp, next_epoch, metrics: save_checkpoint(
-                    tmp, model=model, config=cfg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                    epoch=next_epoch, iteration=iteration, metrics=metrics, mlflow_run_id=sink_run_id(sink)))
-            if finished:
-                break
-        if rank == 0:
-            bad_item_check(stream, cfg, sink, iteration, final=True)
-    if sink is not None:
-        sink.finish()
-
-
 # --------------------------------------------------------------------------- driver
 
 
@@ -669,7 +232,7 @@ def training_data(cfg: Config, smoke_test: bool = False) -> tuple[Any, dict[str,
     keep = cfg.train.smoke_iterations * cfg.train.batch_size_per_worker * cfg.train.num_workers
     recipe = recipe_of(cfg)
     if recipe.items == "crops":
-        return teacher_train_func, teacher_loop_data(cfg)  # smoke test: every crop, few iterations
+        return train_func, teacher_loop_data(cfg)  # smoke test: every crop, few iterations
     if recipe.items == "clips":
         from kdtrack.video_pairs import read_clip_labels
 
@@ -788,7 +351,7 @@ def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlfl
     if cfg.data.loader == "ray":
         from data_pipelines.training import data_config, training_stream
 
-        if train_fn is teacher_train_func:  # one row per P x K batch, already in epoch order
+        if not recipe_of(cfg).student:  # the teacher: one row per P x K batch, already in epoch order
             factory, num_items = teacher_batches_factory(cfg, loop_data)
             stream = training_stream(cfg, factory, num_items, rows_per_batch=1, shuffle=False)
         else:

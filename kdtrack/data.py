@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -321,9 +321,26 @@ class SkipFirstSampler(torch.utils.data.Sampler):
         return max(0, len(self.sampler) - self.skip)
 
 
+class Feed(Protocol):
+    """What the training loop asks of its data, whichever feeds it: the Ray Data stream
+    (``data_pipelines.training.WorkerStream``), a ``DataLoader`` over image records or clips
+    (:class:`TorchFeed`) or over P x K re-ID batches (``kdtrack.reid_data.PKFeed``). A stream also
+    counts the unreadable items it skipped (``bad_counts()``)."""
+
+    @property
+    def per_epoch(self) -> int:
+        """Batches per epoch on this rank."""
+        ...
+
+    def epoch_batches(self, epoch: int, iteration: int, skip: int) -> Iterable[Any]:
+        """The batches left in ``epoch`` after its first ``skip`` (a resume inside an epoch), the run at
+        global ``iteration``."""
+        ...
+
+
 class TorchFeed:
     """A worker's batches from a plain ``DataLoader`` over its rank-strided shard (``data.loader: torch``,
-    the single-process debug path): the interface of ``data_pipelines.training.WorkerStream``."""
+    the single-process debug path): a :class:`Feed`."""
 
     def __init__(self, dataset: EpochSeededDataset, cfg: Config, rank: int, world: int) -> None:
         from torch.utils.data import DataLoader, DistributedSampler

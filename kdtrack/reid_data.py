@@ -278,3 +278,26 @@ class PKBatches:
         size = self._batches.shape[1]
         crops = [self.dataset[(int(i), int(b) * size + j)] for j, i in enumerate(self._batches[int(b)])]
         return torch.utils.data.default_collate(crops)
+
+
+class PKFeed:
+    """A worker's share of the P x K batches through a ``DataLoader`` (the teacher recipe with
+    ``data.loader: torch``): a ``kdtrack.data.Feed``. Teacher checkpoints fall after whole epochs, so an
+    epoch always starts from its first batch (``skip`` is not read)."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], cfg: TeacherConfig, *, seed: int, rank: int,
+                 world_size: int, loader_workers: int = 0, pin_memory: bool = False) -> None:
+        self.dataset = ReidCropDataset(paths, labels, cfg, augment=True, seed=seed)
+        self.sampler = PKSampler(self.dataset.labels, cfg.train_p, cfg.train_k, seed=seed, rank=rank,
+                                 world_size=world_size)
+        self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler,
+                                                  num_workers=loader_workers, pin_memory=pin_memory)
+
+    @property
+    def per_epoch(self) -> int:
+        return len(self.sampler)
+
+    def epoch_batches(self, epoch: int, iteration: int, skip: int) -> torch.utils.data.DataLoader:
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        return self.loader
