@@ -251,6 +251,45 @@ def _write_best_config(out: Path, spec: SweepSpec, best_values: dict[str, Any], 
     return path
 
 
+def _create_parent_run(client: Any, experiment_id: str, spec: SweepSpec, baselines: dict[str, dict[str, float]],
+                       uri: str) -> tuple[str, str]:
+    """The sweep's MLflow parent run, with the sweep's settings as params and the baselines as metrics:
+    ``(sweep name, run id)``."""
+    sweep = spec.tune
+    sweep_name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent = client.create_run(experiment_id, run_name=sweep_name,
+                               tags={"kdtrack.sweep": spec.source, "kdtrack.recipe": spec.base.train.recipe})
+    parent_id = parent.info.run_id
+    for key, value in {**{f"tune.{k}": v for k, v in dataclasses.asdict(sweep).items()},
+                       **{f"search.{k}": d.describe() for k, d in spec.search.items()},
+                       **{f"set.{t.split('=', 1)[0]}": t.split("=", 1)[1] for t in spec.fixed},
+                       "train_config": spec.train_config}.items():
+        client.log_param(parent_id, key, str(value)[:6000])
+    for name, row in baselines.items():
+        for metric, value in row.items():
+            if math.isfinite(value):
+                client.log_metric(parent_id, f"baseline/{name}/{metric}", value)
+    print(f"sweep {sweep_name}: {sweep.num_samples} trial(s) of {spec.source}, objective {sweep.metric} "
+          f"({sweep.mode}), {sweep.searcher} search, {sweep.scheduler} scheduler; MLflow parent run {parent_id} "
+          f"({uri})", flush=True)
+    return sweep_name, parent_id
+
+
+def _log_best(client: Any, experiment_id: str, parent_id: str, out: Path, spec: SweepSpec, best: dict[str, Any],
+              baselines: dict[str, dict[str, float]]) -> Path:
+    """The best trial on the parent run (its config file, objective, values and model) and the run closed;
+    ``best["model_uri"]`` is set. Returns the best config's path."""
+    best_path = _write_best_config(out, spec, best["values"], best["objective"], best["trial_id"], baselines)
+    client.log_artifact(parent_id, str(best_path))
+    client.log_metric(parent_id, f"best/{spec.tune.metric}", best["objective"])
+    client.set_tag(parent_id, "kdtrack.tune.best_trial", best["trial_id"])
+    for key, value in best["values"].items():
+        client.log_param(parent_id, f"best.{key}", str(value))
+    best["model_uri"] = _link_best_trial(client, experiment_id, parent_id, spec, best)
+    client.set_terminated(parent_id)
+    return best_path
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     from mlflow.tracking import MlflowClient
@@ -281,22 +320,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     baselines = validation_baselines(spec)
     client = MlflowClient(tracking_uri=uri)
     experiment_id = mlflow_experiment_id(client, sweep.experiment or spec.base.mlflow.experiment, uri)
-    sweep_name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-    parent = client.create_run(experiment_id, run_name=sweep_name,
-                               tags={"kdtrack.sweep": spec.source, "kdtrack.recipe": spec.base.train.recipe})
-    parent_id = parent.info.run_id
-    for key, value in {**{f"tune.{k}": v for k, v in dataclasses.asdict(sweep).items()},
-                       **{f"search.{k}": d.describe() for k, d in spec.search.items()},
-                       **{f"set.{t.split('=', 1)[0]}": t.split("=", 1)[1] for t in spec.fixed},
-                       "train_config": spec.train_config}.items():
-        client.log_param(parent_id, key, str(value)[:6000])
-    for name, row in baselines.items():
-        for metric, value in row.items():
-            if math.isfinite(value):
-                client.log_metric(parent_id, f"baseline/{name}/{metric}", value)
-    print(f"sweep {sweep_name}: {sweep.num_samples} trial(s) of {spec.source}, objective {sweep.metric} "
-          f"({sweep.mode}), {sweep.searcher} search, {sweep.scheduler} scheduler; MLflow parent run {parent_id} "
-          f"({uri})", flush=True)
+    sweep_name, parent_id = _create_parent_run(client, experiment_id, spec, baselines, uri)
 
     trial_log = _TrialLog()
     trainable = tune.with_resources(
@@ -342,14 +366,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         atomic_write_json(out / SWEEP_JSON, record)
         print(f"no trial finished with a finite {sweep.metric}; see {out / SWEEP_JSON}", flush=True)
         return {**record, "exit_code": 1}
-    best_path = _write_best_config(out, spec, best["values"], best["objective"], best["trial_id"], baselines)
-    client.log_artifact(parent_id, str(best_path))
-    client.log_metric(parent_id, f"best/{sweep.metric}", best["objective"])
-    client.set_tag(parent_id, "kdtrack.tune.best_trial", best["trial_id"])
-    for key, value in best["values"].items():
-        client.log_param(parent_id, f"best.{key}", str(value))
-    best["model_uri"] = _link_best_trial(client, experiment_id, parent_id, spec, best)
-    client.set_terminated(parent_id)
+    best_path = _log_best(client, experiment_id, parent_id, out, spec, best, baselines)
     record["best"] = {**best, "config": str(best_path)}
     atomic_write_json(out / SWEEP_JSON, record)
     print(f"best trial {best['trial_id']}: {sweep.metric} = {best['objective']:.4f} with "
