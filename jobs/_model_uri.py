@@ -10,6 +10,8 @@ Any job that takes ``--checkpoint`` also takes
 
 so a checkpoint is reachable from another machine through the tracking server alone. The URI is
 downloaded into a fresh local folder and the job reads the ``checkpoint.pt`` in it, as it reads a path.
+An object-store URI (``s3://bucket/.../checkpoint_<time>``, a Ray Train checkpoint folder, or the
+``checkpoint.pt`` in it) is fetched the same way, with the storage settings of ``jobs._storage``.
 """
 
 from __future__ import annotations
@@ -87,12 +89,36 @@ def model_artifacts_uri(client: Any, uri: str) -> str:
     return version_info.source
 
 
+def fetch_stored_checkpoint(uri: str | Path, dst: str | Path | None = None) -> Path:
+    """The local copy of the ``checkpoint.pt`` an object-store URI names (the file, or the Ray checkpoint
+    folder holding it), in ``dst`` (a new temporary folder when None). Not there: an InputError naming it."""
+    from jobs._storage import as_uri, fetch_to_local
+
+    target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="kdtrack-ckpt-"))
+    try:
+        path = fetch_to_local(uri, target, CHECKPOINT_NAME)
+    except FileNotFoundError as exc:
+        raise InputError(f"--checkpoint {exc}") from None
+    print(f"--checkpoint {as_uri(uri)}: fetched to {path}", flush=True)
+    return path
+
+
+def _resolve_one(value: str | Path, tracking_uri: str | None) -> str | Path:
+    from jobs._storage import is_storage_uri
+
+    if is_model_uri(value):
+        return fetch_checkpoint(str(value), tracking_uri)
+    if is_storage_uri(value):
+        return fetch_stored_checkpoint(value)
+    return value
+
+
 def resolve_checkpoints(values: str | Path | Sequence[str | Path] | None,
                         tracking_uri: str | None) -> str | Path | list[str | Path] | None:
-    """``--checkpoint`` values with every MLflow URI replaced by its fetched local file; paths unchanged
-    (a single value stays single, a list stays a list)."""
+    """``--checkpoint`` values with every MLflow URI and object-store URI replaced by its fetched local file;
+    paths unchanged (a single value stays single, a list stays a list)."""
     if values is None:
         return None
     if isinstance(values, (str, Path)):
-        return fetch_checkpoint(str(values), tracking_uri) if is_model_uri(values) else values
-    return [fetch_checkpoint(str(v), tracking_uri) if is_model_uri(v) else v for v in values]
+        return _resolve_one(values, tracking_uri)
+    return [_resolve_one(v, tracking_uri) for v in values]

@@ -12,6 +12,7 @@ from kdtrack.config import Config, ConfigError
 
 if TYPE_CHECKING:
     from jobs._mlflow_train import MlflowSink
+    from jobs._storage import Storage
 
 
 def resume_change_lines(changes: list[tuple[str, Any, Any]]) -> str:
@@ -46,7 +47,7 @@ def note_resume_changes(state: dict[str, Any] | None, cfg: Config, sink: MlflowS
         sink.tag("kdtrack.resume_changed", text[:5000])
 
 
-def check_resume(cfg: Config, storage: str) -> bool:
+def check_resume(cfg: Config, storage: Storage | str) -> bool:
     """On the driver, before any worker starts: the newest checkpoint of ``train.run_name`` under ``storage``
     (a path or a pyarrow URI) is the one Ray Train will resume from; :func:`resume_verdict` on its config.
     Returns whether the run resumes."""
@@ -60,19 +61,19 @@ def check_resume(cfg: Config, storage: str) -> bool:
     return found is not None
 
 
-def latest_checkpoint_config(storage: str, run_name: str) -> tuple[str, dict[str, Any]] | None:
+def latest_checkpoint_config(storage: Storage | str, run_name: str) -> tuple[str, dict[str, Any]] | None:
     """``(checkpoint folder, its config.json)`` of the newest Ray Train checkpoint of ``run_name`` (Ray names
-    them checkpoint_<timestamp>), or None. Works on local paths and object-store URIs (pyarrow)."""
+    them checkpoint_<timestamp>), or None. Works on local paths and object-store URIs (``jobs._storage``)."""
     import json
 
     import pyarrow.fs as pafs
 
+    from jobs._storage import resolve_storage
     from kdtrack.checkpoint import CONFIG_SIDECAR
 
-    if "://" in storage:
-        fs, root = pafs.FileSystem.from_uri(storage)
-    else:
-        fs, root = pafs.LocalFileSystem(), storage
+    if isinstance(storage, str):
+        storage = resolve_storage(storage)
+    fs, root = storage.filesystem, storage.path
     run_dir = f"{root.rstrip('/')}/{run_name}"
     try:
         infos = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
@@ -83,7 +84,7 @@ def latest_checkpoint_config(storage: str, run_name: str) -> tuple[str, dict[str
     for folder in reversed(folders):
         try:
             with fs.open_input_stream(f"{folder}/{CONFIG_SIDECAR}") as handle:
-                return folder, json.loads(handle.read())
+                return storage.uri_of(folder), json.loads(handle.read())
         except (OSError, ValueError):  # an older checkpoint without config.json (the worker checks those)
             continue
     return None

@@ -60,6 +60,7 @@ from typing import Any, Sequence
 from jobs._mlflow_train import create_driver_run, log_trained_model, mark_failed
 from jobs._ray import refuse_unless_joining
 from jobs._resume import check_resume
+from jobs._storage import Storage, StorageLost, check_storage, resolve_storage, storage_problem
 from jobs._train_worker import (  # noqa: F401  (perf_suffix .. build_kd_teacher: the worker's public names)
     MLFLOW_RUN_ID_KEY, PIPELINE_KEY, build_kd_teacher, dataset_factory, next_report_iteration, perf_suffix, report_due,
     teacher_batches_factory, train_func,
@@ -339,13 +340,19 @@ def check_cluster_gpus(cfg: Config, ray: Any) -> None:
         + ("" if have >= 1 else ", or set train.use_gpu=false")))
 
 
-def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlflow_uri: str, storage: str,
+def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlflow_uri: str, storage: Storage | str,
                   mlflow_run_id: str = "", callbacks: list | None = None) -> Any:
     """The ``TorchTrainer`` of one training run (``jobs.train``, and each ``jobs.tune`` trial with a
-    ``TuneReportCallback``): Ray Train run ``train.run_name`` under ``storage``; ``mlflow_run_id``, a run
-    made by the caller, is the one the workers log into (a resume reopens its checkpoint's run)."""
+    ``TuneReportCallback``): Ray Train run ``train.run_name`` under ``storage`` (``jobs._storage``: an object
+    store's filesystem travels with the run config to every node); ``mlflow_run_id``, a run made by the
+    caller, is the one the workers log into (a resume reopens its checkpoint's run)."""
     import ray.train
     from ray.train.torch import TorchTrainer
+
+    from jobs._storage import resolve_storage
+
+    if isinstance(storage, str):
+        storage = resolve_storage(storage)
 
     datasets = None
     if cfg.data.loader == "ray":
@@ -376,7 +383,7 @@ def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlfl
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            storage_path=storage, name=cfg.train.run_name,
+            **storage.ray_kwargs(), name=cfg.train.run_name,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None),
             worker_runtime_env=WORKER_RUNTIME_ENV,
@@ -395,9 +402,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     uri = args.mlflow_uri or cfg.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
+    # a misspelled URI, a missing bucket or an endpoint that does not answer: one line now, not a worker error
+    storage = resolve_storage(getattr(args, "storage", None), out, default_dir=RAY_STORAGE_DIR)
+    check_storage(storage)
     train_fn, loop_data = training_data(cfg, args.smoke_test)
     cfg = with_id_classes(cfg, loop_data)
-    storage = storage_path(getattr(args, "storage", None), out)
     resuming = check_resume(cfg, storage)
 
     ray = ensure_ray()  # joins RAY_ADDRESS when set, else starts a local cluster
@@ -413,6 +422,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         except BaseException as exc:
             if run_id:
                 mark_failed(uri, run_id, exc)
+            lost = storage_problem(storage) if isinstance(exc, Exception) else None
+            if lost:  # Ray reports a failed checkpoint upload as a worker error, several wrappers deep
+                raise StorageLost(f"training failed: {lost}; it answered at start-up, so it went away during "
+                                  f"the run (this run deletes no checkpoint: bring the storage back and rerun the "
+                                  f"same command to resume from its newest one)") from exc
             raise
         elapsed = time.time() - start
         final = _copy_final_checkpoint(result, out)
@@ -422,12 +436,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
             client = MlflowClient(tracking_uri=uri)
             client.set_tag(run_id, CHECKPOINT_TAG, str(final))
-            client.set_tag(run_id, "kdtrack.ray_checkpoint", result.checkpoint.path)
+            client.set_tag(run_id, "kdtrack.ray_checkpoint", storage.uri_of(result.checkpoint.path))
         print(f"final checkpoint: {final}  (fit {elapsed:.1f} s)", flush=True)
         model_uri = log_trained_model(uri, run_id, final, cfg, iteration=int(result.metrics.get("iteration", 0) or 0),
                                       register_as=getattr(args, "register_model", "")) if run_id else ""
         return {"checkpoint": str(final), "metrics": dict(result.metrics), "mlflow_uri": uri,
-                "mlflow_run_id": run_id, "mlflow_model_uri": model_uri, "fit_seconds": elapsed}
+                "mlflow_run_id": run_id, "mlflow_model_uri": model_uri, "fit_seconds": elapsed,
+                "ray_checkpoint": storage.uri_of(result.checkpoint.path)}
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

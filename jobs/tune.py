@@ -94,7 +94,7 @@ def _plain(value: Any) -> Any:
 
 
 def run_trial(values: dict[str, Any], *, base: dict[str, Any], train_fn: Any, loop_data: dict[str, Any],
-              mlflow_uri: str, experiment_id: str, parent_run_id: str, storage: str) -> None:
+              mlflow_uri: str, experiment_id: str, parent_run_id: str, storage: Any) -> None:
     """One trial: a child MLflow run, then ``jobs.train``'s ``TorchTrainer`` with a ``TuneReportCallback``.
     Any failure marks the child run FAILED (with the error) and is re-raised, so Tune records it."""
     import ray.tune
@@ -297,7 +297,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     from jobs._ray import ensure_ray, refuse_unless_joining
     from jobs._mlflow_train import mlflow_experiment_id
-    from jobs.train import storage_path, training_data
+    from jobs._storage import check_storage, resolve_storage
+    from jobs.train import RAY_STORAGE_DIR, training_data
     from kdtrack.io import atomic_write_json, atomic_write_text
     from tune.spaces import param_space, scheduler, search_algorithm
 
@@ -306,7 +307,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     uri = args.mlflow_uri or spec.base.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
-    storage = storage_path(args.storage, out)
+    storage = resolve_storage(args.storage, out, default_dir=RAY_STORAGE_DIR)
+    check_storage(storage)  # before any trial starts: one line naming a bad URI or a missing bucket
     search_alg, trial_scheduler = search_algorithm(spec), scheduler(spec)
     train_fn, loop_data = training_data(spec.base)
 
@@ -334,7 +336,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                     search_alg=search_alg, scheduler=trial_scheduler,
                                     max_concurrent_trials=None if sweep.searcher == "random"
                                     else sweep.max_concurrent_trials),
-        run_config=tune.RunConfig(name=sweep_name, storage_path=storage, callbacks=[trial_log.callback],
+        run_config=tune.RunConfig(name=sweep_name, **storage.ray_kwargs(), callbacks=[trial_log.callback],
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False), verbose=1),
     )
     start = time.time()
