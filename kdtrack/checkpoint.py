@@ -80,7 +80,7 @@ RESUME_FREE_FIELDS = frozenset({
     "data.root", "data.loader_workers", "data.prefetch_batches", "data.map_num_cpus", "data.on_error", "data.loader",
     "data.map_actors", "data.preserve_order", "data.max_bad_fraction",
     "train.max_failures", "train.keep_checkpoints", "train.log_every", "train.collapse_cosine",
-    "train.collapse_patience", "train.cpus_per_worker", "train.use_gpu", "train.amp", "train.run_name",
+    "train.collapse_patience", "train.cpus_per_worker", "train.placement_strategy", "train.use_gpu", "train.amp", "train.run_name",
     "train.init_from", "train.report_every", "train.checkpoint_every", "train.val_protocols", "train.val_split",
     "train.val_root", "train.resume_policy", "train.smoke_iterations", "model.pretrained", "teacher.checkpoint",
     "teacher.pretrained", "teacher.embeddings",

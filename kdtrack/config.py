@@ -217,6 +217,7 @@ class TrainConfig:
     batch_size_per_worker: int = 4
     num_workers: int = 1  # Ray Train workers
     cpus_per_worker: float = 0.5  # 2-core machines: leave CPU for Ray Data
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # Ray Train ScalingConfig: how the workers lie over nodes; STRICT_SPREAD = one worker per node (no fewer nodes than workers), STRICT_PACK = all on one node
     use_gpu: bool = False  # one GPU per worker (NCCL) when True; gloo on CPU
     amp: bool = True  # mixed precision when on GPU (ignored on CPU)
     sync_batchnorm: bool = False  # with several GPU workers, BatchNorm statistics over the whole batch of every worker (SyncBatchNorm, converted before DDP): few images per GPU (idf_paper's 4) make per-GPU statistics noisy; needs train.use_gpu

@@ -1,0 +1,310 @@
+"""A real multi-node Ray cluster on one machine: a head and two worker nodes (``ray.cluster_utils.Cluster``,
+every process bound to 127.0.0.1), started once for this module.
+
+- two Ray Train workers forced onto two nodes (``train.placement_strategy=STRICT_SPREAD``), DDP over gloo
+  between them, log the same losses as the same run packed on one node;
+- the node of a training worker is removed mid-run, a spare node takes its place (as an autoscaler's):
+  training resumes from the last checkpoint in the shared S3 bucket (moto on 127.0.0.1), ends at exactly
+  the planned iteration, keeps every checkpoint written before the loss, and stays one MLflow run.
+
+Why its own cluster, and how it keeps clear of the session one (``tests/conftest.py``): two Ray instances on
+2 cores starve each other (RAY_NOTES), so the module fixture stops the session cluster when a test before
+started it, runs this one, and on teardown stops it and starts the session cluster again
+(``conftest.start_session_ray``, the same settings) for the tests after.
+
+The workers read ``data.loader=torch``: each rank's shard is a fixed stride of the records, so both runs
+see the same batches on any node (the Ray Data split hands blocks to whichever worker asks first).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from jobs.train import get_args_parser, main
+from kdtrack.checkpoint import load_checkpoint
+
+# the smaller student of tests/test_train_job.py, on two workers of half a CPU each
+from test_train_job import FAST
+
+LOOPBACK = "127.0.0.1"  # every node's address: nothing of the test cluster listens beyond this machine
+NODE_ARGS = {"node_ip_address": LOOPBACK, "object_store_memory": 80 * 1024 * 1024}
+HEAD_ARGS = {**NODE_ARGS, "num_cpus": 0, "include_dashboard": False}  # the driver and Train's controller only
+WORKER_NODE_CPUS = 1  # per worker node: one train worker (0.5 CPU) fits, the other must go to the other node
+TWO_WORKERS = ["train.num_workers=2", "train.cpus_per_worker=0.5", "data.loader=torch", "train.log_every=1"]
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of the checkpoints it registered
+WAIT_S = 900.0  # for the first registered checkpoint: two workers start and train 2 iterations (minutes on busy cores)
+
+
+@dataclass
+class MultiNode:
+    cluster: Any  # ray.cluster_utils.Cluster
+    workers: list[Any]  # the worker nodes (ray._private.node.Node), in start order
+
+    def add_worker(self) -> Any:
+        node = self.cluster.add_node(num_cpus=WORKER_NODE_CPUS, **NODE_ARGS)
+        self.workers.append(node)
+        return node
+
+    def remove_worker(self, node: Any) -> None:
+        self.cluster.remove_node(node, allow_graceful=False)  # a lost machine, no clean-up
+        self.workers.remove(node)
+
+
+@pytest.fixture(scope="module")
+def multinode():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from conftest import start_session_ray
+
+    from ray._common.utils import reset_ray_address
+    from ray._private.utils import read_ray_address, write_ray_address
+
+    session_was_up = ray.is_initialized()
+    if session_was_up:
+        ray.shutdown()
+    others = read_ray_address()  # a `ray start` head's address file, if any: kept as it was
+    cluster = Cluster(initialize_head=True, head_node_args=HEAD_ARGS)
+    # Cluster writes its address where every plain ray.init() on this machine looks first (/tmp/ray): another
+    # test session's cluster (or a job) would join this one instead of starting its own
+    if read_ray_address() == cluster.address:
+        reset_ray_address()
+    try:
+        nodes = MultiNode(cluster, [])
+        for _ in range(2):
+            nodes.add_worker()
+        # ray.init turns a loopback address into the machine's (for remote drivers); this cluster listens on
+        # 127.0.0.1 only, so the driver joins it there, as a process on its head node
+        import ray._private.services as services
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(services, "resolve_ip_for_localhost", lambda host: host)
+            ray.init(address=cluster.address, _node_ip_address=LOOPBACK, log_to_driver=False)
+        yield nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()  # also deletes the address file, whoever wrote it
+        if others and read_ray_address() is None:
+            write_ray_address(others)
+        if session_was_up:
+            start_session_ray()
+
+
+class Placements(threading.Thread):
+    """Notes, while a run trains, the nodes of each new placement group (Ray Train's worker group):
+    ``seen[placement group id] = [node id of each bundle]``, in the order the groups were created."""
+
+    def __init__(self) -> None:
+        super().__init__(name="placements", daemon=True)
+        import ray
+
+        self.before = set(ray.util.placement_group_table())  # groups of earlier runs
+        self.seen: dict[str, list[str]] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        import ray
+
+        while not self.done.is_set():
+            for pg_id, pg in ray.util.placement_group_table().items():
+                if pg_id not in self.before and pg_id not in self.seen and pg["state"] == "CREATED":
+                    nodes = pg["bundles_to_node_id"]
+                    self.seen[pg_id] = [nodes[i] for i in sorted(nodes)]
+            time.sleep(0.05)
+
+    def __enter__(self) -> "Placements":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.done.set()
+        self.join(timeout=10)
+
+
+def _args(world: Path, out: Path, uri: str, *overrides: str, storage: str | None = None, smoke: bool = False):
+    argv = ["--config", "tiny", "--data-root", str(world), "--out", str(out), "--mlflow-uri", uri]
+    if smoke:  # train.smoke_iterations iterations on just enough records
+        argv.append("--smoke-test")
+    if storage:
+        argv += ["--storage", storage]
+    for item in FAST + TWO_WORKERS + list(overrides):
+        argv += ["--set", item]
+    return get_args_parser().parse_args(argv)
+
+
+def _losses(uri: str, run_id: str) -> dict[int, float]:
+    return {m.step: m.value for m in MlflowClient(uri).get_metric_history(run_id, "train/total")}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_workers_on_two_nodes_match_one_node(multinode, tiny_world, tmp_path, empty_mlflow_db):
+    import shutil
+
+    results, placements = {}, {}
+    for strategy in ("STRICT_SPREAD", "STRICT_PACK"):
+        shutil.copyfile(empty_mlflow_db, tmp_path / f"{strategy}.db")
+        uri = f"sqlite:///{tmp_path / f'{strategy}.db'}"
+        with Placements() as watch:
+            result = main(_args(tiny_world, tmp_path / strategy, uri, "train.smoke_iterations=3",
+                                f"train.placement_strategy={strategy}", smoke=True))
+        results[strategy] = _losses(uri, result["mlflow_run_id"])
+        placements[strategy] = list(watch.seen.values())
+    worker_nodes = {n.node_id for n in multinode.workers}
+    (spread,), (packed,) = placements["STRICT_SPREAD"], placements["STRICT_PACK"]
+    assert len(spread) == 2 and len(set(spread)) == 2 and set(spread) <= worker_nodes, placements
+    assert len(packed) == 2 and len(set(packed)) == 1 and set(packed) <= worker_nodes, placements
+    # the same seed and batches: DDP over gloo across nodes computes what it computes on one node
+    assert sorted(results["STRICT_SPREAD"]) == sorted(results["STRICT_PACK"]) == [1, 2, 3]
+    assert results["STRICT_SPREAD"] == pytest.approx(results["STRICT_PACK"], rel=1e-6)
+
+
+class NodeLoss(threading.Thread):
+    """Once Ray Train has registered a checkpoint in the bucket, removes a worker node that hosts a train
+    worker (from ``placements``), as a lost machine. ``error`` says what went wrong.
+
+    Only removal happens here: starting a node from a thread other than the main one fails (Ray's node
+    start-up installs signal handlers), so the test starts the spare node before the run, as an autoscaler
+    would have one ready."""
+
+    def __init__(self, multinode: MultiNode, placements: Placements, fs: Any, run_dir: str, max_iterations: int):
+        super().__init__(name="node-loss", daemon=True)
+        self.multinode, self.placements = multinode, placements
+        self.fs, self.run_dir, self.max_iterations = fs, run_dir, max_iterations
+        self.stop = threading.Event()
+        self.error: str | None = None
+        self.registered_at_loss: int | None = None
+        self.stored_at_loss: dict[str, int] = {}  # checkpoint folder -> iteration, in the bucket at the loss
+        self.lost_node: str | None = None
+        self.seconds_to_loss: float | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001  (reported by the test)
+            self.error = f"watcher crashed: {type(exc).__name__}: {exc}"
+
+    def _registered(self) -> int | None:
+        try:
+            with self.fs.open_input_stream(f"{self.run_dir}/{SNAPSHOT}") as handle:
+                latest = json.loads(handle.read()).get("latest_checkpoint_result")
+        except (OSError, ValueError):
+            return None
+        return int(latest.get("metrics", {}).get("iteration", 0)) if latest else None
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while (registered := self._registered()) is None:
+            if self.stop.is_set() or time.monotonic() - start > WAIT_S:
+                self.error = f"no checkpoint registered in {self.run_dir} within {WAIT_S:.0f} s (or main returned)"
+                return
+            time.sleep(0.1)
+        if registered >= self.max_iterations:
+            self.error = f"training reached iteration {registered} before the node could be lost: raise MAX_ITERATIONS"
+            return
+        groups = list(self.placements.seen.values())
+        if not groups:
+            self.error = "a checkpoint was registered but no worker group was seen"
+            return
+        self.registered_at_loss = registered
+        self.stored_at_loss = _bucket_checkpoints(self.fs, self.run_dir)
+        node = next(n for n in self.multinode.workers if n.node_id == groups[-1][-1])
+        self.lost_node = node.node_id
+        self.multinode.remove_worker(node)
+        self.seconds_to_loss = time.monotonic() - start
+
+
+def _bucket_checkpoints(fs: Any, run_dir: str) -> dict[str, int]:
+    """``{checkpoint folder: iteration}`` of every ``checkpoint_*/checkpoint.pt`` in the bucket, each loaded (a
+    truncated one raises)."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    found = {}
+    for info in fs.get_file_info(pafs.FileSelector(run_dir, recursive=True, allow_not_found=True)):
+        if info.base_name == "checkpoint.pt":
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / "checkpoint.pt"
+                pafs.copy_files(info.path, str(local), source_filesystem=fs,
+                                destination_filesystem=pafs.LocalFileSystem())
+                found[info.path.rsplit("/", 2)[-2]] = int(load_checkpoint(local)["iteration"])
+    return found
+
+
+MAX_ITERATIONS = 10  # reports (checkpoints) at 2, 4, ..., 10: the node goes after the first one is registered
+REPORT_EVERY = 2
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_lost_node_resumes_from_the_bucket_into_one_mlflow_run(multinode, tiny_world, mlflow_uri, s3_bucket,
+                                                                 tmp_path, monkeypatch):
+    from jobs._storage import resolve_storage
+    from kdtrack.config import load_config
+
+    # Train V2 hands this to its controller: on busy cores two new workers may take more than the default
+    # 60 s to start, and each timeout is one more (harmless, uncounted) retry
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+    spare = multinode.add_worker().node_id  # three worker nodes: the two the run spreads over, and a spare
+
+    storage = resolve_storage(f"s3://{s3_bucket}/runs")
+    overrides = ["train.epochs=0", f"train.max_iterations={MAX_ITERATIONS}", f"train.report_every={REPORT_EVERY}",
+                 "train.max_failures=1", "train.placement_strategy=STRICT_SPREAD", "data.max_records=8"]
+    args = _args(tiny_world, tmp_path / "run", mlflow_uri, *overrides, storage=storage.uri)
+    run_dir = f"{storage.path}/{load_config('tiny', overrides).train.run_name}"
+    with Placements() as watch:
+        loss = NodeLoss(multinode, watch, storage.filesystem, run_dir, MAX_ITERATIONS)
+        loss.start()
+        try:
+            result = main(args)
+        except Exception as exc:
+            raise AssertionError(f"training did not survive the lost node {loss.lost_node} (watcher: "
+                                 f"{loss.error})") from exc
+        finally:
+            loss.stop.set()
+            loss.join(timeout=60)
+    assert loss.error is None, loss.error
+    assert loss.lost_node is not None
+
+    # The first worker group spread over two nodes, one of them lost; the group that finished the run on the
+    # surviving node and the spare (a group whose start timed out under load is retried: more may come between).
+    groups = list(watch.seen.values())
+    assert len(groups) >= 2 and all(len(set(g)) == 2 for g in groups), groups
+    alive = {n.node_id for n in multinode.workers}  # the two worker nodes left
+    assert loss.lost_node in groups[0] and set(groups[-1]) == alive, (groups, loss.lost_node, alive)
+    idle_before = alive - set(groups[0])  # the node no worker used before the loss took the lost one's place
+    assert len(idle_before) == 1 and idle_before <= set(groups[-1]), (groups, loss.lost_node, spare)
+
+    # Resumed from a checkpoint read from the bucket, at or after the one registered before the loss.
+    resumed = result["metrics"]["resumed_from_iteration"]
+    assert resumed >= loss.registered_at_loss > 0 and resumed % REPORT_EVERY == 0, (resumed, loss.registered_at_loss)
+    assert result["metrics"]["iteration"] == MAX_ITERATIONS
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["iteration"] == MAX_ITERATIONS
+    assert result["ray_checkpoint"].startswith(f"{storage.uri}/")
+
+    # No checkpoint lost: every one in the bucket at the loss is still there and loads, and so do the later ones.
+    stored = _bucket_checkpoints(storage.filesystem, run_dir)
+    assert loss.stored_at_loss.items() <= stored.items(), (loss.stored_at_loss, stored)
+    assert MAX_ITERATIONS in stored.values()
+
+    # One training run = one MLflow run, FINISHED; its curve spans the loss with no gap.
+    client = MlflowClient(mlflow_uri)
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    runs = client.search_runs(experiments, run_view_type=ViewType.ALL)
+    assert [r.info.run_id for r in runs] == [result["mlflow_run_id"]]
+    assert runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags.get("kdtrack.resumed_at_iteration") == str(int(resumed))
+    assert set(_losses(mlflow_uri, result["mlflow_run_id"])) == set(range(1, MAX_ITERATIONS + 1))
+    print(f"lost node {loss.lost_node[:8]} {loss.seconds_to_loss:.1f} s in, after the checkpoint of iteration "
+          f"{loss.registered_at_loss} was registered; resumed from {resumed:.0f} on {sorted(idle_before)[0][:8]}; "
+          f"fit {result['fit_seconds']:.1f} s")
