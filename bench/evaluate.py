@@ -149,7 +149,7 @@ def person_search_before(ckpt: Path, manifest_path: Path, cfg) -> tuple[list, di
     from jobs._ray import map_tasks
     from kdtrack.boxes import xywh_to_xyxy
     from kdtrack.config import config_to_dict
-    from kdtrack.data import read_image_rgb
+    from kdtrack.data.dataset import read_image_rgb
     from kdtrack.formats.person_search import read_manifest
     from kdtrack.inference import student_embedding_at_boxes
 

@@ -5,7 +5,7 @@ CrowdHuman + COCO images, one variant per run, and prints every 25 iterations th
 of the training batch (between-person cosine, cross-view instance top-1, in eval mode) and at the
 end (and every ``--eval-every``) the oracle-box cross-camera person-search re-ID of the student, a
 random-init student of the same architecture and the colour histogram, on the same boxes
-(``kdtrack.reid_probe``). Variants are config overrides and view-transform strengths:
+(``kdtrack.metrics.reid_probe``). Variants are config overrides and view-transform strengths:
 
     python -m jobs.generate_synth --preset tiny --out runs/world --seed 0
     python bench/idf_collapse.py --world runs/world --set loss.key_momentum=0 \\
@@ -34,15 +34,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kdtrack.transforms as transforms  # noqa: E402
+import kdtrack.data.transforms as transforms  # noqa: E402
 from kdtrack.config import SynthConfig, load_config  # noqa: E402
-from kdtrack.data import TrainingDataset, collate, load_records  # noqa: E402
+from kdtrack.data.dataset import TrainingDataset, collate, load_records  # noqa: E402
 from kdtrack.engine import build_optimizer, build_scheduler, train_step  # noqa: E402
 from kdtrack.losses import Criterion  # noqa: E402
 from kdtrack.losses.collapse import collapse_stats  # noqa: E402
 from kdtrack.models import build_student  # noqa: E402
 from kdtrack.models.momentum import MomentumEncoder  # noqa: E402
-from kdtrack.reid_probe import build_embedders, evaluate_reid_box_sets, load_reid_box_sets  # noqa: E402
+from kdtrack.metrics.reid_probe import build_embedders, evaluate_reid_box_sets, load_reid_box_sets  # noqa: E402
 from kdtrack.synth.world import generate_world  # noqa: E402
 
 DEFAULT_WORLD = Path(__file__).resolve().parents[1] / "runs" / "bench-world-tiny"

@@ -3,7 +3,7 @@
 In-process loops (no Ray, one torch thread) with the presets' settings -- ``idf_cpu`` (stage 1),
 ``idf_video_cpu`` (stage 2), ``idf_det_cpu`` (stage 3) -- and, between them, ``jobs.pseudo_label``
 itself. Every probe line is JSON: oracle-box re-ID mAP (person search cross-camera, MOT cross-time;
-``kdtrack.reid_probe``, what ``jobs.evaluate reid`` runs), the scene-code cosines on the person-search
+``kdtrack.metrics.reid_probe``, what ``jobs.evaluate reid`` runs), the scene-code cosines on the person-search
 boxes (different people of one image / of different images, the same person in another camera), and
 detection recall / precision / AP on the CrowdHuman val images. The random-init and colour-histogram
 baselines are probed once, on the same boxes.
@@ -44,11 +44,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kdtrack.transforms as transforms  # noqa: E402
+import kdtrack.data.transforms as transforms  # noqa: E402
 from jobs import pseudo_label  # noqa: E402
 from kdtrack.checkpoint import save_checkpoint  # noqa: E402
 from kdtrack.config import Config, load_config  # noqa: E402
-from kdtrack.data import TrainingDataset, load_records, read_image_rgb  # noqa: E402
+from kdtrack.data.dataset import TrainingDataset, load_records, read_image_rgb  # noqa: E402
 from kdtrack.engine import build_optimizer, build_scheduler, freeze_parts, train_in_process, trainable_parameters  # noqa: E402
 from kdtrack.formats.crowdhuman import read_crowdhuman  # noqa: E402
 from kdtrack.inference import Detector  # noqa: E402
@@ -56,8 +56,8 @@ from kdtrack.losses import Criterion  # noqa: E402
 from kdtrack.metrics.detection import detection_metrics  # noqa: E402
 from kdtrack.models import build_student  # noqa: E402
 from kdtrack.models.momentum import MomentumEncoder  # noqa: E402
-from kdtrack.reid_probe import build_embedders, embed_box_set, load_reid_box_sets, score_box_set  # noqa: E402
-from kdtrack.video_pairs import VideoPairDataset, read_clip_labels  # noqa: E402
+from kdtrack.metrics.reid_probe import build_embedders, embed_box_set, load_reid_box_sets, score_box_set  # noqa: E402
+from kdtrack.data.video_pairs import VideoPairDataset, read_clip_labels  # noqa: E402
 
 
 def scene_cosines(box_set: Any, features: np.ndarray) -> dict[str, float]:
@@ -155,7 +155,7 @@ def use_group_norm(groups: int = 8, set_attr: Callable[[Any, str, Any], None] = 
 
 def use_true_ids_as_keys(set_attr: Callable[[Any, str, Any], None] = setattr) -> None:
     """Contrastive person keys = the record's true ids where > 0 (else the usual per-image key)."""
-    import kdtrack.data as data
+    import kdtrack.data.dataset as data
 
     image_uid, person_keys = data.image_uid, data.person_keys
     set_attr(data, "image_uid", lambda record: record)  # person_keys below gets the record

@@ -1,8 +1,8 @@
 """Benchmark the two-view training pipeline: Ray Data stream vs a torch ``DataLoader``, images/s and peak memory.
 
 Both feed the same samples: IDF stage-1 two-view samples of the ``small`` world's CrowdHuman + COCO
-images (``idf_cpu``: decode + two augmented views + letterbox + targets, ``kdtrack.data``), one epoch,
-batches of ``train.batch_size_per_worker`` collated by ``kdtrack.data.collate`` in the consuming process:
+images (``idf_cpu``: decode + two augmented views + letterbox + targets, ``kdtrack.data.dataset``), one epoch,
+batches of ``train.batch_size_per_worker`` collated by ``kdtrack.data.dataset.collate`` in the consuming process:
 
 * DataLoader: ``TrainingDataset`` in a ``DataLoader`` with ``--procs`` worker processes (the old path,
   ``data.loader: torch``);
@@ -149,7 +149,7 @@ def measure(loader: str, world: Path, records: int, batch: int, procs: int, pres
     """One measurement, in this (fresh) process."""
     import torch
 
-    from kdtrack.data import TrainingDataset, collate, load_records
+    from kdtrack.data.dataset import TrainingDataset, collate, load_records
 
     torch.set_num_threads(1)
     cfg = config(world, records, batch, procs, preset, overrides)

@@ -6,7 +6,7 @@ person's centre region instead, and a colour histogram over the central 40 % x 8
 times the whole-box one (``jobs.evaluate reid``'s ``colour_centre``). This scores, on the same oracle boxes
 and with the same retrieval code as ``jobs.evaluate reid``, each checkpoint (and the random-init student)
 read four ways: the centre cell; the map averaged over the whole box; averaged over the central region
-(``kdtrack.reid_probe.CENTRE_REGION``); the central region as an upper and a lower half, each averaged and
+(``kdtrack.metrics.reid_probe.CENTRE_REGION``); the central region as an upper and a lower half, each averaged and
 L2-normalised, concatenated (the layout of the colour histograms). Averages are ``torchvision.ops.roi_align``
 over the stride-``down_ratio`` map. It answers whether the single-cell reading is what holds a student back
 (docs/results/identity-learning.md).
@@ -32,7 +32,7 @@ from torchvision.ops import roi_align
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdtrack.inference import Detector, load_student  # noqa: E402
-from kdtrack.reid_probe import (CENTRE_REGION, StudentBoxEmbedder, central_boxes, embed_box_set,  # noqa: E402
+from kdtrack.metrics.reid_probe import (CENTRE_REGION, StudentBoxEmbedder, central_boxes, embed_box_set,  # noqa: E402
                                 load_reid_box_sets, random_student_embedder, score_box_set)
 
 READOUTS = ("cell", "box", "centre", "centre_halves")

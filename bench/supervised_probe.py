@@ -3,7 +3,7 @@
 One process, no Ray (``torch`` threads as given), the records and classes that ``jobs.train`` would read
 (``jobs.train.training_data``), the student, criterion, optimiser and lr schedule of the preset, and every
 ``--probe-every`` iterations one JSON line: oracle-box person-search mAP on the world's test split
-(``kdtrack.reid_probe``, what ``jobs.evaluate reid`` scores), and the training accuracy of the identity
+(``kdtrack.metrics.reid_probe``, what ``jobs.evaluate reid`` scores), and the training accuracy of the identity
 classifier over those iterations. It answers how the supervised recipe's re-ID grows with its budget
 without a Ray job per budget (docs/results/identity-learning.md).
 
@@ -36,12 +36,12 @@ sys.path.insert(0, str(REPO))
 
 from jobs.train import training_data, with_id_classes  # noqa: E402
 from kdtrack.config import load_config  # noqa: E402
-from kdtrack.data import TrainingDataset  # noqa: E402
+from kdtrack.data.dataset import TrainingDataset  # noqa: E402
 from kdtrack.engine import build_optimizer, build_scheduler, train_in_process  # noqa: E402
 from kdtrack.losses import Criterion  # noqa: E402
 from kdtrack.models import build_student  # noqa: E402
 from kdtrack.recipes import recipe_of  # noqa: E402
-from kdtrack.reid_probe import build_embedders, embed_box_set, load_reid_box_sets, score_box_set  # noqa: E402
+from kdtrack.metrics.reid_probe import build_embedders, embed_box_set, load_reid_box_sets, score_box_set  # noqa: E402
 from kdtrack.structures import ImageRecord  # noqa: E402
 
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     if recipe_of(cfg).classifier != "always":  # the probe reads the identity classifier every step
         raise SystemExit(f"supervised_probe: {args.config} trains '{cfg.train.recipe}', not 'supervised'")
     if args.mot_classes == "world":
-        with mock.patch("kdtrack.data.dataset_wide_ids", classes_by_world_person(args.world)):
+        with mock.patch("kdtrack.data.dataset.dataset_wide_ids", classes_by_world_person(args.world)):
             _, loop_data = training_data(cfg)
     else:
         _, loop_data = training_data(cfg)

@@ -1,7 +1,7 @@
 """Benchmark one tiny training step (``demo_idf`` preset: IDF stage 1, contrastive, two views) without and with
 Ray Train, on the same data and iteration budget, in one run on one machine.
 
-* plain loop — no Ray: ``TrainingDataset`` + torch ``DataLoader`` (``num_workers=0``, ``kdtrack.data.TorchFeed``,
+* plain loop — no Ray: ``TrainingDataset`` + torch ``DataLoader`` (``num_workers=0``, ``kdtrack.data.dataset.TorchFeed``,
   the loader ``data.loader=torch`` runs inside a Ray worker) + ``kdtrack.engine.train_one_epoch``, 2 torch threads;
 * Ray Train, 1 worker, ``data.loader=torch`` — ``jobs.train.main``, the same loader in the worker (1.5 CPUs:
   2 threads): Ray Train's own overhead;
@@ -108,7 +108,7 @@ def plain_loop(argv: list[str], warmup: int) -> dict[str, float]:
     import torch
 
     from jobs.train import dataset_factory, get_args_parser, resolve_config, training_data
-    from kdtrack.data import TorchFeed
+    from kdtrack.data.dataset import TorchFeed
     from kdtrack.engine import build_optimizer, build_scheduler, total_iterations, train_one_epoch, trainable_parameters
     from kdtrack.losses import Criterion
     from kdtrack.models import build_student

@@ -1,7 +1,7 @@
 """Ray Data batch inference of the frozen KD teacher over annotation records (``jobs.teacher_embeddings``).
 
 records (paths and boxes, pickled one per row) -> ``map_batches(decode_canvases)``: CPU tasks read each
-image and letterbox it to the network input (``kdtrack.teacher_store.teacher_canvas``, the canvas the
+image and letterbox it to the network input (``kdtrack.data.teacher_store.teacher_canvas``, the canvas the
 online KD path crops) -> ``map_batches(TeacherEmbedder)``: an actor pool that builds the teacher once per
 actor (on its GPU when it has one) and embeds every box's crop -> one row per image back to the driver,
 which writes the parquet parts. An image that cannot be read comes back as an error row, never fatal.
@@ -33,9 +33,9 @@ def decode_canvases(batch: dict[str, np.ndarray], config: dict[str, Any]) -> dic
     """Pickled record dicts -> pickled ``{source, image_id, boxes_xyxy, canvas, canvas_boxes}`` (or
     ``{source, image_id, error}`` for an image that cannot be read)."""
     from kdtrack.config import config_from_dict
-    from kdtrack.data import read_image_rgb
+    from kdtrack.data.dataset import read_image_rgb
     from kdtrack.structures import ImageRecord
-    from kdtrack.teacher_store import image_key, teacher_canvas
+    from kdtrack.data.teacher_store import image_key, teacher_canvas
 
     cfg = config_from_dict(config)
     out = []

@@ -5,12 +5,12 @@ stream is the whole run unrolled: row ``p`` is position ``p`` of epoch ``p // ro
 order is ``default_rng([seed, epoch]).permutation(n)`` cut to whole global batches (as
 ``DistributedSampler(drop_last=True)`` cuts it). A ``map_batches`` actor pool (``data.map_actors`` x
 ``data.map_num_cpus``) decodes and augments each row with the same per-sample function and the same
-``(seed, epoch, item)`` seeding as the torch ``DataLoader`` path (``kdtrack.data.EpochSeededDataset``),
+``(seed, epoch, item)`` seeding as the torch ``DataLoader`` path (``kdtrack.data.dataset.EpochSeededDataset``),
 so augmentations are redrawn every epoch and identical on a rerun. Samples travel pickled in one
 bytes column (their keys and shapes differ by recipe; multi-scale canvases differ by sample), their
-canvases as uint8 levels (``kdtrack.letterbox.Uint8Canvas``: a quarter of the bytes through the object
+canvases as uint8 levels (``kdtrack.data.letterbox.Uint8Canvas``: a quarter of the bytes through the object
 store and between nodes, decoded bit for bit; ``data.stream_uint8``), and are collated by
-``kdtrack.data.collate`` in the worker. Ray Train splits the stream across workers
+``kdtrack.data.dataset.collate`` in the worker. Ray Train splits the stream across workers
 (``streaming_split(equal=True)``); every rank gets ``total * batch`` rows.
 
 A resume (worker-group restart or a rerun) starts the stream where the checkpoint stopped: each rank
@@ -38,8 +38,8 @@ from ray.data.datasource import Datasource, ReadTask
 
 from data_pipelines.loop_throttle import throttle_scheduling_loop
 from kdtrack.config import Config
-from kdtrack.data import epoch_order  # noqa: F401  (re-exported: the stream's item order)
-from kdtrack.letterbox import Uint8Canvas
+from kdtrack.data.dataset import epoch_order  # noqa: F401  (re-exported: the stream's item order)
+from kdtrack.data.letterbox import Uint8Canvas
 
 SAMPLE_COLUMN = "sample"
 BAD_ITEM_ERRORS = (OSError, ValueError)  # unreadable / undecodable file, size or frame count that disagrees
@@ -219,8 +219,8 @@ class SampleMaker:
 
 
 def collate_pickled(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """``iter_torch_batches`` collate: unpickle the samples, then ``kdtrack.data.collate``."""
-    from kdtrack.data import collate
+    """``iter_torch_batches`` collate: unpickle the samples, then ``kdtrack.data.dataset.collate``."""
+    from kdtrack.data.dataset import collate
 
     return collate([load_sample(blob) for blob in batch[SAMPLE_COLUMN]])
 
@@ -249,7 +249,7 @@ def training_stream(cfg: Config, dataset_factory: Callable[[], Any], num_items: 
                     rows_per_batch: int | None = None, shuffle: bool = True) -> TrainingStream:
     """The run's Ray Data stream: rows -> ``SampleMaker`` actor pool. ``dataset_factory`` builds the
     recipe's items inside each actor (the items travel once, as its argument): an ``EpochSeededDataset``,
-    or anything with ``len`` and ``sample_at(epoch, item)`` (``kdtrack.reid_data.PKBatches``: one row per
+    or anything with ``len`` and ``sample_at(epoch, item)`` (``kdtrack.data.reid_data.PKBatches``: one row per
     P x K batch, ``rows_per_batch=1, shuffle=False``)."""
     plan = plan_stream(num_items, cfg, rows_per_batch=rows_per_batch, shuffle=shuffle)
     state = PipelineState.remote()
@@ -284,7 +284,7 @@ def data_config(cfg: Config) -> Any:
 
 
 class WorkerStream:
-    """A worker's view of the stream (a ``kdtrack.data.Feed``): ``epoch_batches(epoch, iteration, skip)`` yields
+    """A worker's view of the stream (a ``kdtrack.data.dataset.Feed``): ``epoch_batches(epoch, iteration, skip)`` yields
     the rest of an epoch's batches. ``start(iteration)`` (else the first ``epoch_batches``) tells ``PipelineState`` where the stream
     starts (``iteration x global batch``: what the restored checkpoint consumed) and opens this rank's shard
     once for the whole run."""
@@ -332,7 +332,7 @@ class WorkerStream:
         return self.plan.per_epoch
 
     def epoch_batches(self, epoch: int, iteration: int, skip: int) -> Iterator[Any]:
-        """The batches left in ``epoch`` after ``skip`` done (``kdtrack.data.TorchFeed``'s interface)."""
+        """The batches left in ``epoch`` after ``skip`` done (``kdtrack.data.dataset.TorchFeed``'s interface)."""
         if self._batches is None:
             if self._warmup is None:
                 self.start(iteration)

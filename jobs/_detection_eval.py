@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from kdtrack.data import read_image_rgb
+from kdtrack.data.dataset import read_image_rgb
 
 DATASET = "detection"
 MIN_SCORE = 0.05  # detections below this are not decoded; AP is the area above it

@@ -10,8 +10,8 @@ the same crops, each crop decoded once for all of them:
 - ``teacher``: a checkpoint of ``train.recipe=teacher`` (the Re-ID teacher on
   the crop resized to its ``crop_height x crop_width``, batched);
 - ``student``: any other checkpoint (the student's identity map at the centre
-  of the letterboxed crop, as ``kdtrack.reid_probe`` reads boxes);
-- ``colour``: the HSV colour-histogram baseline of ``kdtrack.reid_probe``;
+  of the letterboxed crop, as ``kdtrack.metrics.reid_probe`` reads boxes);
+- ``colour``: the HSV colour-histogram baseline of ``kdtrack.metrics.reid_probe``;
 - ``chance``: the expected scores of a random ranking of the same queries.
 
 Prints a table (percent), writes JSON atomically (fractions; nan -> null) and
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from kdtrack.checkpoint import load_checkpoint
-from kdtrack.data import read_image_rgb
+from kdtrack.data.dataset import read_image_rgb
 from kdtrack.formats.market1501 import DISTRACTOR_PID, ReidCrop, read_market1501
 from kdtrack.metrics.market1501 import evaluate_market1501_crops
 from kdtrack.recipes import recipe_of
-from kdtrack.reid_data import market_root
+from kdtrack.data.reid_data import market_root
 
 DATASET = "market1501"
 CHANCE = "chance"
@@ -43,7 +43,7 @@ CropEmbedder = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 def teacher_crop_embedder(teacher: torch.nn.Module, cfg: Any, device: torch.device) -> CropEmbedder:
     """The frozen teacher on crops resized to ``cfg.crop_height x cfg.crop_width`` (its test transform)."""
-    from kdtrack.reid_data import reid_eval_transform
+    from kdtrack.data.reid_data import reid_eval_transform
 
     @torch.inference_mode()
     def embed(images: Sequence[np.ndarray]) -> np.ndarray:
@@ -104,7 +104,7 @@ def run_market1501(
     the checkpoint's config. Returns the record written to ``out``."""
     from jobs._mlflow_eval import write_and_log_record
     from kdtrack.inference import load_student, load_teacher
-    from kdtrack.reid_probe import colour_histogram_features, student_embedder
+    from kdtrack.metrics.reid_probe import colour_histogram_features, student_embedder
 
     start = time.perf_counter()
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,4 +1,4 @@
-"""Oracle-box re-ID evaluation (``jobs.evaluate reid``, ``kdtrack.reid_probe``): a checkpoint's identity
+"""Oracle-box re-ID evaluation (``jobs.evaluate reid``, ``kdtrack.metrics.reid_probe``): a checkpoint's identity
 embedding read at every ground-truth box, with its baselines on the same boxes, scored by retrieval."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def reid_dataset_name(split: str) -> str:
 
 def add_reid_parser(sub: Any) -> argparse.ArgumentParser:
     """The ``reid`` subcommand's arguments."""
-    from kdtrack.reid_probe import BASELINES
+    from kdtrack.metrics.reid_probe import BASELINES
 
     p = sub.add_parser("reid", help="oracle-box re-ID: embeddings at ground-truth boxes, retrieval mAP / CMC")
     p.add_argument("--checkpoint", required=True, type=Path, help="kdtrack checkpoint (file or folder)")
@@ -66,7 +66,7 @@ def run_reid(args: argparse.Namespace, cfg: Config, *,
 
     from kdtrack.engine import select_device
     from kdtrack.inference import load_student, load_teacher, teacher_config_of, teacher_embed_fn
-    from kdtrack.reid_probe import (
+    from kdtrack.metrics.reid_probe import (
         build_embedders,
         evaluate_reid_box_sets,
         flatten_reid_metrics,

@@ -4,7 +4,7 @@ Seeding, resume, the feed, the epoch loop, reports, checkpoints and MLflow are w
 :func:`train_func`. What a recipe trains is built by its build step (:func:`build_student` for the
 student recipes, :func:`build_teacher` for the Re-ID teacher; the recipe table says which), returning
 :class:`WorkerParts`. Both feeds (the Ray Data stream and a torch ``DataLoader``) reach the loop as a
-``kdtrack.data.Feed`` (:func:`open_feed`).
+``kdtrack.data.dataset.Feed`` (:func:`open_feed`).
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ def build_validation(cfg: Config, device: Any) -> Any:
     tc = cfg.train
     if not tc.val_protocols:
         return None
-    from kdtrack.reid_probe import evaluate_reid_box_sets, load_reid_box_sets, student_embedder
+    from kdtrack.metrics.reid_probe import evaluate_reid_box_sets, load_reid_box_sets, student_embedder
 
     box_sets = load_reid_box_sets(tc.val_root or cfg.data.root, cfg.eval, split=tc.val_split,
                                   protocols=tc.val_protocols)
@@ -280,7 +280,7 @@ def build_validation(cfg: Config, device: Any) -> Any:
 
 def open_feed(cfg: Config, loop_config: dict[str, Any], state: dict[str, Any] | None, *, rank: int, world: int,
               device: Any) -> Any:
-    """This rank's ``kdtrack.data.Feed``: its split of the run's Ray Data stream (``data.loader: ray``; a
+    """This rank's ``kdtrack.data.dataset.Feed``: its split of the run's Ray Data stream (``data.loader: ray``; a
     teacher row is one pickled P x K batch), else a ``DataLoader`` over its share of the items the driver
     shipped (``data.loader: torch``)."""
     student = recipe_of(cfg).student
@@ -295,11 +295,11 @@ def open_feed(cfg: Config, loop_config: dict[str, Any], state: dict[str, Any] | 
         feed.start(int(state["iteration"]) if state is not None else 0)  # decode actors start meanwhile
         return feed
     if student:
-        from kdtrack.data import TorchFeed
+        from kdtrack.data.dataset import TorchFeed
 
         factory, _ = dataset_factory(cfg, loop_config)
         return TorchFeed(factory(), cfg, rank, world)
-    from kdtrack.reid_data import PKFeed
+    from kdtrack.data.reid_data import PKFeed
 
     crops = loop_config["crops"]
     return PKFeed([c["path"] for c in crops], [c["label"] for c in crops], cfg.teacher, seed=cfg.train.seed,
@@ -312,11 +312,11 @@ def dataset_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
     items the driver read (in a torch worker, or once in each Ray Data decode actor)."""
     recipe = recipe_of(cfg)
     if recipe.items == "clips":
-        from kdtrack.video_pairs import ClipLabels, VideoPairDataset
+        from kdtrack.data.video_pairs import ClipLabels, VideoPairDataset
 
         clips = [ClipLabels(**c) for c in loop_data["clips"]]
         return functools.partial(VideoPairDataset, clips, cfg), len(clips)
-    from kdtrack.data import TrainingDataset
+    from kdtrack.data.dataset import TrainingDataset
     from kdtrack.structures import ImageRecord
 
     records = [ImageRecord.from_dict(r) for r in loop_data["records"]]
@@ -327,7 +327,7 @@ def dataset_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
 
 def teacher_batches_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
     """``(factory, number of P x K batches per epoch, all ranks)`` of the teacher recipe's stream."""
-    from kdtrack.reid_data import PKBatches
+    from kdtrack.data.reid_data import PKBatches
 
     crops, teach = loop_data["crops"], cfg.teacher
     paths, labels = [c["path"] for c in crops], [c["label"] for c in crops]

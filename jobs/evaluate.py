@@ -53,7 +53,7 @@ what the checkpoint modes return); this module is the command line:
   ``--embedder teacher_query`` is KDMOT's protocol: the teacher embeds each
   query crop, the student's identity head the gallery detections.
 
-* ``reid``: oracle-box re-identification (``kdtrack.reid_probe``): the identity
+* ``reid``: oracle-box re-identification (``kdtrack.metrics.reid_probe``): the identity
   embedding read at every ground-truth box, scored by retrieval (mAP, CMC) on
   the person-search split (cross-camera) and the MOT17 val halves (cross-time),
   with baselines (random-init student, colour histograms of the whole box and of its centre, where the

@@ -72,7 +72,7 @@ def synthetic_batch(cfg: Any, images: int, views: int, seed: int = 0) -> dict[st
     """``images`` noise canvases with 3 people each (class ids 0..3*images-1, unique person keys), the
     batch repeated ``views`` times (the contrastive recipes' two views, all view-0 images first), with the
     un-augmented canvas and slot-aligned boxes the online KD teacher crops."""
-    from kdtrack.targets import encode_targets
+    from kdtrack.data.targets import encode_targets
 
     rng = np.random.default_rng(seed)
     h, w = cfg.model.input_height, cfg.model.input_width

@@ -6,7 +6,7 @@
 Every ground-truth box of the training sources gets the frozen teacher's feature of its crop, cut from
 the un-augmented image letterboxed to the network input: the crop the online KD path cuts, so a KD run
 from ``E`` gets the same targets without running the teacher on the training GPUs
-(``kdtrack.teacher_store``). Decoding runs in Ray Data CPU tasks, the teacher in an actor pool (built
+(``kdtrack.data.teacher_store``). Decoding runs in Ray Data CPU tasks, the teacher in an actor pool (built
 once per actor from weights in the object store; a GPU per actor with ``--gpus-per-actor``, by default
 when the cluster has a free GPU for each actor, else CPU actors; an actor runs on CUDA only when Ray
 granted it a GPU).
@@ -83,8 +83,8 @@ def _teacher_state(path: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from kdtrack.data import load_records
-    from kdtrack.teacher_store import PARTS_DIR, image_key, rows_table, stored_images, store_meta
+    from kdtrack.data.dataset import load_records
+    from kdtrack.data.teacher_store import PARTS_DIR, image_key, rows_table, stored_images, store_meta
 
     args = get_args_parser().parse_args(argv)
     if args.batch_images < 1 or args.part_images < 1 or args.actors < 1 or args.crop_batch < 1:

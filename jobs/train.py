@@ -3,7 +3,7 @@
     python -m jobs.train --config tiny --data-root DIR --out DIR [--set section.field=value ...]
                          [--mlflow-uri URI] [--smoke-test] [--init-from CKPT]
 
-The driver reads the annotation files (``kdtrack.data.load_records``); a
+The driver reads the annotation files (``kdtrack.data.dataset.load_records``); a
 Ray Data stream (``data_pipelines.training``, ``data.loader: ray``) decodes
 and augments them in an actor pool and Ray Train splits it across the
 workers, which run one loop for every recipe (``jobs._train_worker``; the
@@ -21,7 +21,7 @@ final checkpoint is copied to ``<out>/checkpoint.pt`` (atomically).
 enough records for that many iterations per epoch.
 
 ``train.recipe=video`` is IDF stage 2: the samples are two frames of a
-pseudo-labelled clip (``data.pseudo_labels``, ``kdtrack.video_pairs``) whose
+pseudo-labelled clip (``data.pseudo_labels``, ``kdtrack.data.video_pairs``) whose
 person keys are the pseudo ids; ``--init-from`` (``train.init_from``) starts
 from the stage-1 network (weights only) and ``train.freeze`` keeps parts of
 the student fixed (``kdtrack.engine.freeze_parts``; stage 2 freezes the
@@ -31,12 +31,12 @@ detection heads, stage 3 the body and the identity head).
 un-augmented canvas and runs the frozen teacher every step) or offline (``teacher.embeddings``: a store
 written by ``jobs.teacher_embeddings``, checked here against every training box; each sample carries its
 targets and no worker builds the teacher). With ``loss.eta < 1`` its hard labels are one class per
-person of the training data (``kdtrack.data.dataset_wide_ids``).
+person of the training data (``kdtrack.data.dataset.dataset_wide_ids``).
 
 ``train.recipe=teacher`` trains the Re-ID teacher instead (the same loop, its own build step):
 the driver reads ``<data-root>/market1501/bounding_box_train`` (or an unpacked
 Market-1501 given as the data root) and labels the identities 0..C-1; the
-stream's rows are whole P x K batches (``kdtrack.reid_data.PKBatches`` over
+stream's rows are whole P x K batches (``kdtrack.data.reid_data.PKBatches`` over
 ``PKSampler``; with ``data.loader: torch`` each worker draws its share in a
 ``DataLoader``), augmented as BoT does; the workers train with
 label-smoothed ID cross-entropy + batch-hard triplet
@@ -134,7 +134,7 @@ def check_validation(cfg: Config) -> None:
     if not tc.val_protocols:
         return
     from kdtrack.formats.common import FormatError
-    from kdtrack.reid_probe import PROTOCOLS, load_reid_box_sets
+    from kdtrack.metrics.reid_probe import PROTOCOLS, load_reid_box_sets
 
     unknown = [p for p in tc.val_protocols if p not in PROTOCOLS]
     if unknown:
@@ -156,7 +156,7 @@ def check_validation(cfg: Config) -> None:
 def check_teacher_store(cfg: Config, records: Any) -> None:
     """On the driver, KD from ``teacher.embeddings``: the store is this canvas's and this student's size,
     and every training box has its row; a missing one is an error naming the image."""
-    from kdtrack.teacher_store import MissingTeacherEmbedding, read_teacher_table
+    from kdtrack.data.teacher_store import MissingTeacherEmbedding, read_teacher_table
 
     t, m = cfg.teacher, cfg.model
     expected = {"feature_dim": m.embedding_dim, "crop_height": t.crop_height, "crop_width": t.crop_width,
@@ -212,7 +212,7 @@ def _copy_final_checkpoint(result: Any, out: Path) -> Path:
 
 def teacher_loop_data(cfg: Config) -> dict[str, Any]:
     """Driver side of the teacher recipe: the training crops with contiguous labels, and their class count."""
-    from kdtrack.reid_data import contiguous_labels, read_training_crops
+    from kdtrack.data.reid_data import contiguous_labels, read_training_crops
 
     if not cfg.data.root:
         raise ConfigError("train.recipe 'teacher' needs --data-root: a folder holding market1501/ (the synthetic "
@@ -228,14 +228,14 @@ def teacher_loop_data(cfg: Config) -> dict[str, Any]:
 def training_data(cfg: Config, smoke_test: bool = False) -> tuple[Any, dict[str, Any]]:
     """Driver side: ``(train_fn, loop data)`` of the recipe: the records (or crops, or pseudo-labelled clips)
     the workers train on. ``smoke_test`` keeps just enough of them for ``train.smoke_iterations``."""
-    from kdtrack.data import dataset_wide_ids, load_records
+    from kdtrack.data.dataset import dataset_wide_ids, load_records
 
     keep = cfg.train.smoke_iterations * cfg.train.batch_size_per_worker * cfg.train.num_workers
     recipe = recipe_of(cfg)
     if recipe.items == "crops":
         return train_func, teacher_loop_data(cfg)  # smoke test: every crop, few iterations
     if recipe.items == "clips":
-        from kdtrack.video_pairs import read_clip_labels
+        from kdtrack.data.video_pairs import read_clip_labels
 
         clips = read_clip_labels(cfg.data.pseudo_labels, cfg.data.root)
         clips = clips[:keep] if smoke_test else clips

@@ -170,7 +170,7 @@ def validation_baselines(spec: SweepSpec) -> dict[str, dict[str, float]]:
     """``{embedder: {metric: value}}``: the random-init student (the trials' starting weights when the
     config has no pretrained weights) and the colour histogram, plus chance, on the validation boxes
     the trials are scored on. A trial that does not beat these has not learned identity."""
-    from kdtrack.reid_probe import CHANCE, baseline_embedders, evaluate_reid_box_sets, load_reid_box_sets
+    from kdtrack.metrics.reid_probe import CHANCE, baseline_embedders, evaluate_reid_box_sets, load_reid_box_sets
 
     cfg, tc = spec.base, spec.base.train
     embedders = baseline_embedders(cfg, "cpu", baselines=spec.tune.baselines)

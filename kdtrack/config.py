@@ -142,7 +142,7 @@ class TeacherConfig:
     checkpoint: str = ""  # path of a trained teacher checkpoint ("" = untrained; train.recipe=kd refuses that without teacher.embeddings)
     embeddings: str = ""  # offline teacher embeddings (a jobs.teacher_embeddings --out folder): KD reads its targets there and never builds the teacher (teacher.checkpoint is then not used)
     pretrained: str = ""  # ImageNet ResNet state dict (torchvision or IBN-Net keys) that initialises the backbone for train.recipe=teacher; ignored when checkpoint is set
-    # Training the teacher (train.recipe=teacher, kdtrack.reid_data; BoT strong baseline on Market-1501-style crops).
+    # Training the teacher (train.recipe=teacher, kdtrack.data.reid_data; BoT strong baseline on Market-1501-style crops).
     # The batch is train_p x train_k crops per worker (train.batch_size_per_worker is not used); the lr schedule is
     # train.lr / lr_steps / lr_gamma after the warm-up below.
     train_p: int = 16  # PK sampler: distinct identities per batch
@@ -236,7 +236,7 @@ class TrainConfig:
     init_from: str = ""  # a kdtrack checkpoint whose network weights start this run (weights only: fresh optimizer, schedule, queue); IDF stages 2 and 3
     freeze: tuple[str, ...] = ()  # student parts kept fixed (no gradient, BatchNorm statistics fixed): body | identity | detection (the heatmap, size and offset heads). IDF stage 2 freezes detection, stage 3 body + identity
     # Validation at every report (rank 0): oracle-box re-ID of the identity embedding on held-out people
-    # (kdtrack.reid_probe), logged as val/<protocol>/<metric> and reported to Ray Train / Tune (the sweep objective)
+    # (kdtrack.metrics.reid_probe), logged as val/<protocol>/<metric> and reported to Ray Train / Tune (the sweep objective)
     val_protocols: tuple[str, ...] = ()  # () = off; person_search (the val split's own identities) | mot (MOT17 val half: the test protocol's frames, not held out)
     val_split: str = "val"  # person-search manifest split of the validation queries and gallery
     val_root: str = ""  # data root holding person_search/ (and MOT17/); "" = data.root
@@ -265,8 +265,8 @@ class DataConfig:
     stream_buffer_mb: float = 0.0
     max_bad_fraction: float = 0.01  # unreadable images / clips are skipped and counted; more than this share stops the run
     on_error: Literal["raise", "skip"] = "raise"  # malformed annotation records
-    augment: Literal["auto", "none", "detection", "idf_view"] = "auto"  # kdtrack.transforms preset; auto: idf_view for contrastive, else detection
-    # probability per view that its people are pasted onto another training image (kdtrack.transforms.paste_people):
+    augment: Literal["auto", "none", "detection", "idf_view"] = "auto"  # kdtrack.data.transforms preset; auto: idf_view for contrastive, else detection
+    # probability per view that its people are pasted onto another training image (kdtrack.data.transforms.paste_people):
     # the two views of a person then share the person but not its surroundings (0 = off)
     background_swap: float = 0.0
     background_relayout: bool = False  # a swapped view's people go to random places (their neighbours are gone too)
@@ -328,7 +328,7 @@ class EvalConfig:
     ps_images_per_task: int = 32  # person search: images per actor call (the unit of scheduling, retry and progress)
     ps_batch_images: int = 8  # person search: images per network forward (gallery and query images share one pass)
     render_frames: int = 3  # frames per sequence drawn with boxes and ids and logged to MLflow
-    # Oracle-box re-ID (kdtrack.reid_probe, `jobs.evaluate reid`): identity embeddings read at ground-truth boxes
+    # Oracle-box re-ID (kdtrack.metrics.reid_probe, `jobs.evaluate reid`): identity embeddings read at ground-truth boxes
     reid_protocols: tuple[str, ...] = ("person_search", "mot")  # protocols evaluated (person_search: cross-camera; mot: cross-time)
     reid_split: str = "test"  # person-search manifest split whose labelled boxes (pid > 0) are queries and gallery
     reid_mot_split: Literal["all", "train_half", "val_half"] = "val_half"  # MOT17 frames used (training reads train_half)

@@ -1,6 +1,6 @@
 """Batched CenterNet decode: head outputs -> per-image ``Detections`` in original-image pixels.
 
-Inverts ``kdtrack.targets``: peak cell ``p`` plus offset ``o`` gives the centre
+Inverts ``kdtrack.data.targets``: peak cell ``p`` plus offset ``o`` gives the centre
 ``(p + o) * r`` in input pixels; 4 size channels are ``(l, t, r, b)`` from that
 centre, 2 channels are ``(w, h)`` around it. Boxes then go back through the
 letterbox. Embeddings are read at the peak cells.
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kdtrack.config import DecodeConfig
-from kdtrack.letterbox import LetterboxTransform
+from kdtrack.data.letterbox import LetterboxTransform
 from kdtrack.structures import Detections
 
 

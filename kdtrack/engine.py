@@ -274,7 +274,7 @@ def train_step(
     key_encoder: nn.Module | None = None,
     host_terms: bool = True,
 ) -> dict[str, Any]:
-    """One optimisation step on ``batch`` (a ``kdtrack.data.collate`` dict); returns the loss terms as floats.
+    """One optimisation step on ``batch`` (a ``kdtrack.data.dataset.collate`` dict); returns the loss terms as floats.
     A non-finite loss: see the module docstring (raised on every rank, or under AMP skipped on every rank).
 
     ``host_terms=False`` (the steps between logging steps, :func:`train_one_epoch`): the terms stay detached
@@ -376,10 +376,10 @@ def train_in_process(
     epoch_batches: Callable[[int], Sequence[Sequence[int]]] | None = None,
 ) -> int:
     """Single-process training on CPU without a DataLoader, for benches and tests: each epoch
-    ``dataset.set_epoch(e)``, then :func:`kdtrack.data.epoch_order` cut to whole batches (or the item
+    ``dataset.set_epoch(e)``, then :func:`kdtrack.data.dataset.epoch_order` cut to whole batches (or the item
     indices ``epoch_batches(e)`` gives), collated, through :func:`train_one_epoch` until ``iterations``.
     Returns the iteration reached."""
-    from kdtrack.data import collate, epoch_order
+    from kdtrack.data.dataset import collate, epoch_order
 
     it, epoch = 0, 0
     while it < iterations:
@@ -497,7 +497,7 @@ def teacher_train_step(
     grad_clip: float = 0.0,
     iteration: int = 0,
 ) -> dict[str, float]:
-    """One BoT step of the Re-ID teacher on a PK batch (``kdtrack.reid_data``: ``image`` (B, 3, H, W)
+    """One BoT step of the Re-ID teacher on a PK batch (``kdtrack.data.reid_data``: ``image`` (B, 3, H, W)
     float [0, 1], ``label`` (B,) contiguous class ids); returns the terms as floats.
 
     total = label-smoothed ID cross-entropy on the BNNeck classifier logits + batch-hard triplet on

@@ -22,11 +22,11 @@ from torch import nn
 
 from kdtrack.checkpoint import load_checkpoint
 from kdtrack.config import Config, TeacherConfig
-from kdtrack.data import read_image_rgb
+from kdtrack.data.dataset import read_image_rgb
 from kdtrack.decode import decode_detections
 from kdtrack.engine import amp_enabled
 from kdtrack.formats.mot import SeqInfo, read_seqinfo, split_frames
-from kdtrack.letterbox import LetterboxTransform, letterbox
+from kdtrack.data.letterbox import LetterboxTransform, letterbox
 from kdtrack.models import build_student, build_teacher, freeze_teacher, teacher_embeddings
 from kdtrack.recipes import recipe_of
 from kdtrack.structures import Detections
@@ -75,7 +75,7 @@ def teacher_embed_fn(teacher: nn.Module, crop_size: tuple[int, int], device: tor
     """Embed boxes with the teacher on crops of the original frame (KDMOT 'two-step'), L2-normalised.
 
     ``canvas`` ``(width, height)``: crop from the frame letterboxed to that size instead, as KD cuts its
-    targets from the student's input (``kdtrack.teacher_store.teacher_canvas``), which shows what the
+    targets from the student's input (``kdtrack.data.teacher_store.teacher_canvas``), which shows what the
     student's input resolution costs the teacher.
     """
 

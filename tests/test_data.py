@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from kdtrack.config import load_config
-from kdtrack.data import collate, image_uid, load_records, read_image_rgb, training_sample
-from kdtrack.targets import person_keys
+from kdtrack.data.dataset import collate, image_uid, load_records, read_image_rgb, training_sample
+from kdtrack.data.targets import person_keys
 
 IMG_W, IMG_H = 160, 96  # letterboxed x2 onto the tiny preset's 320x192 canvas, no padding
 
@@ -207,7 +207,7 @@ def test_padded_mixed_size_batch_trains(tmp_path):
 def test_person_search_source_reads_the_train_split_only(tiny_world):
     """CUHK-SYSU / PRW as KD training data: the manifest's train images with every box (pids as ids,
     unlabelled people -1); the val / test people, whom person search is scored on, never reach a trainer."""
-    from kdtrack.data import dataset_wide_ids
+    from kdtrack.data.dataset import dataset_wide_ids
     from kdtrack.formats.person_search import read_manifest
 
     manifest = read_manifest(tiny_world / "person_search" / "manifest.json")

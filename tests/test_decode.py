@@ -9,8 +9,8 @@ import torch
 from kdtrack.boxes import box_iou_xyxy
 from kdtrack.config import DecodeConfig
 from kdtrack.decode import decode_batch, decode_detections, peak_nms
-from kdtrack.letterbox import boxes_from_letterbox, boxes_to_letterbox, letterbox, letterbox_transform
-from kdtrack.targets import collate_targets, encode_targets
+from kdtrack.data.letterbox import boxes_from_letterbox, boxes_to_letterbox, letterbox, letterbox_transform
+from kdtrack.data.targets import collate_targets, encode_targets
 
 PEAK_CLAMP = 1e-4  # heatmap probability clamp when turning targets into logits
 

@@ -12,12 +12,12 @@ from kdtrack.engine import (
     attach_teacher_targets, build_optimizer, build_scheduler, lr_milestones, select_device, total_iterations,
     train_step,
 )
-from kdtrack.letterbox import letterbox
+from kdtrack.data.letterbox import letterbox
 from kdtrack.losses import Criterion
 from kdtrack.models import build_student, build_teacher, freeze_teacher
 from kdtrack.models.momentum import MomentumEncoder
 from kdtrack.models.teacher_targets import teacher_embeddings
-from kdtrack.targets import encode_targets, person_keys
+from kdtrack.data.targets import encode_targets, person_keys
 
 SMALL = ["model.input_width=128", "model.input_height=64", "model.width=8", "model.head_conv=16",
          "model.embedding_dim=16", "model.deformable=false", "loss.queue_size=64", "train.lr=0.001"]

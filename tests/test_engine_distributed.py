@@ -46,8 +46,8 @@ def _batch(cfg) -> dict:
     """Two 128 x 64 noise images with two people each (one view)."""
     import numpy as np
 
-    from kdtrack.letterbox import letterbox
-    from kdtrack.targets import encode_targets, person_keys
+    from kdtrack.data.letterbox import letterbox
+    from kdtrack.data.targets import encode_targets, person_keys
 
     rng = np.random.default_rng(0)
     images, targets = [], []

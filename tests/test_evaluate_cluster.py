@@ -121,7 +121,7 @@ def test_person_search_builds_the_network_once_per_actor(tiny_world, tmp_path, r
     from jobs._inference_pool import InferenceWorker, ModelHandle
     from kdtrack.boxes import xywh_to_xyxy
     from kdtrack.config import config_to_dict
-    from kdtrack.data import read_image_rgb
+    from kdtrack.data.dataset import read_image_rgb
     from kdtrack.formats.person_search import read_manifest
     from kdtrack.inference import detect_images, student_embedding_at_boxes
 

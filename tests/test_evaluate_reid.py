@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from kdtrack.config import EvalConfig, load_config
-from kdtrack.data import read_image_rgb
+from kdtrack.data.dataset import read_image_rgb
 from kdtrack.formats.common import FormatError
-from kdtrack.reid_probe import (
+from kdtrack.metrics.reid_probe import (
     CHANCE,
     central_boxes,
     centre_colour_histogram_features,

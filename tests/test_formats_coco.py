@@ -100,7 +100,7 @@ def test_writer_checks_references(tmp_path):
 
 
 def test_person_polygons_are_kept_per_box_and_a_bad_one_names_the_record(tmp_path):
-    from kdtrack.data import instance_map
+    from kdtrack.data.dataset import instance_map
     from kdtrack.structures import POLYGONS_KEY, ImageRecord
 
     images, annotations = _dataset()

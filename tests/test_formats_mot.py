@@ -168,7 +168,7 @@ def test_sequence_without_gt_has_no_boxes(tmp_path):
 
 def test_dedupe_detector_copies(tmp_path):
     """MOT17's three per-detector copies of a sequence -> one; other names untouched; the data.py alias agrees."""
-    from kdtrack.data import _dedupe_mot_copies
+    from kdtrack.data.dataset import _dedupe_mot_copies
     from kdtrack.formats.mot import dedupe_detector_copies, sequence_base_name
 
     names = ["MOT17-02-DPM", "MOT17-02-FRCNN", "MOT17-02-SDP", "MOT17-04-DPM", "MOT17-04-FRCNN", "MOT17-04-SDP",

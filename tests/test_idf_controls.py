@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kdtrack.config import load_config
-from kdtrack.data import TrainingDataset, load_records, training_sample
+from kdtrack.data.dataset import TrainingDataset, load_records, training_sample
 from kdtrack.models import build_student
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ collapse (this is what makes the test able to fail) and the current one must not
 
 The second test is the oracle-box regression: stage 1 as ``idf_cpu`` runs it (background swap of the
 second view, people re-laid out), small student, 600 iterations on a micro world, must re-identify the
-person-search TEST people across cameras (oracle boxes, ``kdtrack.reid_probe``, what ``jobs.evaluate
+person-search TEST people across cameras (oracle boxes, ``kdtrack.metrics.reid_probe``, what ``jobs.evaluate
 reid`` runs) clearly better than the random-init network it started from. Its strict-xfail twin runs
 the recipe without the swap, which learns the scene instead of the person (docs/results/idf-stage1.md,
 "The oracle-box regression test"): if that control ever passes, the threshold no longer tells learning from noise.
@@ -27,14 +27,14 @@ import pytest
 import torch
 
 from kdtrack.config import SynthConfig, load_config
-from kdtrack.data import TrainingDataset, collate, load_records
+from kdtrack.data.dataset import TrainingDataset, collate, load_records
 from kdtrack.engine import build_optimizer, build_scheduler, train_in_process
 from kdtrack.formats import read_crowdhuman
 from kdtrack.losses import Criterion
 from kdtrack.losses.collapse import collapse_stats
 from kdtrack.models import build_student
 from kdtrack.models.momentum import MomentumEncoder
-from kdtrack.reid_probe import build_embedders, embed_box_set, person_search_box_set, score_box_set
+from kdtrack.metrics.reid_probe import build_embedders, embed_box_set, person_search_box_set, score_box_set
 from kdtrack.synth.world import generate_world, plan_units
 from kdtrack.threads import limit_blas_threads
 

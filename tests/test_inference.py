@@ -22,9 +22,9 @@ from torch import nn
 from kdtrack.config import load_config
 from kdtrack.formats.mot import list_sequences, read_gt, read_seqinfo, slice_rows_half, split_frames
 from kdtrack.inference import Detector, track_sequence
-from kdtrack.letterbox import letterbox_transform
+from kdtrack.data.letterbox import letterbox_transform
 from kdtrack.metrics.mot import evaluate_sequence, summarize_sequences
-from kdtrack.targets import encode_targets
+from kdtrack.data.targets import encode_targets
 
 EMBED_DIM = 64
 
@@ -254,7 +254,7 @@ def test_bad_inputs_name_the_path(tiny_world: Path, tmp_path: Path):
 def test_batched_detection_and_query_embedding_equal_the_per_image_passes(tiny_world: Path):
     """``detect_and_embed_images`` (batches of 3, gallery and queries from one pass) = one forward per call."""
     from kdtrack.boxes import xywh_to_xyxy
-    from kdtrack.data import read_image_rgb
+    from kdtrack.data.dataset import read_image_rgb
     from kdtrack.formats.person_search import read_manifest
     from kdtrack.inference import detect_and_embed_images, detect_images, student_embedding_at_boxes
     from kdtrack.models import build_student
@@ -314,7 +314,7 @@ def test_teacher_query_person_search_embeds_queries_with_the_teacher_and_the_gal
     embed = teacher_embed_fn(load_teacher(cfg.teacher, teacher_path), (cfg.teacher.crop_height, cfg.teacher.crop_width),
                              torch.device("cpu"))
     from kdtrack.boxes import xywh_to_xyxy
-    from kdtrack.data import read_image_rgb
+    from kdtrack.data.dataset import read_image_rgb
 
     q = manifest.queries[0]
     expected = embed(read_image_rgb(manifest.image_path(q.file_name)),

@@ -150,7 +150,7 @@ def test_hard_labels_get_one_class_per_person_across_sequences(tiny_world):
     """MOT17 track ids restart in every sequence: KD's hard labels offset them so two people never share a
     class, and loss.num_id_classes 0 takes the count from the data (a smaller one is refused)."""
     from jobs.train import ID_CLASSES_KEY, training_data, with_id_classes
-    from kdtrack.data import dataset_wide_ids, load_records
+    from kdtrack.data.dataset import dataset_wide_ids, load_records
     from kdtrack.structures import UNKNOWN_ID, ImageRecord
 
     box = np.array([[0, 0, 4, 8]] * 2, np.float32)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from kdtrack.losses.collapse import CollapseWatch, collapse_stats
-from kdtrack.targets import collate_targets, encode_targets
+from kdtrack.data.targets import collate_targets, encode_targets
 
 BOXES = np.array([[8, 8, 40, 60], [50, 4, 90, 56], [20, 30, 60, 62]], np.float32)  # three people, 64x96 input
 

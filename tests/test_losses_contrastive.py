@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from kdtrack.losses.contrastive import DenseContrastiveLoss, gather_points
-from kdtrack.targets import collate_targets, encode_targets
+from kdtrack.data.targets import collate_targets, encode_targets
 
 
 def naive_loss(points, keys, queue, queue_keys, tau, batch_negatives=False):

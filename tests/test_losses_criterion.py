@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from kdtrack.config import Config, LossConfig
 from kdtrack.losses import Criterion
-from kdtrack.targets import collate_targets, encode_targets
+from kdtrack.data.targets import collate_targets, encode_targets
 
 H, W, DIM = 64, 96, 6
 

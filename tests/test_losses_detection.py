@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kdtrack.losses.detection import DetectionLoss, focal_loss, reg_l1_loss
-from kdtrack.targets import collate_targets, encode_targets
+from kdtrack.data.targets import collate_targets, encode_targets
 
 LOG2 = math.log(2.0)
 

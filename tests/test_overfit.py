@@ -19,7 +19,7 @@ from kdtrack.config import DecodeConfig, LossConfig, load_config
 from kdtrack.decode import decode_detections
 from kdtrack.losses import Criterion
 from kdtrack.models import build_student
-from kdtrack.targets import collate_targets, encode_targets
+from kdtrack.data.targets import collate_targets, encode_targets
 
 IMAGE_W, IMAGE_H = 256, 160
 STEPS = 80

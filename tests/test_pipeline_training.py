@@ -28,9 +28,9 @@ from data_pipelines.training import (
     training_stream,
 )
 from kdtrack.config import load_config
-from kdtrack.data import TorchFeed, TrainingDataset, load_records
+from kdtrack.data.dataset import TorchFeed, TrainingDataset, load_records
 from kdtrack.engine import total_iterations
-from kdtrack.letterbox import Uint8Canvas, letterbox, resize_pad
+from kdtrack.data.letterbox import Uint8Canvas, letterbox, resize_pad
 
 
 def _cfg(world: Path, *extra: str):
@@ -260,7 +260,7 @@ def test_training_skips_bad_images_into_mlflow_and_stops_past_the_bad_fraction(r
 def test_teacher_pk_batches_equal_the_dataloader_over_the_pk_sampler(tiny_world):
     import torch
 
-    from kdtrack.reid_data import PKBatches, PKSampler, ReidCropDataset, contiguous_labels, read_training_crops
+    from kdtrack.data.reid_data import PKBatches, PKSampler, ReidCropDataset, contiguous_labels, read_training_crops
 
     teach = load_config("teacher_cpu").teacher
     crops, _ = read_training_crops(tiny_world)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from kdtrack.config import PRESET_DIR, TrainConfig, load_config
 from kdtrack.engine import build_scheduler, lr_milestones, total_iterations
 from kdtrack.formats.mot import half_split
-from kdtrack.letterbox import multiscale_transform
+from kdtrack.data.letterbox import multiscale_transform
 
 CROWDHUMAN_TRAIN = 15_000  # CrowdHuman annotation_train.odgt
 COCO_PERSON_TRAIN = 64_115  # COCO train2017 images with at least one person

@@ -12,7 +12,7 @@ import torch
 
 from kdtrack.config import TeacherConfig
 from kdtrack.formats.market1501 import crop_name
-from kdtrack.reid_data import (
+from kdtrack.data.reid_data import (
     ERASE_FILL, PKSampler, ReidCropDataset, contiguous_labels, market_root, random_erase, read_training_crops,
     reid_eval_transform, reid_train_transform,
 )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdtrack.targets import (
+from kdtrack.data.targets import (
     collate_targets,
     draw_gaussian,
     encode_targets,

@@ -1,4 +1,4 @@
-"""Offline KD teacher embeddings: the store (kdtrack.teacher_store), the Ray Data job
+"""Offline KD teacher embeddings: the store (kdtrack.data.teacher_store), the Ray Data job
 (jobs.teacher_embeddings) and a KD run that reads it (teacher.embeddings)."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_stored_targets_follow_each_slots_original_box_row(tmp_path):
     augmentation keep their own vector); a store that lacks an image or a box names it."""
     import pyarrow.parquet as pq
 
-    from kdtrack.teacher_store import (
+    from kdtrack.data.teacher_store import (
         MissingTeacherEmbedding,
         attach_stored_targets,
         read_teacher_table,
@@ -81,11 +81,11 @@ def test_offline_targets_give_the_online_kd_loss_on_a_batch(tiny_world, tmp_path
     """Parity: the same batch gets the same teacher targets and KD loss (1e-5) from the store as from the
     online teacher, boxes dropped by augmentation included; a bad image is skipped, named, exit code 1."""
     from jobs.teacher_embeddings import SomeImagesFailed
-    from kdtrack.data import TrainingDataset, collate, load_records
+    from kdtrack.data.dataset import TrainingDataset, collate, load_records
     from kdtrack.engine import attach_teacher_targets
     from kdtrack.losses.kd import KDLoss
     from kdtrack.models import build_teacher, freeze_teacher
-    from kdtrack.teacher_store import read_teacher_table
+    from kdtrack.data.teacher_store import read_teacher_table
 
     teacher_path = _teacher_checkpoint(tmp_path / "T")
     summary = _job(teacher_path, tiny_world, tmp_path / "E", "--no-ray", "--max-images", "10")
@@ -129,7 +129,7 @@ def test_offline_targets_give_the_online_kd_loss_on_a_batch(tiny_world, tmp_path
 def test_ray_job_matches_in_process_resumes_and_refuses_another_teacher(ray_session, tiny_world, tmp_path):
     """The Ray Data job writes what the in-process path writes (to 1e-6), a rerun embeds only new images,
     and a store of another teacher is refused naming the field."""
-    from kdtrack.teacher_store import part_files, read_teacher_table
+    from kdtrack.data.teacher_store import part_files, read_teacher_table
 
     teacher_path = _teacher_checkpoint(tmp_path / "T", iteration=7)
     first = _job(teacher_path, tiny_world, tmp_path / "E", "--max-images", "5")  # the Ray Data job

@@ -205,7 +205,7 @@ def test_validation_and_report_settings_are_checked_on_the_driver(tiny_world, tm
 def test_skip_first_sampler_resumes_an_epoch_where_it_stopped():
     from torch.utils.data import DistributedSampler
 
-    from kdtrack.data import SkipFirstSampler
+    from kdtrack.data.dataset import SkipFirstSampler
 
     inner = DistributedSampler(list(range(10)), num_replicas=1, rank=0, shuffle=True, seed=3)
     inner.set_epoch(2)
@@ -401,7 +401,7 @@ def test_supervised_smoke_run_classifies_the_labelled_people(ray_session, tiny_w
     classifier and the Kendall weights checkpointed with the criterion; a supervised preset pointed at sources
     without a single identity label is refused on the driver, naming each source, before Ray starts."""
     from jobs.train import training_data
-    from kdtrack.data import dataset_wide_ids, load_records
+    from kdtrack.data.dataset import dataset_wide_ids, load_records
 
     fast = [a for item in FAST[:5] + ["train.batch_size_per_worker=2"] for a in ("--set", item)]
     argv = ["--config", "sup_cpu", "--data-root", str(tiny_world), "--out", str(tmp_path / "S"), "--mlflow-uri",

@@ -8,8 +8,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from kdtrack.letterbox import letterbox_transform
-from kdtrack.transforms import PRESETS, BoxAugment, two_views
+from kdtrack.data.letterbox import letterbox_transform
+from kdtrack.data.transforms import PRESETS, BoxAugment, two_views
 
 H, W = 100, 200
 
@@ -105,7 +105,7 @@ def test_letterboxed_boxes_map_back():
 
 def test_occlusion_drops_people_it_hides():
     """A box hidden by more than max_hidden of its area collapses (then sanitize drops it); others stay."""
-    from kdtrack.transforms import Occlusion
+    from kdtrack.data.transforms import Occlusion
 
     g = np.random.default_rng(0)
     checked_hidden = checked_kept = 0
@@ -134,7 +134,7 @@ def test_occlusion_drops_people_it_hides():
 
 
 def test_paste_people_keeps_the_people_and_swaps_their_surroundings():
-    from kdtrack.transforms import paste_people
+    from kdtrack.data.transforms import paste_people
 
     image, target = _image(), _target()
     background = np.full((50, 100, 3), 7, np.uint8)  # half the size: resized to the image's
@@ -157,7 +157,7 @@ def test_paste_people_keeps_the_people_and_swaps_their_surroundings():
 
 
 def test_paste_people_relayout_moves_each_person_and_drops_the_hidden():
-    from kdtrack.transforms import paste_people
+    from kdtrack.data.transforms import paste_people
 
     image = _image()
     target = {"boxes_xyxy": np.array([[10, 10, 30, 50], [100, 20, 130, 80]], np.float32),
@@ -194,7 +194,7 @@ def test_paste_people_relayout_moves_each_person_and_drops_the_hidden():
 def test_paste_people_through_outlines_moves_the_person_not_its_box():
     """With an instance map a person with an outline is pasted through it (its box's background stays behind);
     a person without one (map 0 in its box) falls back to the rectangle."""
-    from kdtrack.transforms import paste_people
+    from kdtrack.data.transforms import paste_people
 
     image, target = _image(), _target()
     outlines = np.zeros((H, W), np.int32)

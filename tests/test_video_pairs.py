@@ -13,12 +13,12 @@ from jobs import pseudo_label
 from jobs import train as train_job
 from kdtrack.checkpoint import load_checkpoint, save_checkpoint
 from kdtrack.config import ConfigError, load_config
-from kdtrack.data import collate
+from kdtrack.data.dataset import collate
 from kdtrack.engine import build_optimizer, freeze_parts, train_step, trainable_parameters
 from kdtrack.losses import Criterion
 from kdtrack.models import build_student
 from kdtrack.models.momentum import MomentumEncoder
-from kdtrack.video_pairs import ClipLabels, VideoPairDataset, read_clip_labels
+from kdtrack.data.video_pairs import ClipLabels, VideoPairDataset, read_clip_labels
 
 FAST = ["model.width=8", "model.head_conv=16", "model.embedding_dim=16", "loss.queue_size=64"]
 

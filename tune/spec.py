@@ -77,7 +77,7 @@ class SweepConfig:
     trial_cpus: float = 0.1  # CPUs of a trial's driver actor (it only waits on its Ray Train run)
     seed: int = 0  # seed of the search algorithm's draws
     experiment: str = ""  # MLflow experiment of the parent and child runs ("" = the training config's)
-    baselines: tuple[str, ...] = ("random", "colour")  # embedders scored once on the same validation boxes (kdtrack.reid_probe)
+    baselines: tuple[str, ...] = ("random", "colour")  # embedders scored once on the same validation boxes (kdtrack.metrics.reid_probe)
 
 
 # The ranges of the ``tune:`` fields, checked as the training config's are (``kdtrack.config_checks``).
@@ -240,7 +240,7 @@ def check_sweep(spec: SweepSpec) -> None:
                           f"train.max_iterations > 0 (ASHA's max_t)")
     if cfg.train.report_every <= 0:
         raise ConfigError(f"{src}: set train.report_every > 0: the objective is measured at every report")
-    from kdtrack.reid_probe import BASELINES
+    from kdtrack.metrics.reid_probe import BASELINES
 
     unknown = [b for b in sweep.baselines if b not in BASELINES]
     if unknown:

@@ -41,7 +41,7 @@ def _person_means(embedding: torch.Tensor, region_index: torch.Tensor, region_ma
 @torch.no_grad()
 def collapse_stats(embedding: torch.Tensor, region_index: torch.Tensor, region_mask: torch.Tensor,
                    ids: torch.Tensor, views: int = 2) -> dict[str, float]:
-    """``{"cos_between", "cos_between_std", "xview_top1"}`` of a ``kdtrack.data.collate`` batch.
+    """``{"cos_between", "cos_between_std", "xview_top1"}`` of a ``kdtrack.data.dataset.collate`` batch.
 
     ``embedding (V*B, k, h, w)`` with all view-0 images first; NaN where a
     number is undefined (fewer than two persons, one view).

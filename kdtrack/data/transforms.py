@@ -226,7 +226,7 @@ def check_target(target: dict[str, Any], where: str = "target") -> dict[str, np.
 
 
 def instance_map_of(target: dict[str, Any], height: int, width: int, where: str) -> np.ndarray | None:
-    """``target["instance_map"]`` (person outlines, ``kdtrack.data.instance_map``) or None; one of another
+    """``target["instance_map"]`` (person outlines, ``kdtrack.data.dataset.instance_map``) or None; one of another
     size than the image is a ValueError naming ``where``."""
     instances = target.get("instance_map")
     if instances is not None and np.shape(instances) != (height, width):
@@ -271,7 +271,7 @@ class BoxAugment:
             "ids": torch.from_numpy(np.concatenate([t["ids"], np.full(m, -1, np.int64)])),
         }
         instances = instance_map_of(target, h, w, "BoxAugment")
-        if instances is not None:  # person outlines (kdtrack.data.instance_map): warped with the image, nearest
+        if instances is not None:  # person outlines (kdtrack.data.dataset.instance_map): warped with the image, nearest
             sample["instance_map"] = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(instances, np.int32)))
         seed = int(rng.integers(0, SEED_HIGH))
         with torch.random.fork_rng(devices=[]), single_thread():
@@ -334,7 +334,7 @@ def paste_people(
     (``background_boxes``, in its pixels) become ignore boxes: people (no background loss on
     them) without a key or a detection target. ``feather`` (pixels, Gaussian sigma) softens the
     paste edges so that a box outline is no person cue of its own. With ``target["instance_map"]``
-    (``kdtrack.data.instance_map``: ``box_index + 1`` on each person's pixels) a person that has an
+    (``kdtrack.data.dataset.instance_map``: ``box_index + 1`` on each person's pixels) a person that has an
     outline is pasted through it, not through its box: only the person moves, not the background
     inside its box (Simple Copy-Paste, Ghiasi et al., CVPR 2021).
     """

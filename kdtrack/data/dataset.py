@@ -32,11 +32,11 @@ import torch
 from kdtrack.config import Config
 from kdtrack.formats.mot import DETECTOR_SUFFIXES as MOT_DETECTOR_SUFFIXES  # noqa: F401  (re-exported)
 from kdtrack.formats.mot import dedupe_detector_copies
-from kdtrack.letterbox import DEFAULT_PAD_VALUE, student_canvas
+from kdtrack.data.letterbox import DEFAULT_PAD_VALUE, student_canvas
 from kdtrack.structures import POLYGONS_KEY, ImageRecord
-from kdtrack.targets import SLOT_KEYS, encode_targets, person_keys
-from kdtrack.teacher_store import attach_stored_targets, read_teacher_table
-from kdtrack.transforms import BoxAugment, paste_people
+from kdtrack.data.targets import SLOT_KEYS, encode_targets, person_keys
+from kdtrack.data.teacher_store import attach_stored_targets, read_teacher_table
+from kdtrack.data.transforms import BoxAugment, paste_people
 
 UID_BITS = 46  # person_keys allows image uids below 2**(62 - 16)
 KNOWN_SOURCES = ("crowdhuman", "coco", "mot17", "person_search")
@@ -324,7 +324,7 @@ class SkipFirstSampler(torch.utils.data.Sampler):
 class Feed(Protocol):
     """What the training loop asks of its data, whichever feeds it: the Ray Data stream
     (``data_pipelines.training.WorkerStream``), a ``DataLoader`` over image records or clips
-    (:class:`TorchFeed`) or over P x K re-ID batches (``kdtrack.reid_data.PKFeed``). A stream also
+    (:class:`TorchFeed`) or over P x K re-ID batches (``kdtrack.data.reid_data.PKFeed``). A stream also
     counts the unreadable items it skipped (``bad_counts()``)."""
 
     @property
@@ -374,7 +374,7 @@ class TrainingDataset(EpochSeededDataset):
         super().__init__(records, cfg)
         self.views = views
         self.with_original = with_original
-        # KD from offline teacher embeddings (kdtrack.teacher_store): each sample carries its targets
+        # KD from offline teacher embeddings (kdtrack.data.teacher_store): each sample carries its targets
         # ``teacher (V, K, D)`` instead of the un-augmented canvas the online teacher would crop
         self.teacher_store = teacher_store
         self._table: Any = None

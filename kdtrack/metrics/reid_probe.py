@@ -52,12 +52,12 @@ import numpy as np
 import torch
 
 from kdtrack.config import Config, EvalConfig
-from kdtrack.data import read_image_rgb
+from kdtrack.data.dataset import read_image_rgb
 from kdtrack.formats.common import FormatError, MissingFileError
 from kdtrack.formats.mot import dedupe_detector_copies, list_sequences, read_mot_sequence
 from kdtrack.formats.person_search import MANIFEST_NAME, UNKNOWN_CAMERA, read_manifest
 from kdtrack.inference import Detector, EmbedFn, embeddings_at_boxes
-from kdtrack.letterbox import DEFAULT_PAD_VALUE
+from kdtrack.data.letterbox import DEFAULT_PAD_VALUE
 from kdtrack.metrics.retrieval import JunkRule, Positives, RetrievalResult, evaluate_leave_one_out, l2_normalize
 from kdtrack.models import build_student
 from kdtrack.synth.world import PERSON_SEARCH_TRUTH

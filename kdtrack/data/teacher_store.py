@@ -10,7 +10,7 @@ multi-scale training the online canvas varies per sample; the offline one stays 
 The parquet rows (``STORE_COLUMNS``) are keyed by ``(source, image_id, box_row)``: the dataset name,
 the record's image id (its path when the format has none) and the box's row in that record's
 annotation. The files' schema metadata says which teacher and canvas made them
-(``kdtrack.teacher_store``: JSON), and a store of another teacher or canvas is refused, never mixed.
+(``kdtrack.data.teacher_store``: JSON), and a store of another teacher or canvas is refused, never mixed.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from kdtrack.config import Config
-from kdtrack.letterbox import student_canvas
+from kdtrack.data.letterbox import student_canvas
 from kdtrack.structures import ImageRecord
 
 STORE_COLUMNS = ("source", "image_id", "box_row", "x1", "y1", "x2", "y2", "embedding")
-META_KEY = b"kdtrack.teacher_store"
+META_KEY = b"kdtrack.data.teacher_store"
 PARTS_DIR = "parts"  # <store>/parts/part-*.parquet
 # what a store was computed with: a KD run (or a resumed job) must use the same
 META_FIELDS = ("teacher_checkpoint", "teacher_iteration", "feature_dim", "crop_height", "crop_width",
@@ -48,7 +48,7 @@ def image_key(record: ImageRecord) -> tuple[str, str]:
 
 def teacher_canvas(record: ImageRecord, image_rgb: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """``(canvas (3, H, W) float32, boxes (N, 4) on it)``: the un-augmented image on the student's canvas,
-    where KD cuts its teacher crops (``kdtrack.data.training_sample`` with_original)."""
+    where KD cuts its teacher crops (``kdtrack.data.dataset.training_sample`` with_original)."""
     canvas, tf = student_canvas(image_rgb, cfg)
     return canvas, tf.boxes_to_letterbox(record.boxes_xyxy).astype(np.float32)
 

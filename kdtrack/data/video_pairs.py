@@ -7,7 +7,7 @@ from each half, the paper's choice; "random": any two distinct labelled frames -
 those two by seeking, augments each as a view (``data.augment``), and encodes targets whose
 person keys are the pseudo ids: the same person in both frames is one contrastive identity,
 outliers (key -1) are left out of the loss. The sample has exactly the layout of a two-view
-image sample (``kdtrack.data.training_sample``), so ``collate`` and the criterion are shared.
+image sample (``kdtrack.data.dataset.training_sample``), so ``collate`` and the criterion are shared.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 
 from kdtrack.config import Config, ConfigError
-from kdtrack.data import EpochSeededDataset, build_augment, encode_view, swap_background
+from kdtrack.data.dataset import EpochSeededDataset, build_augment, encode_view, swap_background
 from kdtrack.formats.video import read_video_frames
-from kdtrack.transforms import BoxAugment
+from kdtrack.data.transforms import BoxAugment
 
 KINETICS_DIR = "kinetics"
 VIDEO_EXT = ".mp4"
@@ -91,7 +91,7 @@ def video_pair_sample(clip: ClipLabels, cfg: Config, rng: np.random.Generator, *
 
     With ``data.background_swap`` > 0 and ``partners`` given, each view (or the second alone, with
     ``data.background_swap_views: last``) has, with that probability, its people pasted onto a
-    labelled frame of a clip drawn from ``partners`` (``kdtrack.data.swap_background``): two frames
+    labelled frame of a clip drawn from ``partners`` (``kdtrack.data.dataset.swap_background``): two frames
     of one clip share their scene and often the neighbours around a person, the shortcut the swap
     takes away in stage 1."""
     augment = augment or build_augment(cfg)

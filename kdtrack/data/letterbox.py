@@ -9,7 +9,7 @@ boxes can go to the canvas (targets) and back to the original image (decode).
 Multi-scale training (IDF / PointID) uses ``resize_pad`` instead: the shorter
 side is resized to a drawn length (the longer side capped), the image is placed
 at the top-left corner and the canvas padded with the same grey up to multiples
-of 32, so its size varies per image and ``kdtrack.data.collate`` pads a batch
+of 32, so its size varies per image and ``kdtrack.data.dataset.collate`` pads a batch
 further (right and bottom) without moving any pixel or box.
 """
 
@@ -184,8 +184,8 @@ def boxes_from_letterbox(
 def student_canvas(image: np.ndarray, cfg: Config, short_side: int | None = None) -> tuple[np.ndarray, Any]:
     """``(canvas (3, H, W) float32, transform)``: ``image`` letterboxed to ``model.input_width x
     input_height``, or (multi-scale) resized to ``short_side`` and padded by ``resize_pad``. The one canvas
-    of the student: training samples (``kdtrack.data``) and the offline teacher store
-    (``kdtrack.teacher_store``) cut their boxes from it."""
+    of the student: training samples (``kdtrack.data.dataset``) and the offline teacher store
+    (``kdtrack.data.teacher_store``) cut their boxes from it."""
     if short_side is None:
         return letterbox(image, cfg.model.input_width, cfg.model.input_height)
     return resize_pad(image, short_side, cfg.data.multiscale_max_long_side)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from kdtrack.config import TeacherConfig
-from kdtrack.data import read_image_rgb
+from kdtrack.data.dataset import read_image_rgb
 from kdtrack.formats.common import MissingFileError, OnError, ReadStats
 from kdtrack.formats.market1501 import SPLITS, ReidCrop, read_market1501
 from kdtrack.models.reid import IMAGENET_MEAN
@@ -282,7 +282,7 @@ class PKBatches:
 
 class PKFeed:
     """A worker's share of the P x K batches through a ``DataLoader`` (the teacher recipe with
-    ``data.loader: torch``): a ``kdtrack.data.Feed``. Teacher checkpoints fall after whole epochs, so an
+    ``data.loader: torch``): a ``kdtrack.data.dataset.Feed``. Teacher checkpoints fall after whole epochs, so an
     epoch always starts from its first batch (``skip`` is not read)."""
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], cfg: TeacherConfig, *, seed: int, rank: int,
