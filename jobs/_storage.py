@@ -150,30 +150,33 @@ def resolve_storage(storage: str | Path | None, out: str | Path | None = None, *
 
 
 def check_storage(storage: Storage) -> None:
-    """On the driver, before any worker starts: the storage exists (an object store's bucket; a local folder
-    is created) and takes a write (a probe object written and deleted). Any failure is a
-    :class:`StorageError` naming ``storage.uri`` and what failed."""
+    """On the driver, before any worker starts: the storage exists (an object store's bucket) and takes a
+    write (a probe object written and deleted); a local folder, which Ray Train creates when the run starts,
+    must be creatable: its nearest existing parent a writable folder (nothing is written, so a run refused
+    later on the driver leaves no trace). Any failure is a :class:`StorageError` naming ``storage.uri`` and
+    what failed."""
     import pyarrow.fs as pafs
 
     if storage.is_local:
-        try:
-            Path(storage.path).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"--storage {storage.uri}: cannot create it ({exc.strerror or exc})") from None
+        path = Path(storage.path)
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise StorageError(f"--storage {storage.uri}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise StorageError(f"--storage {storage.uri}: {existing} is not writable")
+        return
+    try:  # the same place, with the probe's short timeouts
+        fs, root = _filesystem(storage.uri, timeouts=True)
+    except (ValueError, OSError):
         fs, root = storage.filesystem, storage.path
-    else:
-        try:  # the same place, with the probe's short timeouts
-            fs, root = _filesystem(storage.uri, timeouts=True)
-        except (ValueError, OSError):
-            fs, root = storage.filesystem, storage.path
-        bucket = root.split("/", 1)[0]
-        try:
-            info = fs.get_file_info(bucket)
-        except OSError as exc:
-            raise StorageError(f"--storage {storage.uri}: cannot reach it ({_one_line(exc)})") from None
-        if info.type == pafs.FileType.NotFound:
-            raise StorageError(f"--storage {storage.uri}: bucket '{bucket}' does not exist"
-                               + _endpoint_note(storage.uri))
+    bucket = root.split("/", 1)[0]
+    try:
+        info = fs.get_file_info(bucket)
+    except OSError as exc:
+        raise StorageError(f"--storage {storage.uri}: cannot reach it ({_one_line(exc)})") from None
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"--storage {storage.uri}: bucket '{bucket}' does not exist"
+                           + _endpoint_note(storage.uri))
     probe = f"{root.rstrip('/')}/{PROBE_PREFIX}{uuid.uuid4().hex}"
     try:
         with fs.open_output_stream(probe) as handle:
@@ -189,8 +192,8 @@ class StorageLost(RuntimeError):
 
 
 def storage_problem(storage: Storage) -> str | None:
-    """After a failure: what :func:`check_storage` now says about an object store (None when it is fine, or
-    for a local path, which the check would create again)."""
+    """After a failure: what :func:`check_storage` now says about an object store (None when it is fine, and
+    for a local path, which Ray Train created)."""
     if storage.is_local:
         return None
     try:

@@ -72,8 +72,11 @@ def test_a_good_bucket_passes_and_keeps_nothing_of_the_check(s3_bucket, s3_serve
     left = _bucket_fs(s3_server).get_file_info(pafs.FileSelector(s3_bucket, recursive=True, allow_not_found=True))
     assert [i.path for i in left if i.type == pafs.FileType.File] == []
     local = resolve_storage(str(tmp_path / "new" / "runs"))
-    check_storage(local)  # a local folder is created
-    assert local.is_local and (tmp_path / "new" / "runs").is_dir() and not any((tmp_path / "new" / "runs").iterdir())
+    check_storage(local)  # a creatable local folder passes; Ray Train creates it when the run starts
+    assert local.is_local and not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StorageError, match=r"--storage .*file/runs: .*file is a file, not a folder"):
+        check_storage(resolve_storage(str(tmp_path / "file" / "runs")))
 
 
 def test_cli_bad_storage_exits_2_before_ray_starts(s3_bucket, tmp_path, capsys, monkeypatch):
