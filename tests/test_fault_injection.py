@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from jobs.train import get_args_parser, main, storage_path
 from kdtrack.checkpoint import load_checkpoint
 from kdtrack.config import load_config
 
+from _fault_threads import SNAPSHOT, FaultThread, registered_iteration
+
 # The smaller student of tests/test_train_job.py: one iteration is ~0.3-1 s on 2 shared cores.
 FAST = ["model.input_width=160", "model.input_height=96", "model.width=16", "model.head_conv=32",
         "model.deformable=false", "loss.queue_size=256", "train.batch_size_per_worker=2"]
@@ -33,21 +34,12 @@ MAX_ITERATIONS = 12  # reports (checkpoints) at 2, 4, ..., 12; the kill lands ar
 HEALTH_CHECK_S = "0.25"  # Ray Train's controller polls its workers (and so registers their checkpoints) this often
 REPORT_EVERY = 2
 WORKER_TITLE = "ray::RayTrainWorker"  # the process title Ray gives the Train V2 worker actor
-SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of the checkpoints it registered
 WAIT_S = 180.0  # for the first registered checkpoint (Ray start-up + model build + 2 iterations)
 
 
 def _registered_iteration(run_dir: Path) -> int | None:
-    """The iteration of the latest checkpoint Ray Train's controller registered (from its snapshot file), or
-    None while there is none (or the file is being rewritten)."""
-    try:
-        snapshot = json.loads((run_dir / SNAPSHOT).read_text())
-    except (OSError, ValueError):
-        return None
-    latest = snapshot.get("latest_checkpoint_result")
-    if not latest:
-        return None
-    return int(latest.get("metrics", {}).get("iteration", 0))
+    """The iteration of the latest checkpoint Ray Train's controller registered in ``run_dir``, or None."""
+    return registered_iteration((run_dir / SNAPSHOT).read_text)
 
 
 def _loadable_checkpoints(run_dir: Path, known: dict[str, int]) -> dict[str, int]:
@@ -89,27 +81,19 @@ def _train_workers(ignore: frozenset[int] = frozenset()) -> list[Any]:
     return workers
 
 
-class WorkerKiller(threading.Thread):
+class WorkerKiller(FaultThread):
     """Kills the training worker once, between two checkpoints, then notes the worker that replaces it.
     ``error`` says what went wrong (the test fails with it); ``stop`` is set when ``main`` has returned."""
 
     def __init__(self, run_dir: Path, max_iterations: int):
-        super().__init__(name="worker-killer", daemon=True)
+        super().__init__(name="worker-killer")
         self.run_dir, self.max_iterations = run_dir, max_iterations
         self.stale = frozenset(p.pid for p in _train_workers())  # before this run started any
-        self.stop = threading.Event()
-        self.error: str | None = None
         self.killed_pid: int | None = None
         self.registered_at_kill: int | None = None  # latest registered checkpoint's iteration at the kill
         self.uploaded_at_kill: int | None = None  # the checkpoint just uploaded before the kill
         self.later_pids: set[int] = set()
         self.seconds_to_kill: float | None = None
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:  # noqa: BLE001  (reported by the test)
-            self.error = f"watcher crashed: {type(exc).__name__}: {exc}"
 
     def _too_late(self, what: str) -> str:
         return (f"training reached its end ({what}) before the worker could be killed: raise MAX_ITERATIONS "

@@ -18,7 +18,6 @@ see the same batches on any node (the Ray Data split hands blocks to whichever w
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from mlflow.tracking import MlflowClient
 from jobs.train import get_args_parser, main
 from kdtrack.checkpoint import load_checkpoint
 
+from _fault_threads import SNAPSHOT, FaultThread, registered_iteration
+
 # the smaller student of tests/test_train_job.py, on two workers of half a CPU each
 from test_train_job import FAST
 
@@ -40,7 +41,6 @@ NODE_ARGS = {"node_ip_address": LOOPBACK, "object_store_memory": 80 * 1024 * 102
 HEAD_ARGS = {**NODE_ARGS, "num_cpus": 0, "include_dashboard": False}  # the driver and Train's controller only
 WORKER_NODE_CPUS = 1  # per worker node: one train worker (0.5 CPU) fits, the other must go to the other node
 TWO_WORKERS = ["train.num_workers=2", "train.cpus_per_worker=0.5", "data.loader=torch", "train.log_every=1"]
-SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of the checkpoints it registered
 WAIT_S = 900.0  # for the first registered checkpoint: two workers start and train 2 iterations (minutes on busy cores)
 
 
@@ -168,7 +168,7 @@ def test_two_workers_on_two_nodes_match_one_node(multinode, tiny_world, tmp_path
     assert results["STRICT_SPREAD"] == pytest.approx(results["STRICT_PACK"], rel=1e-6)
 
 
-class NodeLoss(threading.Thread):
+class NodeLoss(FaultThread):
     """Once Ray Train has registered a checkpoint in the bucket, removes a worker node that hosts a train
     worker (from ``placements``), as a lost machine. ``error`` says what went wrong.
 
@@ -177,29 +177,20 @@ class NodeLoss(threading.Thread):
     would have one ready."""
 
     def __init__(self, multinode: MultiNode, placements: Placements, fs: Any, run_dir: str, max_iterations: int):
-        super().__init__(name="node-loss", daemon=True)
+        super().__init__(name="node-loss")
         self.multinode, self.placements = multinode, placements
         self.fs, self.run_dir, self.max_iterations = fs, run_dir, max_iterations
-        self.stop = threading.Event()
-        self.error: str | None = None
         self.registered_at_loss: int | None = None
         self.stored_at_loss: dict[str, int] = {}  # checkpoint folder -> iteration, in the bucket at the loss
         self.lost_node: str | None = None
         self.seconds_to_loss: float | None = None
 
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:  # noqa: BLE001  (reported by the test)
-            self.error = f"watcher crashed: {type(exc).__name__}: {exc}"
-
     def _registered(self) -> int | None:
-        try:
+        def read() -> bytes:
             with self.fs.open_input_stream(f"{self.run_dir}/{SNAPSHOT}") as handle:
-                latest = json.loads(handle.read()).get("latest_checkpoint_result")
-        except (OSError, ValueError):
-            return None
-        return int(latest.get("metrics", {}).get("iteration", 0)) if latest else None
+                return handle.read()
+
+        return registered_iteration(read)
 
     def _run(self) -> None:
         start = time.monotonic()
