@@ -47,9 +47,9 @@ def note_resume_changes(state: dict[str, Any] | None, cfg: Config, sink: MlflowS
         sink.tag("kdtrack.resume_changed", text[:5000])
 
 
-def check_resume(cfg: Config, storage: Storage | str) -> bool:
+def check_resume(cfg: Config, storage: Storage) -> bool:
     """On the driver, before any worker starts: the newest checkpoint of ``train.run_name`` under ``storage``
-    (a path or a pyarrow URI) is the one Ray Train will resume from; :func:`resume_verdict` on its config.
+    (``jobs._storage.resolve_storage``: a local folder or an object store) is the one Ray Train will resume from; :func:`resume_verdict` on its config.
     Returns whether the run resumes."""
     from kdtrack.checkpoint import CONFIG_SIDECAR
 
@@ -61,18 +61,15 @@ def check_resume(cfg: Config, storage: Storage | str) -> bool:
     return found is not None
 
 
-def latest_checkpoint_config(storage: Storage | str, run_name: str) -> tuple[str, dict[str, Any]] | None:
+def latest_checkpoint_config(storage: Storage, run_name: str) -> tuple[str, dict[str, Any]] | None:
     """``(checkpoint folder, its config.json)`` of the newest Ray Train checkpoint of ``run_name`` (Ray names
     them checkpoint_<timestamp>), or None. Works on local paths and object-store URIs (``jobs._storage``)."""
     import json
 
     import pyarrow.fs as pafs
 
-    from jobs._storage import resolve_storage
     from kdtrack.checkpoint import CONFIG_SIDECAR
 
-    if isinstance(storage, str):
-        storage = resolve_storage(storage)
     fs, root = storage.filesystem, storage.path
     run_dir = f"{root.rstrip('/')}/{run_name}"
     try:

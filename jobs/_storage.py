@@ -25,6 +25,7 @@ from typing import Any
 
 from kdtrack.config import ConfigError
 
+DEFAULT_DIR = "ray_results"  # under a job's --out when no --storage is given
 PROBE_PREFIX = ".kdtrack-write-probe-"  # the object check_storage writes and deletes
 # the start-up check gives up fast on an endpoint that does not answer; training keeps pyarrow's defaults
 PROBE_CONNECT_TIMEOUT_S = 5.0
@@ -120,7 +121,7 @@ def _filesystem(uri: str, *, timeouts: bool = False) -> tuple[Any, str]:
 
 
 def resolve_storage(storage: str | Path | None, out: str | Path | None = None, *,
-                    default_dir: str = "ray_results") -> Storage:
+                    default_dir: str = DEFAULT_DIR) -> Storage:
     """``storage`` as a :class:`Storage`: a URI through pyarrow, a local path made absolute (the workers do
     not share the caller's working directory), none meaning ``<out>/<default_dir>``. A URI pyarrow cannot
     open (misspelled scheme, bad query) is a :class:`StorageError` naming it."""

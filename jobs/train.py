@@ -76,7 +76,6 @@ ID_CLASSES_KEY = "num_id_classes"  # loop data: identity classes found in the tr
 LABELLED_KEY = "labelled_by_source"  # loop data: labelled boxes per data source (the supervised recipe's start-up check)
 RECIPES = tuple(RECIPE_TABLE)  # every recipe this job runs, kdtrack.recipes' (the tests' two-worker matrix reads it)
 FINAL_CHECKPOINT = "checkpoint.pt"
-RAY_STORAGE_DIR = "ray_results"
 ITEM_KEYS = ("records", "clips")  # loop-config keys of the items the torch path ships to every worker
 CHECKPOINT_TAG = "kdtrack.final_checkpoint"
 # Train V2 patches print() in its workers to log through its own logger, and also prints when stdout is
@@ -168,16 +167,6 @@ def check_teacher_store(cfg: Config, records: Any) -> None:
         raise ConfigError(f"teacher.embeddings: {exc}") from None
     print(f"teacher embeddings: {len(table.matrix)} boxes of {len(table.index)} images from {t.embeddings} "
           f"(teacher {table.meta['teacher_checkpoint']}, iteration {table.meta['teacher_iteration']})", flush=True)
-
-
-def storage_path(storage: str | None, out: Path) -> str:
-    """Ray Train's ``storage_path``: a URI (``s3://bucket/runs``) passes through untouched, a local path is
-    made absolute (the workers do not share the caller's working directory), none means ``<out>/ray_results``."""
-    if not storage:
-        return str(Path(out).resolve() / RAY_STORAGE_DIR)
-    if "://" in storage:
-        return storage
-    return str(Path(storage).resolve())
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -340,7 +329,7 @@ def check_cluster_gpus(cfg: Config, ray: Any) -> None:
         + ("" if have >= 1 else ", or set train.use_gpu=false")))
 
 
-def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlflow_uri: str, storage: Storage | str,
+def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlflow_uri: str, storage: Storage,
                   mlflow_run_id: str = "", callbacks: list | None = None) -> Any:
     """The ``TorchTrainer`` of one training run (``jobs.train``, and each ``jobs.tune`` trial with a
     ``TuneReportCallback``): Ray Train run ``train.run_name`` under ``storage`` (``jobs._storage``: an object
@@ -348,11 +337,6 @@ def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlfl
     caller, is the one the workers log into (a resume reopens its checkpoint's run)."""
     import ray.train
     from ray.train.torch import TorchTrainer
-
-    from jobs._storage import resolve_storage
-
-    if isinstance(storage, str):
-        storage = resolve_storage(storage)
 
     datasets = None
     if cfg.data.loader == "ray":
@@ -404,7 +388,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     uri = args.mlflow_uri or cfg.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
     # a misspelled URI, a missing bucket or an endpoint that does not answer: one line now, not a worker error
-    storage = resolve_storage(getattr(args, "storage", None), out, default_dir=RAY_STORAGE_DIR)
+    storage = resolve_storage(getattr(args, "storage", None), out)
     check_storage(storage)
     train_fn, loop_data = training_data(cfg, args.smoke_test)
     cfg = with_id_classes(cfg, loop_data)

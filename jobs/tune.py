@@ -298,7 +298,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from jobs._ray import ensure_ray, refuse_unless_joining
     from jobs._mlflow_train import mlflow_experiment_id
     from jobs._storage import check_storage, resolve_storage
-    from jobs.train import RAY_STORAGE_DIR, training_data
+    from jobs.train import training_data
     from kdtrack.io import atomic_write_json, atomic_write_text
     from tune.spaces import param_space, scheduler, search_algorithm
 
@@ -307,7 +307,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     uri = args.mlflow_uri or spec.base.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
-    storage = resolve_storage(args.storage, out, default_dir=RAY_STORAGE_DIR)
+    storage = resolve_storage(args.storage, out)
     check_storage(storage)  # before any trial starts: one line naming a bad URI or a missing bucket
     search_alg, trial_scheduler = search_algorithm(spec), scheduler(spec)
     train_fn, loop_data = training_data(spec.base)

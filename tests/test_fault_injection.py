@@ -21,7 +21,8 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from jobs.train import get_args_parser, main, storage_path
+from jobs._storage import resolve_storage
+from jobs.train import get_args_parser, main
 from kdtrack.checkpoint import load_checkpoint
 from kdtrack.config import load_config
 
@@ -172,7 +173,7 @@ def test_training_survives_a_killed_worker(ray_session, tiny_world, mlflow_uri, 
     for item in overrides:
         argv += ["--set", item]
     args = get_args_parser().parse_args(argv)
-    run_dir = Path(storage_path(None, out)) / load_config("tiny", overrides).train.run_name
+    run_dir = Path(resolve_storage(None, out).path) / load_config("tiny", overrides).train.run_name
 
     killer = WorkerKiller(run_dir, MAX_ITERATIONS)
     killer.start()

@@ -31,7 +31,10 @@ def _args(world, out, uri, *extra, storage=None):
 
 
 def test_storage_uri_passes_through_and_local_paths_become_absolute(tmp_path, monkeypatch):
-    from jobs.train import storage_path
+    from jobs._storage import resolve_storage
+
+    def storage_path(storage, out):  # what Ray Train is told, as a URI
+        return resolve_storage(storage, out).uri
 
     monkeypatch.chdir(tmp_path)
     assert storage_path("s3://bucket/kdtrack/runs", tmp_path / "out") == "s3://bucket/kdtrack/runs"
