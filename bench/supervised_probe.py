@@ -21,10 +21,10 @@ without a Ray job per budget (docs/results/identity-learning.md).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from jobs.train import training_data, with_id_classes  # noqa: E402
 from kdtrack.config import load_config  # noqa: E402
-from kdtrack.data.dataset import TrainingDataset  # noqa: E402
+from kdtrack.data.dataset import TrainingDataset, dataset_wide_ids, person_key  # noqa: E402
 from kdtrack.engine import build_optimizer, build_scheduler, train_in_process  # noqa: E402
 from kdtrack.losses import Criterion  # noqa: E402
 from kdtrack.models import build_student  # noqa: E402
@@ -66,23 +66,22 @@ def classes_by_world_person(world: Path):
     """``dataset_wide_ids`` with every MOT17 track classed by the person the synthetic world drew for it
     (``world.json``'s ``mot17_track_pids``): an oracle no real dataset offers. The world's MOT17 sequences
     share their people, which the recipe's one class per (source, sequence, track) splits into several."""
-    track_person = json.loads((world / "world.json").read_text())["mot17_track_pids"]
+    manifest = world / "world.json"
+    try:
+        track_person = json.loads(manifest.read_text())["mot17_track_pids"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"--mot-classes world: {manifest} holds no mot17_track_pids ({exc!r}): a synthetic world "
+                         f"written by jobs.generate_synth is needed") from None
 
-    def assign(records):
-        classes: dict[tuple, int] = {}
-        out = []
-        for record in records:
-            sequence = str(record.extra.get("sequence", "")) if record.extra else ""
-            ids = np.full(len(record.ids), -1, np.int64)
-            for j, pid in enumerate(record.ids.tolist()):
-                if pid >= 0:
-                    key = (("world", track_person[sequence][str(pid)]) if record.source == "mot17"
-                           else (record.source, sequence, pid))
-                    ids[j] = classes.setdefault(key, len(classes))
-            out.append(replace(record, ids=ids))
-        return out, len(classes)
+    def key(source: str, sequence: str, pid: int):
+        if source != "mot17":
+            return person_key(source, sequence, pid)
+        try:
+            return "world", track_person[sequence][str(pid)]
+        except KeyError:
+            raise SystemExit(f"--mot-classes world: {manifest} has no person for {sequence} track {pid}") from None
 
-    return assign
+    return functools.partial(dataset_wide_ids, key=key)
 
 
 def main(argv: list[str] | None = None) -> None:

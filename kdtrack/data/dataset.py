@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Hashable, Iterable, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -447,24 +447,30 @@ def load_records_with_stats(cfg: Config) -> tuple[list[ImageRecord], dict[str, A
     return records, stats
 
 
-def dataset_wide_ids(records: Sequence[ImageRecord]) -> tuple[list[ImageRecord], int]:
+def person_key(source: str, sequence: str, pid: int) -> tuple:
+    """The class of a labelled box in :func:`dataset_wide_ids`: its dataset, sequence and id."""
+    return source, sequence, pid
+
+
+def dataset_wide_ids(records: Sequence[ImageRecord],
+                     key: Callable[[str, str, int], Hashable] = person_key) -> tuple[list[ImageRecord], int]:
     """``(records with class ids, number of classes)``: KD's hard labels (``loss.eta < 1``) need one class
     per person over the whole training set, but MOT17 track ids restart in every sequence (track 1 of
     MOT17-02 is not track 1 of MOT17-04) and each dataset numbers its own people. Every labelled
-    ``(source, sequence, id)`` becomes one class ``0..C-1`` (first-seen order); unlabelled boxes stay
-    ``UNKNOWN_ID``."""
+    ``(source, sequence, id)`` becomes one class ``0..C-1`` (first-seen order of ``key``; a bench may class
+    people otherwise); unlabelled boxes stay ``UNKNOWN_ID``."""
     from dataclasses import replace
 
     from kdtrack.structures import UNKNOWN_ID
 
-    classes: dict[tuple[str, str, int], int] = {}
+    classes: dict[Hashable, int] = {}
     out = []
     for record in records:
         group = str(record.extra.get("sequence", "")) if record.extra else ""
         ids = np.full(len(record.ids), UNKNOWN_ID, np.int64)
         for j, pid in enumerate(record.ids.tolist()):
             if pid >= 0:
-                ids[j] = classes.setdefault((record.source, group, int(pid)), len(classes))
+                ids[j] = classes.setdefault(key(record.source, group, int(pid)), len(classes))
         out.append(replace(record, ids=ids))
     return out, len(classes)
 
