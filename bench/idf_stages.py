@@ -15,6 +15,12 @@ baselines are probed once, on the same boxes.
     python bench/idf_stages.py --world W --out runs/hue0 --aug hue=0.0 --labels none  # stage 1 only, no hue jitter
 
 Stage-1 variants: ``--aug`` (``idf_view`` transform fields) and ``--set`` (config overrides, all stages).
+``--stage1-from CKPT`` starts from a stage-1 checkpoint instead of training one; ``--stage2-set`` overrides
+stage 2 alone, e.g. the pseudo-identities classified (``train.recipe=video_classify``'s loss):
+
+    python bench/idf_stages.py --world W --out runs/classify --stage1-from O1/checkpoint.pt --labels pseudo \
+        --stage2-set loss.id_mode=supervised --stage2-set loss.supervised_memory=4096 \
+        --stage2-set loss.uncertainty=false --stage2-set train.classifier_lr_mult=10 --stage2-set train.lr=1e-3
 Two diagnostic controls patch the process before any network or sample is built (docs/results/idf-stage1.md,
 "The dense contrastive objective fails at this scale"): ``--norm group`` makes every ``BatchNorm2d`` a
 ``GroupNorm`` (8 groups; no batch statistics, so nothing can leak between the samples of a batch, MoCo's
@@ -46,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kdtrack.data.transforms as transforms  # noqa: E402
 from jobs import pseudo_label  # noqa: E402
-from kdtrack.checkpoint import save_checkpoint  # noqa: E402
+from kdtrack.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from kdtrack.config import Config, load_config  # noqa: E402
 from kdtrack.data.dataset import TrainingDataset, load_records, read_image_rgb  # noqa: E402
 from kdtrack.engine import build_optimizer, build_scheduler, freeze_parts, train_in_process, trainable_parameters  # noqa: E402
@@ -124,7 +130,8 @@ def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *,
     ``by_identity``: :func:`identity_batches` instead."""
     freeze_parts(model, cfg.train.freeze)
     criterion = Criterion.from_config(cfg)
-    optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), cfg.train)
+    optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), cfg.train,
+                                criterion.classifier_parameters())
     scheduler = build_scheduler(optimizer, cfg.train, iterations)
     keys = MomentumEncoder(model, cfg.loss.key_momentum) if cfg.loss.id_mode == "contrastive" else None
     bs, start = cfg.train.batch_size_per_worker, time.time()
@@ -177,6 +184,9 @@ def main() -> None:
     ap.add_argument("--probe-every", type=int, default=300)
     ap.add_argument("--labels", default="pseudo,oracle", help="stage-2 label sets: pseudo, oracle (or none)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value (all stages)")
+    ap.add_argument("--stage2-set", dest="stage2_overrides", action="append", default=[],
+                    help="section.field=value (stage 2 only, after --set)")
+    ap.add_argument("--stage1-from", type=Path, help="a stage-1 checkpoint to start from instead of training stage 1")
     ap.add_argument("--aug", action="append", default=[], help="idf_view transform field=value (stage 1)")
     ap.add_argument("--norm", choices=("batch", "group"), default="batch",
                     help="group: every BatchNorm2d becomes a GroupNorm (diagnostic, all stages)")
@@ -199,7 +209,10 @@ def main() -> None:
     torch.manual_seed(cfg1.train.seed)
     model = build_student(cfg1.model)
     print(json.dumps({"stage": "init", "it": 0, **probe(model, baselines=("random", "colour"))}), flush=True)
-    if args.stage1_iters > 0:
+    if args.stage1_from:
+        model.load_state_dict(load_checkpoint(args.stage1_from)["model"])
+        print(json.dumps({"stage": "stage1_from", "it": 0, **probe(model)}), flush=True)
+    elif args.stage1_iters > 0:
         view = transforms.PRESETS["idf_view"]
         if args.aug:
             changes = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in args.aug)}
@@ -213,17 +226,22 @@ def main() -> None:
         label_dir = out / f"labels_{labels}"
         if labels == "oracle":
             pseudo_label.main(["--oracle-truth", "--videos", str(world / "kinetics"), "--out", str(label_dir)])
-        elif args.stage1_iters > 0:
+        elif args.stage1_iters > 0 or args.stage1_from:
             print(json.dumps({"stage": "pseudo_label", **pseudo_label.main(
                 ["--checkpoint", str(stage1), "--videos", str(world / "kinetics"), "--out", str(label_dir),
                  "--no-ray", "--no-progress", *[x for o in args.overrides for x in ("--set", o)]])["quality"]}),
                 flush=True)
         else:
             continue  # a random-init network detects nothing: no pseudo-labels of its own
-        cfg2 = load_config("idf_video_cpu", [*common, f"data.pseudo_labels={label_dir / 'labels.parquet'}"])
+        cfg2 = load_config("idf_video_cpu", [*common, f"data.pseudo_labels={label_dir / 'labels.parquet'}",
+                                             *args.stage2_overrides])
+        clips = read_clip_labels(cfg2.data.pseudo_labels, world)
+        if cfg2.loss.id_mode == "supervised" and cfg2.loss.num_id_classes == 0:
+            classes = 1 + max(int(ids.max()) for clip in clips for ids in clip.ids.values())
+            cfg2 = dataclasses.replace(cfg2, loss=dataclasses.replace(cfg2.loss, num_id_classes=classes))
         model2 = build_student(cfg2.model)
         model2.load_state_dict(model.state_dict())
-        train(model2, cfg2, VideoPairDataset(read_clip_labels(cfg2.data.pseudo_labels, world), cfg2),
+        train(model2, cfg2, VideoPairDataset(clips, cfg2),
               args.stage2_iters, stage=f"stage2_{labels}", probe=lambda m=model2: probe(m),
               probe_every=args.probe_every)
         save_checkpoint(out / f"stage2_{labels}", model=model2, config=cfg2, iteration=args.stage2_iters)

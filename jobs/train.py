@@ -224,14 +224,17 @@ def training_data(cfg: Config, smoke_test: bool = False) -> tuple[Any, dict[str,
     if recipe.items == "crops":
         return train_func, teacher_loop_data(cfg)  # smoke test: every crop, few iterations
     if recipe.items == "clips":
-        from kdtrack.data.video_pairs import read_clip_labels
+        from kdtrack.data.video_pairs import pseudo_id_classes, read_clip_labels
 
         clips = read_clip_labels(cfg.data.pseudo_labels, cfg.data.root)
+        clip_data: dict[str, Any] = {}
+        if recipe.classifier:  # each pseudo-identity a class, counted over every clip (a smoke test's aside)
+            clips, clip_data[ID_CLASSES_KEY] = pseudo_id_classes(clips)
         clips = clips[:keep] if smoke_test else clips
         _check_fills_a_batch(len(clips), "pseudo-labelled clips", cfg)
         print(f"{len(clips)} pseudo-labelled clips from {cfg.data.pseudo_labels} ({cfg.data.pair_sampling} frame "
               f"pairs), initialised from {cfg.train.init_from or 'random weights'}", flush=True)
-        return train_func, {"clips": [dataclasses.asdict(c) for c in clips]}
+        return train_func, {**clip_data, "clips": [dataclasses.asdict(c) for c in clips]}
     records = load_records(cfg)
     loop_data: dict[str, Any] = {}
     if recipe.classifier:  # counted over the whole data, a smoke test's few records aside
@@ -263,12 +266,15 @@ def with_id_classes(cfg: Config, loop_data: dict[str, Any]) -> Config:
     smaller one is refused (a person would have no class). Training data without a single identity label is
     refused, naming each source and what it holds."""
     found = loop_data.get(ID_CLASSES_KEY)
-    supervised = recipe_of(cfg).classifier == "always"
+    recipe = recipe_of(cfg)
+    supervised = recipe.classifier == "always"
+    people = ("pseudo-identities of the clips (jobs.pseudo_label's clusters)" if recipe.items == "clips"
+              else "people of the training data (one class per source, sequence and track id)")
     if found is None or (cfg.loss.eta >= 1.0 and not supervised):
         return cfg
     labelled = loop_data.get(LABELLED_KEY, {})
     if found == 0:
-        what = ("train.recipe 'supervised' classifies identities" if supervised
+        what = (f"train.recipe '{recipe.name}' classifies identities" if supervised
                 else f"loss.eta {cfg.loss.eta} < 1 needs identity labels")
         counts = ", ".join(f"{source}: {n}" for source, n in labelled.items()) or ", ".join(cfg.data.sources)
         raise ConfigError(f"{what}, but no training box of data.sources has one (labelled boxes per source: "
@@ -277,16 +283,14 @@ def with_id_classes(cfg: Config, loop_data: dict[str, Any]) -> Config:
     if supervised:
         unlabelled = [source for source, n in labelled.items() if n == 0]
         if unlabelled:
-            print(f"train.recipe 'supervised': {', '.join(unlabelled)} carry no identity labels and train "
+            print(f"train.recipe '{recipe.name}': {', '.join(unlabelled)} carry no identity labels and train "
                   f"detection only", flush=True)
     if cfg.loss.num_id_classes == 0:
-        print(f"loss.num_id_classes = {found}: the people of the training data (one class per source, "
-              f"sequence and track id)", flush=True)
+        print(f"loss.num_id_classes = {found}: the {people}", flush=True)
         return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, num_id_classes=found))
     if cfg.loss.num_id_classes < found:
-        raise ConfigError(f"loss.num_id_classes {cfg.loss.num_id_classes} < the {found} people of the training "
-                          f"data (one class per source, sequence and track id): set it to {found}, or 0 to take "
-                          f"the data's count")
+        raise ConfigError(f"loss.num_id_classes {cfg.loss.num_id_classes} < the {found} {people}: set it to "
+                          f"{found}, or 0 to take the data's count")
     return cfg
 
 

@@ -202,7 +202,7 @@ class DecodeConfig:
 class TrainConfig:
     """Optimisation and the Ray Train loop."""
 
-    recipe: Literal["teacher", "kd", "contrastive", "video", "detection", "supervised"] = "contrastive"  # jobs.train runs detection | contrastive | kd | video | supervised (must match loss.id_mode: none | contrastive | kd | contrastive | supervised) and teacher (the Re-ID teacher; loss.id_mode unused); video = IDF stage 2 on pseudo-labelled frame pairs (data.pseudo_labels)
+    recipe: Literal["teacher", "kd", "contrastive", "video", "detection", "supervised", "video_classify"] = "contrastive"  # jobs.train runs detection | contrastive | kd | video | supervised | video_classify (must match loss.id_mode: none | contrastive | kd | contrastive | supervised | supervised) and teacher (the Re-ID teacher; loss.id_mode unused); video = IDF stage 2 on pseudo-labelled frame pairs (data.pseudo_labels); video_classify = the same pairs, each pseudo-identity a class of the supervised loss
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-4
     momentum: float = 0.9  # SGD only

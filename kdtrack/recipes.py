@@ -68,7 +68,7 @@ def _refuse_recurring_people(cfg: Config) -> str | None:
 
 def _refuse_without_pseudo_labels(cfg: Config) -> str | None:
     if not cfg.data.pseudo_labels:
-        return ("train.recipe 'video' (IDF stage 2) trains on pseudo-labelled frame pairs: pass "
+        return (f"train.recipe '{cfg.train.recipe}' (IDF stage 2) trains on pseudo-labelled frame pairs: pass "
                 "--set data.pseudo_labels=L/labels.parquet (from python -m jobs.pseudo_label) and "
                 "--init-from the stage-1 checkpoint")
     return None
@@ -124,6 +124,7 @@ def _refuse_teacher_checkpoint(cfg: Config) -> str | None:
 CONTRASTIVE_FIELDS = ("loss.temperature", "loss.queue_size", "loss.key_momentum", "loss.batch_negatives",
                       "loss.id_weight", "loss.centre_region_radius")
 CLASSIFIER_FIELDS = ("loss.num_id_classes", "loss.s_det_init", "loss.s_id_init", "train.classifier_lr_mult")
+METRIC_MEMORY_FIELDS = ("loss.supervised_memory", "loss.supervised_metric_weight", "loss.supervised_temperature")
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("detection", id_mode="none"),
@@ -135,8 +136,11 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("video", id_mode="contrastive", items="clips", key_encoder=True, sweep_fields=CONTRASTIVE_FIELDS,
            refuses=(_refuse_without_pseudo_labels,)),
     Recipe("supervised", id_mode="supervised", classifier="always",
-           sweep_fields=(*CLASSIFIER_FIELDS, "loss.supervised_memory", "loss.supervised_metric_weight",
-                         "loss.supervised_temperature")),
+           sweep_fields=(*CLASSIFIER_FIELDS, *METRIC_MEMORY_FIELDS)),
+    # IDF stage 2 with the supervised recipe's loss over the pseudo-identities (this project's addition, not
+    # PointID's): each DBSCAN cluster is a class, contrasted over a memory (cluster-based unsupervised re-ID)
+    Recipe("video_classify", id_mode="supervised", items="clips", classifier="always",
+           sweep_fields=(*CLASSIFIER_FIELDS, *METRIC_MEMORY_FIELDS), refuses=(_refuse_without_pseudo_labels,)),
     Recipe("teacher", id_mode="", items="crops", sweepable=False,
            refuses=(_refuse_teacher_reports, _refuse_teacher_checkpoint)),
 )}

@@ -69,6 +69,11 @@ def _video(tmp: Path, request) -> tuple[str, list[str]]:
                     f"train.init_from={init}"]
 
 
+def _video_classify(tmp: Path, request) -> tuple[str, list[str]]:
+    _, overrides = _video(tmp, request)
+    return "idf_classify_cpu", [o for o in overrides if not o.startswith(("train.recipe", "loss.id_mode"))]
+
+
 def _kd(tmp: Path, request) -> tuple[str, list[str]]:
     teacher_cfg = load_config("teacher_cpu")  # its feature_dim is kd_cpu's model.embedding_dim
     ckpt = save_checkpoint(tmp / "teacher", model=build_teacher(teacher_cfg.teacher, num_classes=5), config=teacher_cfg)
@@ -84,7 +89,7 @@ def _teacher(tmp: Path, request) -> tuple[str, list[str]]:
 
 
 SETUPS = {"detection": _detection, "contrastive": _contrastive, "video": _video, "kd": _kd,
-          "supervised": _supervised, "teacher": _teacher}
+          "supervised": _supervised, "video_classify": _video_classify, "teacher": _teacher}
 
 
 def _argv(recipe, freeze, tmp: Path, world: Path, mlflow_uri: str, request) -> list[str]:

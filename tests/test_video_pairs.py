@@ -18,7 +18,7 @@ from kdtrack.engine import build_optimizer, freeze_parts, train_step, trainable_
 from kdtrack.losses import Criterion
 from kdtrack.models import build_student
 from kdtrack.models.momentum import MomentumEncoder
-from kdtrack.data.video_pairs import ClipLabels, VideoPairDataset, read_clip_labels
+from kdtrack.data.video_pairs import ClipLabels, VideoPairDataset, pseudo_id_classes, read_clip_labels
 
 FAST = ["model.width=8", "model.head_conv=16", "model.embedding_dim=16", "loss.queue_size=64"]
 
@@ -45,6 +45,36 @@ def test_biased_pairs_take_one_frame_from_each_half() -> None:
         assert a <= 5 < b
     pairs = {clip.pair(rng, "random") for _ in range(200)}
     assert any(a > 5 and b > 5 for a, b in pairs) and all(a != b for a, b in pairs)
+
+
+def test_pseudo_ids_become_dense_classes_in_first_seen_order() -> None:
+    first = ClipLabels("a", "a.mp4", 9, np.array([1, 2]), {}, {2: np.array([3, 9]), 1: np.array([7, -1, 3])})
+    second = ClipLabels("b", "b.mp4", 9, np.array([4]), {}, {4: np.array([12, -1, 7])})
+    clips, count = pseudo_id_classes([first, second])
+    assert count == 4  # 7, 3, 9, 12; outliers stay out
+    assert clips[0].ids[1].tolist() == [0, -1, 1] and clips[0].ids[2].tolist() == [1, 2]
+    assert clips[1].ids[4].tolist() == [3, -1, 0]
+    assert first.ids[1].tolist() == [7, -1, 3]  # the input is left as it was
+    assert pseudo_id_classes([]) == ([], 0)
+
+
+def test_video_classify_has_a_class_per_pseudo_identity_of_the_kept_clips(tiny_world: Path,
+                                                                          oracle_labels: Path) -> None:
+    import pyarrow.parquet as pq
+
+    cfg = load_config("idf_classify_cpu", [f"data.root={tiny_world}", f"data.pseudo_labels={oracle_labels}"])
+    _, loop_data = train_job.training_data(cfg)
+    kept = {c.video for c in read_clip_labels(oracle_labels, tiny_world)}
+    table = pq.read_table(oracle_labels).to_pandas()
+    people = table[table["video"].isin(kept) & (table["pseudo_id"] >= 0)]["pseudo_id"].nunique()
+    assert loop_data[train_job.ID_CLASSES_KEY] == people > 3
+    ids = np.concatenate([i for c in loop_data["clips"] for i in c["ids"].values()])
+    assert sorted(set(ids[ids >= 0].tolist())) == list(range(people))
+    assert train_job.with_id_classes(cfg, loop_data).loss.num_id_classes == people
+    small = load_config("idf_classify_cpu", [f"data.root={tiny_world}", f"data.pseudo_labels={oracle_labels}",
+                                             "loss.num_id_classes=2"])
+    with pytest.raises(ConfigError, match=f"2 < the {people} pseudo-identities of the clips"):
+        train_job.with_id_classes(small, loop_data)
 
 
 def test_pair_samples_share_pseudo_ids_across_frames(tiny_world: Path, oracle_labels: Path) -> None:

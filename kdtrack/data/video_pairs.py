@@ -85,6 +85,24 @@ def read_clip_labels(labels_path: str | Path, data_root: str | Path) -> list[Cli
     return clips
 
 
+def pseudo_id_classes(clips: Sequence[ClipLabels]) -> tuple[list[ClipLabels], int]:
+    """``(clips with class ids, number of classes)``: every pseudo id of ``clips`` renumbered ``0..C-1`` in
+    first-seen order, outliers kept at -1. ``train.recipe=video_classify`` classifies the pseudo-identities:
+    ids of clips ``jobs.pseudo_label`` did not keep would be classes no sample ever shows, and FairMOT's
+    embedding scale ``sqrt(2) ln(C - 1)`` counts the classes."""
+    from dataclasses import replace
+
+    classes: dict[int, int] = {}
+    out = []
+    for clip in clips:
+        ids = {}
+        for frame in sorted(clip.ids):
+            ids[frame] = np.array([classes.setdefault(int(i), len(classes)) if i >= 0 else -1
+                                   for i in clip.ids[frame].tolist()], np.int64)
+        out.append(replace(clip, ids=ids))
+    return out, len(classes)
+
+
 def video_pair_sample(clip: ClipLabels, cfg: Config, rng: np.random.Generator, *,
                       augment: BoxAugment | None = None, partners: Sequence[ClipLabels] = ()) -> dict[str, np.ndarray]:
     """Two frames of ``clip`` as the two views (keys and shapes of a two-view ``training_sample``).
