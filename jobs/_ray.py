@@ -8,7 +8,10 @@ Two shapes of work:
   :class:`Outcome` (its value, or its error as one line), so one failure never drops the others.
 
 Retries. A worker process that dies (node lost, out-of-memory kill) is restarted by Ray and the
-item re-run (``max_restarts`` / ``max_task_retries``). Exceptions raised by the work itself are
+item re-run (``max_restarts`` / ``max_task_retries``). When Ray gives up first (a node lost: until the GCS
+notices, every retry on that actor fails at once with "actor unavailable"), the pool kills that actor, starts
+a new one wherever Ray finds room and queues the item again, up to ``max_task_retries`` times: items must be
+idempotent (the workers return results, the driver writes them). Exceptions raised by the work itself are
 retried only when another attempt may succeed: :data:`RETRY_EXCEPTIONS` (timeouts, dropped
 connections, and :class:`TransientError`, which :func:`transient_errors` makes of an ``OSError``
 whose errno says "try again": ``EIO``, ``ESTALE`` on NFS, ...). A corrupt image or a missing file
@@ -232,6 +235,8 @@ class _ActorPool:
         self.actors: list[Any] = []
         self.idle: list[Any] = []
         self.busy: dict[Any, tuple[Any, int, float]] = {}  # call ref -> (actor, item, submitted at)
+        self.gpus: dict[Any, float] = {}  # actor -> the GPUs it asked for (a replacement asks the same)
+        self.lost: collections.Counter = collections.Counter()  # item -> times its worker was lost under it
         self.queue = collections.deque(range(len(calls)))
         self.start_errors: list[str] = []
         self.warned_waiting = False
@@ -242,6 +247,7 @@ class _ActorPool:
             max_task_retries=self.max_task_retries, scheduling_strategy="SPREAD",
         ).remote(**self.worker_kwargs)
         self.actors.append(actor)
+        self.gpus[actor] = gpus
         self.pending[actor.ready.remote()] = (actor, gpus, time.monotonic())
 
     def finish(self, outcome: Outcome) -> None:
@@ -288,6 +294,15 @@ class _ActorPool:
             print(f"waiting for Ray to place {len(self.pending)} actor(s) of {self.num_cpus} CPU "
                   f"(free now: {self.ray.available_resources()})", flush=True)
 
+    def _replace(self, actor: Any) -> None:
+        """A lost actor is killed for good and a new one started: Ray would restart it only once the GCS has
+        noticed the node is gone (seconds to tens of seconds), and only where its old resources fit."""
+        try:
+            self.ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001  (already gone)
+            pass
+        self.start(self.gpus.pop(actor, 0.0))
+
     def _started(self, ref: Any) -> None:
         actor, _, _ = self.pending.pop(ref)
         try:
@@ -304,7 +319,12 @@ class _ActorPool:
         actor, index, submitted = self.busy.pop(ref)
         try:
             value = self.ray.get(ref)
-        except self.ray.exceptions.RayActorError as exc:  # died for good (restarts used up): drop it
+        except self.ray.exceptions.RayActorError as exc:  # its worker is lost and Ray's own retries are spent
+            self._replace(actor)
+            if self.lost[index] < self.max_task_retries:
+                self.lost[index] += 1
+                self.queue.appendleft(index)  # next, on whichever actor is free first
+                return
             self.finish(Outcome(index, error=describe_error(exc), seconds=time.monotonic() - submitted))
             return
         except Exception as exc:

@@ -30,7 +30,8 @@ def _counting_worker():
     """A worker class defined in a function, so Ray ships it by value (tests/ is not importable on workers).
 
     ``work(path, mode)`` appends a line to ``path`` per attempt; mode "flaky" raises TimeoutError on the
-    first attempt (retried), "broken" a ValueError every time (not retried), "io" an OSError(EIO) once, "slow" sleeps 0.6 s.
+    first attempt (retried), "broken" a ValueError every time (not retried), "io" an OSError(EIO) once, "slow" sleeps 0.6 s,
+    "dies" ends its process on the first attempt (a lost worker), "always_dies" on every one.
     """
     import errno
     import os
@@ -58,6 +59,8 @@ def _counting_worker():
                     raise ValueError(f"{path}: corrupt")
                 if mode == "slow":
                     time.sleep(0.6)
+                if mode == "always_dies" or mode == "dies" and attempts == 1:
+                    os._exit(1)
             return f"{self.tag}:{mode}:{attempts}"
 
     return Worker
@@ -78,6 +81,21 @@ def test_actor_pool_retries_transient_errors_and_reports_the_rest(ray_session, t
         # a non-transient error is not retried and comes back as one line naming the input
         assert out[2].error == f"ValueError: {paths[2]}: corrupt" and len(paths[2].read_text().split()) == 1
         assert sorted(done) == list(range(5)) and len(report.workers) == (2 if use_ray else 1)
+
+
+def test_actor_pool_replaces_a_lost_actor_and_runs_its_item_again(ray_session, tmp_path):
+    """Ray gives up on an actor whose process died (no restarts here; on a lost node its retries fail at once):
+    the pool starts another actor and queues the item again, up to max_task_retries times, then names it."""
+    from jobs._ray import run_actor_pool
+
+    modes = ["dies", "ok", "always_dies", "ok"]
+    paths = [tmp_path / f"{i}.txt" for i in range(len(modes))]
+    report = run_actor_pool(_counting_worker(), {"tag": "w"}, [("work", (str(p), m)) for p, m in zip(paths, modes)],
+                            num_actors=1, num_cpus=0.25, num_gpus=0, max_restarts=0, max_task_retries=1)
+    out = report.outcomes
+    assert [o.value for o in out] == ["w:dies:2", "w:ok:1", None, "w:ok:1"]
+    assert out[2].error.startswith("worker died: ") and len(paths[2].read_text().split()) == 2  # tried twice
+    assert len(report.workers) == 4  # the first actor and one replacement per death (three)
 
 
 def test_actor_pool_falls_back_to_cpu_when_a_gpu_actor_cannot_start(ray_session, tmp_path, monkeypatch):

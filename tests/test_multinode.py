@@ -5,7 +5,10 @@ every process bound to 127.0.0.1), started once for this module.
   between them, log the same losses as the same run packed on one node;
 - the node of a training worker is removed mid-run, a spare node takes its place (as an autoscaler's):
   training resumes from the last checkpoint in the shared S3 bucket (moto on 127.0.0.1), ends at exactly
-  the planned iteration, keeps every checkpoint written before the loss, and stays one MLflow run.
+  the planned iteration, keeps every checkpoint written before the loss, and stays one MLflow run;
+- the node of a busy inference actor is removed during ``jobs.evaluate mot`` and during ``jobs.pseudo_label``:
+  the item it held runs again elsewhere, every sequence / clip comes back exactly once, and the tracker files,
+  per-sequence metrics and label tables are those of a fault-free run.
 
 Why its own cluster, and how it keeps clear of the session one (``tests/conftest.py``): two Ray instances on
 2 cores starve each other (RAY_NOTES), so the module fixture stops the session cluster when a test before
@@ -18,6 +21,7 @@ see the same batches on any node (the Ray Data split hands blocks to whichever w
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -299,3 +303,190 @@ def test_a_lost_node_resumes_from_the_bucket_into_one_mlflow_run(multinode, tiny
     print(f"lost node {loss.lost_node[:8]} {loss.seconds_to_loss:.1f} s in, after the checkpoint of iteration "
           f"{loss.registered_at_loss} was registered; resumed from {resumed:.0f} on {sorted(idle_before)[0][:8]}; "
           f"fit {result['fit_seconds']:.1f} s")
+
+
+# --------------------------------------------------------------------------- inference jobs (actor pools)
+
+POOL_ACTORS = 2  # one per worker node (1 CPU each); the third worker node is the spare a lost actor restarts on
+
+
+class LoseBusyActorNode:
+    """Wraps a job's ``run_actor_pool``: when the pool's last actor reports ready, removes the node of the first
+    one, which took an item the moment it was ready and is busy with it (the queue holds more items than actors).
+    Runs in the driver's loop, so the loss falls between two of its steps, not at a random time.
+
+    Notes ``done_at_loss`` (items finished before), and every outcome's index and worker node."""
+
+    def __init__(self, multinode: MultiNode, actors: int = POOL_ACTORS):
+        self.multinode, self.actors = multinode, actors
+        self.ready: list[dict] = []
+        self.finished: list[tuple[int, str]] = []  # (item, node[:8]) of each outcome, in order
+        self.done_at_loss: int | None = None
+        self.lost_node: str | None = None
+        self.spares: list[str] = []  # worker nodes without an actor at the loss
+
+    def wrap(self, real):
+        def run_actor_pool(*args, on_ready=None, on_done=None, **kwargs):
+            def ready(info: dict) -> None:
+                if on_ready is not None:
+                    on_ready(info)
+                self.ready.append(info)
+                if len(self.ready) == self.actors and self.lost_node is None:
+                    self._lose(self.ready[0]["node"])
+
+            def done(outcome) -> None:
+                self.finished.append((outcome.index, (outcome.value or {}).get("node", "")))
+                if on_done is not None:
+                    on_done(outcome)
+
+            return real(*args, on_ready=ready, on_done=done, **kwargs)
+
+        return run_actor_pool
+
+    def _lose(self, node_prefix: str) -> None:
+        node = next(n for n in self.multinode.workers if n.node_id.startswith(node_prefix))
+        self.done_at_loss = len(self.finished)
+        self.lost_node = node.node_id
+        self.spares = [n.node_id for n in self.multinode.workers
+                       if n.node_id[:8] not in {info["node"] for info in self.ready}]
+        self.multinode.remove_worker(node)
+
+    def check(self, items: int) -> None:
+        """The node went mid-job; every item came back once; the item its actor held was run again elsewhere (alone
+        until the last actor was ready, the first actor took items 0, 1, ... in order: it held ``done_at_loss``);
+        nothing finished on the lost node after the loss, only on the surviving actor's node or the spare (where
+        the lost actor's replacement starts, if it is ready before the others have finished everything)."""
+        assert self.lost_node is not None and self.done_at_loss < items, self.describe()
+        assert sorted(i for i, _ in self.finished) == list(range(items)), self.describe()
+        node_of = dict(self.finished)
+        assert node_of[self.done_at_loss] != self.lost_node[:8], self.describe()
+        after = {node for _, node in self.finished[self.done_at_loss:]}
+        survivor = {info["node"] for info in self.ready[:self.actors]} - {self.lost_node[:8]}
+        assert after and after <= survivor | {n[:8] for n in self.spares}, self.describe()
+
+    def describe(self) -> str:
+        return (f"lost node {str(self.lost_node)[:8]} with {self.done_at_loss} item(s) done; workers ready on "
+                f"{[info['node'] for info in self.ready]}; (item, node) as finished: {self.finished}")
+
+
+# the untrained network's weak peaks all kept and tracked: tracker files full of boxes, ids and scores to compare
+EVERY_BOX = [item for setting in ("decode.score_threshold=0.0", "decode.top_k=20", "tracker.min_score=0.0",
+                                  "tracker.det_thresh=0.0", "tracker.min_box_area=0", "tracker.max_aspect_ratio=100")
+             for item in ("--set", setting)]
+
+
+def _worker_nodes(multinode: MultiNode, count: int) -> None:
+    """Adds worker nodes until there are ``count`` (an earlier test may have lost one)."""
+    while len(multinode.workers) < count:
+        multinode.add_worker()
+
+
+def _mot_root(tiny_world: Path, root: Path, copies: int) -> Path:
+    """``copies`` copies of each tiny-world sequence, each under its own name (frames linked): more sequences
+    than actors, so the pool has queued work when a node goes."""
+    from dataclasses import replace as dc_replace
+    import shutil
+
+    from kdtrack.formats.mot import list_sequences, read_seqinfo, write_seqinfo
+
+    for i in range(copies):
+        for seq in list_sequences(tiny_world / "MOT17" / "train"):
+            name = seq.name.replace("SYN", f"SYN{i}")
+            dst = root / name
+            dst.mkdir(parents=True)
+            shutil.copytree(seq / "gt", dst / "gt")
+            (dst / "img1").symlink_to(seq / "img1", target_is_directory=True)
+            write_seqinfo(dst, dc_replace(read_seqinfo(seq), name=name))
+    return root
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Torch on one thread here, as in an inference actor of one CPU: the in-process run computes what the actors do."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _without_timings(sequences: dict[str, dict]) -> dict[str, dict]:
+    return {name: {k: v for k, v in m.items() if not k.endswith("_fps")} for name, m in sequences.items()}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_lost_node_during_mot_evaluation_changes_no_result(multinode, tiny_world, tmp_path, monkeypatch):
+    import jobs._mot_eval
+    from jobs.evaluate import main as evaluate
+
+    from test_evaluate_cluster import _fast_checkpoint
+
+    _worker_nodes(multinode, POOL_ACTORS + 1)
+    checkpoint = _fast_checkpoint(tmp_path / "ckpt")
+    root = _mot_root(tiny_world, tmp_path / "MOT17" / "train", copies=3)
+    names = sorted(p.name for p in root.iterdir())
+
+    def run(name: str, *extra: str) -> dict:
+        out = tmp_path / name / "metrics.json"
+        return evaluate(["mot", "--checkpoint", str(checkpoint), "--data-root", str(root), "--half", "val",
+                         "--out", str(out), "--no-progress", "--set", "eval.render_frames=0",
+                         "--set", f"eval.num_actors={POOL_ACTORS}", "--set", "eval.cpus_per_actor=1",
+                         *EVERY_BOX, *extra])
+
+    with one_torch_thread():  # the fault-free run, in this process, computing as an actor does
+        reference = run("reference", "--no-ray")
+    loss = LoseBusyActorNode(multinode)
+    monkeypatch.setattr(jobs._mot_eval, "run_actor_pool", loss.wrap(jobs._mot_eval.run_actor_pool))
+    recovered = run("lost")
+
+    loss.check(len(names))
+    # every sequence came back exactly once, none failed, and the metrics and tracker files are the fault-free ones
+    assert "failed" not in recovered and sorted(recovered["sequences"]) == names
+    assert recovered["combined"]["FP"] + recovered["combined"]["IDs"] > 0  # tracks to compare, not empty files
+    assert _without_timings(recovered["sequences"]) == _without_timings(reference["sequences"])
+    for name in names:
+        assert (tmp_path / "lost" / "results" / f"{name}.txt").read_bytes() == \
+            (tmp_path / "reference" / "results" / f"{name}.txt").read_bytes(), name
+    print(loss.describe())
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_lost_node_during_pseudo_labelling_changes_no_label(multinode, tiny_world, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from jobs import pseudo_label
+
+    from test_pseudo_label import JOB  # the job settings of its own tests
+    from test_evaluate_cluster import _fast_checkpoint
+
+    _worker_nodes(multinode, POOL_ACTORS + 1)
+    checkpoint = _fast_checkpoint(tmp_path / "ckpt")
+    clips = sum(1 for _ in open(tiny_world / "kinetics" / "train.csv")) - 1
+    assert clips > POOL_ACTORS
+
+    def run(name: str, *extra: str) -> dict:
+        return pseudo_label.main(["--checkpoint", str(checkpoint), "--videos", str(tiny_world / "kinetics"),
+                                  "--out", str(tmp_path / name), *JOB, "--set", f"pseudo.num_actors={POOL_ACTORS}",
+                                  "--set", "pseudo.cpus_per_actor=1", *extra])
+
+    with one_torch_thread():
+        reference = run("reference", "--no-ray")
+    loss = LoseBusyActorNode(multinode)
+    monkeypatch.setattr(pseudo_label, "run_actor_pool", loss.wrap(pseudo_label.run_actor_pool))
+    recovered = run("lost")
+
+    loss.check(clips)
+    assert recovered["videos_bad"] == 0 and recovered["videos_clustered"] == reference["videos_clustered"] == clips
+    assert recovered["boxes"] > 0 and recovered["pseudo_ids"] > 0
+    for name in (pseudo_label.LABELS_FILE, pseudo_label.VIDEOS_FILE):
+        got, want = pq.read_table(tmp_path / "lost" / name), pq.read_table(tmp_path / "reference" / name)
+        assert got.equals(want), name
+    labels = pq.read_table(tmp_path / "lost" / pseudo_label.LABELS_FILE).to_pandas()
+    assert labels["video"].nunique() == clips  # every clip once: one part each, none twice
+    assert len(list((tmp_path / "lost" / pseudo_label.PARTS_DIR).rglob("*.npz"))) == clips
+    print(loss.describe())
