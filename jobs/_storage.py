@@ -234,6 +234,33 @@ def fetch_to_local(uri: str | Path, dst: str | Path, filename: str) -> Path:
     return atomic_save(target, copy)
 
 
+def upload(storage: Storage, files: "list[Path]") -> list[str]:
+    """Copy finished local files into ``storage`` (each under its own name), in the order given; returns their
+    URIs. Never a half-written file there: an object store makes an object visible only once its upload
+    completes, and a folder gets a temporary file renamed. Callers upload an index file last, so whoever
+    finds it finds the rest."""
+    from kdtrack.io import atomic_save
+
+    uris = []
+    for file in files:
+        def copy(handle: Any, file: Path = file) -> None:
+            with open(file, "rb") as src:
+                while chunk := src.read(1 << 22):
+                    handle.write(chunk)
+
+        target = f"{storage.path}/{file.name}"
+        if storage.is_local:
+            atomic_save(Path(target), copy)
+        else:
+            try:
+                with storage.filesystem.open_output_stream(target) as handle:
+                    copy(handle)
+            except OSError as exc:
+                raise StorageLost(f"{storage.uri}: upload of {file.name} failed ({_one_line(exc)})") from None
+        uris.append(storage.uri_of(target))
+    return uris
+
+
 def _endpoint_note(uri: str) -> str:
     if scheme_of(uri) != "s3":
         return ""

@@ -18,6 +18,9 @@
    ``L/videos.parquet`` (per video: boxes, clusters, outliers, valid trajectories, kept, status)
    and ``L/summary.json``; with the hidden truth beside the clips (``kinetics_truth/``, the synthetic
    world's) also ARI / NMI / purity / trajectories recovered. Logged to MLflow with ``--mlflow-uri``.
+   With ``--storage s3://bucket/prefix`` (or a folder every node sees) the three finished files are then
+   copied there, ``labels.parquet`` last (``jobs.train --set data.pseudo_labels=s3://bucket/prefix/labels.parquet``
+   reads them); the storage is checked before any work, the parts (resume) stay under ``--out``.
 
 Bad clips (not found, undecodable, zero frames) and clips without a detection are counted and
 skipped, never fatal; the job exits 1 only when no clip could be clustered.
@@ -39,6 +42,7 @@ import numpy as np
 from jobs._ray import ensure_ray, map_tasks, run_actor_pool
 from jobs._cli import InputError, run_cli
 from jobs._model_uri import resolve_checkpoints
+from jobs._storage import Storage, check_storage, resolve_storage, upload
 from jobs._inference_pool import InferenceWorker, ModelHandle, checkpoint_entry, read_checkpoint
 from kdtrack.config import Config, apply_overrides, config_to_dict, flatten_config, load_config
 from kdtrack.formats.common import ReadStats
@@ -359,6 +363,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "models:/<name>/<version>) fetched from --mlflow-uri (required unless --oracle-truth)")
     p.add_argument("--videos", required=True, type=Path, help="Kinetics root: <split>.csv and <split>/<label>/*.mp4")
     p.add_argument("--out", required=True, type=Path, help="output folder (rerun over it to resume)")
+    p.add_argument("--storage", default=None,
+                   help="also copy the finished labels there: s3://bucket/prefix (AWS_* variables, as jobs.train's "
+                        "--storage) or a folder; checked before any work")
     p.add_argument("--split", default="train", help="clip list: train (train.csv), val (validate.csv), test")
     p.add_argument("--truth", type=Path, default=None,
                    help="hidden identity truth, <video>.txt MOT rows (default: <videos>/../kinetics_truth if present)")
@@ -373,10 +380,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def checked_storage(args: argparse.Namespace) -> Storage | None:
+    """``--storage`` resolved and checked (a bad URI, a missing bucket: a StorageError naming it, exit 2)."""
+    if not args.storage:
+        return None
+    storage = resolve_storage(args.storage)
+    check_storage(storage)
+    return storage
+
+
+def publish(storage: Storage | None, out: Path, summary: dict[str, Any]) -> None:
+    """The finished files copied to ``--storage``, the labels last (whoever finds them finds the rest)."""
+    if storage is not None:
+        summary["storage"] = upload(storage, [out / VIDEOS_FILE, out / SUMMARY_FILE, out / LABELS_FILE])
+        print(f"labels copied to {storage.uri}/{LABELS_FILE}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
+    storage = checked_storage(args)
     if args.oracle_truth:
-        return _main_oracle(args)
+        return _main_oracle(args, storage)
     if args.checkpoint is None:
         raise InputError("--checkpoint is required (the stage-1 network), unless --oracle-truth")
     args.checkpoint = Path(resolve_checkpoints(args.checkpoint, args.mlflow_uri))  # runs:/, models:/ URIs
@@ -439,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     atomic_write_json(out / SUMMARY_FILE, summary)
     print(_summary_line(summary), flush=True)
+    publish(storage, out, summary)
     uri = args.mlflow_uri or cfg.mlflow.tracking_uri
     if uri:
         summary["mlflow_run_id"] = _log_mlflow(uri, cfg, summary, out, info.path)
@@ -456,7 +481,7 @@ def _clip_list(args: argparse.Namespace) -> tuple[Path, Path, list[tuple[str, st
     return videos_root, out, clips[:args.max_videos] if args.max_videos > 0 else clips, listing
 
 
-def _main_oracle(args: argparse.Namespace) -> dict[str, Any]:
+def _main_oracle(args: argparse.Namespace, storage: Storage | None) -> dict[str, Any]:
     cfg = load_config(args.config, args.overrides)
     videos_root, out, clips, listing = _clip_list(args)
     truth_root = args.truth.resolve() if args.truth else truth_root_for(videos_root)
@@ -468,6 +493,7 @@ def _main_oracle(args: argparse.Namespace) -> dict[str, Any]:
     atomic_write_json(out / SUMMARY_FILE, summary)
     print(f"oracle labels from {truth_root}: {summary['videos_kept']}/{len(clips)} clips kept, {summary['boxes']} "
           f"boxes, {summary['pseudo_ids']} identities", flush=True)
+    publish(storage, out, summary)
     return summary
 
 

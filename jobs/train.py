@@ -60,7 +60,9 @@ from typing import Any, Sequence
 from jobs._mlflow_train import create_driver_run, log_trained_model, mark_failed
 from jobs._ray import refuse_unless_joining
 from jobs._resume import check_resume
-from jobs._storage import Storage, StorageLost, check_storage, resolve_storage, storage_problem
+from jobs._storage import (
+    Storage, StorageLost, as_uri, check_storage, fetch_to_local, is_storage_uri, resolve_storage, storage_problem,
+)
 from jobs._train_worker import (  # noqa: F401  (perf_suffix .. build_kd_teacher: the worker's public names)
     MLFLOW_RUN_ID_KEY, PIPELINE_KEY, build_kd_teacher, dataset_factory, next_report_iteration, perf_suffix, report_due,
     teacher_batches_factory, train_func,
@@ -224,9 +226,9 @@ def training_data(cfg: Config, smoke_test: bool = False) -> tuple[Any, dict[str,
     if recipe.items == "crops":
         return train_func, teacher_loop_data(cfg)  # smoke test: every crop, few iterations
     if recipe.items == "clips":
-        from kdtrack.data.video_pairs import pseudo_id_classes, read_clip_labels
+        from kdtrack.data.video_pairs import pseudo_id_classes
 
-        clips = read_clip_labels(cfg.data.pseudo_labels, cfg.data.root)
+        clips = clip_labels(cfg)
         clip_data: dict[str, Any] = {}
         if recipe.classifier:  # each pseudo-identity a class, counted over every clip (a smoke test's aside)
             clips, clip_data[ID_CLASSES_KEY] = pseudo_id_classes(clips)
@@ -249,6 +251,28 @@ def training_data(cfg: Config, smoke_test: bool = False) -> tuple[Any, dict[str,
     if recipe.classifier:  # KD hard labels (eta < 1, maybe in a sweep's trial), supervised
         records, loop_data[ID_CLASSES_KEY] = dataset_wide_ids(records)
     return train_func, {**loop_data, "records": [r.to_dict() for r in records]}
+
+
+def clip_labels(cfg: Config) -> list[Any]:
+    """The pseudo-labelled clips of ``data.pseudo_labels``: a local ``labels.parquet``, or one on object storage
+    (``s3://bucket/prefix/labels.parquet``, from ``jobs.pseudo_label --storage``), fetched with the
+    ``videos.parquet`` beside it to a temporary folder on this driver, which reads them; a missing object is a
+    ConfigError naming it."""
+    import tempfile
+
+    from kdtrack.data.video_pairs import VIDEOS_FILE, read_clip_labels
+
+    ref = cfg.data.pseudo_labels
+    if not is_storage_uri(ref):
+        return read_clip_labels(ref, cfg.data.root)
+    parent, name = as_uri(ref).rstrip("/").rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="kdtrack-labels-") as tmp:
+        try:
+            for filename in (name, VIDEOS_FILE):
+                fetch_to_local(f"{parent}/{filename}", tmp, filename)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"data.pseudo_labels: {exc} (run jobs.pseudo_label --storage {parent} first)") from None
+        return read_clip_labels(Path(tmp) / name, cfg.data.root)
 
 
 def labelled_boxes_by_source(records: Sequence[Any], sources: Sequence[str]) -> dict[str, int]:

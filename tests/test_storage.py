@@ -196,3 +196,44 @@ def test_a_bucket_gone_mid_run_fails_the_run_naming_it(s3_bucket, s3_server, tin
     client = MlflowClient(mlflow_uri)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FAILED"
+
+
+def test_pseudo_labels_through_a_bucket_feed_video_training(s3_bucket, s3_server, tiny_world, tmp_path, capsys,
+                                                            monkeypatch):
+    """``jobs.pseudo_label --storage s3://...`` copies its finished files into the bucket; ``jobs.train``'s
+    driver reads ``data.pseudo_labels=s3://.../labels.parquet`` into the same clips as the local file; a bad
+    storage or a missing object ends either job with one line naming it (exit 2), before any work."""
+    from jobs import pseudo_label
+    from jobs.pseudo_label import LABELS_FILE, SUMMARY_FILE, VIDEOS_FILE
+
+    monkeypatch.setattr(jobs._ray, "ensure_ray", lambda: (_ for _ in ()).throw(AssertionError("Ray started")))
+    out, prefix = tmp_path / "labels", f"{s3_bucket}/idf/labels"
+    summary = pseudo_label.main(["--oracle-truth", "--videos", str(tiny_world / "kinetics"), "--out", str(out),
+                                 "--storage", f"s3://{prefix}", "--no-progress"])
+    names = [VIDEOS_FILE, SUMMARY_FILE, LABELS_FILE]  # the labels last: whoever finds them finds the rest
+    assert summary["storage"] == [f"s3://{prefix}/{name}" for name in names] and summary["boxes"] > 0
+    fs = _bucket_fs(s3_server)
+    for name in names:
+        with fs.open_input_stream(f"{prefix}/{name}") as handle:
+            assert handle.read() == (out / name).read_bytes(), name
+
+    def clips(labels: str) -> list[dict]:
+        import dataclasses
+
+        cfg = load_config("idf_video_cpu", [f"data.root={tiny_world}", f"data.pseudo_labels={labels}"])
+        return [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in dataclasses.asdict(c).items()}
+                for c in jobs.train.clip_labels(cfg)]
+
+    from_bucket = clips(f"s3://{prefix}/{LABELS_FILE}")
+    assert from_bucket and repr(from_bucket) == repr(clips(str(out / LABELS_FILE)))
+
+    capsys.readouterr()
+    missing = f"s3://{s3_bucket}/idf/nothing/{LABELS_FILE}"
+    assert jobs.train.cli(["--config", "idf_video_cpu", "--data-root", str(tiny_world), "--out", str(tmp_path / "t"),
+                           "--set", f"data.pseudo_labels={missing}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"data.pseudo_labels: {missing}: no such object" in err[0], err
+    assert pseudo_label.cli(["--oracle-truth", "--videos", str(tiny_world / "kinetics"), "--out", str(tmp_path / "o"),
+                             "--storage", f"s3://{s3_bucket}-gone/labels"]) == 2
+    assert f"--storage s3://{s3_bucket}-gone/labels: bucket '{s3_bucket}-gone' does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before any work

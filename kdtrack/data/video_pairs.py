@@ -52,6 +52,9 @@ class ClipLabels:
         return int(a), int(b)
 
 
+VIDEOS_FILE = "videos.parquet"  # beside labels.parquet: which clips jobs.pseudo_label kept
+
+
 def read_clip_labels(labels_path: str | Path, data_root: str | Path) -> list[ClipLabels]:
     """Kept clips of a ``jobs.pseudo_label`` output (``labels.parquet`` + ``videos.parquet`` beside it) with
     at least two labelled frames, their files under ``<data_root>/kinetics``; a clip file that is
@@ -59,7 +62,7 @@ def read_clip_labels(labels_path: str | Path, data_root: str | Path) -> list[Cli
     import pyarrow.parquet as pq
 
     labels_path = Path(labels_path)
-    videos_path = labels_path.with_name("videos.parquet")
+    videos_path = labels_path.with_name(VIDEOS_FILE)
     for path in (labels_path, videos_path):
         if not path.is_file():
             raise ConfigError(f"data.pseudo_labels: {path} not found (run jobs.pseudo_label first)")
