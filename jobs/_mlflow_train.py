@@ -46,7 +46,7 @@ def start_run(cfg: Config, uri: str, ray_run_name: str, resume_state: dict[str, 
             if resume_state is not None:
                 client.set_tag(previous, "kdtrack.resumed_at_iteration", str(int(resume_state.get("iteration", 0))))
             return client, previous
-    experiment_id = mlflow_experiment_id(client, cfg.mlflow.experiment, uri)
+    experiment_id = mlflow_experiment_id(client, cfg.mlflow.experiment, uri, cfg.mlflow.artifact_location)
     return client, create_mlflow_run(client, experiment_id, cfg, cfg.mlflow.run_name or ray_run_name,
                                      {"kdtrack.ray_run": ray_run_name})
 
@@ -59,7 +59,7 @@ def create_driver_run(cfg: Config, uri: str) -> str:
 
     try:
         client = MlflowClient(tracking_uri=uri)
-        experiment_id = mlflow_experiment_id(client, cfg.mlflow.experiment, uri)
+        experiment_id = mlflow_experiment_id(client, cfg.mlflow.experiment, uri, cfg.mlflow.artifact_location)
         run_id = create_mlflow_run(client, experiment_id, cfg, cfg.mlflow.run_name or cfg.train.run_name,
                                    {"kdtrack.ray_run": cfg.train.run_name})
     except Exception as exc:  # noqa: BLE001  (any tracking-server failure: training goes on)
@@ -84,19 +84,34 @@ def mark_failed(uri: str, run_id: str, exc: BaseException) -> None:
         print(f"warning: could not mark MLflow run {run_id} FAILED ({log_exc})", flush=True)
 
 
-def mlflow_experiment_id(client: Any, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created when missing (a sqlite store keeps artifacts beside its db,
-    not in the working directory of whichever process created it)."""
+def mlflow_experiment_id(client: Any, name: str, uri: str, artifact_location: str = "") -> str:
+    """The id of experiment ``name``, created when missing with its artifacts at ``artifact_location``
+    (``mlflow.artifact_location``: an object store every machine reaches), else beside a sqlite store's db,
+    not in the working directory of whichever process created it. An existing experiment keeps its location
+    (MLflow fixes it at creation): a different one asked for is a warning."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if EXPERIMENT_KIND_TAG not in experiment.tags:
             client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        if artifact_location and experiment.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
+            print(f"warning: MLflow experiment '{name}' keeps its artifacts at {experiment.artifact_location}, not "
+                  f"mlflow.artifact_location {artifact_location} (use a new experiment name)", flush=True)
         return experiment.experiment_id
-    artifact_root = None
-    if uri.startswith("sqlite:///"):
+    artifact_root = artifact_location or None
+    if artifact_root is None and uri.startswith("sqlite:///"):
         artifact_root = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
     return client.create_experiment(name, artifact_location=artifact_root,
                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+
+def check_artifact_location(cfg: Config) -> None:
+    """``mlflow.artifact_location`` checked as ``--storage`` is, before any worker starts: a bad URI or a missing
+    bucket is a StorageError naming it (exit 2), not an artifact upload failing after the training."""
+    from jobs._storage import check_storage, resolve_storage
+
+    if cfg.mlflow.artifact_location:
+        what = "mlflow.artifact_location"
+        check_storage(resolve_storage(cfg.mlflow.artifact_location, what=what), what=what)
 
 
 def log_trained_model(uri: str, run_id: str, checkpoint: str | Path, cfg: Config, *, iteration: int = 0,

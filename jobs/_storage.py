@@ -121,10 +121,10 @@ def _filesystem(uri: str, *, timeouts: bool = False) -> tuple[Any, str]:
 
 
 def resolve_storage(storage: str | Path | None, out: str | Path | None = None, *,
-                    default_dir: str = DEFAULT_DIR) -> Storage:
+                    default_dir: str = DEFAULT_DIR, what: str = "--storage") -> Storage:
     """``storage`` as a :class:`Storage`: a URI through pyarrow, a local path made absolute (the workers do
     not share the caller's working directory), none meaning ``<out>/<default_dir>``. A URI pyarrow cannot
-    open (misspelled scheme, bad query) is a :class:`StorageError` naming it."""
+    open (misspelled scheme, bad query) is a :class:`StorageError` naming it (and ``what`` gave it)."""
     import pyarrow.fs as pafs
 
     if not storage:
@@ -143,28 +143,28 @@ def resolve_storage(storage: str | Path | None, out: str | Path | None = None, *
     try:
         fs, path = _filesystem(text)
     except (ValueError, OSError) as exc:  # pyarrow.ArrowInvalid is a ValueError
-        raise StorageError(f"--storage {text}: pyarrow cannot open it ({exc}); expected a path or a URI such "
+        raise StorageError(f"{what} {text}: pyarrow cannot open it ({exc}); expected a path or a URI such "
                            f"as s3://bucket/prefix") from None
     if not path.strip("/"):
-        raise StorageError(f"--storage {text}: names no bucket")
+        raise StorageError(f"{what} {text}: names no bucket")
     return Storage(text.rstrip("/"), fs, path.rstrip("/"))
 
 
-def check_storage(storage: Storage) -> None:
+def check_storage(storage: Storage, what: str = "--storage") -> None:
     """On the driver, before any worker starts: the storage exists (an object store's bucket) and takes a
     write (a probe object written and deleted); a local folder, which Ray Train creates when the run starts,
     must be creatable: its nearest existing parent a writable folder (nothing is written, so a run refused
-    later on the driver leaves no trace). Any failure is a :class:`StorageError` naming ``storage.uri`` and
-    what failed."""
+    later on the driver leaves no trace). Any failure is a :class:`StorageError` naming ``storage.uri`` (after
+    ``what``, the option that gave it) and what failed."""
     import pyarrow.fs as pafs
 
     if storage.is_local:
         path = Path(storage.path)
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir():
-            raise StorageError(f"--storage {storage.uri}: {existing} is a file, not a folder")
+            raise StorageError(f"{what} {storage.uri}: {existing} is a file, not a folder")
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise StorageError(f"--storage {storage.uri}: {existing} is not writable")
+            raise StorageError(f"{what} {storage.uri}: {existing} is not writable")
         return
     try:  # the same place, with the probe's short timeouts
         fs, root = _filesystem(storage.uri, timeouts=True)
@@ -174,9 +174,9 @@ def check_storage(storage: Storage) -> None:
     try:
         info = fs.get_file_info(bucket)
     except OSError as exc:
-        raise StorageError(f"--storage {storage.uri}: cannot reach it ({_one_line(exc)})") from None
+        raise StorageError(f"{what} {storage.uri}: cannot reach it ({_one_line(exc)})") from None
     if info.type == pafs.FileType.NotFound:
-        raise StorageError(f"--storage {storage.uri}: bucket '{bucket}' does not exist"
+        raise StorageError(f"{what} {storage.uri}: bucket '{bucket}' does not exist"
                            + _endpoint_note(storage.uri))
     probe = f"{root.rstrip('/')}/{PROBE_PREFIX}{uuid.uuid4().hex}"
     try:
@@ -184,7 +184,7 @@ def check_storage(storage: Storage) -> None:
             handle.write(b"kdtrack storage check\n")
         fs.delete_file(probe)
     except OSError as exc:
-        raise StorageError(f"--storage {storage.uri}: not writable ({_one_line(exc)})") from None
+        raise StorageError(f"{what} {storage.uri}: not writable ({_one_line(exc)})") from None
 
 
 class StorageLost(RuntimeError):

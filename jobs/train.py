@@ -57,7 +57,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from jobs._mlflow_train import create_driver_run, log_trained_model, mark_failed
+from jobs._mlflow_train import check_artifact_location, create_driver_run, log_trained_model, mark_failed
 from jobs._ray import refuse_unless_joining
 from jobs._resume import check_resume
 from jobs._storage import (
@@ -418,6 +418,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # a misspelled URI, a missing bucket or an endpoint that does not answer: one line now, not a worker error
     storage = resolve_storage(getattr(args, "storage", None), out)
     check_storage(storage)
+    check_artifact_location(cfg)
     train_fn, loop_data = training_data(cfg, args.smoke_test)
     cfg = with_id_classes(cfg, loop_data)
     resuming = check_resume(cfg, storage)

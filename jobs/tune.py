@@ -296,7 +296,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from ray import tune
 
     from jobs._ray import ensure_ray, refuse_unless_joining
-    from jobs._mlflow_train import mlflow_experiment_id
+    from jobs._mlflow_train import check_artifact_location, mlflow_experiment_id
     from jobs._storage import check_storage, resolve_storage
     from jobs.train import training_data
     from kdtrack.io import atomic_write_json, atomic_write_text
@@ -309,6 +309,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     uri = args.mlflow_uri or spec.base.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
     storage = resolve_storage(args.storage, out)
     check_storage(storage)  # before any trial starts: one line naming a bad URI or a missing bucket
+    check_artifact_location(spec.base)
     search_alg, trial_scheduler = search_algorithm(spec), scheduler(spec)
     train_fn, loop_data = training_data(spec.base)
 
@@ -321,7 +322,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     baselines = validation_baselines(spec)
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = mlflow_experiment_id(client, sweep.experiment or spec.base.mlflow.experiment, uri)
+    experiment_id = mlflow_experiment_id(client, sweep.experiment or spec.base.mlflow.experiment, uri,
+                                         spec.base.mlflow.artifact_location)
     sweep_name, parent_id = _create_parent_run(client, experiment_id, spec, baselines, uri)
 
     trial_log = _TrialLog()

@@ -301,6 +301,10 @@ class MlflowConfig:
     tracking_uri: str = ""  # absolute URI; "" = sqlite under the output directory
     experiment: str = "kdtrack"
     run_name: str = ""
+    # where a new experiment keeps its artifacts (config.yaml, the trained model): "" = beside a sqlite store
+    # (else the tracking server's default); s3://bucket/prefix (boto3: AWS_* variables, AWS_ENDPOINT_URL or
+    # MLFLOW_S3_ENDPOINT_URL for a server other than AWS) or a folder. An existing experiment keeps its own.
+    artifact_location: str = ""
 
 
 @dataclass(frozen=True)

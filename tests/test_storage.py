@@ -237,3 +237,44 @@ def test_pseudo_labels_through_a_bucket_feed_video_training(s3_bucket, s3_server
                              "--storage", f"s3://{s3_bucket}-gone/labels"]) == 2
     assert f"--storage s3://{s3_bucket}-gone/labels: bucket '{s3_bucket}-gone' does not exist" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_mlflow_artifacts_go_to_the_bucket_and_come_back_by_run_uri(s3_bucket, s3_server, mlflow_uri, tmp_path,
+                                                                     tiny_world, capsys, monkeypatch):
+    """``mlflow.artifact_location=s3://bucket/mlflow``: a new experiment keeps its artifacts there (MLflow
+    uploads with boto3 from the AWS_* variables alone); the run's config.yaml and trained model land in the
+    bucket and ``runs:/<run>/student`` is fetched back from it. A missing bucket is refused at start-up."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs._mlflow_train import create_driver_run, log_trained_model
+    from jobs._model_uri import resolve_checkpoints
+    from kdtrack.models import build_student
+
+    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
+    location = f"s3://{s3_bucket}/mlflow"
+    cfg = load_config("tiny", ["model.width=8", "model.head_conv=16", "model.embedding_dim=16",
+                               f"mlflow.artifact_location={location}", "mlflow.experiment=bucketed"])
+    run_id = create_driver_run(cfg, mlflow_uri)
+    assert run_id
+    local = save_checkpoint(tmp_path / "ckpt", model=build_student(cfg.model), config=cfg, iteration=3)
+    assert log_trained_model(mlflow_uri, run_id, local, cfg, iteration=3).startswith("models:/")
+    experiment = MlflowClient(mlflow_uri).get_experiment_by_name("bucketed")
+    assert experiment.artifact_location == location
+
+    fs = _bucket_fs(s3_server)
+    stored = {i.path: i.size for i in fs.get_file_info(pafs.FileSelector(f"{s3_bucket}/mlflow", recursive=True))
+              if i.type == pafs.FileType.File}
+    by_name = {}
+    for path, size in stored.items():
+        by_name.setdefault(path.rsplit("/", 1)[-1], []).append(size)
+    assert by_name["config.yaml"] and by_name["checkpoint.pt"] == [local.stat().st_size], stored
+    fetched = resolve_checkpoints(f"runs:/{run_id}/student", mlflow_uri)
+    assert Path(fetched).read_bytes() == local.read_bytes()
+
+    _no_ray(monkeypatch)
+    capsys.readouterr()
+    assert jobs.train.cli(["--out", str(tmp_path / "o"), "--data-root", str(tiny_world), "--mlflow-uri", mlflow_uri,
+                           "--set", f"mlflow.artifact_location=s3://{s3_bucket}-gone/mlflow"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"train: mlflow.artifact_location s3://{s3_bucket}-gone/mlflow: bucket '{s3_bucket}-gone' does not exist "
+        f"(endpoint {os.environ['AWS_ENDPOINT_URL']})"]
