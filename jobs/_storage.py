@@ -112,6 +112,23 @@ def s3_options(timeouts: bool = False) -> dict[str, Any]:
     return options
 
 
+# what boto3 (MLflow's s3:// artifact store) reads; pyarrow's filesystem travels pickled, boto3 has only the environment
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+          "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def s3_env(uri: str) -> dict[str, str]:
+    """The S3 variables of this environment when ``uri`` is an ``s3://`` one (else none), for Ray workers that
+    write there with boto3 (MLflow artifacts) and may run where those variables are not set."""
+    return {key: os.environ[key] for key in S3_ENV if key in os.environ} if scheme_of(uri) == "s3" else {}
+
+
+def use_env(env: dict[str, str]) -> None:
+    """In a worker: the driver's :func:`s3_env`, where this process has no setting of its own."""
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+
+
 def _filesystem(uri: str, *, timeouts: bool = False) -> tuple[Any, str]:
     import pyarrow.fs as pafs
 

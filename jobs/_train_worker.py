@@ -21,6 +21,7 @@ from kdtrack.config import Config, ConfigError, config_from_dict
 from kdtrack.recipes import KD_TEACHER_HELP, recipe_of
 
 MLFLOW_RUN_ID_KEY = "mlflow_run_id"
+MLFLOW_ENV_KEY = "mlflow_env"  # the driver's S3 variables for an s3:// mlflow.artifact_location (jobs._storage.s3_env)
 PIPELINE_KEY = "pipeline"  # loop-config key of the Ray Data stream's plan and state (data.loader ray)
 # Terms in the printed progress line (every term goes to MLflow): losses, lr and the collapse monitor.
 PROGRESS_TERMS = ("total", "det", "id", "lr", "monitor/cos_between", "monitor/xview_top1")
@@ -89,6 +90,9 @@ def train_func(loop_config: dict[str, Any]) -> None:
 
     sink = None
     if rank == 0:
+        from jobs._storage import use_env
+
+        use_env(loop_config.get(MLFLOW_ENV_KEY, {}))
         sink = open_sink(cfg, loop_config["mlflow_uri"], loop_config["ray_run_name"], state,
                          run_id=loop_config.get(MLFLOW_RUN_ID_KEY, ""))
         if parts.on_sink is not None:

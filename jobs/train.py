@@ -61,10 +61,11 @@ from jobs._mlflow_train import check_artifact_location, create_driver_run, log_t
 from jobs._ray import refuse_unless_joining
 from jobs._resume import check_resume
 from jobs._storage import (
-    Storage, StorageLost, as_uri, check_storage, fetch_to_local, is_storage_uri, resolve_storage, storage_problem,
+    Storage, StorageLost, as_uri, check_storage, fetch_to_local, is_storage_uri, resolve_storage, s3_env,
+    storage_problem,
 )
 from jobs._train_worker import (  # noqa: F401  (perf_suffix .. build_kd_teacher: the worker's public names)
-    MLFLOW_RUN_ID_KEY, PIPELINE_KEY, build_kd_teacher, dataset_factory, next_report_iteration, perf_suffix, report_due,
+    MLFLOW_ENV_KEY, MLFLOW_RUN_ID_KEY, PIPELINE_KEY, build_kd_teacher, dataset_factory, next_report_iteration, perf_suffix, report_due,
     teacher_batches_factory, train_func,
 )
 from kdtrack.config import (
@@ -387,6 +388,7 @@ def build_trainer(cfg: Config, train_fn: Any, loop_data: dict[str, Any], *, mlfl
             "config": config_to_dict(cfg),
             **loop_data,
             "mlflow_uri": mlflow_uri,
+            MLFLOW_ENV_KEY: s3_env(cfg.mlflow.artifact_location),  # rank 0 may create the run (config.yaml)
             "ray_run_name": cfg.train.run_name,
             MLFLOW_RUN_ID_KEY: mlflow_run_id,
         },

@@ -94,9 +94,11 @@ def _plain(value: Any) -> Any:
 
 
 def run_trial(values: dict[str, Any], *, base: dict[str, Any], train_fn: Any, loop_data: dict[str, Any],
-              mlflow_uri: str, experiment_id: str, parent_run_id: str, storage: Any) -> None:
+              mlflow_uri: str, experiment_id: str, parent_run_id: str, storage: Any,
+              mlflow_env: dict[str, str] | None = None) -> None:
     """One trial: a child MLflow run, then ``jobs.train``'s ``TorchTrainer`` with a ``TuneReportCallback``.
-    Any failure marks the child run FAILED (with the error) and is re-raised, so Tune records it."""
+    Any failure marks the child run FAILED (with the error) and is re-raised, so Tune records it. The trial
+    logs MLflow artifacts itself: ``mlflow_env`` holds the driver's S3 variables for an s3:// artifact store."""
     import ray.tune
     from mlflow.tracking import MlflowClient
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -105,6 +107,9 @@ def run_trial(values: dict[str, Any], *, base: dict[str, Any], train_fn: Any, lo
     from jobs.train import build_trainer, check_recipe, with_id_classes
     from kdtrack.checkpoint import CHECKPOINT_NAME
 
+    from jobs._storage import use_env
+
+    use_env(mlflow_env or {})
     context = ray.tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
     client = MlflowClient(tracking_uri=mlflow_uri)
@@ -297,7 +302,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     from jobs._ray import ensure_ray, refuse_unless_joining
     from jobs._mlflow_train import check_artifact_location, mlflow_experiment_id
-    from jobs._storage import check_storage, resolve_storage
+    from jobs._storage import check_storage, resolve_storage, s3_env
     from jobs.train import training_data
     from kdtrack.io import atomic_write_json, atomic_write_text
     from tune.spaces import param_space, scheduler, search_algorithm
@@ -330,7 +335,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=config_to_dict(spec.base), train_fn=train_fn, loop_data=loop_data,
                              mlflow_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id,
-                             storage=storage),
+                             storage=storage, mlflow_env=s3_env(spec.base.mlflow.artifact_location)),
         {"CPU": sweep.trial_cpus})
     tuner = tune.Tuner(
         trainable, param_space=param_space(spec),

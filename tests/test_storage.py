@@ -260,6 +260,10 @@ def test_mlflow_artifacts_go_to_the_bucket_and_come_back_by_run_uri(s3_bucket, s
     assert log_trained_model(mlflow_uri, run_id, local, cfg, iteration=3).startswith("models:/")
     experiment = MlflowClient(mlflow_uri).get_experiment_by_name("bucketed")
     assert experiment.artifact_location == location
+    # what a Tune trial or a rank 0 on another node gets to upload with boto3 (pyarrow's filesystem is pickled)
+    from jobs._storage import s3_env
+
+    assert s3_env(location)["AWS_ENDPOINT_URL"] == s3_server and s3_env(str(tmp_path)) == {}
 
     fs = _bucket_fs(s3_server)
     stored = {i.path: i.size for i in fs.get_file_info(pafs.FileSelector(f"{s3_bucket}/mlflow", recursive=True))
