@@ -9,9 +9,11 @@ order is ``default_rng([seed, epoch]).permutation(n)`` cut to whole global batch
 so augmentations are redrawn every epoch and identical on a rerun. Samples travel pickled in one
 bytes column (their keys and shapes differ by recipe; multi-scale canvases differ by sample), their
 canvases as uint8 levels (``kdtrack.data.letterbox.Uint8Canvas``: a quarter of the bytes through the object
-store and between nodes, decoded bit for bit; ``data.stream_uint8``), and are collated by
-``kdtrack.data.dataset.collate`` in the worker. Ray Train splits the stream across workers
-(``streaming_split(equal=True)``); every rank gets ``total * batch`` rows.
+store and between nodes, exact; ``data.stream_uint8``), and are collated in the worker by
+:class:`SampleCollate` (a ``ray.data.collate_fn.NumpyBatchCollateFn``) into uint8 canvases that stay uint8
+into pinned memory and onto the GPU, where the train step makes them float32 (``kdtrack.data.uint8_canvas``).
+Ray Train splits the stream across workers (``streaming_split(equal=True)``); every rank gets ``total * batch``
+rows.
 
 A resume (worker-group restart or a rerun) starts the stream where the checkpoint stopped: each rank
 tells the run's ``PipelineState`` actor the first unconsumed row before it starts iterating, and the
@@ -34,19 +36,20 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import ray
 from ray.data.block import BlockMetadata
+from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.datasource import Datasource, ReadTask
 
 from data_pipelines.loop_throttle import throttle_scheduling_loop
 from kdtrack.config import Config
 from kdtrack.data.dataset import epoch_order  # noqa: F401  (re-exported: the stream's item order)
 from kdtrack.data.letterbox import Uint8Canvas
+from kdtrack.data.uint8_canvas import CANVAS_KEYS
 
 SAMPLE_COLUMN = "sample"
 BAD_ITEM_ERRORS = (OSError, ValueError)  # unreadable / undecodable file, size or frame count that disagrees
 MAX_SUBSTITUTES = 8  # a bad item is replaced by one of the next items of the epoch order
 MAX_EXAMPLES = 5  # bad items named in the error
 MIN_ITEMS_FOR_FRACTION = 50  # the bad fraction is judged once this many items were read (and at the end)
-CANVAS_KEYS = ("image", "orig_image")  # a sample's float32 letterboxed canvases (KD adds the un-augmented one)
 READ_TASKS_TARGET = 2000  # read tasks over the whole run at most (row ranges: metadata only, no pixels)
 ROWS_PER_READ_BATCHES = 2  # global batches per read task at least
 
@@ -170,10 +173,10 @@ def dump_sample(sample: Any, uint8_canvases: bool = True) -> bytes:
     return pickle.dumps(sample, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def load_sample(blob: bytes) -> Any:
-    """The sample ``dump_sample`` wrote, canvases decoded back to float32."""
+def load_sample(blob: bytes, decode: bool = True) -> Any:
+    """The sample ``dump_sample`` wrote, canvases decoded back to float32 (``decode``) or left as uint8."""
     sample = pickle.loads(blob)
-    if isinstance(sample, dict):
+    if decode and isinstance(sample, dict):
         for key in CANVAS_KEYS:
             if isinstance(sample.get(key), Uint8Canvas):
                 sample[key] = sample[key].decode()
@@ -218,17 +221,23 @@ class SampleMaker:
         return {"position": batch["position"], SAMPLE_COLUMN: column}
 
 
-def collate_pickled(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """``iter_torch_batches`` collate: unpickle the samples, then ``kdtrack.data.dataset.collate``."""
-    from kdtrack.data.dataset import collate
+class SampleCollate(NumpyBatchCollateFn):
+    """``iter_torch_batches`` collate (Ray's class API; a plain function is deprecated since Ray 2.47): unpickle
+    the samples, then ``kdtrack.data.dataset.feed_collate`` (canvases stay uint8: the train step makes them
+    float32 on its device). Its output is a dict of tensors, so Ray pins it and moves it to the device."""
 
-    return collate([load_sample(blob) for blob in batch[SAMPLE_COLUMN]])
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        from kdtrack.data.dataset import feed_collate
+
+        return feed_collate([load_sample(blob, decode=False) for blob in batch[SAMPLE_COLUMN]])
 
 
-def unpickle_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """``iter_torch_batches`` collate of a stream whose row is a whole batch (the teacher's P x K)."""
-    (blob,) = batch[SAMPLE_COLUMN]
-    return load_sample(blob)
+class BatchCollate(NumpyBatchCollateFn):
+    """``iter_torch_batches`` collate of a stream whose row is a whole batch (the teacher's P x K crops)."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        (blob,) = batch[SAMPLE_COLUMN]
+        return load_sample(blob)
 
 
 @dataclasses.dataclass
@@ -290,13 +299,16 @@ class WorkerStream:
     once for the whole run."""
 
     def __init__(self, shard: Any, worker_args: dict[str, Any], prefetch_batches: int,
-                 collate: Callable[[dict[str, np.ndarray]], Any] = collate_pickled) -> None:
+                 collate: NumpyBatchCollateFn | None = None, device: Any = "cpu") -> None:
+        import torch
+
         self.shard = shard
+        self.device = torch.device(device)
         self.plan = StreamPlan(**worker_args["plan"])
         self.state = worker_args["state"]
         self.batch_size = self.plan.global_batch // worker_args["workers"]
         self.prefetch_batches = prefetch_batches
-        self.collate = collate
+        self.collate = collate if collate is not None else SampleCollate()
         self._batches: Iterator[Any] | None = None
         self._warmup: tuple[threading.Thread, list[Any], Iterator[Any]] | None = None
 
@@ -304,9 +316,9 @@ class WorkerStream:
         """Open the stream at the row after ``iteration`` iterations and fetch its first batch in a thread:
         the decode actors start (seconds: a process, torch, OpenCV) while the worker builds its network."""
         ray.get(self.state.set_start_row.remote(iteration * self.plan.global_batch))
-        batches = iter(self.shard.iter_torch_batches(
-            batch_size=self.batch_size, collate_fn=self.collate, drop_last=True,
-            prefetch_batches=self.prefetch_batches))
+        batches = iter(self.shard.iter_torch_batches(  # pinned for (and moved to) a GPU in Ray's fetch threads
+            batch_size=self.batch_size, collate_fn=self.collate, drop_last=True, device=self.device,
+            pin_memory=self.device.type == "cuda", prefetch_batches=self.prefetch_batches))
         first: list[Any] = []
 
         def fetch_first() -> None:

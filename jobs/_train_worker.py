@@ -291,18 +291,17 @@ def open_feed(cfg: Config, loop_config: dict[str, Any], state: dict[str, Any] | 
     if PIPELINE_KEY in loop_config:
         import ray.train
 
-        from data_pipelines.training import WorkerStream, unpickle_batch
+        from data_pipelines.training import BatchCollate, WorkerStream
 
-        collate = {} if student else {"collate": unpickle_batch}
         feed = WorkerStream(ray.train.get_dataset_shard("train"), loop_config[PIPELINE_KEY],
-                            cfg.data.prefetch_batches, **collate)
+                            cfg.data.prefetch_batches, collate=None if student else BatchCollate(), device=device)
         feed.start(int(state["iteration"]) if state is not None else 0)  # decode actors start meanwhile
         return feed
     if student:
         from kdtrack.data.dataset import TorchFeed
 
         factory, _ = dataset_factory(cfg, loop_config)
-        return TorchFeed(factory(), cfg, rank, world)
+        return TorchFeed(factory(), cfg, rank, world, pin_memory=device.type == "cuda")
     from kdtrack.data.reid_data import PKFeed
 
     crops = loop_config["crops"]

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kdtrack.config import TrainConfig
+from kdtrack.data.uint8_canvas import float_canvases
 from kdtrack.losses.distributed import is_distributed
 from kdtrack.models.teacher_targets import teacher_embeddings
 
@@ -274,7 +275,8 @@ def train_step(
     key_encoder: nn.Module | None = None,
     host_terms: bool = True,
 ) -> dict[str, Any]:
-    """One optimisation step on ``batch`` (a ``kdtrack.data.dataset.collate`` dict); returns the loss terms as floats.
+    """One optimisation step on ``batch`` (a ``kdtrack.data.dataset.collate`` dict, its canvases float32 or, from a
+    feed, uint8 made float32 on ``device`` by ``kdtrack.data.uint8_canvas.float_canvases``); returns the loss terms.
     A non-finite loss: see the module docstring (raised on every rank, or under AMP skipped on every rank).
 
     ``host_terms=False`` (the steps between logging steps, :func:`train_one_epoch`): the terms stay detached
@@ -292,7 +294,7 @@ def train_step(
     criterion.train()
     if gather_fn is not None and getattr(criterion, "contrastive", None) is not None:
         criterion.contrastive.gather_fn = gather_fn
-    batch = move_batch(batch, device)
+    batch = float_canvases(move_batch(batch, device))  # a feed's uint8 canvases become float32 here, once
     if teacher is not None:
         batch = attach_teacher_targets(teacher, batch, teacher_crop_size)
     use_amp = amp_enabled(amp, device)
@@ -391,7 +393,7 @@ def train_in_process(
             batches = [order[s:s + batch_size] for s in range(0, len(order) - batch_size + 1, batch_size)]
         if not batches:
             raise ValueError(f"{len(dataset)} samples do not fill one batch of {batch_size}")
-        loader = (collate([dataset[int(i)] for i in batch]) for batch in batches)
+        loader = (collate([dataset[int(i)] for i in batch], uint8=True) for batch in batches)
         it, _ = train_one_epoch(model, criterion, optimizer, loader, "cpu", epoch, scheduler=scheduler,
                                 start_iteration=it, max_iterations=iterations, log_every=log_every,
                                 log_fn=log_fn, key_encoder=key_encoder)

@@ -182,6 +182,38 @@ def test_collate_pads_mixed_sizes_and_readdresses_indices(tmp_path):
     assert same["image"].shape == (4, 3, 128, 224)
 
 
+def test_feed_batches_carry_uint8_canvases_made_float_on_the_device_bit_for_bit(tmp_path):
+    import torch
+
+    from kdtrack.data.dataset import TorchFeed, TrainingDataset
+    from kdtrack.data.uint8_canvas import float_canvases
+
+    root = _world(tmp_path)
+    cfgs = [_cfg(root, f"data.multiscale_short_sides=[{side}]", "data.augment=idf_view") for side in (64, 128)]
+    (record,) = load_records(cfgs[0])
+    samples = [training_sample(record, c, np.random.default_rng(i), views=2) for i, c in enumerate(cfgs)]
+    kd_cfg = _cfg(root, "loss.id_mode=kd", "data.augment=detection", "model.input_width=352")  # grey side bands
+    kd = [training_sample(record, kd_cfg, np.random.default_rng(i), with_original=True) for i in range(2)]
+    off = [dict(s, image=s["image"] + np.float32(1e-3)) for s in kd]  # between two levels: no uint8 canvas
+    for group in (samples, kd, off):
+        before, fed = collate(group), collate(group, uint8=True)  # the host's float32 input / what the feed ships
+        after = float_canvases(fed)  # the train step's, on its device
+        assert after.keys() == before.keys()
+        for key in before:
+            assert after[key].dtype == before[key].dtype and torch.equal(after[key], before[key]), key
+    fed = collate(samples, uint8=True)
+    assert (fed["image"].dtype, fed["image_grey"].dtype) == (torch.uint8, torch.uint8)
+    assert (collate(samples)["image"] == np.float32(0.5)).any()  # the grey is there, and came back exactly
+    assert fed["image"].nbytes + fed["image_grey"].nbytes < 0.3 * collate(samples)["image"].nbytes
+    fed_kd = collate(kd, uint8=True)
+    assert fed_kd["image"].dtype == fed_kd["orig_image"].dtype == torch.uint8
+    assert collate(off, uint8=True)["image"].dtype == torch.float32  # kept as it was
+    # the torch DataLoader feed ships the same uint8 canvases
+    feed = TorchFeed(TrainingDataset([record], _cfg(root, "train.batch_size_per_worker=1"), views=2),
+                     _cfg(root, "train.batch_size_per_worker=1"), rank=0, world=1)
+    assert next(iter(feed.epoch_batches(0, 0, 0)))["image"].dtype == torch.uint8
+
+
 def test_padded_mixed_size_batch_trains(tmp_path):
     from kdtrack.engine import build_optimizer, train_step
     from kdtrack.losses import Criterion

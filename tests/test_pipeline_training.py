@@ -8,10 +8,12 @@ from __future__ import annotations
 import functools
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from data_pipelines.training import (
     SAMPLE_COLUMN,
@@ -19,7 +21,8 @@ from data_pipelines.training import (
     PipelineState,
     StreamPlan,
     check_bad_fraction,
-    collate_pickled,
+    SampleCollate,
+    WorkerStream,
     dump_sample,
     epoch_order,
     load_sample,
@@ -28,9 +31,10 @@ from data_pipelines.training import (
     training_stream,
 )
 from kdtrack.config import load_config
-from kdtrack.data.dataset import TorchFeed, TrainingDataset, load_records
+from kdtrack.data.dataset import TorchFeed, TrainingDataset, collate, load_records
 from kdtrack.engine import total_iterations
 from kdtrack.data.letterbox import Uint8Canvas, letterbox, resize_pad
+from kdtrack.data.uint8_canvas import float_canvases
 
 
 def _cfg(world: Path, *extra: str):
@@ -126,8 +130,17 @@ def test_stream_samples_equal_the_torch_paths_and_pair_the_same_people(ray_sessi
         assert all(len(k) == 1 for k in key_of.values())  # one key per person, across views
         assert len({next(iter(k)) for k in key_of.values()}) == len(key_of)  # different people, different keys
         assert keys[0] & keys[1] == {next(iter(key_of[r])) for r in rows_in[0] & rows_in[1]}
-    batch = collate_pickled({SAMPLE_COLUMN: np.array([r[SAMPLE_COLUMN] for r in rows[:2]], dtype=object)})
+    batch = SampleCollate()({SAMPLE_COLUMN: np.array([r[SAMPLE_COLUMN] for r in rows[:2]], dtype=object)})
     assert batch["image"].shape[0] == 4  # two samples x two views, view 0 first
+    # the canvases stay uint8 to the device, where the train step's conversion gives the float32 canvas bit
+    # for bit (the torch feed's samples, collated as float32 on the host)
+    assert batch["image"].dtype == torch.uint8 and batch["image_grey"].dtype == torch.uint8
+    assert batch["image_grey"].shape[-1] == -(-batch["image"].shape[-1] // 8)  # grey bits packed along the width
+    expected = collate([reference.sample_at(int(e), int(i)) for e, i in zip(plan_rows["epoch"][:2], plan_rows["item"][:2])])
+    on_device = float_canvases(batch)
+    assert on_device.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(on_device[key], expected[key]), key
     assert ray_session.get(stream.state.counts.remote())["bad"] == 0
 
 
@@ -183,11 +196,22 @@ def test_a_restarted_stream_starts_at_the_checkpointed_row(ray_session, tiny_wor
     records = load_records(cfg)
     factory = functools.partial(TrainingDataset, records, cfg, views=2)
     stream = training_stream(cfg, factory, len(records))
-    ray_session.get(stream.state.set_start_row.remote(3 * stream.plan.global_batch))  # 3 iterations done
-    rows = _rows(stream.dataset)
-    assert [r["position"] for r in rows] == list(range(6, 8))
-    expected = factory().sample_at(0, int(stream.plan.rows(6, 7)["item"][0]))
-    np.testing.assert_array_equal(load_sample(rows[0][SAMPLE_COLUMN])["image"], expected["image"])
+    # a worker's stream (iter_torch_batches with Ray's collate class: no deprecation warning) told to start
+    # after 3 iterations (its PipelineState start row) delivers rows 6 and 7, canvases as uint8
+    feed = WorkerStream(stream.dataset, stream.worker_args(), prefetch_batches=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        feed.start(3)
+    assert not [w for w in caught if "collate" in str(w.message)], [str(w.message) for w in caught]
+    batches = feed.epoch_batches(1, 3, 0)
+    batch = next(batches)
+    for _ in batches:  # drain: an abandoned stream keeps a thread that outlives the session's Ray
+        pass
+    assert ray_session.get(stream.state.get_start_row.remote()) == 6
+    assert batch["image"].dtype == torch.uint8
+    reference = factory()
+    expected = collate([reference.sample_at(0, int(i)) for i in stream.plan.rows(6, 8)["item"]])
+    assert torch.equal(float_canvases(batch)["image"], expected["image"])
 
 
 def test_bad_fraction_waits_for_enough_items_then_stops():

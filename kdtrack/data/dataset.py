@@ -32,11 +32,12 @@ import torch
 from kdtrack.config import Config
 from kdtrack.formats.mot import DETECTOR_SUFFIXES as MOT_DETECTOR_SUFFIXES  # noqa: F401  (re-exported)
 from kdtrack.formats.mot import dedupe_detector_copies
-from kdtrack.data.letterbox import DEFAULT_PAD_VALUE, student_canvas
+from kdtrack.data.letterbox import student_canvas
 from kdtrack.structures import POLYGONS_KEY, ImageRecord
 from kdtrack.data.targets import SLOT_KEYS, encode_targets, person_keys
 from kdtrack.data.teacher_store import attach_stored_targets, read_teacher_table
 from kdtrack.data.transforms import BoxAugment, paste_people
+from kdtrack.data.uint8_canvas import CANVAS_KEYS, GREY, GREY_LEVEL, GREY_SUFFIX, pack_grey, split_canvases
 
 UID_BITS = 46  # person_keys allows image uids below 2**(62 - 16)
 KNOWN_SOURCES = ("crowdhuman", "coco", "mot17", "person_search")
@@ -199,8 +200,13 @@ def swap_background(view: tuple[np.ndarray, dict[str, np.ndarray]], rng: np.rand
     return view
 
 
-def collate(samples: Sequence[dict[str, np.ndarray]], trim: bool = True) -> dict[str, torch.Tensor]:
+def collate(samples: Sequence[dict[str, Any]], trim: bool = True, uint8: bool = False) -> dict[str, torch.Tensor]:
     """``(V, ...)`` samples -> ``(V * B, ...)`` tensors, all view-0 images first, then view 1.
+
+    A canvas (``image``, ``orig_image``) may be a float32 array or a ``Uint8Canvas`` (as the Ray Data stream
+    delivers it). By default it is collated as float32; with ``uint8`` (the feeds) as uint8 levels plus its
+    ``<key>_grey`` bits, which the train step turns into the same float32 canvas on the device
+    (``kdtrack.data.uint8_canvas``); a canvas that cannot be held exactly keeps the batch's key float32.
 
     With ``trim`` the slot axis K is cut to the most objects of any image in the
     batch (objects sit at the front of the slots, so nothing is lost).
@@ -215,6 +221,7 @@ def collate(samples: Sequence[dict[str, np.ndarray]], trim: bool = True) -> dict
     """
     if not samples:
         raise ValueError("collate: empty list of samples")
+    samples = split_canvases(list(samples), uint8)
     keys = set(samples[0])
     views = samples[0]["image"].shape[0]
     batch: dict[str, torch.Tensor] = {}
@@ -232,7 +239,8 @@ def collate(samples: Sequence[dict[str, np.ndarray]], trim: bool = True) -> dict
                                  "that padding the canvases does not reconcile")
     for k in samples[0]:
         stacked = np.stack([s[k] for s in samples], axis=1)  # (V, B, ...)
-        batch[k] = torch.from_numpy(np.ascontiguousarray(stacked.reshape(-1, *stacked.shape[2:])))
+        stacked = stacked.reshape(-1, *stacked.shape[2:])
+        batch[k] = torch.from_numpy(np.ascontiguousarray(pack_grey(stacked) if k.endswith(GREY_SUFFIX) else stacked))
     if trim:
         n = max(int(batch["mask"].sum(1).max()), 1)
         for k in SLOT_AXIS_KEYS:
@@ -250,9 +258,10 @@ def _pad_sample(sample: dict[str, np.ndarray], height: int, width: int) -> dict[
     stride = h_in // h_map
     if height % stride or width % stride:
         raise ValueError(f"collate: padded canvas {height}x{width} is not a multiple of the stride {stride}")
-    pads = {"image": (height, width, np.float32(DEFAULT_PAD_VALUE) / np.float32(255.0)),
-            "orig_image": (height, width, np.float32(DEFAULT_PAD_VALUE) / np.float32(255.0)),
-            "heatmap": (height // stride, width // stride, 0), "ignore": (height // stride, width // stride, 0)}
+    pads = {"heatmap": (height // stride, width // stride, 0), "ignore": (height // stride, width // stride, 0)}
+    for k in CANVAS_KEYS:  # the grey: a float value, or (uint8) any level under a set grey bit
+        pads[k] = (height, width, GREY_LEVEL if sample.get(k, np.empty(0)).dtype == np.uint8 else np.float32(GREY))
+        pads[k + GREY_SUFFIX] = (height, width, True)
     out = dict(sample)
     for k, (h, w, value) in pads.items():
         if k in out:
@@ -338,18 +347,26 @@ class Feed(Protocol):
         ...
 
 
+def feed_collate(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """A feed's collate: canvases as uint8 (the train step makes them float32 on its device)."""
+    return collate(samples, uint8=True)
+
+
 class TorchFeed:
     """A worker's batches from a plain ``DataLoader`` over its rank-strided shard (``data.loader: torch``,
-    the single-process debug path): a :class:`Feed`."""
+    the single-process debug path): a :class:`Feed`. Its batches carry uint8 canvases (:func:`feed_collate`),
+    in pinned memory with ``pin_memory`` (a CUDA worker), as the Ray Data stream's do."""
 
-    def __init__(self, dataset: EpochSeededDataset, cfg: Config, rank: int, world: int) -> None:
+    def __init__(self, dataset: EpochSeededDataset, cfg: Config, rank: int, world: int,
+                 pin_memory: bool = False) -> None:
         from torch.utils.data import DataLoader, DistributedSampler
 
         self.dataset = dataset
         self.sampler = SkipFirstSampler(DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                                            seed=cfg.train.seed, drop_last=True))
         self.loader = DataLoader(dataset, batch_size=cfg.train.batch_size_per_worker, sampler=self.sampler,
-                                 collate_fn=collate, num_workers=cfg.data.loader_workers, drop_last=True)
+                                 collate_fn=feed_collate, num_workers=cfg.data.loader_workers, drop_last=True,
+                                 pin_memory=pin_memory)
         if len(self.loader) == 0:
             raise ValueError(f"{len(dataset)} samples on {world} worker(s) do not fill one batch of "
                              f"{cfg.train.batch_size_per_worker}")

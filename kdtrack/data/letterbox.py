@@ -164,10 +164,13 @@ class Uint8Canvas:
         packed = cls(levels, np.packbits(is_grey, axis=None), grey)
         return packed if np.array_equal(packed.decode(), canvas) else None
 
+    def grey_mask(self) -> np.ndarray:
+        """Where the canvas holds the grey: bool, the canvas's shape."""
+        return np.unpackbits(self.grey_bits, count=self.levels.size).reshape(self.levels.shape).astype(bool)
+
     def decode(self) -> np.ndarray:
         canvas = self.levels.astype(np.float32) / np.float32(255.0)
-        is_grey = np.unpackbits(self.grey_bits, count=canvas.size).reshape(canvas.shape).astype(bool)
-        canvas[is_grey] = self.grey
+        canvas[self.grey_mask()] = self.grey
         return canvas
 
 
