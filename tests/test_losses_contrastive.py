@@ -114,6 +114,26 @@ def test_empty_queue_no_people_single_point_are_finite():
     assert single["id"].item() == 0.0 and single["id/anchors"].item() == 0
 
 
+def test_unused_queue_slots_count_for_nothing_without_a_host_read():
+    # unused slots are masked on the device (no read of whether any slot is used, no slice of the used ones):
+    # the loss and its gradient are those of a queue holding the used slots alone, wherever the unused ones are
+    g = torch.Generator().manual_seed(1)
+    points, keys = torch.randn(24, 8, generator=g), torch.randint(0, 5, (24,), generator=g)
+    used = F.normalize(torch.randn(20, 8, generator=g), dim=1)
+    used_keys = torch.randint(3, 9, (20,), generator=g)
+    queue, queue_keys = torch.zeros(26, 8), torch.full((26,), -1)
+    slots = torch.randperm(26, generator=g)[:20]
+    queue[slots], queue_keys[slots] = used, used_keys
+    results = []
+    for loss in (_loss_with_queue(8, used, used_keys), _loss_with_queue(8, queue, queue_keys)):
+        p = points.clone().requires_grad_(True)
+        out = loss.loss_from_points(p, keys)["id"]
+        out.backward()
+        results.append((out.detach(), p.grad))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-6, atol=0)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)
+
+
 def test_queue_fifo_wraps_and_keeps_last():
     loss = DenseContrastiveLoss(2, queue_size=4)
     e = lambda n, s: torch.full((n, 2), float(s))  # noqa: E731

@@ -28,6 +28,13 @@ the queue; with a momentum key encoder (``kdtrack.models.momentum``, MoCo)
 those embeddings come from the key encoder's map of the same batch, so the
 queue holds a slowly moving, consistent copy of the embedding. Queue, keys, pointer and fill count are buffers, so they are
 checkpointed with the module's ``state_dict``.
+
+Host syncs (each waits for a CUDA device to drain): the queue's unused slots are masked on the device, never
+read. What remains are shapes that depend on the data: the identified points (``gather_points``' boolean
+mask), the people (``torch.unique``), the largest person's point count (the padded blocks' width, the one
+explicit ``int`` read) and, under DDP, each rank's person count before the queue's all-gather
+(``kdtrack.losses.distributed.all_gather_cat``). Removing them needs a fixed-shape loss (every B x K x R slot,
+pairwise key masks, a fixed-size all-gather): quadratic memory in the slots and another summation order.
 """
 
 from __future__ import annotations
@@ -52,9 +59,12 @@ def identity(tensor: torch.Tensor) -> torch.Tensor:
 def _negative_logsumexp(
     anchors: torch.Tensor, anchor_keys: torch.Tensor, bank: torch.Tensor, bank_keys: torch.Tensor, tau: float
 ) -> torch.Tensor:
-    """``log sum_{n in N_i} e^{v.n/tau}`` for ``anchors (m,k)``; excluded entries get ``MASKED_LOGIT``."""
+    """``log sum_{n in N_i} e^{v.n/tau}`` for ``anchors (m,k)``; excluded entries (the anchor's own person,
+    an unused queue slot) get ``MASKED_LOGIT``, whose ``e^x`` is 0: with nothing left the result is about
+    ``MASKED_LOGIT``, which adds exactly nothing to a positive's ``logaddexp``."""
     logits = anchors @ bank.t() / tau
-    logits = logits.masked_fill(anchor_keys[:, None] == bank_keys[None, :], MASKED_LOGIT)
+    excluded = (anchor_keys[:, None] == bank_keys[None, :]) | (bank_keys == EMPTY_KEY)[None, :]
+    logits = logits.masked_fill(excluded, MASKED_LOGIT)
     return torch.logsumexp(logits, dim=1)
 
 
@@ -121,47 +131,41 @@ class DenseContrastiveLoss(nn.Module):
         order = torch.argsort(inv, stable=True)
         starts = torch.cumsum(counts, 0) - counts
         pos_in_group = torch.arange(len(v), device=v.device) - starts[inv[order]]
+        # P, the largest person's point count, is a data-dependent shape: the one host read left here (it
+        # follows torch.unique's and gather_points' mask, which already wait for the device on CUDA)
         U, P = len(uniq), int(counts.max())
         block = v.new_zeros((U, P, v.shape[1]))
         block[inv[order], pos_in_group] = v[order]
         valid = torch.zeros((U, P), dtype=torch.bool, device=v.device)
         valid[inv[order], pos_in_group] = True
 
-        # Negatives: log-sum-exp over the queue (other people only), chunked over anchors ...
+        # Negatives: log-sum-exp over the queue (other people only; unused slots masked, so no host read of
+        # whether any slot is used and no data-dependent slice of the queue), chunked over anchors ...
         anchors, anchor_keys = v[order], keys[order]
-        log_neg_parts = []
-        filled = self.queue_keys != EMPTY_KEY
-        if bool(filled.any()):
-            bank, bank_keys = self.queue[filled].to(v.dtype), self.queue_keys[filled]  # copies: safe to recompute
-            chunks = []
-            for s in range(0, len(anchors), self.anchor_chunk):
-                a, ak = anchors[s : s + self.anchor_chunk], anchor_keys[s : s + self.anchor_chunk]
-                if torch.is_grad_enabled() and a.requires_grad:
-                    chunks.append(checkpoint(_negative_logsumexp, a, ak, bank, bank_keys, tau, use_reentrant=False))
-                else:
-                    chunks.append(_negative_logsumexp(a, ak, bank, bank_keys, tau))
-            log_neg_parts.append(torch.cat(chunks))
+        bank, bank_keys = self.queue.to(v.dtype, copy=True), self.queue_keys.clone()  # copies: safe to recompute
+        chunks = []
+        for s in range(0, len(anchors), self.anchor_chunk):
+            a, ak = anchors[s : s + self.anchor_chunk], anchor_keys[s : s + self.anchor_chunk]
+            if torch.is_grad_enabled() and a.requires_grad:
+                chunks.append(checkpoint(_negative_logsumexp, a, ak, bank, bank_keys, tau, use_reentrant=False))
+            else:
+                chunks.append(_negative_logsumexp(a, ak, bank, bank_keys, tau))
+        log_neg_parts = [torch.cat(chunks)]
         # ... and over the other people of this batch (one mean each, with gradient).
         if self.batch_negatives and U > 1:
             means = F.normalize(v.new_zeros((U, v.shape[1])).index_add(0, inv, v), dim=1)
             log_neg_parts.append(_negative_logsumexp(anchors, anchor_keys, means, uniq, tau))
-        if log_neg_parts:
-            log_neg_sorted = log_neg_parts[0]
-            for part in log_neg_parts[1:]:
-                log_neg_sorted = torch.logaddexp(log_neg_sorted, part)
-            log_neg = v.new_full((U, P), MASKED_LOGIT)
-            log_neg[inv[order], pos_in_group] = log_neg_sorted
-        else:
-            log_neg = None
+        log_neg_sorted = log_neg_parts[0]
+        for part in log_neg_parts[1:]:
+            log_neg_sorted = torch.logaddexp(log_neg_sorted, part)
+        log_neg = v.new_full((U, P), MASKED_LOGIT)
+        log_neg[inv[order], pos_in_group] = log_neg_sorted
 
-        # Positives: all other points of the same person.
+        # Positives: all other points of the same person (no negative: -log(e^s / e^s) = 0 exactly).
         pos_logits = torch.bmm(block, block.transpose(1, 2)) / tau  # (U, P, P) anchor x positive
         eye = torch.eye(P, dtype=torch.bool, device=v.device)
         pair = valid[:, :, None] & valid[:, None, :] & ~eye
-        if log_neg is None:
-            per_pair = torch.zeros_like(pos_logits)  # -log(e^s / e^s) = 0
-        else:
-            per_pair = torch.logaddexp(pos_logits, log_neg[:, :, None]) - pos_logits
+        per_pair = torch.logaddexp(pos_logits, log_neg[:, :, None]) - pos_logits
         n_pos = pair.sum(-1)  # (U, P)
         per_anchor = (per_pair * pair).sum(-1) / n_pos.clamp(min=1)
         is_anchor = n_pos > 0
