@@ -58,7 +58,8 @@ def write_and_log(args: argparse.Namespace, cfg: Config, dataset: str, evaluatio
 
     A checkpoint with failed items is written (metrics of what finished, ``"failed"``: name ->
     error) but not logged: a combined number over part of the data would sit on the MLflow curve
-    as if it were the whole.
+    as if it were the whole. The numeric paths the pool ran (``"numeric_paths"`` of each evaluation,
+    ``jobs._inference_pool.numeric_paths``) go to MLflow as params, and a mix of them is printed.
     """
     if len(evaluations) == 1:
         record = evaluations[0].metrics
@@ -68,6 +69,11 @@ def write_and_log(args: argparse.Namespace, cfg: Config, dataset: str, evaluatio
     atomic_write_json(args.out, record)
     failures = [(ev, name, error) for ev in evaluations for name, error in ev.failed.items()]
     uri = args.mlflow_uri or cfg.mlflow.tracking_uri
+    params = numeric_path_params(evaluations)
+    if params.get("numeric_path_mixed") == "true":
+        print(f"warning: the evaluation pool mixed numeric paths ({params['numeric_paths']}): each "
+              f"{'sequence' if what == 'sequences' else 'image batch'}'s numbers depend on the actor that ran it; "
+              f"{args.out} lists which ran where", file=sys.stderr)
     if uri:
         run_id = args.run_id
         for ev in evaluations:
@@ -77,7 +83,7 @@ def write_and_log(args: argparse.Namespace, cfg: Config, dataset: str, evaluatio
                 ev.metrics, dataset=dataset, tracking_uri=uri, experiment=args.experiment or cfg.mlflow.experiment,
                 run_id=run_id, checkpoint=checkpoint_tag, result_files=ev.result_files,
                 rendered_frames=ev.rendered_frames, step=ev.checkpoint.iteration if ev.checkpoint else 0,
-                artifact_subdir=ev.checkpoint.label if ev.checkpoint else "",
+                artifact_subdir=ev.checkpoint.label if ev.checkpoint else "", params=params,
             )
         if run_id:
             print(f"logged to MLflow run {run_id} ({uri})")
@@ -90,3 +96,12 @@ def write_and_log(args: argparse.Namespace, cfg: Config, dataset: str, evaluatio
                                + (" (not logged to MLflow)" if uri else ""))
     return record
 
+
+
+def numeric_path_params(evaluations: Sequence[CheckpointEvaluation]) -> dict[str, str]:
+    """MLflow params of the numeric paths the evaluations ran on: ``numeric_paths`` and ``numeric_path_mixed``
+    (which items ran where: the output JSON and ``metrics.json``); none for precomputed inputs (no network)."""
+    paths = sorted({path for ev in evaluations for path in ev.metrics.get("numeric_paths", {})})
+    if not paths:
+        return {}
+    return {"numeric_paths": ", ".join(paths), "numeric_path_mixed": "true" if len(paths) > 1 else "false"}

@@ -111,7 +111,9 @@ class InferenceWorker:
 
     Its device is decided when it starts: inside an actor, CUDA exactly when Ray granted the actor a
     GPU (``ray.get_gpu_ids()``), so one pool may mix GPU and CPU actors and nothing depends on a
-    snapshot of the cluster taken earlier; in-process, the ``device`` passed. It keeps the network
+    snapshot of the cluster taken earlier; in-process, the ``device`` passed. Each result names the
+    numeric path that made it (``kdtrack.inference.numeric_path``: device, fp16 autocast or fp32,
+    deformable kernel), and the jobs report a pool that mixed paths (:func:`numeric_paths`). It keeps the network
     of the checkpoint it last ran (``model_builds`` counts the builds) and the teacher, built once.
     """
 
@@ -196,7 +198,7 @@ class InferenceWorker:
             "name": Path(seq_dir).name, "rows": run.rows, "evaluation": evaluation, "frames": run.num_frames,
             "detections": run.num_detections, "network_seconds": run.network_seconds,
             "association_seconds": run.association_seconds, "rendered": rendered, "device": str(self.device),
-            "model_builds": self.model_builds, **worker_location(),
+            "numeric_path": detector.numeric_path, "model_builds": self.model_builds, **worker_location(),
         }
 
     def detect(self, model: ModelHandle, image_paths: list[str], query_boxes_xyxy: list) -> dict[str, Any]:
@@ -210,7 +212,8 @@ class InferenceWorker:
                 embed_fn=teacher_fn if self.embedder == "teacher" else None,
                 query_embed_fn=teacher_fn if self.embedder == "teacher_query" else None)
         return {"results": [(d.boxes_xyxy, d.scores, d.embeddings, q) for d, q in results],
-                "device": str(self.device), "model_builds": self.model_builds, **worker_location()}
+                "device": str(self.device), "numeric_path": detector.numeric_path, "model_builds": self.model_builds,
+                **worker_location()}
 
 
 def score_sequence_rows(seq_dir: str | Path, rows, half: str, cfg: EvalConfig):
@@ -265,6 +268,21 @@ def inference_worker_kwargs(cfg: Config, embedder: str, teacher_checkpoint: str)
     return {"config": config_to_dict(cfg), "embedder": embedder,
             "teacher_checkpoint": str(Path(teacher_checkpoint).resolve()) if teacher_checkpoint else "",
             "device": None, "num_threads": max(1, int(cfg.eval.cpus_per_actor))}
+
+
+def numeric_paths(path_of: dict[str, str]) -> dict[str, list[str]]:
+    """``{numeric path: the items it ran}`` from each item's path (``{sequence or image batch: path}``).
+
+    More than one key: the pool mixed GPU (fp16 autocast, torchvision's deformable conv) and CPU (fp32,
+    ``grid_sample``) actors, and an item's numbers depend on where it ran. Such a run is reported, not
+    refused: the mix arises as actors start (a GPU actor that waits past ``eval.actor_start_timeout_s`` is
+    replaced by a CPU one), so refusing would throw away the finished items; the job prints a warning,
+    its output JSON lists the paths and MLflow gets them as params (``jobs._eval_results.write_and_log``).
+    One path for a run: ``eval.gpus_per_sequence`` 0 (every actor on CPU) or 1 (every actor holds a GPU)."""
+    out: dict[str, list[str]] = {}
+    for item, path in sorted(path_of.items()):
+        out.setdefault(path, []).append(item)
+    return out
 
 
 def describe_workers(report_workers: list[dict]) -> str:

@@ -131,8 +131,13 @@ def log_evaluation_to_mlflow(
         values = scalar_metrics(metrics, dataset)
         client.log_batch(run_id, metrics=[Metric(k, v, timestamp, int(step)) for k, v in values.items()])
         if params:
+            logged = client.get_run(run_id).data.params
             for key, value in params.items():
-                client.log_param(run_id, f"{dataset}/{key}", value)
+                name = f"{dataset}/{key}"
+                if logged.get(name, str(value)) != str(value):  # MLflow params cannot change: say so, go on
+                    print(f"MLflow param {name} stays {logged[name]!r} (this evaluation: {value!r}, in metrics.json)")
+                    continue
+                client.log_param(run_id, name, value)
         base = f"eval/{dataset}/{artifact_subdir}" if artifact_subdir else f"eval/{dataset}"
         with tempfile.TemporaryDirectory() as tmp:
             stage = Path(staging_dir or tmp)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from jobs._cli import InputError
 from jobs._eval_results import CheckpointEvaluation, format_checkpoint_table, write_and_log
 from jobs._inference_pool import (
-    InferenceWorker, describe_workers, inference_worker_kwargs, load_checkpoints, pool_options,
+    InferenceWorker, describe_workers, inference_worker_kwargs, load_checkpoints, numeric_paths, pool_options,
 )
 from jobs._ray import PoolReport, map_tasks, run_actor_pool
 from kdtrack.config import Config, EvalConfig
@@ -161,6 +161,7 @@ def run_mot_checkpoints(
         else:
             ev.metrics = summarize_sequences(sorted(done, key=lambda e: e.name))
             _add_fps(ev.metrics, ev.runs)
+            ev.metrics["numeric_paths"] = numeric_paths({r["name"]: r["numeric_path"] for r in ev.runs})
         if ev.failed:
             ev.metrics["failed"] = dict(sorted(ev.failed.items()))
     return evaluations, report

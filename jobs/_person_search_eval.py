@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 from jobs._cli import InputError
 from jobs._eval_results import CheckpointEvaluation, EvaluationFailed, format_checkpoint_table, write_and_log
 from jobs._inference_pool import (
-    CheckpointInfo, InferenceWorker, inference_worker_kwargs, load_checkpoints, model_builds, pool_options,
+    CheckpointInfo, InferenceWorker, inference_worker_kwargs, load_checkpoints, model_builds, numeric_paths,
+    pool_options,
 )
 from jobs._ray import run_actor_pool
 from kdtrack.config import Config, EvalConfig
@@ -41,6 +42,7 @@ class PersonSearchInputs:
     queries: list[Query] = field(default_factory=list)
     gallery: dict[str, GalleryImage] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    numeric_path: dict[str, str] = field(default_factory=dict)  # image batch -> the numeric path that ran it
 
 
 def person_search_checkpoints(
@@ -100,11 +102,12 @@ def person_search_checkpoints(
 
     def on_done(outcome) -> None:
         c, chunk = items[outcome.index]
+        name = f"images {images[chunk[0]]} .. {images[chunk[-1]]}"
         if not outcome.ok:
-            name = f"images {images[chunk[0]]} .. {images[chunk[-1]]}"
             results[c].failed[name] = outcome.error
             bar.update(len(chunk), False, f"{name}: FAILED: {outcome.error}")
             return
+        results[c].numeric_path[name] = outcome.value["numeric_path"]
         values.append({k: outcome.value[k] for k in ("node", "pid", "model_builds")})
         for i, result in zip(chunk, outcome.value["results"]):
             per_image[c][i] = result
@@ -188,6 +191,7 @@ def run_person_search(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         metrics: dict[str, Any] = {"failed": result.failed}
         if not result.failed:
             metrics = score_person_search(result.queries, result.gallery, gallery_size, eval_cfg)
+            metrics["numeric_paths"] = numeric_paths(result.numeric_path)
             if args.save_detections:
                 path = args.save_detections
                 if len(inputs) > 1:

@@ -94,6 +94,19 @@ def teacher_embed_fn(teacher: nn.Module, crop_size: tuple[int, int], device: tor
     return embed
 
 
+def numeric_path(cfg: Config, device: torch.device | str) -> str:
+    """How a student runs on ``device``: ``cuda/fp16-autocast/deform_conv2d``, ``cpu/fp32/grid_sample``, ...
+    (``train.amp`` autocasts on CUDA only; the deformable kernel per ``kdtrack.models.layers.deform_kernel``).
+    Two paths score the same frames a little differently, so evaluations report the paths that ran."""
+    from kdtrack.models.layers import deform_kernel
+
+    device = torch.device(device)
+    parts = [device.type, "fp16-autocast" if amp_enabled(cfg.train.amp, device) else "fp32"]
+    if cfg.model.deformable:
+        parts.append(deform_kernel(device.type))
+    return "/".join(parts)
+
+
 @dataclass
 class Detector:
     """Student forward + decode on single frames; boxes in original-image pixels."""
@@ -102,6 +115,10 @@ class Detector:
     cfg: Config
     device: torch.device
     score_threshold: float | None = None  # None: cfg.decode.score_threshold
+
+    @property
+    def numeric_path(self) -> str:
+        return numeric_path(self.cfg, self.device)
 
     def preprocess(self, image_rgb: np.ndarray) -> tuple[torch.Tensor, LetterboxTransform]:
         canvas, tf = letterbox(image_rgb, self.cfg.model.input_width, self.cfg.model.input_height)

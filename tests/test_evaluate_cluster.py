@@ -180,6 +180,37 @@ def test_two_checkpoints_of_a_training_run_are_two_steps_of_one_mlflow_run(tiny_
     assert len(frames) == 1
 
 
+def test_a_pool_that_mixed_numeric_paths_is_reported_as_mixed(tiny_world, tmp_path, checkpoint, mlflow_uri,
+                                                               monkeypatch, capsys):
+    # each sequence records the numeric path its actor ran; here the second one came back from a GPU actor
+    from mlflow.tracking import MlflowClient
+
+    from jobs._inference_pool import InferenceWorker
+
+    gpu_path = "cuda/fp16-autocast/deform_conv2d"
+    first, second = list_sequences(tiny_world / "MOT17" / "train")
+    for seq in (first, second):
+        _copy_sequence(seq, tmp_path / "mot" / seq.name)
+    track = InferenceWorker.track
+
+    def track_as_if_on_a_gpu_actor(self, model, seq_dir, half, num_render):
+        run = track(self, model, seq_dir, half, num_render)
+        return dict(run, numeric_path=gpu_path) if Path(seq_dir).name == second.name else run
+
+    monkeypatch.setattr(InferenceWorker, "track", track_as_if_on_a_gpu_actor)
+    out = tmp_path / "eval" / "metrics.json"
+    main(["mot", "--checkpoint", str(checkpoint), "--data-root", str(tmp_path / "mot"), "--half", "val", "--no-ray",
+          "--out", str(out), "--mlflow-uri", mlflow_uri, "--experiment", "eval-paths", "--no-progress",
+          "--set", "eval.render_frames=0"])
+    cpu_path = "cpu/fp32"  # the tiny student has no deformable conv
+    assert json.loads(out.read_text())["numeric_paths"] == {cpu_path: [first.name], gpu_path: [second.name]}
+    assert "mixed numeric paths" in capsys.readouterr().err
+    (experiment,) = [e for e in MlflowClient(mlflow_uri).search_experiments() if e.name == "eval-paths"]
+    (run,) = MlflowClient(mlflow_uri).search_runs([experiment.experiment_id])
+    assert run.data.params == {"MOT17-val/numeric_paths": f"{cpu_path}, {gpu_path}",
+                               "MOT17-val/numeric_path_mixed": "true"}
+
+
 def test_bad_config_and_paths_exit_2_with_one_line(tiny_world, tmp_path, checkpoint, capsys):
     mot_root = str(tiny_world / "MOT17" / "train")
     out = str(tmp_path / "m.json")

@@ -78,6 +78,27 @@ def test_teacher_actors_take_the_device_ray_granted(monkeypatch, gpu_ids, cuda, 
     assert actor.device.type == expected and built["device"].type == expected
 
 
+@pytest.mark.parametrize("gpu_ids, cuda, expected", [([0], True, "cuda/fp16-autocast/deform_conv2d"),
+                                                     ([], True, "cpu/fp32/grid_sample"),
+                                                     ([0], False, "cpu/fp32/grid_sample")])
+def test_inference_actors_name_the_numeric_path_of_the_device_ray_granted(monkeypatch, gpu_ids, cuda, expected):
+    # a GPU actor runs fp16 autocast and torchvision's deformable conv, a CPU one fp32 and grid_sample: each
+    # evaluation result names its path (jobs._inference_pool.numeric_paths reports a pool that mixed them)
+    import ray
+
+    from jobs._inference_pool import InferenceWorker
+    from kdtrack.config import config_to_dict
+    from kdtrack.inference import numeric_path
+
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: list(gpu_ids))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cfg = load_config("tiny", ["train.amp=true", "model.deformable=true"])
+    worker = InferenceWorker(config_to_dict(cfg))  # no device passed: as in an actor
+    assert numeric_path(cfg, worker.device) == expected
+    assert numeric_path(load_config("tiny", ["model.deformable=false", "train.amp=false"]), worker.device) == (
+        expected.split("/")[0] + "/fp32")
+
+
 def test_the_teacher_pool_uses_free_gpus_or_falls_back_to_cpu_saying_so():
     # auto (-1): a GPU per actor only when every actor finds a free one now
     assert pipeline.pool_gpus(-1, 2, {"CPU": 8, "GPU": 2}, {"CPU": 8, "GPU": 2}) == (1.0, "")
