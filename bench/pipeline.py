@@ -2,13 +2,14 @@
 
 Both feed the same samples: IDF stage-1 two-view samples of the ``small`` world's CrowdHuman + COCO
 images (``idf_cpu``: decode + two augmented views + letterbox + targets, ``kdtrack.data.dataset``), one epoch,
-batches of ``train.batch_size_per_worker`` collated by ``kdtrack.data.dataset.collate`` in the consuming process:
+batches of ``train.batch_size_per_worker`` collated by ``kdtrack.data.dataset.feed_collate`` in the consuming process
+(uint8 canvases, as the training feeds ship them):
 
 * DataLoader: ``TrainingDataset`` in a ``DataLoader`` with ``--procs`` worker processes (the old path,
   ``data.loader: torch``);
 * Ray Data: ``data_pipelines.training.training_stream`` with ``--procs`` decode actors of 1 CPU each on a
   local cluster of ``--procs`` CPUs, read as a Ray Train worker reads its shard
-  (``iter_torch_batches(collate_fn=collate_pickled)``).
+  (``iter_torch_batches(collate_fn=SampleCollate())``).
 
 Each measurement is a fresh process (clean memory, its own Ray cluster). images/s = views delivered / wall
 seconds from the first request to the last batch (start-up of the worker processes or actors included);
@@ -149,7 +150,7 @@ def measure(loader: str, world: Path, records: int, batch: int, procs: int, pres
     """One measurement, in this (fresh) process."""
     import torch
 
-    from kdtrack.data.dataset import TrainingDataset, collate, load_records
+    from kdtrack.data.dataset import TrainingDataset, feed_collate, load_records
 
     torch.set_num_threads(1)
     cfg = config(world, records, batch, procs, preset, overrides)
@@ -161,7 +162,7 @@ def measure(loader: str, world: Path, records: int, batch: int, procs: int, pres
         dataset = TrainingDataset(recs, cfg, views=2)
         dataset.set_epoch(0)
         sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
-        dl = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=collate,
+        dl = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=feed_collate,
                                          num_workers=procs, drop_last=True)
         with PeakMemory(ray_workers=False) as memory:
             out = consume(iter(dl), views, memory)
@@ -170,7 +171,7 @@ def measure(loader: str, world: Path, records: int, batch: int, procs: int, pres
 
         import ray
 
-        from data_pipelines.training import collate_pickled, training_stream
+        from data_pipelines.training import SampleCollate, training_stream
 
         ray.init(num_cpus=procs, include_dashboard=False, log_to_driver=False,
                  object_store_memory=512 * 1024 * 1024)
@@ -179,7 +180,7 @@ def measure(loader: str, world: Path, records: int, batch: int, procs: int, pres
         stream = training_stream(cfg, functools.partial(TrainingDataset, recs, cfg, views=2), len(recs))
         with PeakMemory(ray_workers=True) as memory:
             out = consume(iter(stream.dataset.iter_torch_batches(
-                batch_size=batch, collate_fn=collate_pickled, drop_last=True,
+                batch_size=batch, collate_fn=SampleCollate(), drop_last=True,
                 prefetch_batches=cfg.data.prefetch_batches)), views, memory)
         ray.shutdown()
     out.update(loader=loader, records=len(recs), peak_pss_mib=memory.peak / 2**20)

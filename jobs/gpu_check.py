@@ -9,7 +9,7 @@
 2. the deformable conv: torchvision's ``deform_conv2d`` (the GPU path) against the ``grid_sample``
    path (``kdtrack.models.layers``, the CPU path) in float32 and under autocast, and the tiny student's
    outputs on the GPU under AMP against the same weights on the CPU in float32 (an evaluation pool
-   mixing both kinds of actor scores a sequence by whichever ran it);
+   mixing both kinds of actor scores a sequence by whichever ran it, and reports it: ``numeric_paths``);
 3. the DLA-34 student's network FPS (forward only, batch 1) at 1088 x 608, float32 and AMP.
 
 Exit 1 when a check fails (a non-finite loss, an error, the deformable paths apart beyond tolerance).
