@@ -21,7 +21,6 @@ see the same batches on any node (the Ray Data split hands blocks to whichever w
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from mlflow.tracking import MlflowClient
 
 from jobs.train import get_args_parser, main
 from kdtrack.checkpoint import load_checkpoint
+from kdtrack.data.transforms import single_thread  # torch on one thread, as in an inference actor of one CPU
 
 from _fault_threads import SNAPSHOT, FaultThread, registered_iteration
 
@@ -400,19 +400,6 @@ def _mot_root(tiny_world: Path, root: Path, copies: int) -> Path:
     return root
 
 
-@contextlib.contextmanager
-def one_torch_thread():
-    """Torch on one thread here, as in an inference actor of one CPU: the in-process run computes what the actors do."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _without_timings(sequences: dict[str, dict]) -> dict[str, dict]:
     return {name: {k: v for k, v in m.items() if not k.endswith("_fps")} for name, m in sequences.items()}
 
@@ -437,7 +424,7 @@ def test_a_lost_node_during_mot_evaluation_changes_no_result(multinode, tiny_wor
                          "--set", f"eval.num_actors={POOL_ACTORS}", "--set", "eval.cpus_per_actor=1",
                          *EVERY_BOX, *extra])
 
-    with one_torch_thread():  # the fault-free run, in this process, computing as an actor does
+    with single_thread():  # the fault-free run, in this process, computing as an actor does
         reference = run("reference", "--no-ray")
     loss = LoseBusyActorNode(multinode)
     monkeypatch.setattr(jobs._mot_eval, "run_actor_pool", loss.wrap(jobs._mot_eval.run_actor_pool))
@@ -474,7 +461,7 @@ def test_a_lost_node_during_pseudo_labelling_changes_no_label(multinode, tiny_wo
                                   "--out", str(tmp_path / name), *JOB, "--set", f"pseudo.num_actors={POOL_ACTORS}",
                                   "--set", "pseudo.cpus_per_actor=1", *extra])
 
-    with one_torch_thread():
+    with single_thread():
         reference = run("reference", "--no-ray")
     loss = LoseBusyActorNode(multinode)
     monkeypatch.setattr(pseudo_label, "run_actor_pool", loss.wrap(pseudo_label.run_actor_pool))
