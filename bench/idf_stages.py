@@ -63,7 +63,7 @@ from kdtrack.metrics.detection import detection_metrics  # noqa: E402
 from kdtrack.models import build_student  # noqa: E402
 from kdtrack.models.momentum import MomentumEncoder  # noqa: E402
 from kdtrack.metrics.reid_probe import build_embedders, embed_box_set, load_reid_box_sets, score_box_set  # noqa: E402
-from kdtrack.data.video_pairs import VideoPairDataset, read_clip_labels  # noqa: E402
+from kdtrack.data.video_pairs import VideoPairDataset, pseudo_id_classes, read_clip_labels  # noqa: E402
 
 
 def scene_cosines(box_set: Any, features: np.ndarray) -> dict[str, float]:
@@ -236,8 +236,8 @@ def main() -> None:
         cfg2 = load_config("idf_video_cpu", [*common, f"data.pseudo_labels={label_dir / 'labels.parquet'}",
                                              *args.stage2_overrides])
         clips = read_clip_labels(cfg2.data.pseudo_labels, world)
-        if cfg2.loss.id_mode == "supervised" and cfg2.loss.num_id_classes == 0:
-            classes = 1 + max(int(ids.max()) for clip in clips for ids in clip.ids.values())
+        if cfg2.loss.id_mode == "supervised" and cfg2.loss.num_id_classes == 0:  # as jobs.train classes them
+            clips, classes = pseudo_id_classes(clips)
             cfg2 = dataclasses.replace(cfg2, loss=dataclasses.replace(cfg2.loss, num_id_classes=classes))
         model2 = build_student(cfg2.model)
         model2.load_state_dict(model.state_dict())
