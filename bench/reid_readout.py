@@ -1,15 +1,13 @@
 """Where a student's identity map is read: the centre cell of each box, or pooled over a region of the box.
 
-Every kdtrack recipe trains and reads the identity vector at one cell, ``floor(centre / down_ratio)``
-(``kdtrack.inference.embeddings_at_boxes``, FairMOT's reading). PointID samples its positives over the
-person's centre region instead, and a colour histogram over the central 40 % x 80 % of the box scores three
-times the whole-box one (``jobs.evaluate reid``'s ``colour_centre``). This scores, on the same oracle boxes
-and with the same retrieval code as ``jobs.evaluate reid``, each checkpoint (and the random-init student)
-read four ways: the centre cell; the map averaged over the whole box; averaged over the central region
-(``kdtrack.metrics.reid_probe.CENTRE_REGION``); the central region as an upper and a lower half, each averaged and
-L2-normalised, concatenated (the layout of the colour histograms). Averages are ``torchvision.ops.roi_align``
-over the stride-``down_ratio`` map. It answers whether the single-cell reading is what holds a student back
-(docs/results/identity-learning.md).
+A checkpoint is trained and read one way, ``model.id_readout`` (``kdtrack.readout``: FairMOT's centre cell
+``floor(centre / down_ratio)``, or the box's central region as one or two bands). This reads a trained map
+post hoc all four ways, on the same oracle boxes and with the same retrieval code as ``jobs.evaluate reid``,
+for each checkpoint (and the random-init student): the centre cell; the map averaged over the whole box;
+averaged over the central 40 % x 80 % (``kdtrack.readout.CENTRE_REGION``, where ``colour_centre`` reads);
+that region as an upper and a lower band, each averaged and L2-normalised, concatenated (the colour
+histograms' layout). Averages are ``torchvision.ops.roi_align`` over the stride-``down_ratio`` map. It tells
+whether a map trained one way carries more when read another (docs/results/identity-learning.md).
 
     python -m jobs.generate_synth --preset small --out W --seed 0
     python bench/reid_readout.py --world W CKPT [CKPT ...]
@@ -18,6 +16,7 @@ over the stride-``down_ratio`` map. It answers whether the single-cell reading i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -27,12 +26,12 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdtrack.inference import Detector, load_student  # noqa: E402
-from kdtrack.metrics.reid_probe import (CENTRE_REGION, StudentBoxEmbedder, central_boxes, embed_box_set,  # noqa: E402
+from kdtrack.readout import central_bands  # noqa: E402
+from kdtrack.metrics.reid_probe import (CENTRE_REGION, StudentBoxEmbedder, embed_box_set,  # noqa: E402
                                 load_reid_box_sets, random_student_embedder, score_box_set)
 
 READOUTS = ("cell", "box", "centre", "centre_halves")
@@ -54,24 +53,20 @@ class PooledBoxEmbedder:
         batches, transforms = zip(*(self.detector.preprocess(image) for image in images_rgb))
         with torch.no_grad():
             maps = self.detector.forward(torch.cat(batches))["embedding"].float()
-        scale = 1.0 / self.detector.cfg.model.down_ratio
         out = []
         for i, (tf, boxes) in enumerate(zip(transforms, boxes_xyxy)):
-            boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-            if self.region is not None:
-                boxes = central_boxes(boxes, self.region)
-            letterboxed = torch.as_tensor(tf.boxes_to_letterbox(boxes), dtype=torch.float32)
-            rois = torch.cat([torch.zeros(len(letterboxed), 1), letterboxed], dim=1)
-            pooled = roi_align(maps[i:i + 1], rois, output_size=(self.rows, 1), spatial_scale=scale,
-                               sampling_ratio=2, aligned=True)  # (n, k, rows, 1)
-            if self.rows > 1:
-                pooled = F.normalize(pooled, dim=1)
-            out.append(F.normalize(pooled.flatten(1), dim=1).numpy().astype(np.float32))
+            letterboxed = torch.as_tensor(tf.boxes_to_letterbox(np.asarray(boxes, np.float32).reshape(-1, 4)))
+            pooled = central_bands(maps[i:i + 1], letterboxed, torch.zeros(len(letterboxed), dtype=torch.long),
+                                   self.detector.cfg.model.down_ratio, self.rows, self.region)
+            out.append(F.normalize(pooled, dim=1).numpy().astype(np.float32))
         return out
 
 
 def readouts(detector: Detector) -> dict[str, object]:
-    return {"cell": StudentBoxEmbedder(detector), "box": PooledBoxEmbedder(detector, None),
+    cfg = detector.cfg  # "cell" reads the centre cell whatever model.id_readout the checkpoint was trained with
+    at_cell = dataclasses.replace(detector, cfg=dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                                                                   id_readout="cell")))
+    return {"cell": StudentBoxEmbedder(at_cell), "box": PooledBoxEmbedder(detector, None),
             "centre": PooledBoxEmbedder(detector, CENTRE_REGION),
             "centre_halves": PooledBoxEmbedder(detector, CENTRE_REGION, rows=2)}
 

@@ -16,6 +16,7 @@ without a Ray job per budget (docs/results/identity-learning.md).
     python bench/supervised_probe.py --world W --iterations 1500 --set loss.supervised_memory=0   # no metric term
     python bench/supervised_probe.py --world W --iterations 1500 --set data.sources=[person_search,mot17] \
         --mot-classes world   # MOT17 tracks classed by the world's true person (an oracle)
+    python bench/supervised_probe.py --world W --iterations 1500 --set model.id_readout=centre_halves
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config, [f"data.root={args.world.resolve()}", *args.overrides])
     if recipe_of(cfg).classifier != "always":  # the probe reads the identity classifier every step
         raise SystemExit(f"supervised_probe: {args.config} trains '{cfg.train.recipe}', not 'supervised'")
+    if args.id_cells == "region" and cfg.model.id_readout != "cell":
+        raise SystemExit("supervised_probe: --id-cells region classifies cells, not model.id_readout's pooled region")
     if args.mot_classes == "world":
         with mock.patch("kdtrack.data.dataset.dataset_wide_ids", classes_by_world_person(args.world)):
             _, loop_data = training_data(cfg)

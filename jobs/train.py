@@ -125,6 +125,15 @@ def check_recipe(cfg: Config, source: str = "<config>", overrides: Sequence[str]
     check_validation(cfg)
     if cfg.train.init_from and not Path(cfg.train.init_from).is_file():
         raise ConfigError(f"train.init_from: {cfg.train.init_from} is not a file")
+    if cfg.train.init_from and "identity" in cfg.train.freeze:  # IDF stage 3: the identity head is kept as trained
+        from kdtrack.checkpoint import load_checkpoint
+
+        trained = load_checkpoint(cfg.train.init_from, map_location="cpu")["config"].model.id_readout
+        if trained != cfg.model.id_readout:
+            raise ConfigError(f"train.init_from: {cfg.train.init_from} was trained with model.id_readout={trained} "
+                              f"and this run keeps its identity head (train.freeze has identity), so its checkpoint "
+                              f"must be read the same way: set model.id_readout={trained} "
+                              f"(now {cfg.model.id_readout})")
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():  # on the driver, before any GPU is reserved
         raise ConfigError(f"model.pretrained: {cfg.model.pretrained} is not a file")
 

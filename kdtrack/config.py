@@ -122,6 +122,11 @@ class ModelConfig:
     input_width: int = 320  # network input width (letterboxed), multiple of 32
     input_height: int = 192  # network input height, multiple of 32
     down_ratio: int = 4  # output stride r
+    # where a person's identity vector is read from the identity map (kdtrack.readout), in training and at inference:
+    # "cell" = the box's centre cell (FairMOT's); "centre" = the central 40 % x 80 % of the box averaged; "centre_halves"
+    # = that region as an upper and a lower band, concatenated (2 x embedding_dim numbers); the supervised recipes train
+    # the pooled ones
+    id_readout: Literal["cell", "centre", "centre_halves"] = "cell"
 
 
 @dataclass(frozen=True)

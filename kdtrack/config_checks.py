@@ -126,6 +126,9 @@ def training_violations(cfg: Any) -> list[tuple[str, str]]:
     if tc.sync_batchnorm and not tc.use_gpu:
         broken.append(("train.sync_batchnorm", "train.sync_batchnorm syncs BatchNorm statistics between GPU workers "
                        "(torch's SyncBatchNorm takes CUDA tensors only): set train.use_gpu=true, or leave it false"))
+    if cfg.model.id_readout != "cell" and cfg.loss.id_mode == "kd":
+        broken.append(("model.id_readout", f"model.id_readout = {cfg.model.id_readout!r}: loss.id_mode = 'kd' "
+                       f"distils the teacher's feature into the centre cell: set model.id_readout=cell"))
     if tc.epochs == 0 and tc.max_iterations <= 0:
         broken.append(("train.epochs", f"train.epochs = 0 (unbounded) needs train.max_iterations > 0 to end the run, "
                        f"got {tc.max_iterations}"))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from kdtrack.config import DecodeConfig
 from kdtrack.data.letterbox import LetterboxTransform
+from kdtrack.readout import read_at_boxes
 from kdtrack.structures import Detections
 
 
@@ -54,12 +55,14 @@ def decode_batch(
     nms_kernel: int = 3,
     down_ratio: int = 4,
     normalize_embeddings: bool = True,
+    id_readout: str = "cell",
 ) -> dict[str, torch.Tensor]:
     """Top-K peaks of a batch, before thresholding: tensors with a leading ``(B, K)``.
 
     Returns ``scores (B,K)`` (sigmoid), ``index (B,K)``, ``boxes_xyxy (B,K,4)``
     in network-input pixels, ``embeddings (B,K,k)`` (L2-normalised when asked;
-    absent when the outputs have no ``"embedding"``).
+    absent when the outputs have no ``"embedding"``), read at the peak cell or, with
+    ``id_readout = "centre_halves"``, over each decoded box (``kdtrack.readout``; ``(B,K,2k)``).
     """
     heat = torch.sigmoid(outputs["heatmap"].float())
     b, _, h, w = heat.shape
@@ -74,7 +77,12 @@ def decode_batch(
         "boxes_xyxy": boxes_from_heads(index, offset, size, w, down_ratio),
     }
     if "embedding" in outputs and outputs["embedding"] is not None:
-        emb = gather_at(outputs["embedding"].float(), index)
+        if id_readout == "cell":
+            emb = gather_at(outputs["embedding"].float(), index)
+        else:
+            boxes = result["boxes_xyxy"].reshape(-1, 4)
+            images = torch.arange(b, device=boxes.device).repeat_interleave(k)
+            emb = read_at_boxes(outputs["embedding"], boxes, images, id_readout, down_ratio).reshape(b, k, -1)
         result["embeddings"] = F.normalize(emb, dim=-1) if normalize_embeddings else emb
     return result
 
@@ -87,6 +95,7 @@ def decode_detections(
     transforms: Sequence[LetterboxTransform | None] | None = None,
     normalize_embeddings: bool = True,
     score_threshold: float | None = None,
+    id_readout: str = "cell",
 ) -> list[Detections]:
     """One ``Detections`` per image: peaks with score > threshold, boxes in original pixels.
 
@@ -94,7 +103,7 @@ def decode_detections(
     network-input pixels). ``score_threshold`` overrides ``cfg.score_threshold``.
     """
     thr = cfg.score_threshold if score_threshold is None else float(score_threshold)
-    dec = decode_batch(outputs, cfg.top_k, cfg.nms_kernel, down_ratio, normalize_embeddings)
+    dec = decode_batch(outputs, cfg.top_k, cfg.nms_kernel, down_ratio, normalize_embeddings, id_readout)
     b = dec["scores"].shape[0]
     if transforms is not None and len(transforms) != b:
         raise ValueError(f"decode_detections: {b} images but {len(transforms)} letterbox transforms")

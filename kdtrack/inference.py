@@ -28,6 +28,7 @@ from kdtrack.engine import amp_enabled
 from kdtrack.formats.mot import SeqInfo, read_seqinfo, split_frames
 from kdtrack.data.letterbox import LetterboxTransform, letterbox
 from kdtrack.models import build_student, build_teacher, freeze_teacher, teacher_embeddings
+from kdtrack.readout import read_at_boxes
 from kdtrack.recipes import recipe_of
 from kdtrack.structures import Detections
 from kdtrack.tracker import Tracker, TrackerConfig
@@ -140,7 +141,7 @@ class Detector:
         outputs = self.forward(batch)
         dets = decode_detections(
             outputs, self.cfg.decode, down_ratio=self.cfg.model.down_ratio, transforms=list(transforms),
-            normalize_embeddings=True, score_threshold=self.score_threshold,
+            normalize_embeddings=True, score_threshold=self.score_threshold, id_readout=self.cfg.model.id_readout,
         )
         return dets, outputs, list(transforms)
 
@@ -149,7 +150,7 @@ class Detector:
         outputs = self.forward(batch)
         (dets,) = decode_detections(
             outputs, self.cfg.decode, down_ratio=self.cfg.model.down_ratio, transforms=[tf],
-            normalize_embeddings=True, score_threshold=self.score_threshold,
+            normalize_embeddings=True, score_threshold=self.score_threshold, id_readout=self.cfg.model.id_readout,
         )
         return dets, outputs, tf
 
@@ -232,26 +233,25 @@ def track_sequence(
 
 
 def student_embedding_at_boxes(detector: Detector, image_rgb: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
-    """``(N, k)`` L2-normalised student embeddings read at the centre cells of given boxes.
+    """``(N, k)`` L2-normalised student embeddings read at given boxes (``model.id_readout``).
 
     How a query person is embedded by the student alone (no detector match
-    needed): the identity map at the box centre, as in the training targets.
+    needed): the identity map read as in training.
     """
     batch, tf = detector.preprocess(image_rgb)
     emb_map = detector.forward(batch)["embedding"][0]
-    return embeddings_at_boxes(emb_map, tf, boxes_xyxy, detector.cfg.model.down_ratio)
+    return embeddings_at_boxes(emb_map, tf, boxes_xyxy, detector.cfg.model.down_ratio, detector.cfg.model.id_readout)
 
 
 def embeddings_at_boxes(emb_map: torch.Tensor, tf: LetterboxTransform, boxes_xyxy: np.ndarray,
-                        down_ratio: int) -> np.ndarray:
-    """``(N, k)`` L2-normalised rows of an identity map ``(k, h, w)`` at the centre cells of
-    ``boxes_xyxy`` (original-image pixels, mapped through the letterbox ``tf``)."""
-    emb_map = emb_map.float()
-    k, h, w = emb_map.shape
-    boxes = tf.boxes_to_letterbox(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4))
-    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / down_ratio).astype(int), 0, w - 1)
-    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / down_ratio).astype(int), 0, h - 1)
-    emb = emb_map[:, torch.as_tensor(cy), torch.as_tensor(cx)].T  # (N, k)
+                        down_ratio: int, id_readout: str = "cell") -> np.ndarray:
+    """``(N, D)`` L2-normalised identity vectors of an identity map ``(k, h, w)`` at ``boxes_xyxy``
+    (original-image pixels, mapped through the letterbox ``tf``): the centre cell, or ``id_readout``'s
+    region (``kdtrack.readout``)."""
+    boxes = torch.as_tensor(tf.boxes_to_letterbox(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)),
+                            device=emb_map.device)
+    emb = read_at_boxes(emb_map[None], boxes, torch.zeros(len(boxes), dtype=torch.long, device=emb_map.device),
+                        id_readout, down_ratio)
     return torch.nn.functional.normalize(emb, dim=1).cpu().numpy()
 
 
@@ -310,6 +310,7 @@ def detect_and_embed_images(
                 query_emb = (query_embed_fn(image, queries) if len(queries)
                              else np.zeros((0, det.embeddings.shape[1]), np.float32))
             else:
-                query_emb = embeddings_at_boxes(outputs["embedding"][i], tf, queries, down_ratio)
+                query_emb = embeddings_at_boxes(outputs["embedding"][i], tf, queries, down_ratio,
+                                                detector.cfg.model.id_readout)
             out.append((det, query_emb))
     return out

@@ -219,10 +219,17 @@ class DenseContrastiveLoss(nn.Module):
         queue when given; else the student's own (detached) embeddings do.
         """
         points, keys = gather_points(embedding, region_index, region_mask, ids)
+        key_points = (None if key_embedding is None or not update_queue
+                      else gather_points(key_embedding, region_index, region_mask, ids)[0])
+        return self.forward_points(points, keys, update_queue, key_points)
+
+    def forward_points(self, points: torch.Tensor, keys: torch.Tensor, update_queue: bool = True,
+                       key_points: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`forward` over identity vectors already read, ``points (M, k)`` with person ``keys (M,)``
+        (centre-region cells, or one pooled vector per person and view: ``model.id_readout``); ``key_points``,
+        the key encoder's vectors of the same rows, fill the queue when given."""
         terms = self.loss_from_points(points, keys)
         if update_queue:
-            if key_embedding is not None:
-                points, keys = gather_points(key_embedding, region_index, region_mask, ids)
-            emb, person = self.person_embeddings(points, keys)
+            emb, person = self.person_embeddings(points if key_points is None else key_points, keys)
             self.enqueue(self.gather_fn(emb.contiguous()), self.gather_fn(person.contiguous()))
         return terms

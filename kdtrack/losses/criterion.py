@@ -25,12 +25,14 @@ import torch
 from torch import nn
 
 from kdtrack.config import Config, LossConfig
+from kdtrack.decode import boxes_from_heads
 from kdtrack.losses.collapse import collapse_stats
 from kdtrack.losses.contrastive import DenseContrastiveLoss
 from kdtrack.losses.detection import DetectionLoss
 from kdtrack.losses.kd import KDLoss
 from kdtrack.losses.supervised import SupervisedIdLoss
 from kdtrack.losses.uncertainty import UncertaintyWeighting
+from kdtrack.readout import read_at_boxes, readout_dim
 
 
 ID_MODES = ("kd", "contrastive", "supervised", "none")
@@ -44,6 +46,8 @@ class Criterion(nn.Module):
         *,
         embedding_dim: int,
         gather_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        id_readout: str = "cell",
+        down_ratio: int = 4,
     ) -> None:
         super().__init__()
         if cfg.id_mode not in ID_MODES:
@@ -53,15 +57,20 @@ class Criterion(nn.Module):
             cfg.focal_alpha, cfg.focal_beta, cfg.heatmap_weight, cfg.size_weight, cfg.offset_weight,
             cfg.size_loss_scale,
         )
+        if id_readout != "cell" and cfg.id_mode == "kd":
+            raise ValueError(f"model.id_readout = {id_readout!r}: loss.id_mode = 'kd' reads the centre cell "
+                             f"(the teacher's feature has embedding_dim numbers)")
+        self.id_readout, self.down_ratio = id_readout, int(down_ratio)
+        vector_dim = readout_dim(embedding_dim, id_readout)  # one person's identity vector (and a queue row)
         self.kd = (KDLoss(embedding_dim, cfg.eta, cfg.num_id_classes, cfg.kd_reduction)
                    if cfg.id_mode == "kd" else None)
         self.contrastive = (
-            DenseContrastiveLoss(embedding_dim, cfg.queue_size, cfg.temperature, gather_fn,
+            DenseContrastiveLoss(vector_dim, cfg.queue_size, cfg.temperature, gather_fn,
                                  batch_negatives=cfg.batch_negatives)
             if cfg.id_mode == "contrastive"
             else None
         )
-        self.supervised = (SupervisedIdLoss(embedding_dim, cfg.num_id_classes, cfg.supervised_memory,
+        self.supervised = (SupervisedIdLoss(vector_dim, cfg.num_id_classes, cfg.supervised_memory,
                                             cfg.supervised_metric_weight, cfg.supervised_temperature)
                            if cfg.id_mode == "supervised" else None)
         self.uncertainty = (
@@ -86,7 +95,8 @@ class Criterion(nn.Module):
     def from_config(
         cls, cfg: Config, gather_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
     ) -> "Criterion":
-        return cls(cfg.loss, embedding_dim=cfg.model.embedding_dim, gather_fn=gather_fn)
+        return cls(cfg.loss, embedding_dim=cfg.model.embedding_dim, gather_fn=gather_fn,
+                   id_readout=cfg.model.id_readout, down_ratio=cfg.model.down_ratio)
 
     def forward(
         self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor], **extra: Any
@@ -119,9 +129,11 @@ class Criterion(nn.Module):
                     raise ValueError("loss.id_mode = 'kd' needs teacher embeddings (targets['teacher'] or teacher=)")
                 terms.update(self.kd(outputs["embedding"], targets["index"], targets["mask"], teacher,
                                      targets.get("ids")))
-            else:
+            elif self.id_readout == "cell":
                 terms.update(self.supervised(outputs["embedding"], targets["index"], targets["mask"],
                                              targets["ids"]))
+            else:
+                terms.update(self._supervised_read_at_boxes(outputs["embedding"], targets))
             if self.uncertainty is not None:
                 terms["total"] = self.uncertainty(det, terms["id"])
                 terms["s_det"] = self.uncertainty.s_det.detach()
@@ -129,10 +141,17 @@ class Criterion(nn.Module):
             else:
                 terms["total"] = det + terms["id"]
         elif self.contrastive is not None:
-            c = self.contrastive(
-                outputs["embedding"], targets["region_index"], targets["region_mask"], targets["ids"],
-                update_queue=bool(extra.get("update_queue", True)), key_embedding=extra.get("key_embedding"),
-            )
+            update_queue, key_embedding = bool(extra.get("update_queue", True)), extra.get("key_embedding")
+            if self.id_readout == "cell":
+                c = self.contrastive(
+                    outputs["embedding"], targets["region_index"], targets["region_mask"], targets["ids"],
+                    update_queue=update_queue, key_embedding=key_embedding,
+                )
+            else:  # one vector per person and view, read over its box as at inference
+                points, keys = self._read_labelled_boxes(outputs["embedding"], targets)
+                key_points = (self._read_labelled_boxes(key_embedding, targets)[0]
+                              if key_embedding is not None and update_queue else None)
+                c = self.contrastive.forward_points(points, keys, update_queue, key_points)
             c["id/contrastive"] = c["id"]
             views = int(extra.get("views", 2))
             if views == 2 and extra.get("monitor", True):  # the collapse monitor (kdtrack.losses.collapse), from this very batch
@@ -145,6 +164,23 @@ class Criterion(nn.Module):
         else:
             terms["total"] = det
         return terms
+
+    def _read_labelled_boxes(self, embedding: torch.Tensor, targets: Mapping[str, torch.Tensor]
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, D)`` identity vectors of the labelled target slots (``ids >= 0``), read by ``model.id_readout``
+        over each box rebuilt from its slot (centre cell, offset and size: the boxes the decoder would give for
+        a perfect output), and their ``(n,)`` ids."""
+        sel = targets["mask"].bool() & (targets["ids"] >= 0)
+        boxes = boxes_from_heads(targets["index"], targets["offset"].float(), targets["size"].float(),
+                                 embedding.shape[-1], self.down_ratio)[sel]
+        batch_index = torch.arange(sel.shape[0], device=sel.device)[:, None].expand_as(sel)[sel]
+        return read_at_boxes(embedding, boxes, batch_index, self.id_readout, self.down_ratio), targets["ids"][sel]
+
+    def _supervised_read_at_boxes(self, embedding: torch.Tensor, targets: Mapping[str, torch.Tensor]
+                                  ) -> dict[str, torch.Tensor]:
+        """The supervised loss with each labelled person read by ``model.id_readout`` over its box."""
+        vectors, labels = self._read_labelled_boxes(embedding, targets)
+        return self.supervised.classify(vectors, labels, anchor=embedding)
 
 
 def _leading_rows(tensors: Mapping[str, Any], rows: int, total: int) -> dict[str, Any]:

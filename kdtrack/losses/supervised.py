@@ -105,10 +105,16 @@ class SupervisedIdLoss(nn.Module):
         """``embedding (B, k, h, w)``; ``index``/``mask``/``ids (B, K)`` target slots (``ids`` class ids, -1 =
         unlabelled). Returns ``id`` (the cross-entropy) and ``id/accuracy`` (top-1 on the labelled objects)."""
         sel = mask.bool() & (ids >= 0)
-        vectors = gather_at(embedding.float(), index)[sel]  # (n, k)
-        labels = ids[sel]
+        return self.classify(gather_at(embedding.float(), index)[sel], ids[sel], anchor=embedding)
+
+    def classify(self, vectors: torch.Tensor, labels: torch.Tensor, anchor: torch.Tensor | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """The loss over identity vectors already read, ``vectors (n, k)`` with class ids ``labels (n,)``, however
+        they were read (the centre cell in :meth:`forward`); ``anchor`` (the map they came from) keeps the graph
+        of an empty batch."""
         if not len(labels):  # nothing labelled in this batch: a zero that keeps the graph
-            zero = embedding.sum() * 0.0 + sum(p.sum() for p in self.classifier.parameters()) * 0.0
+            zero = (vectors if anchor is None else anchor).sum() * 0.0
+            zero = zero + sum(p.sum() for p in self.classifier.parameters()) * 0.0
             return {"id": zero, "id/accuracy": zero.detach()}
         if int(labels.max()) >= self.num_classes:
             raise ValueError(f"supervised identity loss: id {int(labels.max())} >= loss.num_id_classes = "

@@ -60,6 +60,7 @@ from kdtrack.inference import Detector, EmbedFn, embeddings_at_boxes
 from kdtrack.data.letterbox import DEFAULT_PAD_VALUE
 from kdtrack.metrics.retrieval import JunkRule, Positives, RetrievalResult, evaluate_leave_one_out, l2_normalize
 from kdtrack.models import build_student
+from kdtrack.readout import CENTRE_REGION, central_boxes  # noqa: F401  (re-exported: colour_centre reads this region)
 from kdtrack.synth.world import PERSON_SEARCH_TRUTH
 
 PROTOCOLS = ("person_search", "mot")
@@ -70,7 +71,6 @@ TEACHER_COSINE = "teacher_cosine"  # results field: mean cosine to the teacher's
 PERSON_SEARCH_DIR = "person_search"
 MOT_DIR = "MOT17/train"
 COLOUR_BINS = (8, 4, 4)  # hue x saturation x value bins per box half
-CENTRE_REGION = (0.4, 0.8)  # colour_centre: share of the box width and height kept, centred (where the person is)
 VIEW_SIDE = {"front": "front", "back": "back", "left": "side", "right": "side"}  # a flip maps left onto right
 VIEW_SPLITS = (("same_view", "same_tag"), ("other_view", "other_tag"))  # metric suffix, retrieval positives
 CONTEXTS = ("scene", "alone")  # a box read in its image, or isolated on a grey canvas (eval.reid_context)
@@ -81,11 +81,11 @@ CONTEXTS = ("scene", "alone")  # a box read in its image, or isolated on a grey 
 
 @dataclass
 class StudentBoxEmbedder:
-    """The student's identity map read at the centre cell of each box, several images per forward pass.
+    """The student's identity map read at each box, several images per forward pass.
 
     The same reading as :func:`kdtrack.inference.student_embedding_at_boxes`
-    (and as the training targets): the cell ``floor(centre / down_ratio)`` of
-    the letterboxed image.
+    (and as the training loss): ``model.id_readout`` of the letterboxed image
+    (``kdtrack.readout``: the centre cell, or the box's central region).
     """
 
     detector: Detector
@@ -94,13 +94,14 @@ class StudentBoxEmbedder:
         return self.embed_many([image_rgb], [boxes_xyxy])[0]
 
     def embed_many(self, images_rgb: Sequence[np.ndarray], boxes_xyxy: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """``(N_i, k)`` float32 L2-normalised embeddings for each image's boxes (original pixels)."""
+        """``(N_i, D)`` float32 L2-normalised identity vectors for each image's boxes (original pixels)."""
         if not images_rgb:
             return []
         batches, transforms = zip(*(self.detector.preprocess(image) for image in images_rgb))
         emb_maps = self.detector.forward(torch.cat(batches))["embedding"]  # (B, k, h, w)
         r = self.detector.cfg.model.down_ratio
-        return [embeddings_at_boxes(emb_map, tf, boxes, r).astype(np.float32)
+        readout = self.detector.cfg.model.id_readout
+        return [embeddings_at_boxes(emb_map, tf, boxes, r, readout).astype(np.float32)
                 for emb_map, tf, boxes in zip(emb_maps, transforms, boxes_xyxy)]
 
 
@@ -149,15 +150,6 @@ def colour_histogram_features(image_rgb: np.ndarray, boxes_xyxy: np.ndarray,
             if part.size:
                 out[i, j * per_half:(j + 1) * per_half] = np.bincount(part.ravel(), minlength=per_half) / part.size
     return l2_normalize(out)
-
-
-def central_boxes(boxes_xyxy: np.ndarray, region: tuple[float, float] = CENTRE_REGION) -> np.ndarray:
-    """Each box shrunk about its centre to ``region`` = (width share, height share) of its size."""
-    boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
-    centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    half_w = (boxes[:, 2] - boxes[:, 0]) * region[0] / 2
-    half_h = (boxes[:, 3] - boxes[:, 1]) * region[1] / 2
-    return np.stack([centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h], axis=1)
 
 
 def centre_colour_histogram_features(image_rgb: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
