@@ -137,7 +137,10 @@ def test_sup_presets_are_fairmot_and_idf_cpus_budget():
     assert tc.batch_size_per_worker * tc.num_workers == 12 and paper.loss.uncertainty
     assert (paper.loss.s_det_init, paper.loss.s_id_init) == (-1.85, -1.05)
     assert {"mot17", "person_search"} <= set(paper.data.sources)
-    assert cpu.model == idf.model and (cpu.train.recipe, cpu.loss.id_mode) == ("supervised", "supervised")
+    assert (cpu.train.recipe, cpu.loss.id_mode) == ("supervised", "supervised")
+    # the same network, the identity read over two bands of the box's central region (kdtrack.readout; ours)
+    assert cpu.model == idf.model and cpu.model.id_readout == "centre_halves"
+    assert paper.model.id_readout == "cell" == load_config("idf_paper").model.id_readout  # the papers' reading
     for field in ("optimizer", "lr", "epochs", "max_iterations", "lr_steps", "batch_size_per_worker", "num_workers"):
         assert getattr(cpu.train, field) == getattr(idf.train, field), field
     # sup_cpu: the person-search train split alone (the world's MOT17 sequences share their people; docs/results/

@@ -424,7 +424,9 @@ def test_supervised_smoke_run_classifies_the_labelled_people(ray_session, tiny_w
     assert state["iteration"] == 2 and state["config"].train.recipe == "supervised"
     classes = state["config"].loss.num_id_classes  # 0 in the preset: counted from the (smoke test's) records
     assert 3 <= classes < people
-    assert state["criterion"]["supervised.classifier.weight"].shape == (classes, state["config"].model.embedding_dim)
+    model_cfg = state["config"].model  # the classifier reads model.id_readout's vector (two bands in sup_cpu)
+    assert state["criterion"]["supervised.classifier.weight"].shape == (classes, 2 * model_cfg.embedding_dim)
+    assert model_cfg.id_readout == "centre_halves"
     assert "uncertainty.s_id" in state["criterion"]
     # the smoke test's records are labelled ones: the classifier's term is a real cross-entropy, near ln(classes);
     # sup_cpu's metric term over the memory adds to it, and the memory is checkpointed with the criterion
