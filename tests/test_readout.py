@@ -133,6 +133,12 @@ def test_the_contrastive_loss_reads_one_pooled_vector_per_person_and_view():
     assert int(criterion.contrastive.queue_fill) == 2 and float(terms["id/anchors"]) == 4  # one mean per person
     terms["total"].backward()
     assert emb.grad.abs().sum() > 0
+    # the collapse monitor reads the same vectors: view 0's two people, and each one's nearest in view 1
+    monitored = Criterion.from_config(cfg)(outputs, batch)
+    unit = F.normalize(torch.as_tensor(read), dim=1)
+    assert float(monitored["monitor/cos_between"]) == pytest.approx(float(unit[0] @ unit[1]), abs=1e-5)
+    nearest = [int((unit[i] @ unit[2:].T).argmax()) for i in (0, 1)]
+    assert float(monitored["monitor/xview_top1"]) == pytest.approx(np.mean([nearest[0] == 0, nearest[1] == 1]))
 
 
 def test_a_run_that_keeps_the_identity_head_must_read_it_as_it_was_trained(tmp_path):

@@ -50,6 +50,24 @@ def collapse_stats(embedding: torch.Tensor, region_index: torch.Tensor, region_m
     n = emb.shape[0] // max(views, 1)
     per_view = [_person_means(emb[v * n:(v + 1) * n], region_index[v * n:(v + 1) * n],
                               region_mask[v * n:(v + 1) * n], ids[v * n:(v + 1) * n]) for v in range(views)]
+    return _stats_of_person_means(per_view, views)
+
+
+@torch.no_grad()
+def collapse_stats_of_vectors(vectors: torch.Tensor, keys: torch.Tensor, view_of_row: torch.Tensor,
+                              views: int = 2) -> dict[str, float]:
+    """:func:`collapse_stats` over identity vectors already read (``model.id_readout`` over each box): rows
+    ``vectors (n, D)`` of persons ``keys (n,)`` in views ``view_of_row (n,)``."""
+    vectors = vectors.detach().float()
+    per_view = []
+    for v in range(views):
+        rows = view_of_row == v
+        per_view.append(person_means(vectors[rows], keys[rows]) if bool(rows.any())
+                        else (vectors.new_zeros((0, vectors.shape[1])), keys[rows]))
+    return _stats_of_person_means(per_view, views)
+
+
+def _stats_of_person_means(per_view: list[tuple[torch.Tensor, torch.Tensor]], views: int) -> dict[str, float]:
     out = {"cos_between": math.nan, "cos_between_std": math.nan, "xview_top1": math.nan}
     means0, keys0 = per_view[0]
     if len(keys0) >= 2:

@@ -26,7 +26,7 @@ from torch import nn
 
 from kdtrack.config import Config, LossConfig
 from kdtrack.decode import boxes_from_heads
-from kdtrack.losses.collapse import collapse_stats
+from kdtrack.losses.collapse import collapse_stats, collapse_stats_of_vectors
 from kdtrack.losses.contrastive import DenseContrastiveLoss
 from kdtrack.losses.detection import DetectionLoss
 from kdtrack.losses.kd import KDLoss
@@ -142,21 +142,24 @@ class Criterion(nn.Module):
                 terms["total"] = det + terms["id"]
         elif self.contrastive is not None:
             update_queue, key_embedding = bool(extra.get("update_queue", True)), extra.get("key_embedding")
+            views = int(extra.get("views", 2))
+            monitor = views == 2 and extra.get("monitor", True)  # the collapse monitor (kdtrack.losses.collapse)
             if self.id_readout == "cell":
                 c = self.contrastive(
                     outputs["embedding"], targets["region_index"], targets["region_mask"], targets["ids"],
                     update_queue=update_queue, key_embedding=key_embedding,
                 )
+                stats = (collapse_stats(outputs["embedding"], targets["region_index"], targets["region_mask"],
+                                        targets["ids"], views=views) if monitor else {})
             else:  # one vector per person and view, read over its box as at inference
-                points, keys = self._read_labelled_boxes(outputs["embedding"], targets)
+                points, keys, images = self._read_labelled_boxes(outputs["embedding"], targets)
                 key_points = (self._read_labelled_boxes(key_embedding, targets)[0]
                               if key_embedding is not None and update_queue else None)
                 c = self.contrastive.forward_points(points, keys, update_queue, key_points)
+                per_view = outputs["embedding"].shape[0] // views
+                stats = collapse_stats_of_vectors(points, keys, images // per_view, views) if monitor else {}
             c["id/contrastive"] = c["id"]
-            views = int(extra.get("views", 2))
-            if views == 2 and extra.get("monitor", True):  # the collapse monitor (kdtrack.losses.collapse), from this very batch
-                stats = collapse_stats(outputs["embedding"], targets["region_index"], targets["region_mask"],
-                                       targets["ids"], views=views)
+            if stats:  # from this very batch
                 c.update({f"monitor/{k}": torch.tensor(v) for k, v in stats.items() if math.isfinite(v)})  # undefined: absent
             c["id"] = self.cfg.id_weight * c["id"]
             terms.update(c)
@@ -166,20 +169,21 @@ class Criterion(nn.Module):
         return terms
 
     def _read_labelled_boxes(self, embedding: torch.Tensor, targets: Mapping[str, torch.Tensor]
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(n, D)`` identity vectors of the labelled target slots (``ids >= 0``), read by ``model.id_readout``
         over each box rebuilt from its slot (centre cell, offset and size: the boxes the decoder would give for
-        a perfect output), and their ``(n,)`` ids."""
+        a perfect output), their ``(n,)`` ids and ``(n,)`` images in the batch."""
         sel = targets["mask"].bool() & (targets["ids"] >= 0)
         boxes = boxes_from_heads(targets["index"], targets["offset"].float(), targets["size"].float(),
                                  embedding.shape[-1], self.down_ratio)[sel]
         batch_index = torch.arange(sel.shape[0], device=sel.device)[:, None].expand_as(sel)[sel]
-        return read_at_boxes(embedding, boxes, batch_index, self.id_readout, self.down_ratio), targets["ids"][sel]
+        vectors = read_at_boxes(embedding, boxes, batch_index, self.id_readout, self.down_ratio)
+        return vectors, targets["ids"][sel], batch_index
 
     def _supervised_read_at_boxes(self, embedding: torch.Tensor, targets: Mapping[str, torch.Tensor]
                                   ) -> dict[str, torch.Tensor]:
         """The supervised loss with each labelled person read by ``model.id_readout`` over its box."""
-        vectors, labels = self._read_labelled_boxes(embedding, targets)
+        vectors, labels, _ = self._read_labelled_boxes(embedding, targets)
         return self.supervised.classify(vectors, labels, anchor=embedding)
 
 
