@@ -30,9 +30,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdtrack.inference import Detector, load_student  # noqa: E402
-from kdtrack.readout import central_bands  # noqa: E402
-from kdtrack.metrics.reid_probe import (CENTRE_REGION, StudentBoxEmbedder, embed_box_set,  # noqa: E402
-                                load_reid_box_sets, random_student_embedder, score_box_set)
+from kdtrack.readout import CENTRE_REGION, central_bands  # noqa: E402
+from kdtrack.metrics.reid_probe import (StudentBoxEmbedder, embed_box_set, load_reid_box_sets,  # noqa: E402
+                                        random_student_embedder, score_box_set)
 
 READOUTS = ("cell", "box", "centre", "centre_halves")
 

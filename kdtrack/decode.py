@@ -61,8 +61,8 @@ def decode_batch(
 
     Returns ``scores (B,K)`` (sigmoid), ``index (B,K)``, ``boxes_xyxy (B,K,4)``
     in network-input pixels, ``embeddings (B,K,k)`` (L2-normalised when asked;
-    absent when the outputs have no ``"embedding"``), read at the peak cell or, with
-    ``id_readout = "centre_halves"``, over each decoded box (``kdtrack.readout``; ``(B,K,2k)``).
+    absent when the outputs have no ``"embedding"``), read at the peak cell or, with a pooled
+    ``id_readout``, over each decoded box (``kdtrack.readout``; ``(B,K,readout_dim)``).
     """
     heat = torch.sigmoid(outputs["heatmap"].float())
     b, _, h, w = heat.shape

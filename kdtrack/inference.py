@@ -233,7 +233,7 @@ def track_sequence(
 
 
 def student_embedding_at_boxes(detector: Detector, image_rgb: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
-    """``(N, k)`` L2-normalised student embeddings read at given boxes (``model.id_readout``).
+    """``(N, D)`` L2-normalised student embeddings read at given boxes (``model.id_readout``).
 
     How a query person is embedded by the student alone (no detector match
     needed): the identity map read as in training.

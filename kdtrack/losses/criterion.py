@@ -152,8 +152,9 @@ class Criterion(nn.Module):
                 stats = (collapse_stats(outputs["embedding"], targets["region_index"], targets["region_mask"],
                                         targets["ids"], views=views) if monitor else {})
             else:  # one vector per person and view, read over its box as at inference
-                points, keys, images = self._read_labelled_boxes(outputs["embedding"], targets)
-                key_points = (self._read_labelled_boxes(key_embedding, targets)[0]
+                boxes, keys, images = self._labelled_boxes(targets, outputs["embedding"].shape[-1])
+                points = self._read(outputs["embedding"], boxes, images)
+                key_points = (self._read(key_embedding, boxes, images)
                               if key_embedding is not None and update_queue else None)
                 c = self.contrastive.forward_points(points, keys, update_queue, key_points)
                 per_view = outputs["embedding"].shape[0] // views
@@ -168,24 +169,26 @@ class Criterion(nn.Module):
             terms["total"] = det
         return terms
 
-    def _read_labelled_boxes(self, embedding: torch.Tensor, targets: Mapping[str, torch.Tensor]
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(n, D)`` identity vectors of the labelled target slots (``ids >= 0``), read by ``model.id_readout``
-        over each box rebuilt from its slot (centre cell, offset and size: the boxes the decoder would give for
-        a perfect output), their ``(n,)`` ids and ``(n,)`` images in the batch."""
+    def _labelled_boxes(self, targets: Mapping[str, torch.Tensor], map_width: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The labelled target slots (``ids >= 0``) as ``(n, 4)`` boxes rebuilt from each slot (centre cell,
+        offset and size: the boxes the decoder would give for a perfect output), their ``(n,)`` ids and
+        ``(n,)`` images in the batch."""
         sel = targets["mask"].bool() & (targets["ids"] >= 0)
         boxes = boxes_from_heads(targets["index"], targets["offset"].float(), targets["size"].float(),
-                                 embedding.shape[-1], self.down_ratio)[sel]
+                                 map_width, self.down_ratio)[sel]
         batch_index = torch.arange(sel.shape[0], device=sel.device)[:, None].expand_as(sel)[sel]
-        vectors = read_at_boxes(embedding, boxes, batch_index, self.id_readout, self.down_ratio)
-        return vectors, targets["ids"][sel], batch_index
+        return boxes, targets["ids"][sel], batch_index
+
+    def _read(self, embedding: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        """``(n, D)`` identity vectors of ``boxes`` read by ``model.id_readout``."""
+        return read_at_boxes(embedding, boxes, batch_index, self.id_readout, self.down_ratio)
 
     def _supervised_read_at_boxes(self, embedding: torch.Tensor, targets: Mapping[str, torch.Tensor]
                                   ) -> dict[str, torch.Tensor]:
         """The supervised loss with each labelled person read by ``model.id_readout`` over its box."""
-        vectors, labels, _ = self._read_labelled_boxes(embedding, targets)
-        return self.supervised.classify(vectors, labels, anchor=embedding)
-
+        boxes, labels, images = self._labelled_boxes(targets, embedding.shape[-1])
+        return self.supervised.classify(self._read(embedding, boxes, images), labels, anchor=embedding)
 
 def _leading_rows(tensors: Mapping[str, Any], rows: int, total: int) -> dict[str, Any]:
     """The first ``rows`` of every tensor batched over ``total`` images (view 0 of a two-view batch)."""

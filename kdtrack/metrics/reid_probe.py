@@ -60,7 +60,7 @@ from kdtrack.inference import Detector, EmbedFn, embeddings_at_boxes
 from kdtrack.data.letterbox import DEFAULT_PAD_VALUE
 from kdtrack.metrics.retrieval import JunkRule, Positives, RetrievalResult, evaluate_leave_one_out, l2_normalize
 from kdtrack.models import build_student
-from kdtrack.readout import CENTRE_REGION, central_boxes  # noqa: F401  (re-exported: colour_centre reads this region)
+from kdtrack.readout import central_boxes
 from kdtrack.synth.world import PERSON_SEARCH_TRUTH
 
 PROTOCOLS = ("person_search", "mot")
