@@ -104,6 +104,8 @@ def test_a_detector_reads_its_checkpoints_way_for_detections_and_given_boxes():
 
 
 def test_kd_refuses_the_pooled_readout_and_the_other_recipes_take_it():
+    with pytest.raises(ConfigError, match=r"model.id_readout' must be one of \['cell', 'centre', 'centre_halves'\]"):
+        load_config("sup_cpu", ["model.id_readout=box"])
     with pytest.raises(ConfigError, match="model.id_readout.*'kd' distils the teacher's feature into the centre"):
         check_training(load_config("kd_cpu", ["model.id_readout=centre_halves"]))
     for preset in ("idf_cpu", "idf_video_cpu", "idf_classify_cpu", "sup_cpu", "idf_det_cpu"):
