@@ -12,9 +12,9 @@ baselines are probed once, on the same boxes.
     python bench/idf_stages.py --world W --out runs/idf-stages                      # the results pages' numbers
     python bench/idf_stages.py --world W --out runs/idf-stages --stage1-iters 0     # stage 2 from random init
     python bench/idf_stages.py --world W --out runs/idf-stages --set data.pair_sampling=random
-    python bench/idf_stages.py --world W --out runs/hue0 --aug hue=0.0 --labels none  # stage 1 only, no hue jitter
+    python bench/idf_stages.py --world W --out runs/wb --aug channel_gain=0.15 --labels none  # stage 1 only
 
-Stage-1 variants: ``--aug`` (``idf_view`` transform fields) and ``--set`` (config overrides, all stages).
+Stage-1 variants: ``--aug`` (fields of the transforms preset stage 1 uses, ``data.augment``) and ``--set`` (config overrides, all stages).
 ``--stage1-from CKPT`` starts from a stage-1 checkpoint instead of training one; ``--stage2-set`` overrides
 stage 2 alone, e.g. the pseudo-identities classified (``train.recipe=video_classify``'s loss):
 
@@ -54,7 +54,7 @@ import kdtrack.data.transforms as transforms  # noqa: E402
 from jobs import pseudo_label  # noqa: E402
 from kdtrack.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from kdtrack.config import Config, load_config  # noqa: E402
-from kdtrack.data.dataset import TrainingDataset, load_records, read_image_rgb  # noqa: E402
+from kdtrack.data.dataset import TrainingDataset, augment_preset, load_records, read_image_rgb  # noqa: E402
 from kdtrack.engine import build_optimizer, build_scheduler, freeze_parts, train_in_process, trainable_parameters  # noqa: E402
 from kdtrack.formats.crowdhuman import read_crowdhuman  # noqa: E402
 from kdtrack.inference import Detector  # noqa: E402
@@ -187,7 +187,7 @@ def main() -> None:
     ap.add_argument("--stage2-set", dest="stage2_overrides", action="append", default=[],
                     help="section.field=value (stage 2 only, after --set)")
     ap.add_argument("--stage1-from", type=Path, help="a stage-1 checkpoint to start from instead of training stage 1")
-    ap.add_argument("--aug", action="append", default=[], help="idf_view transform field=value (stage 1)")
+    ap.add_argument("--aug", action="append", default=[], help="field=value of stage 1's transforms preset (data.augment)")
     ap.add_argument("--norm", choices=("batch", "group"), default="batch",
                     help="group: every BatchNorm2d becomes a GroupNorm (diagnostic, all stages)")
     ap.add_argument("--keys", choices=("image", "ids"), default="image",
@@ -213,13 +213,14 @@ def main() -> None:
         model.load_state_dict(load_checkpoint(args.stage1_from)["model"])
         print(json.dumps({"stage": "stage1_from", "it": 0, **probe(model)}), flush=True)
     elif args.stage1_iters > 0:
-        view = transforms.PRESETS["idf_view"]
+        preset = augment_preset(cfg1)  # idf_cpu's view transforms (data.augment)
+        view = transforms.PRESETS[preset]
         if args.aug:
             changes = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in args.aug)}
-            transforms.PRESETS["idf_view"] = dataclasses.replace(view, **changes)
+            transforms.PRESETS[preset] = dataclasses.replace(view, **changes)
         train(model, cfg1, TrainingDataset(load_records(cfg1), cfg1, views=2), args.stage1_iters, stage="stage1",
               probe=lambda: probe(model), probe_every=args.probe_every, by_identity=args.batches == "identity")
-        transforms.PRESETS["idf_view"] = view  # stage 2 augments its frames with the preset's transforms
+        transforms.PRESETS[preset] = view  # stage 2 augments its frames with the preset's transforms
     stage1 = save_checkpoint(out / "stage1", model=model, config=cfg1, iteration=args.stage1_iters)
 
     for labels in [x for x in args.labels.split(",") if x and x != "none"]:

@@ -270,7 +270,7 @@ class DataConfig:
     stream_buffer_mb: float = 0.0
     max_bad_fraction: float = 0.01  # unreadable images / clips are skipped and counted; more than this share stops the run
     on_error: Literal["raise", "skip"] = "raise"  # malformed annotation records
-    augment: Literal["auto", "none", "detection", "idf_view"] = "auto"  # kdtrack.data.transforms preset; auto: idf_view for contrastive, else detection
+    augment: Literal["auto", "none", "detection", "idf_view", "idf_view_colour"] = "auto"  # kdtrack.data.transforms preset; auto: idf_view for contrastive, else detection
     # probability per view that its people are pasted onto another training image (kdtrack.data.transforms.paste_people):
     # the two views of a person then share the person but not its surroundings (0 = off)
     background_swap: float = 0.0

@@ -73,7 +73,7 @@ def test_presets_are_deterministic_and_keep_fields_aligned(preset):
 def test_unknown_preset_raises():
     with pytest.raises(ValueError, match="unknown augmentation preset 'fancy'"):
         BoxAugment("fancy")
-    assert set(PRESETS) == {"none", "detection", "idf_view"}
+    assert set(PRESETS) == {"none", "detection", "idf_view", "idf_view_colour"}
 
 
 def test_misaligned_target_raises():
@@ -248,3 +248,58 @@ def test_the_affine_fill_of_images_is_the_scalar_grey_it_was():
             torch.manual_seed(seed)
             outs.append(affine({"image": image, "boxes": boxes}))
         assert torch.equal(outs[0]["image"], outs[1]["image"]) and torch.equal(outs[0]["boxes"], outs[1]["boxes"])
+
+
+def test_channel_gain_scales_each_channel_by_one_factor_within_its_range():
+    from kdtrack.data.transforms import ChannelGain
+
+    torch.manual_seed(0)
+    image = tv_tensors.Image(torch.full((3, 4, 5), 100, dtype=torch.uint8))
+    gain = ChannelGain(0.15)
+    for _ in range(20):
+        out = gain(image)
+        per_channel = out.float().mean(dim=(1, 2))
+        assert torch.all(out == out[:, :1, :1])  # one factor per channel, the same at every pixel
+        assert torch.all((per_channel >= 85) & (per_channel <= 115)), per_channel  # 100 x [0.85, 1.15], rounded
+    # a hand value: gains (1.1, 0.9, 1.0) on (200, 100, 250) -> (220, 90, 250); float images clip at 1
+    red = tv_tensors.Image(torch.tensor([200, 100, 250], dtype=torch.uint8).view(3, 1, 1))
+    out = gain.transform(red, {"gains": torch.tensor([1.1, 0.9, 1.0])})
+    assert out.flatten().tolist() == [220, 90, 250]
+    bright = tv_tensors.Image(torch.tensor([0.95, 0.5, 0.1]).view(3, 1, 1))
+    out = gain.transform(bright, {"gains": torch.tensor([1.1, 0.9, 1.0])})
+    assert torch.allclose(out.flatten(), torch.tensor([1.0, 0.45, 0.1]))
+    with pytest.raises(ValueError, match="strength must be in"):
+        ChannelGain(1.0)
+
+
+def _hue_shifts(preset: str, draws: int = 40) -> np.ndarray:
+    """Hue change (degrees, circular) of a flat saturated colour under the preset's colour ops alone."""
+    import cv2
+    import dataclasses
+
+    from kdtrack.data.transforms import build_pipeline
+
+    colour_only = dataclasses.replace(PRESETS[preset], affine_degrees=0.0, affine_translate=0.0, affine_scale=(1.0, 1.0),
+                                      affine_shear=0.0, flip_prob=0.0, motion_blur_prob=0.0, jpeg_prob=0.0,
+                                      occlusion_prob=0.0, color_prob=1.0)
+    pipeline = build_pipeline(colour_only)
+    rgb = np.array([200, 60, 40], np.uint8)  # a red coat
+    hue0 = float(cv2.cvtColor(rgb.reshape(1, 1, 3), cv2.COLOR_RGB2HSV_FULL)[0, 0, 0]) * 360 / 256
+    torch.manual_seed(0)
+    image = tv_tensors.Image(torch.from_numpy(rgb).view(3, 1, 1).expand(3, 8, 8).contiguous())
+    shifts = []
+    for _ in range(draws):
+        out = pipeline(image)[:, 4, 4].numpy().astype(np.uint8).reshape(1, 1, 3)
+        hue = float(cv2.cvtColor(out, cv2.COLOR_RGB2HSV_FULL)[0, 0, 0]) * 360 / 256
+        shifts.append(min(abs(hue - hue0), 360 - abs(hue - hue0)))
+    return np.array(shifts)
+
+
+def test_idf_view_colour_keeps_a_persons_hue_where_the_papers_view_shifts_it():
+    kept, shifted = _hue_shifts("idf_view_colour"), _hue_shifts("idf_view")
+    assert kept.max() < 8.0, kept  # white-balance jitter tints, it does not turn red into orange
+    assert shifted.max() > 20.0, shifted  # ColorJitter hue 0.1 moves up to 36 degrees
+    base, colour = PRESETS["idf_view"], PRESETS["idf_view_colour"]
+    assert (colour.hue, colour.saturation) == (0.0, 0.1)
+    assert {k: v for k, v in vars(base).items() if k not in ("hue", "saturation", "channel_gain")} == \
+        {k: v for k, v in vars(colour).items() if k not in ("hue", "saturation", "channel_gain")}

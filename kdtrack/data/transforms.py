@@ -22,6 +22,7 @@ a forked torch RNG), so a sample is a pure function of its generator.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -61,6 +62,7 @@ class AugmentParams:
     contrast: float = 0.0
     saturation: float = 0.0
     hue: float = 0.0
+    channel_gain: float = 0.0  # white-balance jitter: each channel times 1 + U(-g, g) (with color_prob)
     motion_blur_prob: float = 0.0  # video jitter: linear motion blur
     motion_blur_kernel: tuple[int, int] = (3, 9)  # blur length range, pixels
     jpeg_prob: float = 0.0  # video jitter: JPEG re-encoding
@@ -84,7 +86,14 @@ IDF_VIEW = AugmentParams(
     color_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
     motion_blur_prob=0.3, jpeg_prob=0.3, occlusion_prob=0.5,
 )
-PRESETS: dict[str, AugmentParams | None] = {"none": None, "detection": DETECTION, "idf_view": IDF_VIEW}
+# kdtrack's, not the paper's: IDF's view transforms with a person's colours kept recognisable between the two
+# views -- no hue shift, saturation barely moved -- so that what tells a person from the queue's is its clothing,
+# the cue that holds across cameras, not its pose in this one image (docs/results/identity-learning.md, "The
+# colour a person keeps between its views").
+IDF_VIEW_COLOUR = dataclasses.replace(IDF_VIEW, saturation=0.1, hue=0.0)
+PRESETS: dict[str, AugmentParams | None] = {
+    "none": None, "detection": DETECTION, "idf_view": IDF_VIEW, "idf_view_colour": IDF_VIEW_COLOUR,
+}
 
 
 class MotionBlur(v2.Transform):
@@ -111,6 +120,32 @@ class MotionBlur(v2.Transform):
         hwc = inpt.permute(1, 2, 0).numpy()
         blurred = cv2.filter2D(hwc, -1, line, borderType=cv2.BORDER_REFLECT)
         return tv_tensors.wrap(torch.from_numpy(np.ascontiguousarray(blurred)).permute(2, 0, 1), like=inpt)
+
+
+class ChannelGain(v2.Transform):
+    """White-balance jitter: each colour channel scaled by its own factor in ``[1 - strength, 1 + strength]``.
+
+    What one camera's colour cast does to another's: a hue shift (``ColorJitter``'s hue) turns a red coat
+    into an orange one for every camera alike, a per-channel gain only tints it."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, strength: float) -> None:
+        super().__init__()
+        if not 0.0 <= strength < 1.0:
+            raise ValueError(f"ChannelGain: strength must be in [0, 1), got {strength}")
+        self.strength = float(strength)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"gains": 1.0 + (2.0 * torch.rand(3) - 1.0) * self.strength}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        gains = params["gains"].view(3, 1, 1)
+        if inpt.dtype == torch.uint8:
+            out = (inpt.float() * gains).round_().clamp_(0, 255).to(torch.uint8)
+        else:
+            out = (inpt * gains.to(inpt.dtype)).clamp_(0.0, 1.0)
+        return tv_tensors.wrap(out, like=inpt)
 
 
 class JpegArtifacts(v2.Transform):
@@ -192,7 +227,10 @@ def build_pipeline(params: AugmentParams | None) -> v2.Transform:
     if p.flip_prob:
         ops.append(v2.RandomHorizontalFlip(p.flip_prob))
     if p.color_prob:
-        ops.append(v2.RandomApply([v2.ColorJitter(p.brightness, p.contrast, p.saturation, p.hue)], p.color_prob))
+        colour: list[v2.Transform] = [v2.ColorJitter(p.brightness, p.contrast, p.saturation, p.hue)]
+        if p.channel_gain:
+            colour.append(ChannelGain(p.channel_gain))
+        ops.append(v2.RandomApply(colour, p.color_prob))
     if p.motion_blur_prob:
         ops.append(v2.RandomApply([MotionBlur(p.motion_blur_kernel)], p.motion_blur_prob))
     if p.jpeg_prob:
