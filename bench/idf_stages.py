@@ -14,7 +14,8 @@ baselines are probed once, on the same boxes.
     python bench/idf_stages.py --world W --out runs/idf-stages --set data.pair_sampling=random
     python bench/idf_stages.py --world W --out runs/wb --aug channel_gain=0.15 --labels none  # stage 1 only
 
-Stage-1 variants: ``--aug`` (fields of the transforms preset stage 1 uses, ``data.augment``) and ``--set`` (config overrides, all stages).
+Stage-1 variants: ``--aug`` (fields of the transforms preset stage 1 uses, ``data.augment``) and ``--set``
+(config overrides, all stages).
 ``--stage1-from CKPT`` starts from a stage-1 checkpoint instead of training one; ``--stage2-set`` overrides
 stage 2 alone, e.g. the pseudo-identities classified (``train.recipe=video_classify``'s loss):
 
