@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from kdtrack.data.letterbox import letterbox_transform
-from kdtrack.data.transforms import PRESETS, BoxAugment, two_views
+from kdtrack.data.transforms import PRESETS, BoxAugment, ChannelGain, build_pipeline, two_views
 
 H, W = 100, 200
 
@@ -251,8 +254,6 @@ def test_the_affine_fill_of_images_is_the_scalar_grey_it_was():
 
 
 def test_channel_gain_scales_each_channel_by_one_factor_within_its_range():
-    from kdtrack.data.transforms import ChannelGain
-
     torch.manual_seed(0)
     image = tv_tensors.Image(torch.full((3, 4, 5), 100, dtype=torch.uint8))
     gain = ChannelGain(0.15)
@@ -274,11 +275,6 @@ def test_channel_gain_scales_each_channel_by_one_factor_within_its_range():
 
 def _hue_shifts(preset: str, draws: int = 40) -> np.ndarray:
     """Hue change (degrees, circular) of a flat saturated colour under the preset's colour ops alone."""
-    import cv2
-    import dataclasses
-
-    from kdtrack.data.transforms import build_pipeline
-
     colour_only = dataclasses.replace(PRESETS[preset], affine_degrees=0.0, affine_translate=0.0, affine_scale=(1.0, 1.0),
                                       affine_shear=0.0, flip_prob=0.0, motion_blur_prob=0.0, jpeg_prob=0.0,
                                       occlusion_prob=0.0, color_prob=1.0)
