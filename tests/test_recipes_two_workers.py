@@ -31,8 +31,7 @@ from kdtrack.models import build_student, build_teacher
 # each rank reads its own stride of the records (data.loader=torch): what a second worker tests is DDP, not the
 # input stream (tests/test_train_job.py runs two workers on the Ray Data stream), and a fit without a decode
 # actor starts in half the time
-TWO_WORKERS = ["train.num_workers=2", "train.cpus_per_worker=0.25", "data.map_num_cpus=0.25", "train.log_every=1",
-               "data.loader=torch"]
+TWO_WORKERS = ["train.num_workers=2", "train.cpus_per_worker=0.25", "train.log_every=1", "data.loader=torch"]
 CONCURRENT_FITS = 2
 SMALL_STUDENT = ["model.input_width=160", "model.input_height=96", "model.width=16", "model.head_conv=32",
                  "model.deformable=false", "loss.queue_size=256", "train.batch_size_per_worker=2"]

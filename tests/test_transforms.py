@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import cv2
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from kdtrack.config import DataConfig
 from kdtrack.data.letterbox import letterbox_transform
 from kdtrack.data.transforms import PRESETS, BoxAugment, ChannelGain, build_pipeline, two_views
 
@@ -77,6 +79,8 @@ def test_unknown_preset_raises():
     with pytest.raises(ValueError, match="unknown augmentation preset 'fancy'"):
         BoxAugment("fancy")
     assert set(PRESETS) == {"none", "detection", "idf_view", "idf_view_colour"}
+    # data.augment offers exactly these presets (and auto): one added to either side only is caught here
+    assert set(typing.get_args(typing.get_type_hints(DataConfig)["augment"])) == set(PRESETS) | {"auto"}
 
 
 def test_misaligned_target_raises():
