@@ -8,15 +8,19 @@ gets its inputs here. Each fit is a smoke test (two iterations) of a small stude
 
 Most of a fit's time is Ray starting processes and waiting on them, so the fits run two at a time on the
 test cluster (``jobs.train.main`` in a Ray task each, a quarter CPU per worker); each case's test checks its own
-fit's result.
+fit's result. A few cases carry more checks, in tests of their own that ask for the same pooled fit: the
+contrastive case on the Ray Data stream (queue, per-iteration logging), the kd case (the teacher checkpoint it
+distils) and IDF stage 2's (the init weights, the frozen detection heads).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -27,11 +31,15 @@ from kdtrack.checkpoint import load_checkpoint, save_checkpoint
 from kdtrack.config import TrainConfig, load_config
 from kdtrack.models import build_student, build_teacher
 
-# two fits side by side fit 2 CPUs: 2 x 2 workers x 0.25
-# each rank reads its own stride of the records (data.loader=torch): what a second worker tests is DDP, not the
-# input stream (tests/test_train_job.py runs two workers on the Ray Data stream), and a fit without a decode
-# actor starts in half the time
+# two fits side by side fit 2 CPUs: 2 x (2 workers x 0.25 + a 0.25-CPU decode actor on the Ray Data stream)
+# most cases: each rank reads its own stride of the records (data.loader=torch): what a second worker tests is DDP,
+# and a fit without a decode actor starts in half the time
 TWO_WORKERS = ["train.num_workers=2", "train.cpus_per_worker=0.25", "train.log_every=1", "data.loader=torch"]
+# these cases run on the Ray Data stream instead (Ray Train splits it between the two ranks): the student's
+# records (contrastive, kd) and IDF stage 2's pseudo-labelled clip pairs
+RAY_STREAM_CASES = {("contrastive", ()), ("kd", ()), ("video", ("detection",))}
+RAY_STREAM = ["data.loader=ray", "data.map_num_cpus=0.25"]
+INIT_FROM = "--init-from"  # in a setup's overrides: passed as jobs.train's --init-from flag, not as a --set
 CONCURRENT_FITS = 2
 SMALL_STUDENT = ["model.input_width=160", "model.input_height=96", "model.width=16", "model.head_conv=32",
                  "model.deformable=false", "loss.queue_size=256", "train.batch_size_per_worker=2"]
@@ -67,9 +75,10 @@ def _contrastive(tmp: Path, request) -> tuple[str, list[str]]:
 def _video(tmp: Path, request) -> tuple[str, list[str]]:
     labels = request.getfixturevalue("oracle_labels")
     cfg = load_config("tiny", SMALL_STUDENT)
-    init = save_checkpoint(tmp / "stage1", model=build_student(cfg.model), config=cfg, iteration=1)
+    # iteration 7: --init-from takes the weights only, the run still counts its own 2 iterations
+    init = save_checkpoint(tmp / "stage1", model=build_student(cfg.model), config=cfg, iteration=7)
     return "tiny", [*SMALL_STUDENT, "train.recipe=video", "loss.id_mode=contrastive", f"data.pseudo_labels={labels}",
-                    f"train.init_from={init}"]
+                    f"{INIT_FROM}={init}"]
 
 
 def _video_classify(tmp: Path, request) -> tuple[str, list[str]]:
@@ -98,21 +107,41 @@ SETUPS = {"detection": _detection, "contrastive": _contrastive, "video": _video,
 def _argv(recipe, freeze, tmp: Path, world: Path, mlflow_uri: str, request) -> list[str]:
     torch.manual_seed(0)
     preset, overrides = SETUPS[recipe](tmp, request)
-    overrides = [*overrides, *TWO_WORKERS]
+    overrides = [*overrides, *TWO_WORKERS, *(RAY_STREAM if (recipe, freeze) in RAY_STREAM_CASES else [])]
     if freeze:
         overrides.append(f"train.freeze=[{','.join(freeze)}]")
+    flags = [a for o in overrides if o.startswith(INIT_FROM + "=") for a in o.split("=", 1)]
+    sets = [a for o in overrides if not o.startswith(INIT_FROM + "=") for a in ("--set", o)]
     return ["--config", preset, "--data-root", str(world), "--out", str(tmp / "out"),
-            "--mlflow-uri", mlflow_uri, "--smoke-test", *[a for o in overrides for a in ("--set", o)]]
+            "--mlflow-uri", mlflow_uri, "--smoke-test", *flags, *sets]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """One case's fit: ``jobs.train.main``'s result and the command line it ran."""
+
+    result: dict[str, Any]
+    argv: list[str]
+
+    def flag(self, name: str) -> str:
+        return self.argv[self.argv.index(name) + 1]
+
+    def setting(self, key: str) -> str:
+        (value,) = [a.split("=", 1)[1] for a in self.argv if a.startswith(key + "=")]
+        return value
 
 
 @pytest.fixture(scope="module")
 def two_worker_fits(ray_session, tiny_world, empty_mlflow_db, tmp_path_factory, request):
-    """``fit(recipe, freeze)``: ``jobs.train.main``'s result for that case. The cases this run selected start
-    in ``CASES`` order, ``CONCURRENT_FITS`` at a time, each as a Ray task on the test cluster."""
-    selected = [(item.callspec.params["recipe"], item.callspec.params["freeze"]) for item in request.session.items
-                if getattr(item, "originalname", "") == "test_recipe_trains_on_two_workers"]
+    """``fit(recipe, freeze)``: that case's :class:`Fit`. The cases this run selected (the matrix's, and those
+    of the ``CASE_CHECKS`` tests) start in ``CASES`` order, ``CONCURRENT_FITS`` at a time, each as a Ray task on
+    the test cluster."""
+    selected = {(item.callspec.params["recipe"], item.callspec.params["freeze"]) for item in request.session.items
+                if getattr(item, "originalname", "") == "test_recipe_trains_on_two_workers"}
+    selected |= {CASE_CHECKS[item.name] for item in request.session.items if item.name in CASE_CHECKS}
     pending = [case for case in CASES if case in selected]
     refs: dict = {}
+    argvs: dict = {}
 
     @ray_session.remote(num_cpus=0, max_retries=0)
     def train(argv):
@@ -122,7 +151,8 @@ def two_worker_fits(ray_session, tiny_world, empty_mlflow_db, tmp_path_factory, 
         recipe, freeze = case = pending.pop(0)
         tmp = tmp_path_factory.mktemp(recipe)
         shutil.copyfile(empty_mlflow_db, tmp / "mlflow.db")
-        refs[case] = train.remote(_argv(recipe, freeze, tmp, tiny_world, f"sqlite:///{tmp / 'mlflow.db'}", request))
+        argvs[case] = _argv(recipe, freeze, tmp, tiny_world, f"sqlite:///{tmp / 'mlflow.db'}", request)
+        refs[case] = train.remote(argvs[case])
 
     def running():
         done, _ = ray_session.wait(list(refs.values()), num_returns=len(refs), timeout=0) if refs else ([], [])
@@ -136,7 +166,7 @@ def two_worker_fits(ray_session, tiny_world, empty_mlflow_db, tmp_path_factory, 
             while pending and len(running()) < CONCURRENT_FITS:
                 start_next()
             if case in refs and ray_session.wait([refs[case]], timeout=0)[0]:
-                return ray_session.get(refs[case])
+                return Fit(ray_session.get(refs[case]), argvs[case])
             ray_session.wait(running(), num_returns=1)  # a slot frees (maybe this case's fit ends)
 
     yield fit
@@ -148,11 +178,75 @@ def two_worker_fits(ray_session, tiny_world, empty_mlflow_db, tmp_path_factory, 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe, freeze", CASES, ids=[r + ("-" + "+".join(f) if f else "") for r, f in CASES])
 def test_recipe_trains_on_two_workers(recipe, freeze, two_worker_fits):
-    result = two_worker_fits(recipe, freeze)
+    result = two_worker_fits(recipe, freeze).result
     state = load_checkpoint(result["checkpoint"])
     assert state["iteration"] == 2 and state["config"].train.recipe == recipe
     assert state["config"].train.num_workers == 2
+    assert state["config"].data.loader == ("ray" if (recipe, freeze) in RAY_STREAM_CASES else "torch")
     losses = {k: v for k, v in result["metrics"].items() if k.startswith("train/") and isinstance(v, float)}
     assert "train/total" in losses
     assert all(math.isfinite(v) for v in losses.values()), losses
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_workers_on_the_ray_stream_fill_the_queue_and_log_every_iteration(two_worker_fits):
+    """The contrastive case: two Ray Train workers (gloo) train one DDP model on the Ray Data stream, which Ray
+    Train splits between them; the negative queue is filled and rank 0 logs every iteration (train.log_every=1).
+    The terms logged are the mean over the ranks (kdtrack.losses.distributed.mean_over_ranks, checked on a real
+    2-process group in tests/test_losses_distributed.py)."""
+    from mlflow.tracking import MlflowClient
+
+    result = two_worker_fits("contrastive", ()).result
+    state = load_checkpoint(result["checkpoint"])
+    assert state["config"].data.loader == "ray"
+    assert state["iteration"] == 2  # 2 iterations x 2 images x 2 workers = the smoke test's 8 records
+    assert math.isfinite(result["metrics"]["train/total"])
+    assert int(state["criterion"]["contrastive.queue_fill"]) > 0
+    history = MlflowClient(result["mlflow_uri"]).get_metric_history(result["mlflow_run_id"], "train/perf/images_per_s")
+    assert {m.step for m in history} == {1, 2}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_worker_kd_run_distils_the_teacher_checkpoint_it_was_given(two_worker_fits):
+    """kd_cpu on the Ray Data stream: the teacher comes from a checkpoint (a freshly built tiny teacher saved as
+    train.recipe=teacher saves it; kd without one is refused on the driver, tests/test_train_job.py), distilled
+    with kd_cpu's per-object reduction into a positive, finite identity term."""
+    fit = two_worker_fits("kd", ())
+    state = load_checkpoint(fit.result["checkpoint"])
+    assert state["iteration"] == 2 and state["config"].train.recipe == "kd"
+    assert state["config"].data.loader == "ray"
+    assert state["config"].teacher.checkpoint == fit.setting("teacher.checkpoint")
+    assert load_checkpoint(state["config"].teacher.checkpoint)["config"].train.recipe == "teacher"
+    assert state["config"].loss.kd_reduction == "sum_per_object"
+    assert math.isfinite(fit.result["metrics"]["train/id"]) and fit.result["metrics"]["train/id"] > 0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_worker_video_run_starts_from_the_init_weights_and_keeps_the_detection_heads_frozen(two_worker_fits):
+    """IDF stage 2 (train.recipe=video, train.freeze=[detection]) on the Ray Data stream of clip pairs:
+    --init-from loads the stage-1 network's weights only (the run counts its own 2 iterations, not on from the
+    init's 7); the detection heads end equal to the init's, the identity head moved."""
+    fit = two_worker_fits("video", ("detection",))
+    start, end = load_checkpoint(fit.flag("--init-from")), load_checkpoint(fit.result["checkpoint"])
+    assert start["iteration"] == 7 and end["iteration"] == 2
+    assert end["config"].data.loader == "ray"
+    assert end["config"].train.init_from == str(Path(fit.flag("--init-from")).resolve())
+    frozen = [k for k in start["model"] if k.startswith(("heads.heatmap", "heads.size", "heads.offset"))]
+    assert frozen
+    for key in frozen:
+        assert torch.equal(start["model"][key], end["model"][key]), key
+    assert not all(torch.equal(start["model"][k], end["model"][k]) for k in start["model"]
+                   if k.startswith("heads.embedding"))
+
+
+# the tests above that check one case further, and their case: it joins the pool when the matrix's is not selected
+CASE_CHECKS = {
+    test_two_workers_on_the_ray_stream_fill_the_queue_and_log_every_iteration.__name__: ("contrastive", ()),
+    test_two_worker_kd_run_distils_the_teacher_checkpoint_it_was_given.__name__: ("kd", ()),
+    test_two_worker_video_run_starts_from_the_init_weights_and_keeps_the_detection_heads_frozen.__name__:
+        ("video", ("detection",)),
+}

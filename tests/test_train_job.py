@@ -1,4 +1,4 @@
-"""jobs.train end to end on Ray Train: smoke run logged to MLflow, then a rerun that resumes."""
+"""jobs.train end to end on Ray Train: a run logged to MLflow, then a rerun that resumes; the driver's checks."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ FAST = ["model.input_width=160", "model.input_height=96", "model.width=16", "mod
         "model.deformable=false", "loss.queue_size=256", "train.batch_size_per_worker=2"]
 
 
-def _args(world, out, uri, *extra, storage=None):
-    argv = ["--config", "tiny", "--data-root", str(world), "--out", str(out), "--mlflow-uri", uri, "--smoke-test"]
+def _args(world, out, uri, *extra, storage=None, smoke=True):
+    argv = ["--config", "tiny", "--data-root", str(world), "--out", str(out), "--mlflow-uri", uri]
+    argv += ["--smoke-test"] if smoke else []
     if storage is not None:
         argv += ["--storage", str(storage)]
     for item in FAST + list(extra):
@@ -69,17 +70,34 @@ def test_recipe_must_match_the_loss():
     check_recipe(load_config("tiny", ["train.recipe=detection", "loss.id_mode=none", "data.sources=[mot17]"]))
 
 
-def test_smoke_run_logs_to_mlflow_and_resumes(ray_session, tiny_world, mlflow_uri, tmp_path):
+def test_run_logs_to_mlflow_validates_at_each_report_and_resumes_inside_an_epoch(ray_session, tiny_world,
+                                                                                  mlflow_uri, tmp_path):
+    """One training run, resumed once. train.report_every=2 reports (checkpoint + validation) at iterations 2 and
+    3 of a 4-iteration epoch; everything lands in one MLflow run (params, terms, the resolved config, the final
+    checkpoint as its logged model). A rerun with a longer budget is refused on the driver, naming the changed
+    field, unless forced: it then resumes at iteration 3 with the criterion's state and finishes that epoch with
+    its one remaining batch (SkipFirstSampler), so iteration 6 lands in epoch 1, not in a repeated epoch 0.
+    data.loader=torch: the DataLoader path's resume inside an epoch (the Ray Data stream's restart is
+    tests/test_fault_injection.py's; its one-worker fits are tests/test_pipeline_training.py's and the supervised
+    smoke test's, its two-worker ones tests/test_recipes_two_workers.py's)."""
     out = tmp_path / "run"
     storage = tmp_path / "shared_storage"  # --storage: Ray Train's checkpoints live there, not under --out
-    first = main(_args(tiny_world, out, mlflow_uri, "train.keep_checkpoints=1", storage=storage))
+
+    def args(max_iterations, *extra):
+        return _args(tiny_world, out, mlflow_uri, "data.max_records=8", "train.epochs=0",
+                     f"train.max_iterations={max_iterations}", "data.loader=torch", "train.report_every=2",
+                     "train.val_protocols=[person_search]", "train.log_every=1", "train.keep_checkpoints=1", *extra,
+                     storage=storage, smoke=False)
+
+    first = main(args(3))
     ckpt_path = out / "checkpoint.pt"
     assert first["checkpoint"] == str(ckpt_path)
     state = load_checkpoint(ckpt_path)
-    assert state["iteration"] == 2 and state["epoch"] == 1  # 4 records / batch 2 = one full epoch of 2 steps
+    assert state["iteration"] == 3 and state["epoch"] == 0  # cut inside epoch 0 (8 records / batch 2 = 4 iterations)
     fill = int(state["criterion"]["contrastive.queue_fill"])
     assert fill > 0  # people pushed into the contrastive queue
     assert math.isfinite(first["metrics"]["train/total"])
+    assert 0.0 <= first["metrics"]["val/person_search/mAP"] <= 1.0
 
     mlflow.set_tracking_uri(mlflow_uri)
     runs = mlflow.search_runs(experiment_names=["kdtrack"])
@@ -92,92 +110,54 @@ def test_smoke_run_logs_to_mlflow_and_resumes(ray_session, tiny_world, mlflow_ur
     assert first["mlflow_model_uri"].startswith("models:/")
     fetched = fetch_checkpoint(f"runs:/{first['mlflow_run_id']}/student", mlflow_uri, dst=tmp_path / "fetched")
     assert fetched.read_bytes() == ckpt_path.read_bytes()
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    history = client.get_metric_history(first["mlflow_run_id"], "val/person_search/mAP")
+    assert sorted(m.step for m in history) == [2, 3]  # every report_every-th iteration and the last
 
     # Same --out and run name, a longer budget: a changed training field is refused on the driver, naming it
     # (the schedule would silently continue with the old milestones) ...
-    with pytest.raises(ConfigError, match=r"train.max_iterations: 2 -> 4.*--resume-policy force"):
-        main(_args(tiny_world, out, mlflow_uri, "train.smoke_iterations=4", "train.keep_checkpoints=1",
-                   storage=storage))
-    # ... unless asked for: Ray Train hands the last checkpoint back; 4 iterations now.
-    second = main(_args(tiny_world, out, mlflow_uri, "train.smoke_iterations=4", "train.keep_checkpoints=1",
-                        "train.resume_policy=force", storage=storage))
-    assert second["metrics"]["resumed_from_iteration"] == 2
+    with pytest.raises(ConfigError, match=r"train.max_iterations: 3 -> 6.*--resume-policy force"):
+        main(args(6))
+    # ... unless asked for: Ray Train hands the last checkpoint back; 6 iterations now.
+    second = main(args(6, "train.resume_policy=force"))
+    assert second["metrics"]["resumed_from_iteration"] == 3
     assert second["metrics"]["resumed_queue_fill"] == fill  # criterion state restored
     state2 = load_checkpoint(ckpt_path)
-    assert state2["iteration"] == 4
+    assert state2["iteration"] == 6 and state2["epoch"] == 1  # epoch 0's one remaining batch, then 2 of epoch 1
     assert int(state2["criterion"]["contrastive.queue_fill"]) > fill
-    # one training run = one MLflow run: the resume reopened it (id kept in the checkpoint), the curve goes on
+    # one training run = one MLflow run: the resume reopened it (id kept in the checkpoint), the curves go on
     assert second["mlflow_run_id"] == first["mlflow_run_id"] == state2["mlflow_run_id"]
     assert len(mlflow.search_runs(experiment_names=["kdtrack"])) == 1
-    reopened = mlflow.tracking.MlflowClient(mlflow_uri).get_run(first["mlflow_run_id"])
-    assert "train.max_iterations: 2 -> 4" in reopened.data.tags["kdtrack.resume_changed"]
+    reopened = client.get_run(first["mlflow_run_id"])
+    assert "train.max_iterations: 3 -> 6" in reopened.data.tags["kdtrack.resume_changed"]
     assert "synth.seed" not in reopened.data.params and "teacher.arch" not in reopened.data.params  # unused
     config_artifact = mlflow.artifacts.download_artifacts(run_id=first["mlflow_run_id"], artifact_path="config.yaml",
                                                           tracking_uri=mlflow_uri)
     assert load_config(config_artifact).model.input_width == 160  # the resolved config, loadable as a preset
-    history = mlflow.tracking.MlflowClient(mlflow_uri).get_metric_history(first["mlflow_run_id"], "train/total")
-    assert {1, 2, 4} <= {m.step for m in history}
-    # the storage holds the run; CheckpointConfig(num_to_keep=1) left only the newest checkpoint there
+    history = client.get_metric_history(first["mlflow_run_id"], "train/total")
+    assert {1, 2, 3, 4, 5, 6} <= {m.step for m in history}
+    history = client.get_metric_history(first["mlflow_run_id"], "val/person_search/mAP")
+    assert sorted(m.step for m in history) == [2, 3, 4, 6]
+    # the storage holds the run; CheckpointConfig(num_to_keep=1) left only the newest of its 4 checkpoints there
     assert not (out / "ray_results").exists()
     assert len(list(storage.rglob("checkpoint.pt"))) == 1
 
 
-def test_kd_smoke_run_distils_a_trained_teacher(ray_session, tiny_world, mlflow_uri, tmp_path):
-    """kd_cpu for two iterations: the teacher comes from a checkpoint (a freshly built tiny teacher saved as
-    train.recipe=teacher saves it); kd without one is refused before Ray starts."""
-    import torch
+def test_kd_without_a_teacher_checkpoint_is_refused_before_ray_starts(tiny_world, mlflow_uri, tmp_path, monkeypatch):
+    """kd_cpu distils a trained teacher (teacher.checkpoint; the two-worker kd fit of
+    tests/test_recipes_two_workers.py distils one): without one the driver refuses the run, Ray untouched."""
+    import jobs._ray
 
-    from kdtrack.checkpoint import save_checkpoint
-    from kdtrack.models import build_teacher
+    def no_ray():
+        raise AssertionError("Ray was started for a run the driver should have refused")
 
+    monkeypatch.setattr(jobs._ray, "ensure_ray", no_ray)
     fast = ["model.input_width=160", "model.input_height=96", "model.width=16", "model.head_conv=32",
             "model.deformable=false", "train.batch_size_per_worker=2"]
     argv = ["--config", "kd_cpu", "--data-root", str(tiny_world), "--out", str(tmp_path / "K"), "--mlflow-uri",
             mlflow_uri, "--smoke-test"]
     with pytest.raises(ConfigError, match=r"teacher\.checkpoint is empty"):
         main(get_args_parser().parse_args(argv + [a for item in fast for a in ("--set", item)]))
-    torch.manual_seed(0)
-    teacher_cfg = load_config("teacher_cpu")
-    teacher_ckpt = save_checkpoint(tmp_path / "T", model=build_teacher(teacher_cfg.teacher, num_classes=5),
-                                   config=teacher_cfg)
-    fast.append(f"teacher.checkpoint={teacher_ckpt}")
-    result = main(get_args_parser().parse_args(argv + [a for item in fast for a in ("--set", item)]))
-    state = load_checkpoint(result["checkpoint"])
-    assert state["iteration"] == 2 and state["config"].train.recipe == "kd"
-    assert state["config"].teacher.checkpoint == str(teacher_ckpt)
-    assert state["config"].loss.kd_reduction == "sum_per_object"
-    assert math.isfinite(result["metrics"]["train/id"]) and result["metrics"]["train/id"] > 0
-
-
-def test_report_every_cuts_epochs_validates_and_resumes_inside_an_epoch(ray_session, tiny_world, mlflow_uri,
-                                                                         tmp_path):
-    """train.report_every: reports (checkpoint + validation) at iterations 2 and 3 of a 4-iteration epoch;
-    a rerun with a longer budget resumes at iteration 3 and finishes that epoch with its one remaining batch
-    (SkipFirstSampler), so iteration 6 lands in epoch 1, not in a repeated epoch 0."""
-    out = tmp_path / "run"
-
-    def args(max_iterations):
-        argv = ["--config", "tiny", "--data-root", str(tiny_world), "--out", str(out), "--mlflow-uri", mlflow_uri]
-        # the DataLoader path's resume inside an epoch (SkipFirstSampler); the stream's is the fault-injection test
-        for item in FAST + ["data.max_records=8", "train.epochs=0", f"train.max_iterations={max_iterations}",
-                            "train.resume_policy=force", "data.loader=torch",
-                            "train.report_every=2", "train.val_protocols=[person_search]", "train.log_every=1"]:
-            argv += ["--set", item]
-        return get_args_parser().parse_args(argv)
-
-    first = main(args(3))
-    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 0  # cut inside epoch 0 (4 iterations)
-    assert 0.0 <= first["metrics"]["val/person_search/mAP"] <= 1.0
-    client = mlflow.tracking.MlflowClient(mlflow_uri)
-    history = client.get_metric_history(first["mlflow_run_id"], "val/person_search/mAP")
-    assert sorted(m.step for m in history) == [2, 3]  # every report_every-th iteration and the last
-
-    second = main(args(6))
-    assert second["metrics"]["resumed_from_iteration"] == 3
-    state = load_checkpoint(out / "checkpoint.pt")
-    assert state["iteration"] == 6 and state["epoch"] == 1
-    history = client.get_metric_history(first["mlflow_run_id"], "val/person_search/mAP")
-    assert sorted(m.step for m in history) == [2, 3, 4, 6]
 
 
 def test_validation_and_report_settings_are_checked_on_the_driver(tiny_world, tmp_path):
@@ -218,22 +198,6 @@ def test_skip_first_sampler_resumes_an_epoch_where_it_stopped():
     assert list(sampler) == full[4:] and len(sampler) == 6
     sampler.skip = 0
     assert list(sampler) == full
-
-
-def test_two_worker_ddp_run_logs_terms_averaged_over_ranks(ray_session, tiny_world, mlflow_uri, tmp_path):
-    """Two Ray Train workers (gloo, half a CPU each) train one DDP model: the queue is filled from both
-    ranks and the logged losses are the mean over ranks (kdtrack.losses.distributed.mean_over_ranks,
-    checked on a real 2-process group in tests/test_losses_distributed.py)."""
-    out = tmp_path / "ddp"
-    result = main(_args(tiny_world, out, mlflow_uri, "train.num_workers=2", "train.cpus_per_worker=0.5",
-                        "train.log_every=1"))
-    state = load_checkpoint(out / "checkpoint.pt")
-    assert state["iteration"] == 2  # 2 iterations x 2 images x 2 workers = the smoke test's 8 records
-    assert math.isfinite(result["metrics"]["train/total"])
-    assert int(state["criterion"]["contrastive.queue_fill"]) > 0
-    history = mlflow.tracking.MlflowClient(mlflow_uri).get_metric_history(result["mlflow_run_id"],
-                                                                           "train/perf/images_per_s")
-    assert {m.step for m in history} == {1, 2}
 
 
 def test_mlflow_sink_outage_is_a_warning_and_metrics_are_retried(capsys):
@@ -410,6 +374,7 @@ def test_supervised_smoke_run_classifies_the_labelled_people(ray_session, tiny_w
     result = main(get_args_parser().parse_args(argv))
     state = load_checkpoint(result["checkpoint"])
     assert state["iteration"] == 2 and state["config"].train.recipe == "supervised"
+    assert state["epoch"] == 1  # --smoke-test keeps 4 records (labelled ones) / batch 2 = one full epoch of 2 steps
     classes = state["config"].loss.num_id_classes  # 0 in the preset: counted from the (smoke test's) records
     assert 3 <= classes < people
     model_cfg = state["config"].model  # the classifier reads model.id_readout's vector (two bands in sup_cpu)
