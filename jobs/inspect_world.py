@@ -10,6 +10,7 @@ Works on the generated synthetic world and on real data laid out the same way
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,17 @@ def _image_stats(records) -> dict[str, Any]:
         "identities": len(ids),
         "mean_visibility": round(float(vis.mean()), 3) if vis.size else None,
     }
+
+
+def images_per_identity(images) -> dict[str, Any]:
+    """In how many images each identity appears: IDF stage 1 treats every person of every still as its own
+    identity, which holds only where this is 1 (a person in two images is a false negative of the queue)."""
+    counts = Counter(p for im in images for p in {int(p) for p in im.pids if p >= 0})
+    if not counts:
+        return {"images_per_identity": None, "images_per_identity_range": None}
+    values = list(counts.values())
+    return {"images_per_identity": round(sum(values) / len(values), 1),
+            "images_per_identity_range": [min(values), max(values)]}
 
 
 def _stats_dict(stats) -> dict[str, int]:
@@ -100,6 +112,7 @@ def summarize_world(root: str | Path) -> dict[str, Any]:
                 "images": len(images),
                 "boxes": int(sum(len(im.pids) for im in images)),
                 "identities": len({int(p) for im in images for p in im.pids if p >= 0}),
+                **images_per_identity(images),
                 "queries": len(queries),
                 "gallery_sizes": sorted({int(s) for q in queries for s in q.galleries}),
             }

@@ -6,8 +6,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-from jobs.inspect_world import format_summary, summarize_world
+from jobs.inspect_world import format_summary, images_per_identity, summarize_world
 
 
 def test_readers_see_exactly_what_the_generator_wrote(tiny_world: Path):
@@ -35,6 +36,14 @@ def test_readers_see_exactly_what_the_generator_wrote(tiny_world: Path):
     assert sum(summary[f"person_search/{s}"]["identities"] for s in ("train", "val", "test")) == ps["identities"]
     assert summary["market1501/bounding_box_train"]["crops"] == counts["market1501/bounding_box_train"]
     assert "crowdhuman/train" in format_summary(summary) and "person_search/val" in format_summary(summary)
+
+
+def test_images_per_identity_counts_each_image_once_and_skips_unlabelled_boxes():
+    """Id-free stage 1's assumption, read from the data: identity 1 in 3 images (twice in the last), 2 and 3 in
+    one each, the unlabelled box (-1) nobody's: mean 5 / 3."""
+    images = [SimpleNamespace(pids=[1, 2]), SimpleNamespace(pids=[1]), SimpleNamespace(pids=[1, 1, 3, -1])]
+    assert images_per_identity(images) == {"images_per_identity": 1.7, "images_per_identity_range": [1, 3]}
+    assert images_per_identity([SimpleNamespace(pids=[-1])])["images_per_identity"] is None
 
 
 def test_inspect_world_on_an_empty_root_reports_nothing(tmp_path: Path):
