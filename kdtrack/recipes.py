@@ -122,7 +122,7 @@ def _refuse_teacher_checkpoint(cfg: Config) -> str | None:
 # --------------------------------------------------------------------------- the table
 
 CONTRASTIVE_FIELDS = ("loss.temperature", "loss.queue_size", "loss.key_momentum", "loss.batch_negatives",
-                      "loss.id_weight", "loss.centre_region_radius")
+                      "loss.id_weight", "loss.centre_region_radius", "loss.nn_positives")
 CLASSIFIER_FIELDS = ("loss.num_id_classes", "loss.s_det_init", "loss.s_id_init", "train.classifier_lr_mult")
 METRIC_MEMORY_FIELDS = ("loss.supervised_memory", "loss.supervised_metric_weight", "loss.supervised_temperature")
 

@@ -13,20 +13,29 @@ from kdtrack.losses.contrastive import DenseContrastiveLoss, gather_points
 from kdtrack.data.targets import collate_targets, encode_targets
 
 
-def naive_loss(points, keys, queue, queue_keys, tau, batch_negatives=False):
+def naive_loss(points, keys, queue, queue_keys, tau, batch_negatives=False, nn_positives=0):
     """IDF eq. 1-2 written literally: for every anchor v, mean over the other points of its person.
 
     ``batch_negatives``: every OTHER person of the batch is one more negative, its mean point
-    (renormalised, with gradient)."""
+    (renormalised, with gradient). ``nn_positives`` j: the j queue entries (other people) most similar to the
+    person's mean are positives of its every anchor, and no longer negatives (NNCLR)."""
     v = F.normalize(points.double(), dim=1)
     q = queue.double()
     people = {}
     for a in range(len(v)):
         people.setdefault(int(keys[a]), []).append(v[a])
     means = {key: F.normalize(torch.stack(pts).sum(0), dim=0) for key, pts in people.items()}
+    neighbours = {}
+    for key, mean in means.items():
+        others = [j for j in range(len(q)) if queue_keys[j] != -1 and queue_keys[j] != key]
+        others.sort(key=lambda j: -float(mean.detach() @ q[j]))
+        neighbours[key] = others[:nn_positives]
     per_anchor = []
     for a in range(len(v)):
-        negs = [q[j] for j in range(len(q)) if queue_keys[j] != -1 and queue_keys[j] != keys[a]]
+        near = neighbours[int(keys[a])]
+        near_keys = {int(queue_keys[j]) for j in near}
+        negs = [q[j] for j in range(len(q))
+                if queue_keys[j] != -1 and queue_keys[j] != keys[a] and int(queue_keys[j]) not in near_keys]
         if batch_negatives:
             negs += [mean for key, mean in means.items() if key != int(keys[a])]
         neg_sum = sum((torch.exp(v[a] @ n / tau) for n in negs), torch.tensor(0.0, dtype=torch.float64))
@@ -37,21 +46,26 @@ def naive_loss(points, keys, queue, queue_keys, tau, batch_negatives=False):
             e = torch.exp(v[a] @ v[p] / tau)
             terms.append(-torch.log(e / (e + neg_sum)))
         if terms:
+            for j in near:
+                e = torch.exp(v[a] @ q[j] / tau)
+                terms.append(-torch.log(e / (e + neg_sum)))
             per_anchor.append(torch.stack(terms).mean())
     return torch.stack(per_anchor).mean() if per_anchor else torch.tensor(0.0, dtype=torch.float64)
 
 
-def _loss_with_queue(dim, queue, queue_keys, tau=0.07, chunk=4096, batch_negatives=False):
+def _loss_with_queue(dim, queue, queue_keys, tau=0.07, chunk=4096, batch_negatives=False, nn_positives=0):
     loss = DenseContrastiveLoss(dim, queue_size=len(queue), temperature=tau, anchor_chunk=chunk,
-                                batch_negatives=batch_negatives)
+                                batch_negatives=batch_negatives, nn_positives=nn_positives)
     loss.queue.copy_(queue)
     loss.queue_keys.copy_(queue_keys)
     loss.queue_fill.fill_(int((queue_keys != -1).sum()))
     return loss
 
 
-@pytest.mark.parametrize("chunk,batch_negatives", [(4096, False), (7, False), (4096, True), (7, True)])
-def test_matches_naive_loop(chunk, batch_negatives):
+@pytest.mark.parametrize("chunk,batch_negatives,nn_positives",
+                         [(4096, False, 0), (7, False, 0), (4096, True, 0), (7, True, 0), (4096, True, 1),
+                          (7, True, 3), (7, False, 40)])
+def test_matches_naive_loop(chunk, batch_negatives, nn_positives):
     g = torch.Generator().manual_seed(0)
     dim, m = 8, 40
     points = torch.randn(m, dim, generator=g)
@@ -60,14 +74,15 @@ def test_matches_naive_loop(chunk, batch_negatives):
     queue = F.normalize(torch.randn(30, dim, generator=g), dim=1)
     queue_keys = torch.randint(0, 12, (30,), generator=g) * 1000
     queue_keys[-5:] = -1  # unused slots
-    loss = _loss_with_queue(dim, queue, queue_keys, tau=0.07, chunk=chunk, batch_negatives=batch_negatives)
+    loss = _loss_with_queue(dim, queue, queue_keys, tau=0.07, chunk=chunk, batch_negatives=batch_negatives,
+                            nn_positives=nn_positives)
     p = points.clone().requires_grad_(True)
     out = loss.loss_from_points(p, keys)
-    ref = naive_loss(points, keys, queue, queue_keys, 0.07, batch_negatives)
+    ref = naive_loss(points, keys, queue, queue_keys, 0.07, batch_negatives, nn_positives)
     assert out["id"].item() == pytest.approx(ref.item(), abs=1e-5, rel=1e-5)
     # Gradients agree with the naive loop's autograd too (through the batch negatives' means).
     p_ref = points.double().clone().requires_grad_(True)
-    naive_loss(p_ref, keys, queue, queue_keys, 0.07, batch_negatives).backward()
+    naive_loss(p_ref, keys, queue, queue_keys, 0.07, batch_negatives, nn_positives).backward()
     out["id"].backward()
     assert torch.allclose(p.grad.double(), p_ref.grad, atol=1e-5)
     assert out["id/anchors"].item() == m - 1
@@ -82,6 +97,28 @@ def test_hand_value_two_points_one_negative():
     # The same negative under the anchor's own key is excluded -> no negatives -> loss 0.
     loss.queue_keys[0] = 3
     assert loss.loss_from_points(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([3, 3]))["id"].item() == 0.0
+
+
+def test_hand_value_queue_neighbour_as_positive():
+    # tau = 1; person 3: v1 = (1, 0), v2 = (0, 1), mean m = (1, 1)/sqrt2. Queue: a = (1, 0) (key 5),
+    # b = (-1, 0) (key 6); m.a = 0.70711 > m.b: a is the neighbour, a positive, and leaves the negatives.
+    # l(v1) = mean(-log(e^0/(e^0 + e^{-1})), -log(e^1/(e^1 + e^{-1}))) = (log(1 + e^-1) + log(1 + e^-2)) / 2
+    # l(v2) = mean(-log(e^0/(e^0 + e^0)), -log(e^0/(e^0 + e^0))) = log 2
+    queue = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    loss = _loss_with_queue(2, queue, torch.tensor([5, 6]), tau=1.0, nn_positives=1)
+    out = loss.loss_from_points(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([3, 3]))
+    l_v1 = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-2))) / 2
+    assert out["id"].item() == pytest.approx((l_v1 + math.log(2)) / 2, rel=1e-6)
+    # Off, a is a negative again: l(v1) = log(1 + e^1 + e^-1), l(v2) = log(1 + e^0 + e^0)
+    loss.nn_positives = 0
+    expected = (math.log(1 + math.e + math.exp(-1)) + math.log(3)) / 2
+    assert loss.loss_from_points(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([3, 3]))["id"].item() == \
+        pytest.approx(expected, rel=1e-6)
+    # An empty queue gives no neighbour: the loss is exactly the plain one (no negative -> 0).
+    empty = DenseContrastiveLoss(2, queue_size=2, temperature=1.0, batch_negatives=False, nn_positives=2)
+    assert empty.loss_from_points(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([3, 3]))["id"].item() == 0.0
+    with pytest.raises(ValueError, match="nn_positives"):
+        DenseContrastiveLoss(2, queue_size=2, nn_positives=-1)
 
 
 def test_hand_value_batch_negative_without_queue():

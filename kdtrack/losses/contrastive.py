@@ -29,12 +29,13 @@ those embeddings come from the key encoder's map of the same batch, so the
 queue holds a slowly moving, consistent copy of the embedding. Queue, keys, pointer and fill count are buffers, so they are
 checkpointed with the module's ``state_dict``.
 
-Host syncs (each waits for a CUDA device to drain): the queue's unused slots are masked on the device, never
-read. What remains are shapes that depend on the data: the identified points (``gather_points``' boolean
-mask), the people (``torch.unique``), the largest person's point count (the padded blocks' width, the one
-explicit ``int`` read) and, under DDP, each rank's person count before the queue's all-gather
-(``kdtrack.losses.distributed.all_gather_cat``). Removing them needs a fixed-shape loss (every B x K x R slot,
-pairwise key masks, a fixed-size all-gather): quadratic memory in the slots and another summation order.
+Host syncs (each waits for a CUDA device to drain): none is an explicit read. The queue's unused slots are
+masked on the device, never read; the positives are blocks of anchors against every point with a person mask,
+not padded per-person blocks whose width would be read from the data. What remains are the sizes that
+depend on the data: the identified points (``gather_points``' boolean mask), the people (``torch.unique``)
+and, under DDP, each rank's person count before the queue's all-gather
+(``kdtrack.losses.distributed.all_gather_cat``). Removing those needs a fixed-shape loss over every
+B x K x R slot and a fixed-size all-gather.
 """
 
 from __future__ import annotations
@@ -57,15 +58,30 @@ def identity(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _negative_logsumexp(
-    anchors: torch.Tensor, anchor_keys: torch.Tensor, bank: torch.Tensor, bank_keys: torch.Tensor, tau: float
+    anchors: torch.Tensor, anchor_keys: torch.Tensor, bank: torch.Tensor, bank_keys: torch.Tensor, tau: float,
+    also_excluded: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``log sum_{n in N_i} e^{v.n/tau}`` for ``anchors (m,k)``; excluded entries (the anchor's own person,
-    an unused queue slot) get ``MASKED_LOGIT``, whose ``e^x`` is 0: with nothing left the result is about
-    ``MASKED_LOGIT``, which adds exactly nothing to a positive's ``logaddexp``."""
+    an unused queue slot, the keys in ``also_excluded (m, j)``: the anchor's neighbour positives) get
+    ``MASKED_LOGIT``, whose ``e^x`` is 0: with nothing left the result is about ``MASKED_LOGIT``, which adds
+    exactly nothing to a positive's ``logaddexp``."""
     logits = anchors @ bank.t() / tau
     excluded = (anchor_keys[:, None] == bank_keys[None, :]) | (bank_keys == EMPTY_KEY)[None, :]
+    if also_excluded is not None:
+        excluded = excluded | (also_excluded[:, :, None] == bank_keys[None, None, :]).any(1)
     logits = logits.masked_fill(excluded, MASKED_LOGIT)
     return torch.logsumexp(logits, dim=1)
+
+
+def _positive_sum(anchors: torch.Tensor, anchor_people: torch.Tensor, anchor_index: torch.Tensor,
+                  points: torch.Tensor, people: torch.Tensor, log_neg: torch.Tensor, tau: float) -> torch.Tensor:
+    """``sum_{p in P_i \\ {v}} -log(e^{v.p/tau} / (e^{v.p/tau} + e^{log_neg}))`` for each of ``anchors (m,k)``
+    (rows ``anchor_index`` of ``points (M,k)``; person indices ``anchor_people``, ``people``)."""
+    logits = anchors @ points.t() / tau
+    pair = (anchor_people[:, None] == people[None, :]) & (anchor_index[:, None] != torch.arange(
+        len(points), device=points.device)[None, :])
+    per_pair = torch.logaddexp(logits, log_neg[:, None]) - logits
+    return torch.where(pair, per_pair, torch.zeros_like(per_pair)).sum(1)
 
 
 def gather_points(
@@ -102,8 +118,11 @@ class DenseContrastiveLoss(nn.Module):
         gather_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         anchor_chunk: int = ANCHOR_CHUNK,
         batch_negatives: bool = True,
+        nn_positives: int = 0,
     ) -> None:
         super().__init__()
+        if nn_positives < 0:
+            raise ValueError(f"loss.nn_positives must be >= 0, got {nn_positives}")
         if queue_size <= 0:
             raise ValueError(f"loss.queue_size must be positive, got {queue_size}")
         if temperature <= 0:
@@ -112,6 +131,7 @@ class DenseContrastiveLoss(nn.Module):
         self.gather_fn = gather_fn if gather_fn is not None else identity
         self.anchor_chunk = int(anchor_chunk)
         self.batch_negatives = bool(batch_negatives)
+        self.nn_positives = int(nn_positives)
         self.register_buffer("queue", torch.zeros(queue_size, embedding_dim))
         self.register_buffer("queue_keys", torch.full((queue_size,), EMPTY_KEY, dtype=torch.int64))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.int64))
@@ -126,48 +146,53 @@ class DenseContrastiveLoss(nn.Module):
         if len(v) == 0:
             return {"id": zero, "id/persons": torch.tensor(0.0), "id/anchors": torch.tensor(0.0), **stats}
 
-        # Group points by person: (U, P) padded blocks.
+        # People: torch.unique's output sizes wait for a CUDA device (as gather_points' mask does); no
+        # shape below is read from the data, so nothing else does.
         uniq, inv, counts = torch.unique(keys, return_inverse=True, return_counts=True)
-        order = torch.argsort(inv, stable=True)
-        starts = torch.cumsum(counts, 0) - counts
-        pos_in_group = torch.arange(len(v), device=v.device) - starts[inv[order]]
-        # P, the largest person's point count, is a data-dependent shape: the one host read left here (it
-        # follows torch.unique's and gather_points' mask, which already wait for the device on CUDA)
-        U, P = len(uniq), int(counts.max())
-        block = v.new_zeros((U, P, v.shape[1]))
-        block[inv[order], pos_in_group] = v[order]
-        valid = torch.zeros((U, P), dtype=torch.bool, device=v.device)
-        valid[inv[order], pos_in_group] = True
-
+        U = len(uniq)
+        bank, bank_keys = self.queue.to(v.dtype, copy=True), self.queue_keys.clone()  # copies: safe to recompute
+        # Neighbour positives (NNCLR): each person's nearest queue entries, by its mean vector, are positives
+        # of its every point and leave its negatives: cross-image positives without identity labels.
+        nn_vectors = point_nn_keys = None
+        if self.nn_positives:
+            person_nn_vectors, person_nn_keys = self._queue_neighbours(v, inv, uniq, bank, bank_keys)
+            nn_vectors, point_nn_keys = person_nn_vectors[inv], person_nn_keys[inv]
         # Negatives: log-sum-exp over the queue (other people only; unused slots masked, so no host read of
         # whether any slot is used and no data-dependent slice of the queue), chunked over anchors ...
-        anchors, anchor_keys = v[order], keys[order]
-        bank, bank_keys = self.queue.to(v.dtype, copy=True), self.queue_keys.clone()  # copies: safe to recompute
         chunks = []
-        for s in range(0, len(anchors), self.anchor_chunk):
-            a, ak = anchors[s : s + self.anchor_chunk], anchor_keys[s : s + self.anchor_chunk]
+        for s in range(0, len(v), self.anchor_chunk):
+            a, ak = v[s : s + self.anchor_chunk], keys[s : s + self.anchor_chunk]
+            ax = None if point_nn_keys is None else point_nn_keys[s : s + self.anchor_chunk]
             if torch.is_grad_enabled() and a.requires_grad:
-                chunks.append(checkpoint(_negative_logsumexp, a, ak, bank, bank_keys, tau, use_reentrant=False))
+                chunks.append(checkpoint(_negative_logsumexp, a, ak, bank, bank_keys, tau, ax, use_reentrant=False))
             else:
-                chunks.append(_negative_logsumexp(a, ak, bank, bank_keys, tau))
-        log_neg_parts = [torch.cat(chunks)]
+                chunks.append(_negative_logsumexp(a, ak, bank, bank_keys, tau, ax))
+        log_neg = torch.cat(chunks)
         # ... and over the other people of this batch (one mean each, with gradient).
         if self.batch_negatives and U > 1:
             means = F.normalize(v.new_zeros((U, v.shape[1])).index_add(0, inv, v), dim=1)
-            log_neg_parts.append(_negative_logsumexp(anchors, anchor_keys, means, uniq, tau))
-        log_neg_sorted = log_neg_parts[0]
-        for part in log_neg_parts[1:]:
-            log_neg_sorted = torch.logaddexp(log_neg_sorted, part)
-        log_neg = v.new_full((U, P), MASKED_LOGIT)
-        log_neg[inv[order], pos_in_group] = log_neg_sorted
+            log_neg = torch.logaddexp(log_neg, _negative_logsumexp(v, keys, means, uniq, tau))
 
-        # Positives: all other points of the same person (no negative: -log(e^s / e^s) = 0 exactly).
-        pos_logits = torch.bmm(block, block.transpose(1, 2)) / tau  # (U, P, P) anchor x positive
-        eye = torch.eye(P, dtype=torch.bool, device=v.device)
-        pair = valid[:, :, None] & valid[:, None, :] & ~eye
-        per_pair = torch.logaddexp(pos_logits, log_neg[:, :, None]) - pos_logits
-        n_pos = pair.sum(-1)  # (U, P)
-        per_anchor = (per_pair * pair).sum(-1) / n_pos.clamp(min=1)
+        # Positives: all other points of the same person (no negative: -log(e^s / e^s) = 0 exactly), as
+        # blocks of anchors against every point with a person mask: no padded per-person block, whose width
+        # (the largest person's point count) would be a shape read from the device.
+        index = torch.arange(len(v), device=v.device)
+        parts = []
+        for s in range(0, len(v), self.anchor_chunk):
+            rows = slice(s, s + self.anchor_chunk)
+            args = (v[rows], inv[rows], index[rows], v, inv, log_neg[rows], tau)
+            parts.append(checkpoint(_positive_sum, *args, use_reentrant=False)
+                         if torch.is_grad_enabled() and v.requires_grad else _positive_sum(*args))
+        pos_sum = torch.cat(parts)
+        n_pos = counts[inv] - 1
+        n_terms = n_pos
+        if nn_vectors is not None:  # (M, j) anchor x neighbour; a neighbour from an empty slot counts nothing
+            nn_logits = torch.einsum("mk,mjk->mj", v, nn_vectors) / tau
+            nn_pair = point_nn_keys != EMPTY_KEY
+            per_nn = torch.logaddexp(nn_logits, log_neg[:, None]) - nn_logits
+            pos_sum = pos_sum + (per_nn * nn_pair).sum(-1)
+            n_terms = n_pos + nn_pair.sum(-1)
+        per_anchor = pos_sum / n_terms.clamp(min=1)
         is_anchor = n_pos > 0
         num_anchors = is_anchor.sum()
         loss = (per_anchor * is_anchor).sum() / num_anchors.clamp(min=1) + zero
@@ -177,6 +202,20 @@ class DenseContrastiveLoss(nn.Module):
             "id/anchors": num_anchors.float(),
             **stats,
         }
+
+    @torch.no_grad()
+    def _queue_neighbours(self, v: torch.Tensor, inv: torch.Tensor, uniq: torch.Tensor, bank: torch.Tensor,
+                          bank_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each person's ``nn_positives`` nearest queue entries by cosine to its mean vector, other people
+        only: ``(U, j, k)`` vectors and ``(U, j)`` keys, ``EMPTY_KEY`` where fewer entries are filled."""
+        means = F.normalize(v.new_zeros((len(uniq), v.shape[1])).index_add(0, inv, v.detach()), dim=1)
+        sims = means @ bank.t()
+        excluded = (uniq[:, None] == bank_keys[None, :]) | (bank_keys == EMPTY_KEY)[None, :]
+        sims = sims.masked_fill(excluded, float("-inf"))
+        j = min(self.nn_positives, bank.shape[0])
+        top, idx = sims.topk(j, dim=1)
+        keys = torch.where(torch.isfinite(top), bank_keys[idx], torch.full_like(idx, EMPTY_KEY))
+        return bank[idx], keys
 
     @torch.no_grad()
     def person_embeddings(self, points: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

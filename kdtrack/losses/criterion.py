@@ -66,7 +66,7 @@ class Criterion(nn.Module):
                    if cfg.id_mode == "kd" else None)
         self.contrastive = (
             DenseContrastiveLoss(vector_dim, cfg.queue_size, cfg.temperature, gather_fn,
-                                 batch_negatives=cfg.batch_negatives)
+                                 batch_negatives=cfg.batch_negatives, nn_positives=cfg.nn_positives)
             if cfg.id_mode == "contrastive"
             else None
         )
