@@ -60,6 +60,18 @@ def test_shipped_cpu_sweep_searches_lambda_tau_queue_and_lr_on_validation_map():
     assert rungs == [60, 120, 240]  # the preset's comment: ASHA rungs in training iterations
 
 
+def test_shipped_real_data_sweep_validates_on_the_carved_val_split():
+    """tune_idf_paper: idf_paper's trials, objective on the person-search val split that jobs.carve_val writes
+    (tests/test_person_search_val.py: no carved person reaches training), never the test split."""
+    spec = load_sweep("tune_idf_paper", ["data.root=/nonexistent"])
+    assert spec.base.train.recipe == "contrastive" and spec.base.model.backbone == "resnet50_unet"
+    assert spec.base.train.val_split == "val" and spec.base.train.val_protocols == ("person_search",)
+    assert spec.tune.metric == "val/person_search/mAP" and "colour_centre" in spec.tune.baselines
+    assert set(spec.base.data.sources) == {"coco", "crowdhuman"}  # trials never read the person-search images
+    with pytest.raises(ConfigError, match="validation"):
+        load_sweep("tune_idf_paper", ["data.root=/nonexistent", "train.val_split=test"])
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"search": {"loss.nope": {"uniform": [0, 1]}}}, "unknown key 'loss.nope'"),
     ({"search": {"loss.eta": {"uniform": [0, 1]}}}, "read only by train.recipe kd"),

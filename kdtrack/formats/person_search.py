@@ -282,6 +282,19 @@ def validate_manifest(manifest: PersonSearchManifest, path: str = MANIFEST_NAME)
             raise FormatError(f"{loc}: boxes_xywh[{bad[0]}] has non-positive width or height")
         if (img.pids < UNLABELED_PID).any():
             raise FormatError(f"{loc}: pids must be >= {UNLABELED_PID} (-1 = unlabeled)")
+    # a val split validates on people training never sees: no identity labelled in both train and val
+    first_seen: dict[tuple[str, int], int] = {}
+    for i, img in enumerate(manifest.images):
+        if img.split in ("train", "val"):
+            for pid in img.pids[img.pids >= 0].tolist():
+                first_seen.setdefault((img.split, pid), i)
+    shared = sorted(pid for split, pid in first_seen if split == "val" and ("train", pid) in first_seen)
+    if shared:
+        pid = shared[0]
+        raise FormatError(
+            f"{path}: {len(shared)} identities are labelled in both the train and the val split (pid {pid}: "
+            f"images[{first_seen[('train', pid)]}] is train, images[{first_seen[('val', pid)]}] is val): a "
+            f"validation split must hold people training never sees (python -m jobs.carve_val makes one)")
     # test queries: never on a val image (older manifests may hold test queries on train frames), test galleries;
     # val queries: val image, val galleries. So gallery() of a query never crosses val and test.
     for key, queries, split in (("queries", manifest.queries, "test"), ("val_queries", manifest.val_queries, "val")):
