@@ -1,0 +1,245 @@
+"""Recipes side by side, from MLflow: a Markdown table and PNG plots of the training runs of an experiment.
+
+    python -m jobs.compare --mlflow-uri sqlite:///$PWD/runs/sweep/mlflow.db --experiment kdtrack --out runs/compare
+    python -m jobs.compare --mlflow-uri http://mlflow:5000 --experiment kdtrack --parent-run RUN_ID --out DIR
+
+Every run that logged a ``train.recipe`` param is a row (a sweep's trials, or ``jobs.train`` runs logged into
+one experiment); ``--parent-run`` keeps that sweep's children and logs the report as artifacts of the parent
+(``compare/``). Columns: the objective (``--metric``, best and last report, and the step of the last), then
+what ``jobs.evaluate`` logged into the run: oracle-box person search and MOT cross-time mAP of the student, the
+colour, person-centred colour and random-init baselines on the same boxes, and MOTA / IDF1 / HOTA. Per recipe,
+its best run by the objective; the report names the winner and its margin over the next recipe. Values are
+x 100 (percent). Plots: the objective against training iterations, one line per run, one colour per recipe; the
+final person-search mAP of each recipe's best run beside the baselines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from jobs._cli import InputError, run_cli
+from kdtrack.io import atomic_save, atomic_write_text
+
+RECIPE_PARAM = "train.recipe"
+PARENT_TAG = "mlflow.parentRunId"
+ARTIFACT_DIR = "compare"
+# (header, metric key pattern): what jobs.evaluate logs into a training run (reid: --run-id; mot: its dataset)
+COLUMNS = (
+    ("PS mAP", "reid/person_search/student/mAP"),
+    ("MOT x-time mAP", "reid/mot/student/mAP"),
+    ("PS colour_centre", "reid/person_search/colour_centre/mAP"),
+    ("PS colour", "reid/person_search/colour/mAP"),
+    ("PS random init", "reid/person_search/random/mAP"),
+    ("MOTA", "MOT*/MOTA"),
+    ("IDF1", "MOT*/IDF1"),
+    ("HOTA", "MOT*/HOTA"),
+)
+BASELINE_COLUMNS = ("PS colour_centre", "PS colour", "PS random init")
+
+
+@dataclass
+class RunRow:
+    """One training run: its recipe, the objective's history ``[(step, value)]`` and the final columns."""
+
+    run_id: str
+    name: str
+    recipe: str
+    status: str
+    history: list[tuple[int, float]] = field(default_factory=list)
+    finals: dict[str, float] = field(default_factory=dict)
+
+    def best(self, mode: str) -> float:
+        values = [v for _, v in self.history if math.isfinite(v)]
+        if not values:
+            return math.nan
+        return max(values) if mode == "max" else min(values)
+
+
+def _final(metrics: dict[str, float], pattern: str) -> float:
+    keys = sorted(k for k in metrics if fnmatch.fnmatchcase(k, pattern))
+    return float(metrics[keys[0]]) if keys else math.nan
+
+
+def collect_runs(client: Any, experiment: str, metric: str, parent_run: str = "") -> list[RunRow]:
+    """The training runs of ``experiment`` (the children of ``parent_run`` when given), oldest first."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise InputError(f"--experiment {experiment!r}: no such MLflow experiment (there are: {names})")
+    if parent_run:
+        try:
+            client.get_run(parent_run)
+        except Exception as exc:  # MlflowException: RESOURCE_DOES_NOT_EXIST
+            raise InputError(f"--parent-run {parent_run}: not found ({type(exc).__name__})") from None
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time ASC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    rows = []
+    for run in runs:
+        if RECIPE_PARAM not in run.data.params:
+            continue
+        if parent_run and run.data.tags.get(PARENT_TAG) != parent_run:
+            continue
+        history = sorted((m.step, float(m.value)) for m in client.get_metric_history(run.info.run_id, metric))
+        rows.append(RunRow(run.info.run_id, run.info.run_name or run.info.run_id[:8], run.data.params[RECIPE_PARAM],
+                           run.info.status, history,
+                           {header: _final(run.data.metrics, pattern) for header, pattern in COLUMNS}))
+    return rows
+
+
+def best_per_recipe(rows: Sequence[RunRow], mode: str) -> dict[str, RunRow]:
+    """Each recipe's run with the best objective (runs without one only when the recipe has no other)."""
+    better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+    best: dict[str, RunRow] = {}
+    for row in rows:
+        current = best.get(row.recipe)
+        value = row.best(mode)
+        if current is None or (math.isfinite(value) and (not math.isfinite(current.best(mode))
+                                                          or better(value, current.best(mode)))):
+            best[row.recipe] = row
+    return best
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}" if math.isfinite(value) else "–"
+
+
+def verdict(best: dict[str, RunRow], metric: str, mode: str) -> str:
+    """Which recipe wins on the objective, and by how much over the next one."""
+    ranked = sorted((r for r in best.values() if math.isfinite(r.best(mode))), key=lambda r: r.best(mode),
+                    reverse=mode == "max")
+    if not ranked:
+        return f"No run reported `{metric}`: no winner."
+    first = ranked[0]
+    line = f"Best on `{metric}` ({mode}): **{first.recipe}**, {_pct(first.best(mode))} (run `{first.name}`)"
+    if len(ranked) == 1:
+        return line + "; the only recipe that reported it."
+    second = ranked[1]
+    a, b = first.best(mode), second.best(mode)
+    ratio = f", {a / b:.2f}x" if b > 0 else ""
+    return line + f", ahead of **{second.recipe}** ({_pct(b)}) by {100 * abs(a - b):.1f} points{ratio}."
+
+
+def markdown_report(rows: Sequence[RunRow], metric: str, mode: str, source: str) -> str:
+    best = best_per_recipe(rows, mode)
+    headers = ["recipe", "run", "status", "last step", f"{metric} best", "last", *(h for h, _ in COLUMNS)]
+    lines = ["# Recipes side by side\n", f"{len(rows)} training runs from {source}; values x 100 (percent for mAP, MOTA, IDF1, HOTA).\n",
+             verdict(best, metric, mode) + "\n", "## Each recipe's best run\n",
+             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+
+    def line(row: RunRow) -> str:
+        last_step, last = row.history[-1] if row.history else ("–", math.nan)
+        cells = [row.recipe, f"`{row.name}`", row.status, str(last_step), _pct(row.best(mode)), _pct(last),
+                 *(_pct(row.finals[h]) for h, _ in COLUMNS)]
+        return "| " + " | ".join(cells) + " |"
+
+    def rank(row: RunRow) -> tuple[int, float]:
+        value = row.best(mode)
+        return (1, 0.0) if not math.isfinite(value) else (0, -value if mode == "max" else value)
+
+    lines += [line(r) for r in sorted(best.values(), key=rank)]
+    lines += ["", "## Every run\n", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += [line(r) for r in sorted(rows, key=lambda r: (r.recipe, r.name))]
+    return "\n".join(lines) + "\n"
+
+
+def plot_objective(rows: Sequence[RunRow], metric: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recipes = sorted({r.recipe for r in rows})
+    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(recipes)}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for recipe in recipes:
+        for i, row in enumerate(r for r in rows if r.recipe == recipe and r.history):
+            steps, values = zip(*row.history)
+            ax.plot(steps, [100 * v for v in values], marker="o", ms=3, color=colours[recipe],
+                    label=recipe if i == 0 else None, alpha=0.85)
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(title="recipe")
+    fig.tight_layout()
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def plot_finals(best: dict[str, RunRow], path: Path) -> Path | None:
+    """Person-search mAP of each recipe's best run, the baselines of those runs as dashed lines."""
+    shown = {name: row for name, row in best.items() if math.isfinite(row.finals["PS mAP"])}
+    if not shown:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = sorted(shown)
+    ax.bar(names, [100 * shown[n].finals["PS mAP"] for n in names], color="tab:blue")
+    for header, style in zip(BASELINE_COLUMNS, ("--", ":", "-.")):
+        values = [r.finals[header] for r in shown.values() if math.isfinite(r.finals[header])]
+        if values:  # the same boxes in every run: their mean (they differ only through random init's seed)
+            ax.axhline(100 * sum(values) / len(values), ls=style, color="black", lw=1,
+                       label=header.replace("PS ", ""))
+    ax.set_ylabel("oracle-box person search mAP (%)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mlflow-uri", required=True, help="tracking URI (sqlite:///..., http://...)")
+    parser.add_argument("--experiment", default="kdtrack")
+    parser.add_argument("--parent-run", default="", help="a sweep's parent run: its trials only, report logged to it")
+    parser.add_argument("--metric", default="val/person_search/mAP", help="the objective compared")
+    parser.add_argument("--mode", choices=("max", "min"), default="max")
+    parser.add_argument("--out", required=True, help="folder for compare.md and the PNG plots")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = get_args_parser().parse_args(argv)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=args.mlflow_uri)
+    rows = collect_runs(client, args.experiment, args.metric, args.parent_run)
+    if not rows:
+        scope = f"children of run {args.parent_run}" if args.parent_run else f"runs of {args.experiment!r}"
+        raise InputError(f"no training runs ({RECIPE_PARAM} param) among the {scope} at {args.mlflow_uri}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    source = f"experiment `{args.experiment}`" + (f", sweep run `{args.parent_run}`" if args.parent_run else "")
+    best = best_per_recipe(rows, args.mode)
+    files = [atomic_write_text(out / "compare.md", markdown_report(rows, args.metric, args.mode, source)),
+             plot_objective(rows, args.metric, out / "objective.png")]
+    finals = plot_finals(best, out / "final_person_search.png")
+    files += [finals] if finals else []
+    if args.parent_run:
+        for path in files:
+            client.log_artifact(args.parent_run, str(path), ARTIFACT_DIR)
+    print((out / "compare.md").read_text())
+    return {"runs": len(rows), "recipes": sorted(best), "files": [str(p) for p in files],
+            "winner": verdict(best, args.metric, args.mode)}
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, None, "jobs.compare", partial_failure=()))

@@ -1,0 +1,79 @@
+"""jobs.compare: recipes side by side from a real MLflow store (runs logged as jobs.train / jobs.tune log them)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from jobs import compare
+from jobs._cli import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _store(tmp_path: Path) -> tuple[str, str]:
+    """A sweep parent with three trials (two recipes) and one run outside the sweep; returns (uri, parent)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("kdtrack", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(exp, run_name="sweep-1", tags={"kdtrack.sweep": "tune_x"}).info.run_id
+    client.log_param(parent, "train_config", "idf_cpu")  # a sweep parent has no train.recipe: no row
+
+    def run(name, recipe, history, finals, child=True):
+        tags = {compare.PARENT_TAG: parent} if child else {}
+        rid = client.create_run(exp, run_name=name, tags=tags).info.run_id
+        client.log_param(rid, "train.recipe", recipe)
+        for step, value in history:
+            client.log_metric(rid, "val/person_search/mAP", value, step=step)
+        for key, value in finals.items():
+            client.log_metric(rid, key, value)
+        client.set_terminated(rid)
+        return rid
+
+    base = {"reid/person_search/colour_centre/mAP": 0.297, "reid/person_search/colour/mAP": 0.109,
+            "reid/person_search/random/mAP": 0.048}
+    run("idf-a", "contrastive", [(60, 0.10), (120, 0.14), (240, 0.12)],
+        {"reid/person_search/student/mAP": 0.150, "MOT17-val/MOTA": 0.427, **base})
+    run("idf-b", "contrastive", [(60, 0.08), (120, 0.09)], {})
+    run("sup-a", "supervised", [(60, 0.20), (120, 0.31)],
+        {"reid/person_search/student/mAP": 0.398, "reid/mot/student/mAP": 0.90, **base})
+    run("outside", "kd", [(60, 0.99)], {}, child=False)
+    return uri, parent
+
+
+def test_report_of_a_sweep_names_the_winner_and_is_logged_to_its_parent(tmp_path):
+    uri, parent = _store(tmp_path)
+    result = compare.main(["--mlflow-uri", uri, "--parent-run", parent, "--out", str(tmp_path / "out")])
+    assert result["runs"] == 3 and result["recipes"] == ["contrastive", "supervised"]  # kd is not in the sweep
+    text = (tmp_path / "out" / "compare.md").read_text()
+    # supervised's best 31.0 against contrastive's best run (idf-a: 14.0 at step 120, not idf-b's 9.0)
+    assert ("**supervised**, 31.0 (run `sup-a`), ahead of **contrastive** (14.0) by 17.0 points, 2.21x."
+            in text)
+    best_rows = text.split("## Every run")[0]
+    assert best_rows.index("| supervised |") < best_rows.index("| contrastive |")
+    assert "| contrastive | `idf-a` | FINISHED | 240 | 14.0 | 12.0 | 15.0 | – | 29.7 | 10.9 | 4.8 | 42.7 |" in text
+    assert "`idf-b`" in text.split("## Every run")[1] and "`idf-b`" not in best_rows
+    for name in ("objective.png", "final_person_search.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == PNG_MAGIC
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(parent, compare.ARTIFACT_DIR)}
+    assert logged == {f"{compare.ARTIFACT_DIR}/{n}" for n in ("compare.md", "objective.png", "final_person_search.png")}
+
+    # without --parent-run: every training run of the experiment, the kd run included (and nothing logged)
+    everything = compare.main(["--mlflow-uri", uri, "--out", str(tmp_path / "all")])
+    assert everything["runs"] == 4 and "**kd**, 99.0" in everything["winner"]
+
+
+def test_bad_input_is_named(tmp_path):
+    uri, parent = _store(tmp_path)
+    with pytest.raises(InputError, match="--experiment 'nope': no such MLflow experiment"):
+        compare.main(["--mlflow-uri", uri, "--experiment", "nope", "--out", str(tmp_path / "o")])
+    with pytest.raises(InputError, match="--parent-run 0123: not found"):
+        compare.main(["--mlflow-uri", uri, "--parent-run", "0123", "--out", str(tmp_path / "o")])
+    done = subprocess.run([sys.executable, "-m", "jobs.compare", "--mlflow-uri", uri, "--parent-run", "0123",
+                           "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "jobs.compare: --parent-run 0123: not found" in done.stderr
