@@ -112,9 +112,12 @@ def test_fixed_recipe_learns_where_the_old_one_collapses(tiny_world, pool):
 # times the tiny one's (360 frames, 120 people, 3 cameras). With 120 frames, seed-to-seed spread of the
 # ratio below overlapped the control's (recipe 1.16-1.53x, control 0.89-1.08x over train.seed 0-3).
 REID_WORLD = dict(person_search_test_images=360, person_search_test_ids=120, num_identities=230)
-# not fewer: at 300 iterations the control passes the threshold (1.40x at seed 0; the recipe 2.01x, 1.86x at 1)
+# not fewer: at 300 iterations the control reached 1.40x at seed 0 (the recipe 2.01x, 1.86x, 1.66x, 1.50x at 0-3)
 REID_ITERATIONS = 600
-REID_MIN_RATIO = 1.2  # student / random-init person-search mAP; measured: see the test's docstring
+# student / random-init person-search mAP. Measured over train.seed 0-3 (the test's docstring): the recipe 2.03x
+# at its lowest, the control 1.20x at its highest, where 1.2 sat until a float-level change of the loss (the same
+# loss, summed in another order) moved the seed-0 control from 1.03x to 1.20x: 1.5 leaves both a margin.
+REID_MIN_RATIO = 1.5
 # the control: stage 1 as it was before its two fixes of the scene shortcut -- no background swap, and the
 # paper's colour jitter (hue 0.1), which leaves the scene and the pose, not the clothing, as what the two views
 # share. With the kept colours and no swap it does learn the person (1.88x at seed 0): not a control.
@@ -181,7 +184,10 @@ def test_stage1_reidentifies_people_across_cameras_better_than_its_random_init(c
     1.56x and 0.89x). Read over two bands of the box's central region (``idf_cpu``'s ``model.id_readout``
     now), seed 0 gives 2.53x (5.9 vs 2.3) and the control 1.03x; with the two views keeping a person's colours
     (``idf_cpu``'s ``data.augment`` now) 3.01x (7.0 vs 2.3), the control (the paper's colour jitter, no swap)
-    1.03x. Chance (a random ranking) is 1.4 mAP on these 1,587 query boxes."""
+    1.03x. With the contrastive loss's positives summed in another order (the same loss to 1e-7 in its
+    gradients) seeds 0-3 give the recipe 2.67x, 2.38x, 3.11x, 2.03x and the control 1.20x, 0.86x, 1.11x, 0.71x:
+    a float-level change moves the control by 0.17, so the threshold sits between the two ranges, at 1.5x.
+    Chance (a random ranking) is 1.4 mAP on these 1,587 query boxes."""
     _assert_beats_random_init(cross_camera_maps(seed, "recipe"))
 
 
