@@ -109,3 +109,30 @@ def test_cli_exit_code_and_message(tiny_world, tmp_path):
     done = subprocess.run([sys.executable, "-m", "jobs.carve_val", "--manifest", str(source), "--out",
                            str(source), "--identities", "2"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "exists: a validation split is carved once" in done.stderr
+
+
+def test_prw_carve_out_needs_two_cameras_and_keeps_prws_gallery_rule():
+    from kdtrack.formats.person_search import PersonSearchImage, PersonSearchManifest, validate_manifest
+
+    def image(name, camera, split, pids):
+        boxes = [[10.0 + 20 * i, 10.0, 15.0, 40.0] for i in range(len(pids))]
+        return PersonSearchImage(name, 200, 100, camera, split, boxes, pids)
+
+    images = [image("c1_a.jpg", 1, "train", [1, 2]), image("c2_a.jpg", 2, "train", [1, 3]),
+              image("c1_b.jpg", 1, "train", [2, -1]), image("c1_c.jpg", 1, "train", [2, 3]),
+              image("c3_t.jpg", 3, "test", [9])]
+    m = PersonSearchManifest("prw-mini", images, [], "prw")
+    # person 2 is seen in three images, all from camera 1: PRW's cross-camera rule could never find it
+    carved, counts = carve_validation(m, 2, seed=0)
+    assert {q.pid for q in carved.val_queries} == {1, 3}  # the two people seen from two cameras
+    validate_manifest(carved)
+    assert all(q.galleries == {} for q in carved.val_queries)
+    val_names = {img.file_name for img in carved.images if img.split == "val"}
+    assert val_names == {"c1_a.jpg", "c2_a.jpg", "c1_c.jpg"} and counts["val_images"] == 3
+    for q in carved.val_queries:  # PRW's rule: every val image but the query's own
+        assert set(carved.gallery(q)) == val_names - {q.file_name}
+    # person 2 was on two of the moved images: unlabelled there, still trained on through c1_b.jpg
+    assert counts["boxes_unlabelled_in_val"] == 2
+    assert [img.pids.tolist() for img in carved.images if img.file_name == "c1_b.jpg"] == [[2, -1]]
+    with pytest.raises(ValueError, match="only 2 train people"):
+        carve_validation(m, 3)

@@ -65,7 +65,8 @@ def carve_validation(manifest: PersonSearchManifest, identities: int, seed: int 
     eligible = _eligible(manifest.images)
     if len(eligible) < identities:
         raise ValueError(f"manifest {manifest.name!r}: {identities} validation identities asked, but only "
-                         f"{len(eligible)} train people appear in two images or more")
+                         f"{len(eligible)} train people appear in two images or more (from two cameras, where "
+                         f"the cameras are known)")
     rng = np.random.default_rng(seed)
     candidates = sorted(eligible)
     picked = {candidates[i] for i in rng.permutation(len(candidates))[:identities].tolist()}
