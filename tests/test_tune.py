@@ -68,6 +68,10 @@ def test_shipped_real_data_sweep_validates_on_the_carved_val_split():
     assert spec.base.train.val_split == "val" and spec.base.train.val_protocols == ("person_search",)
     assert spec.tune.metric == "val/person_search/mAP" and "colour_centre" in spec.tune.baselines
     assert set(spec.base.data.sources) == {"coco", "crowdhuman"}  # trials never read the person-search images
+    from tune.spaces import scheduler
+
+    rungs = sorted(m for m, _ in scheduler(spec)._brackets[0]._rungs)
+    assert rungs == [1000, 2000, 4000]  # the preset's comment
     with pytest.raises(ConfigError, match="validation"):
         load_sweep("tune_idf_paper", ["data.root=/nonexistent", "train.val_split=test"])
 
