@@ -136,3 +136,19 @@ def test_prw_carve_out_needs_two_cameras_and_keeps_prws_gallery_rule():
     assert [img.pids.tolist() for img in carved.images if img.file_name == "c1_b.jpg"] == [[2, -1]]
     with pytest.raises(ValueError, match="only 2 train people"):
         carve_validation(m, 3)
+
+
+def test_a_manifest_written_elsewhere_still_finds_its_images(tiny_world, tmp_path):
+    """A manifest read with a relative image folder and carved into another folder points at the images."""
+    m = read_manifest(tiny_world / "person_search" / "manifest.json")
+    m = dataclasses.replace(m, images=[dataclasses.replace(i, split="train") if i.split == "val" else i
+                                       for i in m.images], val_queries=[])
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / m.image_dir).symlink_to(tiny_world / "person_search" / m.image_dir)
+    write_manifest(src / "manifest.json", m)
+    assert not Path(m.image_dir).is_absolute()
+    out = tmp_path / "elsewhere" / "manifest.json"
+    carve_val.main(["--manifest", str(src / "manifest.json"), "--out", str(out), "--identities", "3"])
+    carved = read_manifest(out)  # check_images: every image found from the new folder
+    assert Path(carved.image_dir) == (src / m.image_dir).absolute()
