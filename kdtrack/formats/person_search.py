@@ -160,6 +160,27 @@ class PersonSearchManifest:
         return records
 
 
+# --------------------------------------------------------------------------- CUHK-SYSU-style galleries
+
+
+def fitting_gallery_sizes(sizes: Sequence[int], pool_size: int) -> list[int]:
+    """The gallery sizes a split of ``pool_size`` images can fill, or the first size when none can."""
+    return [s for s in sizes if s < pool_size] or list(sizes[:1])
+
+
+def draw_galleries(positives: Sequence[str], negatives: Sequence[str], sizes: Sequence[int],
+                   rng: np.random.Generator) -> dict[str, list[str]]:
+    """CUHK-SYSU's gallery of each size: the query person's other images (up to the size), filled with
+    images without it drawn by ``rng``; ``{str(size): sorted names}``."""
+    galleries = {}
+    for size in sizes:
+        pos = list(positives[:size])
+        n_neg = min(len(negatives), size - len(pos))
+        neg = [negatives[j] for j in sorted(rng.choice(len(negatives), n_neg, replace=False))] if n_neg else []
+        galleries[str(size)] = sorted(pos + neg)
+    return galleries
+
+
 # --------------------------------------------------------------------------- manifest I/O
 
 

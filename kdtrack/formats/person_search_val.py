@@ -23,6 +23,8 @@ from kdtrack.formats.person_search import (
     PersonSearchImage,
     PersonSearchManifest,
     PersonSearchQuery,
+    draw_galleries,
+    fitting_gallery_sizes,
 )
 
 DEFAULT_VAL_GALLERY_SIZES = (50, 100)  # CUHK-SYSU protocol; a size the val images cannot fill falls away
@@ -71,18 +73,17 @@ def carve_validation(manifest: PersonSearchManifest, identities: int, seed: int 
     candidates = sorted(eligible)
     picked = {candidates[i] for i in rng.permutation(len(candidates))[:identities].tolist()}
 
-    images, relabelled, moved = [], 0, set()
+    images, relabelled, moved = [], 0, []
     for i, img in enumerate(manifest.images):
         if img.split == "train" and picked.intersection(img.pids.tolist()):
             keep = np.isin(img.pids, sorted(picked))
             relabelled += int(((img.pids >= 0) & ~keep).sum())
             pids = np.where(keep, img.pids, UNLABELED_PID)
             img = dataclasses.replace(img, split="val", boxes_xywh=img.boxes_xywh.copy(), pids=pids)
-            moved.add(i)
+            moved.append(i)
         images.append(img)
 
-    val_names = [images[i].file_name for i in sorted(moved)]
-    sizes = [s for s in sorted(gallery_sizes) if s < len(val_names)] or sorted(gallery_sizes)[:1]
+    sizes = fitting_gallery_sizes(sorted(gallery_sizes), len(moved))
     queries = []
     for pid in sorted(picked):
         where_seen = eligible[pid]
@@ -91,13 +92,8 @@ def carve_validation(manifest: PersonSearchManifest, identities: int, seed: int 
         galleries: dict[str, list[str]] = {}
         if manifest.protocol != "prw":  # PRW's rule: every val image but the query's own
             positives = sorted({images[j].file_name for j, _ in where_seen if j != i})
-            negatives = [name for name, j in zip(val_names, sorted(moved)) if pid not in images[j].pids]
-            for size in sizes:
-                pos = positives[:size]
-                n_neg = min(len(negatives), size - len(pos))
-                neg = ([negatives[k] for k in sorted(rng.choice(len(negatives), n_neg, replace=False).tolist())]
-                       if n_neg > 0 else [])
-                galleries[str(size)] = sorted(pos + neg)
+            negatives = [images[j].file_name for j in moved if pid not in images[j].pids]
+            galleries = draw_galleries(positives, negatives, sizes, rng)
         queries.append(PersonSearchQuery(pid=pid, file_name=query_image.file_name,
                                          box_xywh=query_image.boxes_xywh[row].copy(), galleries=galleries))
 

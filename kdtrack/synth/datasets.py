@@ -28,6 +28,7 @@ from kdtrack.config import SynthConfig
 from kdtrack.formats import crowdhuman as ch_format
 from kdtrack.formats import market1501 as market_format
 from kdtrack.formats import mot as mot_format
+from kdtrack.formats import person_search as ps_format
 from kdtrack.formats.kinetics import clip_relpath
 from kdtrack.formats.video import write_video
 from kdtrack.io import atomic_write_bytes
@@ -623,7 +624,7 @@ def person_search_queries(cfg: SynthConfig, images: list[dict[str, Any]],
     count = cfg.person_search_queries if split == "test" else cfg.person_search_val_queries
     sizes = list(cfg.person_search_gallery_sizes)
     if split != "test":
-        sizes = [s for s in sizes if s < len(pool)] or sizes[:1]
+        sizes = ps_format.fitting_gallery_sizes(sizes, len(pool))
     seen: dict[int, list[tuple[dict, int]]] = {}
     for img in pool:
         for k, pid in enumerate(img["pids"]):
@@ -642,14 +643,8 @@ def person_search_queries(cfg: SynthConfig, images: list[dict[str, Any]],
         img, k = good[int(rng.integers(len(good)))]
         positives = sorted({o["file_name"] for o, _ in seen[pid] if o["camera"] != img["camera"]})
         negatives = sorted(o["file_name"] for o in pool if pid not in o["pids"])
-        galleries = {}
-        for size in sizes:
-            pos = positives[:size]
-            n_neg = min(len(negatives), size - len(pos))
-            neg = [negatives[j] for j in sorted(rng.choice(len(negatives), n_neg, replace=False))] if n_neg else []
-            galleries[str(size)] = sorted(pos + neg)
         queries.append({"pid": pid, "file_name": img["file_name"], "box_xywh": img["boxes_xywh"][k],
-                        "galleries": galleries})
+                        "galleries": ps_format.draw_galleries(positives, negatives, sizes, rng)})
     return queries
 
 
