@@ -84,6 +84,11 @@ def _positive_sum(anchors: torch.Tensor, anchor_people: torch.Tensor, anchor_ind
     return torch.where(pair, per_pair, torch.zeros_like(per_pair)).sum(1)
 
 
+def _person_means(v: torch.Tensor, inv: torch.Tensor, people: int) -> torch.Tensor:
+    """``(people, k)``: each person's L2-normalised mean of ``v`` (with gradient), people numbered by ``inv``."""
+    return F.normalize(v.new_zeros((people, v.shape[1])).index_add(0, inv, v), dim=1)
+
+
 def gather_points(
     embedding: torch.Tensor, region_index: torch.Tensor, region_mask: torch.Tensor, ids: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,8 +110,7 @@ def person_means(points: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor
     """``(U, k)`` L2-normalised mean of each person's L2-normalised points and the sorted keys ``(U,)``."""
     v = F.normalize(points.float(), dim=1)
     uniq, inv = torch.unique(keys, return_inverse=True)
-    sums = v.new_zeros((len(uniq), v.shape[1])).index_add(0, inv, v)
-    return F.normalize(sums, dim=1), uniq
+    return _person_means(v, inv, len(uniq)), uniq
 
 
 class DenseContrastiveLoss(nn.Module):
@@ -153,9 +157,10 @@ class DenseContrastiveLoss(nn.Module):
         bank, bank_keys = self.queue.to(v.dtype, copy=True), self.queue_keys.clone()  # copies: safe to recompute
         # Neighbour positives (NNCLR): each person's nearest queue entries, by its mean vector, are positives
         # of its every point and leave its negatives: cross-image positives without identity labels.
-        nn_vectors = point_nn_keys = None
+        nn_vectors = point_nn_keys = means = None
         if self.nn_positives:
-            person_nn_vectors, person_nn_keys = self._queue_neighbours(v, inv, uniq, bank, bank_keys)
+            means = _person_means(v, inv, U)
+            person_nn_vectors, person_nn_keys = self._queue_neighbours(means.detach(), uniq, bank, bank_keys)
             nn_vectors, point_nn_keys = person_nn_vectors[inv], person_nn_keys[inv]
         # Negatives: log-sum-exp over the queue (other people only; unused slots masked, so no host read of
         # whether any slot is used and no data-dependent slice of the queue), chunked over anchors ...
@@ -170,7 +175,7 @@ class DenseContrastiveLoss(nn.Module):
         log_neg = torch.cat(chunks)
         # ... and over the other people of this batch (one mean each, with gradient).
         if self.batch_negatives and U > 1:
-            means = F.normalize(v.new_zeros((U, v.shape[1])).index_add(0, inv, v), dim=1)
+            means = _person_means(v, inv, U) if means is None else means
             log_neg = torch.logaddexp(log_neg, _negative_logsumexp(v, keys, means, uniq, tau))
 
         # Positives: all other points of the same person (no negative: -log(e^s / e^s) = 0 exactly), as
@@ -204,11 +209,10 @@ class DenseContrastiveLoss(nn.Module):
         }
 
     @torch.no_grad()
-    def _queue_neighbours(self, v: torch.Tensor, inv: torch.Tensor, uniq: torch.Tensor, bank: torch.Tensor,
+    def _queue_neighbours(self, means: torch.Tensor, uniq: torch.Tensor, bank: torch.Tensor,
                           bank_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each person's ``nn_positives`` nearest queue entries by cosine to its mean vector, other people
-        only: ``(U, j, k)`` vectors and ``(U, j)`` keys, ``EMPTY_KEY`` where fewer entries are filled."""
-        means = F.normalize(v.new_zeros((len(uniq), v.shape[1])).index_add(0, inv, v.detach()), dim=1)
+        """Each person's ``nn_positives`` nearest queue entries by cosine to its mean vector (``means (U,k)``),
+        other people only: ``(U, j, k)`` vectors and ``(U, j)`` keys, ``EMPTY_KEY`` where fewer are filled."""
         sims = means @ bank.t()
         excluded = (uniq[:, None] == bank_keys[None, :]) | (bank_keys == EMPTY_KEY)[None, :]
         sims = sims.masked_fill(excluded, float("-inf"))
