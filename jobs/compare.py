@@ -98,16 +98,20 @@ def collect_runs(client: Any, experiment: str, metric: str, parent_run: str = ""
     return rows
 
 
-def best_per_recipe(rows: Sequence[RunRow], mode: str) -> dict[str, RunRow]:
-    """Each recipe's run with the best objective (runs without one only when the recipe has no other)."""
-    better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
-    best: dict[str, RunRow] = {}
-    for row in rows:
-        current = best.get(row.recipe)
+def ranked(rows: Sequence[RunRow], mode: str) -> list[RunRow]:
+    """``rows`` best first by the objective; rows that never reported it last, in their order."""
+    def key(row: RunRow) -> tuple[int, float]:
         value = row.best(mode)
-        if current is None or (math.isfinite(value) and (not math.isfinite(current.best(mode))
-                                                          or better(value, current.best(mode)))):
-            best[row.recipe] = row
+        return (1, 0.0) if not math.isfinite(value) else (0, -value if mode == "max" else value)
+
+    return sorted(rows, key=key)
+
+
+def best_per_recipe(rows: Sequence[RunRow], mode: str) -> dict[str, RunRow]:
+    """Each recipe's run with the best objective (a run without one only when the recipe has no other)."""
+    best: dict[str, RunRow] = {}
+    for row in ranked(rows, mode):
+        best.setdefault(row.recipe, row)
     return best
 
 
@@ -117,15 +121,14 @@ def _pct(value: float) -> str:
 
 def verdict(best: dict[str, RunRow], metric: str, mode: str) -> str:
     """Which recipe wins on the objective, and by how much over the next one."""
-    ranked = sorted((r for r in best.values() if math.isfinite(r.best(mode))), key=lambda r: r.best(mode),
-                    reverse=mode == "max")
-    if not ranked:
+    reported = [r for r in ranked(list(best.values()), mode) if math.isfinite(r.best(mode))]
+    if not reported:
         return f"No run reported `{metric}`: no winner."
-    first = ranked[0]
+    first = reported[0]
     line = f"Best on `{metric}` ({mode}): **{first.recipe}**, {_pct(first.best(mode))} (run `{first.name}`)"
-    if len(ranked) == 1:
+    if len(reported) == 1:
         return line + "; the only recipe that reported it."
-    second = ranked[1]
+    second = reported[1]
     a, b = first.best(mode), second.best(mode)
     ratio = f", {a / b:.2f}x" if b > 0 else ""
     return line + f", ahead of **{second.recipe}** ({_pct(b)}) by {100 * abs(a - b):.1f} points{ratio}."
@@ -144,22 +147,24 @@ def markdown_report(rows: Sequence[RunRow], metric: str, mode: str, source: str)
                  *(_pct(row.finals[h]) for h, _ in COLUMNS)]
         return "| " + " | ".join(cells) + " |"
 
-    def rank(row: RunRow) -> tuple[int, float]:
-        value = row.best(mode)
-        return (1, 0.0) if not math.isfinite(value) else (0, -value if mode == "max" else value)
-
-    lines += [line(r) for r in sorted(best.values(), key=rank)]
+    lines += [line(r) for r in ranked(list(best.values()), mode)]
     lines += ["", "## Every run\n", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += [line(r) for r in sorted(rows, key=lambda r: (r.recipe, r.name))]
     return "\n".join(lines) + "\n"
 
 
-def plot_objective(rows: Sequence[RunRow], metric: str, path: Path) -> Path:
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (no display on a cluster node)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_objective(rows: Sequence[RunRow], metric: str, path: Path) -> Path:
+    plt = _pyplot()
     recipes = sorted({r.recipe for r in rows})
     colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(recipes)}
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -183,11 +188,7 @@ def plot_finals(best: dict[str, RunRow], path: Path) -> Path | None:
     shown = {name: row for name, row in best.items() if math.isfinite(row.finals["PS mAP"])}
     if not shown:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     names = sorted(shown)
     ax.bar(names, [100 * shown[n].finals["PS mAP"] for n in names], color="tab:blue")
