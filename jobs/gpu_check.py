@@ -57,6 +57,8 @@ RECIPE_OVERRIDES: dict[str, list[str]] = {
     "video_classify": ["train.recipe=video_classify", "loss.id_mode=supervised", "loss.num_id_classes=8",
                        "loss.supervised_memory=64", "train.freeze=[detection]", "loss.heatmap_weight=0",
                        "loss.size_weight=0", "loss.offset_weight=0", "loss.uncertainty=false"],
+    "hybrid": ["train.recipe=hybrid", "loss.id_mode=hybrid", "model.embedding_dim=128", "model.normalize_embedding=false",
+               "model.id_readout=centre_halves"],
     "teacher": ["train.recipe=teacher", "teacher.train_p=4", "teacher.train_k=2"],
 }
 STUDENT_SIZE = ["model.input_width=320", "model.input_height=192", "model.deformable=true", "loss.queue_size=256",

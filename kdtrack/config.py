@@ -169,7 +169,7 @@ class LossConfig:
     heatmap_weight: float = 1.0  # w_c
     size_weight: float = 0.1  # w_s
     offset_weight: float = 1.0  # w_o
-    id_mode: Literal["kd", "contrastive", "supervised", "none"] = "contrastive"  # which identity loss (supervised: FairMOT's identity classifier, METHOD.md section 4b)
+    id_mode: Literal["kd", "contrastive", "supervised", "hybrid", "none"] = "contrastive"  # which identity loss (supervised: FairMOT's identity classifier, METHOD.md section 4b; hybrid: KD + contrastive, kdtrack's)
     eta: float = 1.0  # KD: weight of the soft (teacher) term; 1 - eta for hard-label CE
     num_id_classes: int = 0  # identity classifier size (KD hard labels, supervised); 0 = the number of labelled people in the training data
     # supervised: a metric term beside the classifier over a cross-batch memory of the last N labelled unit vectors
@@ -178,9 +178,12 @@ class LossConfig:
     supervised_metric_weight: float = 1.0  # w of the metric term: L_id = CE + w l_metric
     supervised_temperature: float = 0.1  # tau of the metric term
     kd_reduction: Literal["sum_per_object", "mean"] = "sum_per_object"  # KD soft smooth-L1: summed over the embedding channels and averaged over objects (KDMOT's per-object scale; its trainer also sums over objects, kdtrack.losses.kd) | averaged over the channels too (k times weaker: 2048 for KDMOT)
-    uncertainty: bool = True  # Kendall uncertainty weighting of L_det and L_id (id_mode kd and supervised; IDF adds lambda l_id)
+    uncertainty: bool = True  # Kendall uncertainty weighting of L_det and L_id (id_mode kd and supervised; IDF adds lambda l_id; hybrid: of L_det, L_KD and l_id)
     s_det_init: float = -1.85  # initial log-variance of the detection term
-    s_id_init: float = -1.05  # initial log-variance of the identity term
+    s_id_init: float = -1.05  # initial log-variance of the identity term (hybrid: of its KD term)
+    # hybrid: initial log-variance of the contrastive term; -0.24 = s_det_init - ln 0.2 starts it at IDF's lambda
+    # (0.2) relative to detection
+    s_contrastive_init: float = -0.24
     temperature: float = 0.07  # contrastive tau
     queue_size: int = 32768  # contrastive negative FIFO queue length
     key_momentum: float = 0.99  # contrastive: momentum m of the EMA key encoder that fills the queue (MoCo); 0 = the student's own detached embeddings (stale queue: collapses)
@@ -192,6 +195,17 @@ class LossConfig:
     min_overlap: float = 0.7  # gaussian radius rule
     centre_region_radius: int = 1  # contrastive positives: cells within this Chebyshev radius of the centre cell, inside the box
     size_loss_scale: float = 0.25  # size L1 on (input pixels x this); 1/down_ratio = FairMOT's output-pixel units
+
+    @property
+    def contrasts_people(self) -> bool:
+        """The dense contrastive term is on (IDF; the hybrid's second identity term): the samples' ids are
+        person keys, unique per image and shared by a person's two views."""
+        return self.id_mode in ("contrastive", "hybrid")
+
+    @property
+    def distils(self) -> bool:
+        """The KD term is on (KD; the hybrid's first identity term): the samples carry teacher features."""
+        return self.id_mode in ("kd", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -208,7 +222,7 @@ class DecodeConfig:
 class TrainConfig:
     """Optimisation and the Ray Train loop."""
 
-    recipe: Literal["teacher", "kd", "contrastive", "video", "detection", "supervised", "video_classify"] = "contrastive"  # jobs.train runs detection | contrastive | kd | video | supervised | video_classify (must match loss.id_mode: none | contrastive | kd | contrastive | supervised | supervised) and teacher (the Re-ID teacher; loss.id_mode unused); video = IDF stage 2 on pseudo-labelled frame pairs (data.pseudo_labels); video_classify = the same pairs, each pseudo-identity a class of the supervised loss
+    recipe: Literal["teacher", "kd", "contrastive", "video", "detection", "supervised", "video_classify", "hybrid"] = "contrastive"  # jobs.train runs detection | contrastive | kd | video | supervised | video_classify | hybrid (must match loss.id_mode: none | contrastive | kd | contrastive | supervised | supervised | hybrid) and teacher (the Re-ID teacher; loss.id_mode unused); video = IDF stage 2 on pseudo-labelled frame pairs (data.pseudo_labels); video_classify = the same pairs, each pseudo-identity a class of the supervised loss; hybrid = KD and IDF stage 1 in one run (kdtrack's)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-4
     momentum: float = 0.9  # SGD only

@@ -60,7 +60,8 @@ class Recipe:
 def _refuse_recurring_people(cfg: Config) -> str | None:
     recurring = sorted(set(cfg.data.sources) & set(RECURRING_PEOPLE_SOURCES))
     if recurring:
-        return (f"train.recipe 'contrastive' (IDF stage 1) treats every person of every image as a unique identity; "
+        return (f"train.recipe '{cfg.train.recipe}' (IDF stage 1's contrastive term) treats every person of every "
+                f"image as a unique identity; "
                 f"data.sources {recurring} hold the same people in several images (false negatives): use still "
                 f"images only (--set data.sources=[crowdhuman,coco]); video belongs to stage 2 (pseudo-labels)")
     return None
@@ -79,7 +80,7 @@ def _refuse_other_teacher_dim(cfg: Config) -> str | None:
 
     dim = teacher_feature_dim(cfg.teacher)
     if cfg.model.embedding_dim != dim:
-        return (f"train.recipe 'kd': model.embedding_dim ({cfg.model.embedding_dim}) must equal the "
+        return (f"train.recipe '{cfg.train.recipe}': model.embedding_dim ({cfg.model.embedding_dim}) must equal the "
                 f"teacher's feature dimension ({dim})")
     return None
 
@@ -95,10 +96,24 @@ def _refuse_untrained_teacher(cfg: Config) -> str | None:
                     f"jobs.teacher_embeddings --teacher T/checkpoint.pt --data-root W --out E)")
         return None
     if not t.checkpoint:
-        return (f"train.recipe 'kd' distils a trained Re-ID teacher, but teacher.checkpoint is empty and "
-                f"teacher.embeddings is not set: {KD_TEACHER_HELP}")
+        return (f"train.recipe '{cfg.train.recipe}' distils a trained Re-ID teacher, but teacher.checkpoint is "
+                f"empty and teacher.embeddings is not set: {KD_TEACHER_HELP}")
     if not Path(t.checkpoint).is_file():
         return f"teacher.checkpoint: {t.checkpoint} is not a file ({KD_TEACHER_HELP})"
+    return None
+
+
+def _refuse_normalised_student(cfg: Config) -> str | None:
+    if cfg.model.normalize_embedding:
+        return (f"train.recipe '{cfg.train.recipe}' regresses the teacher's raw feature at each centre: set "
+                "model.normalize_embedding=false (its contrastive term normalises what it reads)")
+    return None
+
+
+def _refuse_hard_labels(cfg: Config) -> str | None:
+    if cfg.loss.eta < 1.0:
+        return (f"train.recipe 'hybrid' distils soft targets only (loss.eta = 1, got {cfg.loss.eta}): its samples' "
+                "ids are the contrastive term's person keys, not identity labels")
     return None
 
 
@@ -124,6 +139,9 @@ def _refuse_teacher_checkpoint(cfg: Config) -> str | None:
 CONTRASTIVE_FIELDS = ("loss.temperature", "loss.queue_size", "loss.key_momentum", "loss.batch_negatives",
                       "loss.id_weight", "loss.centre_region_radius", "loss.nn_positives")
 CLASSIFIER_FIELDS = ("loss.num_id_classes", "loss.s_det_init", "loss.s_id_init", "train.classifier_lr_mult")
+# the hybrid's weights: the initial Kendall log-variances of detection, KD and the contrastive term (under
+# loss.uncertainty, the hybrid's default, these replace the contrastive lambda, loss.id_weight)
+HYBRID_WEIGHT_FIELDS = ("loss.s_det_init", "loss.s_id_init", "loss.s_contrastive_init")
 METRIC_MEMORY_FIELDS = ("loss.supervised_memory", "loss.supervised_metric_weight", "loss.supervised_temperature")
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
@@ -141,6 +159,13 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     # PointID's): each DBSCAN cluster is a class, contrasted over a memory (cluster-based unsupervised re-ID)
     Recipe("video_classify", id_mode="supervised", items="clips", classifier="always",
            sweep_fields=(*CLASSIFIER_FIELDS, *METRIC_MEMORY_FIELDS), refuses=(_refuse_without_pseudo_labels,)),
+    # KD and IDF stage 1 in one run (this project's addition, in neither paper): the teacher's feature at each
+    # centre and the dense contrastive term between two views of a still image, Kendall-weighted over the three
+    Recipe("hybrid", id_mode="hybrid", views=2, key_encoder=True, distils=True,
+           sweep_fields=(*(f for f in CONTRASTIVE_FIELDS if f != "loss.id_weight"), *HYBRID_WEIGHT_FIELDS,
+                         "loss.kd_reduction"),
+           refuses=(_refuse_recurring_people, _refuse_hard_labels, _refuse_normalised_student,
+                    _refuse_other_teacher_dim, _refuse_untrained_teacher)),
     Recipe("teacher", id_mode="", items="crops", sweepable=False,
            refuses=(_refuse_teacher_reports, _refuse_teacher_checkpoint)),
 )}

@@ -128,3 +128,68 @@ def test_contrastive_detection_views_first_scores_view0_alone():
     assert outputs["heatmap"].grad[1].abs().sum().item() == 0.0  # no detection gradient from view 1
     assert outputs["heatmap"].grad[0].abs().sum().item() > 0.0
     assert outputs["embedding"].grad[1].abs().sum().item() > 0.0  # the identity loss still uses both views
+
+
+def _two_view_batch_with_teacher():
+    """``_two_view_batch`` with a teacher feature per person (the same in both views, as the store gives)."""
+    view0 = np.array([[8, 8, 40, 60], [50, 4, 90, 56]], np.float32)
+    view1 = view0 + np.array([4, 2, 4, 2], np.float32)
+    ids, teacher = np.array([100, 101]), np.stack([np.linspace(-1, 1, DIM), np.linspace(1, -2, DIM)]).astype(np.float32)
+    return collate_targets([encode_targets(b, ids, None, (H, W), max_objects=4, teacher_embeddings=teacher)
+                            for b in (view0, view1)])
+
+
+@pytest.mark.parametrize("readout", ["cell", "centre_halves"])
+def test_hybrid_total_is_kendall_over_detection_kd_and_contrastive(readout):
+    """The hybrid's terms are the KD criterion's (read at the centre cell whatever the readout) and the
+    contrastive criterion's (read by the readout) on the same outputs; the total weights the three as
+    1/2 sum_t (L_t e^{-s_t} + s_t), from s_det -1.85, s_kd -1.05, s_contrastive -0.24."""
+    targets, outputs = _two_view_batch_with_teacher(), _outputs(4)
+    common = dict(queue_size=32, id_weight=0.2, uncertainty=True)
+    hybrid = Criterion(LossConfig(id_mode="hybrid", **common), embedding_dim=DIM, id_readout=readout)
+    kd = Criterion(LossConfig(id_mode="kd", **common), embedding_dim=DIM)
+    contrastive = Criterion(LossConfig(id_mode="contrastive", **common), embedding_dim=DIM, id_readout=readout)
+    terms, kd_terms, c_terms = hybrid(outputs, targets), kd(outputs, targets), contrastive(outputs, targets)
+    assert terms["det"].item() == pytest.approx(kd_terms["det"].item(), rel=1e-6)
+    assert terms["id/kd"].item() == pytest.approx(kd_terms["id"].item(), rel=1e-6) and terms["id/kd"].item() > 0
+    assert terms["id/contrastive"].item() == pytest.approx(c_terms["id/contrastive"].item(), rel=1e-6)
+    assert terms["id/contrastive"].item() > 0
+    assert terms["id"].item() == pytest.approx((terms["id/kd"] + 0.2 * terms["id/contrastive"]).item(), rel=1e-6)
+    det, l_kd, l_c = terms["det"].item(), terms["id/kd"].item(), terms["id/contrastive"].item()
+    expected = 0.5 * (det * np.exp(1.85) + l_kd * np.exp(1.05) + l_c * np.exp(0.24) - 1.85 - 1.05 - 0.24)
+    assert terms["total"].item() == pytest.approx(expected, rel=1e-6)
+    assert terms["s_contrastive"].item() == pytest.approx(-0.24)
+    terms["total"].backward()
+    assert all(p.grad is not None for p in hybrid.uncertainty.parameters())
+    assert hybrid.contrastive.queue_fill.item() == 2  # the two people entered the queue once
+
+
+def test_hybrid_without_uncertainty_adds_kd_and_lambda_contrastive():
+    targets, outputs = _two_view_batch_with_teacher(), _outputs(5)
+    terms = Criterion(LossConfig(id_mode="hybrid", queue_size=32, id_weight=0.5, uncertainty=False),
+                      embedding_dim=DIM)(outputs, targets)
+    expected = terms["det"] + terms["id/kd"] + 0.5 * terms["id/contrastive"]
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert "s_contrastive" not in terms
+
+
+def test_hybrid_refuses_hard_labels_and_a_missing_teacher():
+    with pytest.raises(ValueError, match="soft targets only"):
+        Criterion(LossConfig(id_mode="hybrid", eta=0.5, num_id_classes=4), embedding_dim=DIM)
+    with pytest.raises(ValueError, match="'hybrid' needs teacher embeddings"):
+        Criterion(LossConfig(id_mode="hybrid", queue_size=8), embedding_dim=DIM)(_outputs(), _two_view_batch())
+
+
+def test_only_the_hybrid_has_a_third_log_variance(tmp_path):
+    """Two-term checkpoints (KD, supervised) keep their keys; the hybrid's s_contrastive round-trips."""
+    assert set(Criterion(LossConfig(id_mode="kd"), embedding_dim=DIM).state_dict()) == {
+        "uncertainty.s_det", "uncertainty.s_id"}
+    cfg = LossConfig(id_mode="hybrid", queue_size=8)
+    crit = Criterion(cfg, embedding_dim=DIM)
+    with torch.no_grad():
+        crit.uncertainty.s_contrastive.fill_(0.4)
+    torch.save(crit.state_dict(), tmp_path / "h.pt")
+    fresh = Criterion(cfg, embedding_dim=DIM)
+    fresh.load_state_dict(torch.load(tmp_path / "h.pt", weights_only=True))
+    assert fresh.uncertainty.s_contrastive.item() == pytest.approx(0.4)
+    assert {"contrastive.queue", "uncertainty.s_contrastive"} <= set(fresh.state_dict())

@@ -13,7 +13,7 @@ from kdtrack.recipes import RECIPES, check_recipe_rules, get_recipe, recipe_of, 
 def test_the_table_holds_every_recipe_of_the_config_field():
     assert set(RECIPES) == set(typing.get_args(typing.get_type_hints(TrainConfig)["recipe"]))
     assert list(RECIPES) == ["detection", "contrastive", "kd", "video", "supervised", "video_classify",
-                            "teacher"]  # jobs.train's order
+                            "hybrid", "teacher"]  # jobs.train's order
     with pytest.raises(ConfigError, match=r"train.recipe 'nope' is not a recipe \(known: detection, contrastive"):
         get_recipe("nope")
 
@@ -22,27 +22,28 @@ def test_what_each_recipe_declares():
     # the id modes jobs.train required of each student recipe; the teacher trains no student
     assert {name: r.id_mode for name, r in RECIPES.items() if r.student} == {
         "detection": "none", "contrastive": "contrastive", "kd": "kd", "video": "contrastive",
-        "supervised": "supervised", "video_classify": "supervised"}
+        "supervised": "supervised", "video_classify": "supervised", "hybrid": "hybrid"}
     assert [name for name, r in RECIPES.items() if not r.student] == ["teacher"]
-    assert [name for name, r in RECIPES.items() if r.key_encoder] == ["contrastive", "video"]
+    assert [name for name, r in RECIPES.items() if r.key_encoder] == ["contrastive", "video", "hybrid"]
     assert [name for name, r in RECIPES.items() if r.classifier] == ["kd", "supervised", "video_classify"]
     assert [name for name, r in RECIPES.items() if r.items == "clips"] == ["video", "video_classify"]
-    assert [name for name, r in RECIPES.items() if r.views == 2] == ["contrastive"]  # video pairs frames itself
-    assert [name for name, r in RECIPES.items() if r.reads_teacher] == ["kd", "teacher"]
+    assert [name for name, r in RECIPES.items() if r.views == 2] == ["contrastive", "hybrid"]  # video pairs frames itself
+    assert [name for name, r in RECIPES.items() if r.reads_teacher] == ["kd", "hybrid", "teacher"]
     assert [name for name, r in RECIPES.items() if not r.sweepable] == ["teacher"]
     assert recipe_of(load_config("kd_cpu")).distils and recipe_of(load_config("teacher_cpu")).items == "crops"
 
 
 def test_fields_a_sweep_may_search_only_for_their_recipes():
-    contrastive, classifier = ("contrastive", "video"), ("kd", "supervised", "video_classify")
-    metric = ("supervised", "video_classify")
+    contrastive, classifier = ("contrastive", "video", "hybrid"), ("kd", "supervised", "video_classify")
+    metric, kendall = ("supervised", "video_classify"), ("kd", "supervised", "video_classify", "hybrid")
     assert recipe_only_fields() == {
-        "loss.eta": ("kd",), "loss.kd_reduction": ("kd",),
-        "loss.num_id_classes": classifier, "loss.s_det_init": classifier, "loss.s_id_init": classifier,
+        "loss.eta": ("kd",), "loss.kd_reduction": ("kd", "hybrid"), "loss.s_contrastive_init": ("hybrid",),
+        "loss.num_id_classes": classifier, "loss.s_det_init": kendall, "loss.s_id_init": kendall,
         "train.classifier_lr_mult": classifier, "loss.supervised_memory": metric,
         "loss.supervised_metric_weight": metric, "loss.supervised_temperature": metric,
         "loss.temperature": contrastive, "loss.queue_size": contrastive, "loss.key_momentum": contrastive,
-        "loss.batch_negatives": contrastive, "loss.id_weight": contrastive, "loss.centre_region_radius": contrastive,
+        "loss.batch_negatives": contrastive, "loss.id_weight": ("contrastive", "video"),
+        "loss.centre_region_radius": contrastive,
         "loss.nn_positives": contrastive,
     }
 
@@ -60,3 +61,21 @@ def test_each_recipe_refuses_what_it_cannot_train():
     with pytest.raises(ConfigError, match="teacher.checkpoint must be empty"):
         check_recipe_rules(load_config("teacher_cpu", ["teacher.checkpoint=/x.pt"]))
     assert check_recipe_rules(load_config("teacher_cpu", ["loss.id_mode=none"])).name == "teacher"  # id_mode unused
+
+
+def test_the_hybrid_refuses_what_either_parent_cannot_train(tmp_path):
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"weights")  # the rules check that it is a file; jobs.train loads it
+    ok = [f"teacher.checkpoint={teacher}"]
+    assert check_recipe_rules(load_config("hybrid_cpu", ok)).name == "hybrid"
+    for overrides, message in [
+        (["loss.id_mode=contrastive"], "train.recipe 'hybrid' needs loss.id_mode=hybrid"),
+        (["data.sources=[crowdhuman,kinetics]"], r"'hybrid' \(IDF stage 1's contrastive term\).*\['kinetics'\]"),
+        (["loss.eta=0.5", "loss.num_id_classes=8"], "soft targets only"),
+        (["model.normalize_embedding=true"], "set model.normalize_embedding=false"),
+        (["model.embedding_dim=64"], r"'hybrid': model.embedding_dim \(64\) must equal the teacher's feature "
+                                     r"dimension \(128\)"),
+        ([], "'hybrid' distils a trained Re-ID teacher, but teacher.checkpoint is empty"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            check_recipe_rules(load_config("hybrid_cpu", [*(ok if overrides else []), *overrides]))

@@ -92,6 +92,11 @@ def _kd(tmp: Path, request) -> tuple[str, list[str]]:
     return "kd_cpu", [*SMALL_STUDENT, f"teacher.checkpoint={ckpt}"]
 
 
+def _hybrid(tmp: Path, request) -> tuple[str, list[str]]:
+    _, overrides = _kd(tmp, request)
+    return "hybrid_cpu", overrides
+
+
 def _supervised(tmp: Path, request) -> tuple[str, list[str]]:
     return "sup_cpu", SMALL_STUDENT
 
@@ -101,7 +106,7 @@ def _teacher(tmp: Path, request) -> tuple[str, list[str]]:
 
 
 SETUPS = {"detection": _detection, "contrastive": _contrastive, "video": _video, "kd": _kd,
-          "supervised": _supervised, "video_classify": _video_classify, "teacher": _teacher}
+          "supervised": _supervised, "video_classify": _video_classify, "hybrid": _hybrid, "teacher": _teacher}
 
 
 def _argv(recipe, freeze, tmp: Path, world: Path, mlflow_uri: str, request) -> list[str]:
@@ -222,6 +227,21 @@ def test_two_worker_kd_run_distils_the_teacher_checkpoint_it_was_given(two_worke
     assert load_checkpoint(state["config"].teacher.checkpoint)["config"].train.recipe == "teacher"
     assert state["config"].loss.kd_reduction == "sum_per_object"
     assert math.isfinite(fit.result["metrics"]["train/id"]) and fit.result["metrics"]["train/id"] > 0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_worker_hybrid_run_trains_both_identity_terms(two_worker_fits):
+    """hybrid_cpu with the online teacher (a checkpoint, as KD's case): both identity terms are finite and
+    positive, the queue was filled and the three Kendall log-variances are checkpointed."""
+    fit = two_worker_fits("hybrid", ())
+    state = load_checkpoint(fit.result["checkpoint"])
+    assert state["iteration"] == 2 and state["config"].train.recipe == "hybrid"
+    assert state["config"].teacher.checkpoint == fit.setting("teacher.checkpoint")
+    metrics = fit.result["metrics"]
+    assert all(math.isfinite(metrics[k]) and metrics[k] > 0 for k in ("train/id/kd", "train/id/contrastive"))
+    assert int(state["criterion"]["contrastive.queue_fill"]) > 0
+    assert {"uncertainty.s_det", "uncertainty.s_id", "uncertainty.s_contrastive"} <= set(state["criterion"])
 
 
 @pytest.mark.ray

@@ -49,7 +49,7 @@ def augment_preset(cfg: Config) -> str:
     """``data.augment``; ``"auto"`` picks IDF's view transforms for contrastive, FairMOT's otherwise."""
     if cfg.data.augment != "auto":
         return cfg.data.augment
-    return "idf_view" if cfg.loss.id_mode == "contrastive" else "detection"
+    return "idf_view" if cfg.loss.contrasts_people else "detection"
 
 
 def build_augment(cfg: Config) -> BoxAugment:
@@ -157,7 +157,7 @@ def training_sample(
     }
     if cfg.data.paste_masks and cfg.data.background_swap > 0 and POLYGONS_KEY in record.extra:
         target["instance_map"] = instance_map(record.extra[POLYGONS_KEY], record.height, record.width)
-    keys = person_keys(image_uid(record), record.num_boxes) if cfg.loss.id_mode == "contrastive" else None
+    keys = person_keys(image_uid(record), record.num_boxes) if cfg.loss.contrasts_people else None
     view_rngs = rng.spawn(views)
     sides = cfg.data.multiscale_short_sides
     short_side = int(sides[int(rng.integers(len(sides)))]) if sides else None

@@ -14,6 +14,12 @@ Totals per ``id_mode``:
   ``loss.uncertainty`` belongs to the KD recipe and is not applied here.
 - ``"supervised"``: ``L_id`` = FairMOT's identity cross-entropy over
   ``loss.num_id_classes`` training identities; ``total`` as for ``"kd"``.
+- ``"hybrid"`` (kdtrack's, in neither paper): both identity terms on the one
+  identity map, ``L_KD`` at every person's centre cell (the teacher's feature)
+  and the contrastive ``l_id`` read by ``model.id_readout``;
+  ``total = Kendall(L_det, L_KD, l_id)`` over the three when ``loss.uncertainty``
+  (``s_contrastive`` from ``loss.s_contrastive_init``), else
+  ``L_det + L_KD + lambda l_id``. Logged ``id`` is ``L_KD + lambda l_id``.
 """
 
 from __future__ import annotations
@@ -35,8 +41,8 @@ from kdtrack.losses.uncertainty import UncertaintyWeighting
 from kdtrack.readout import read_at_boxes, readout_dim
 
 
-ID_MODES = ("kd", "contrastive", "supervised", "none")
-KENDALL_ID_MODES = ("kd", "supervised")  # Kendall weighting of L_det and L_id (loss.uncertainty)
+ID_MODES = ("kd", "contrastive", "supervised", "hybrid", "none")
+KENDALL_ID_MODES = ("kd", "supervised", "hybrid")  # Kendall weighting of the terms (loss.uncertainty)
 
 
 class Criterion(nn.Module):
@@ -57,24 +63,29 @@ class Criterion(nn.Module):
             cfg.focal_alpha, cfg.focal_beta, cfg.heatmap_weight, cfg.size_weight, cfg.offset_weight,
             cfg.size_loss_scale,
         )
+        # the hybrid's KD term reads the centre cell too, its contrastive term model.id_readout
         if id_readout != "cell" and cfg.id_mode == "kd":
             raise ValueError(f"model.id_readout = {id_readout!r}: loss.id_mode = 'kd' reads the centre cell "
                              f"(the teacher's feature has embedding_dim numbers)")
         self.id_readout, self.down_ratio = id_readout, int(down_ratio)
         vector_dim = readout_dim(embedding_dim, id_readout)  # one person's identity vector (and a queue row)
+        if cfg.id_mode == "hybrid" and cfg.eta < 1.0:
+            raise ValueError(f"loss.id_mode = 'hybrid' trains on soft targets only (loss.eta = 1, got {cfg.eta}): its "
+                             f"ids are person keys of the contrastive term, not identity labels")
         self.kd = (KDLoss(embedding_dim, cfg.eta, cfg.num_id_classes, cfg.kd_reduction)
-                   if cfg.id_mode == "kd" else None)
+                   if cfg.distils else None)
         self.contrastive = (
             DenseContrastiveLoss(vector_dim, cfg.queue_size, cfg.temperature, gather_fn,
                                  batch_negatives=cfg.batch_negatives, nn_positives=cfg.nn_positives)
-            if cfg.id_mode == "contrastive"
+            if cfg.contrasts_people
             else None
         )
         self.supervised = (SupervisedIdLoss(vector_dim, cfg.num_id_classes, cfg.supervised_memory,
                                             cfg.supervised_metric_weight, cfg.supervised_temperature)
                            if cfg.id_mode == "supervised" else None)
         self.uncertainty = (
-            UncertaintyWeighting(cfg.s_det_init, cfg.s_id_init)
+            UncertaintyWeighting(cfg.s_det_init, cfg.s_id_init,
+                                 cfg.s_contrastive_init if cfg.id_mode == "hybrid" else None)
             if cfg.id_mode in KENDALL_ID_MODES and cfg.uncertainty else None
         )
 
@@ -122,13 +133,21 @@ class Criterion(nn.Module):
         else:
             terms = dict(self.detection(outputs, targets))
         det = terms["det"]
-        if self.kd is not None or self.supervised is not None:
+        if self.kd is not None and self.contrastive is not None:  # the hybrid
+            kd = self._kd_terms(outputs, targets, extra)
+            c = self._contrastive_terms(outputs, targets, extra)
+            terms.update({k: v for k, v in kd.items() if k != "id"})
+            terms.update(c)
+            terms["id/kd"] = kd["id"]
+            terms["id"] = kd["id"] + c["id"]
+            if self.uncertainty is not None:
+                terms["total"] = self.uncertainty(det, kd["id"], c["id/contrastive"])
+                terms.update(self._log_variances())
+            else:
+                terms["total"] = det + terms["id"]
+        elif self.kd is not None or self.supervised is not None:
             if self.kd is not None:
-                teacher = extra.get("teacher", targets.get("teacher"))
-                if teacher is None:
-                    raise ValueError("loss.id_mode = 'kd' needs teacher embeddings (targets['teacher'] or teacher=)")
-                terms.update(self.kd(outputs["embedding"], targets["index"], targets["mask"], teacher,
-                                     targets.get("ids")))
+                terms.update(self._kd_terms(outputs, targets, extra))
             elif self.id_readout == "cell":
                 terms.update(self.supervised(outputs["embedding"], targets["index"], targets["mask"],
                                              targets["ids"]))
@@ -136,38 +155,60 @@ class Criterion(nn.Module):
                 terms.update(self._supervised_read_at_boxes(outputs["embedding"], targets))
             if self.uncertainty is not None:
                 terms["total"] = self.uncertainty(det, terms["id"])
-                terms["s_det"] = self.uncertainty.s_det.detach()
-                terms["s_id"] = self.uncertainty.s_id.detach()
+                terms.update(self._log_variances())
             else:
                 terms["total"] = det + terms["id"]
         elif self.contrastive is not None:
-            update_queue, key_embedding = bool(extra.get("update_queue", True)), extra.get("key_embedding")
-            views = int(extra.get("views", 2))
-            monitor = views == 2 and extra.get("monitor", True)  # the collapse monitor (kdtrack.losses.collapse)
-            if self.id_readout == "cell":
-                c = self.contrastive(
-                    outputs["embedding"], targets["region_index"], targets["region_mask"], targets["ids"],
-                    update_queue=update_queue, key_embedding=key_embedding,
-                )
-                stats = (collapse_stats(outputs["embedding"], targets["region_index"], targets["region_mask"],
-                                        targets["ids"], views=views) if monitor else {})
-            else:  # one vector per person and view, read over its box as at inference
-                boxes, keys, images = self._labelled_boxes(targets, outputs["embedding"].shape[-1])
-                points = self._read(outputs["embedding"], boxes, images)
-                key_points = (self._read(key_embedding, boxes, images)
-                              if key_embedding is not None and update_queue else None)
-                c = self.contrastive.forward_points(points, keys, update_queue, key_points)
-                per_view = outputs["embedding"].shape[0] // views
-                stats = collapse_stats_of_vectors(points, keys, images // per_view, views) if monitor else {}
-            c["id/contrastive"] = c["id"]
-            if stats:  # from this very batch
-                c.update({f"monitor/{k}": torch.tensor(v) for k, v in stats.items() if math.isfinite(v)})  # undefined: absent
-            c["id"] = self.cfg.id_weight * c["id"]
-            terms.update(c)
+            terms.update(self._contrastive_terms(outputs, targets, extra))
             terms["total"] = det + terms["id"]
         else:
             terms["total"] = det
         return terms
+
+    def _log_variances(self) -> dict[str, torch.Tensor]:
+        """The Kendall log-variances, for the logs."""
+        u = self.uncertainty
+        out = {"s_det": u.s_det.detach(), "s_id": u.s_id.detach()}
+        if u.s_contrastive is not None:
+            out["s_contrastive"] = u.s_contrastive.detach()
+        return out
+
+    def _kd_terms(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
+                  extra: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """KD at every person's centre cell (``id`` = ``L_KD``)."""
+        teacher = extra.get("teacher", targets.get("teacher"))
+        if teacher is None:
+            raise ValueError(f"loss.id_mode = '{self.cfg.id_mode}' needs teacher embeddings "
+                             f"(targets['teacher'] or teacher=)")
+        return self.kd(outputs["embedding"], targets["index"], targets["mask"], teacher, targets.get("ids"))
+
+    def _contrastive_terms(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
+                           extra: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The dense contrastive term (``id/contrastive`` = ``l_id``, ``id`` = ``lambda l_id``) and, on a two-view
+        batch with ``extra["monitor"]`` (default True), the collapse monitor of this very batch."""
+        update_queue, key_embedding = bool(extra.get("update_queue", True)), extra.get("key_embedding")
+        views = int(extra.get("views", 2))
+        monitor = views == 2 and extra.get("monitor", True)  # the collapse monitor (kdtrack.losses.collapse)
+        if self.id_readout == "cell":
+            c = self.contrastive(
+                outputs["embedding"], targets["region_index"], targets["region_mask"], targets["ids"],
+                update_queue=update_queue, key_embedding=key_embedding,
+            )
+            stats = (collapse_stats(outputs["embedding"], targets["region_index"], targets["region_mask"],
+                                    targets["ids"], views=views) if monitor else {})
+        else:  # one vector per person and view, read over its box as at inference
+            boxes, keys, images = self._labelled_boxes(targets, outputs["embedding"].shape[-1])
+            points = self._read(outputs["embedding"], boxes, images)
+            key_points = (self._read(key_embedding, boxes, images)
+                          if key_embedding is not None and update_queue else None)
+            c = self.contrastive.forward_points(points, keys, update_queue, key_points)
+            per_view = outputs["embedding"].shape[0] // views
+            stats = collapse_stats_of_vectors(points, keys, images // per_view, views) if monitor else {}
+        c["id/contrastive"] = c["id"]
+        if stats:  # from this very batch
+            c.update({f"monitor/{k}": torch.tensor(v) for k, v in stats.items() if math.isfinite(v)})  # undefined: absent
+        c["id"] = self.cfg.id_weight * c["id"]
+        return c
 
     def _labelled_boxes(self, targets: Mapping[str, torch.Tensor], map_width: int
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
