@@ -10,7 +10,10 @@ what ``jobs.evaluate`` logged into the run: oracle-box person search and MOT cro
 colour, person-centred colour and random-init baselines on the same boxes, and MOTA / IDF1 / HOTA. Per recipe,
 its best run by the objective; the report names the winner and its margin over the next recipe. Values are
 x 100 (percent). Plots: the objective against training iterations, one line per run, one colour per recipe; the
-final person-search mAP of each recipe's best run beside the baselines.
+final person-search mAP of each recipe's best run beside the baselines. With ``--parent-run``, the baselines the
+sweep scored on its validation boxes (``baseline/<embedder>/<metric>`` of the parent) are stated beside the
+objective, and, when the sweep trained the hybrid and both its parents (KD, IDF stage 1), whether the hybrid
+beats both: it is kept only if it does.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ COLUMNS = (
     ("HOTA", "MOT*/HOTA"),
 )
 BASELINE_COLUMNS = ("PS colour_centre", "PS colour", "PS random init")
+HYBRID, HYBRID_PARENTS = "hybrid", ("kd", "contrastive")  # kdtrack's hybrid recipe and the two it combines
 
 
 @dataclass
@@ -53,6 +57,13 @@ class RunRow:
     status: str
     history: list[tuple[int, float]] = field(default_factory=list)
     finals: dict[str, float] = field(default_factory=dict)
+
+    def at_best(self, mode: str) -> str:
+        """``"45.7 at iteration 600"``: the best objective and the step it was reported at (runs a scheduler
+        stopped early are compared at fewer iterations: the reader should see it)."""
+        value = self.best(mode)
+        steps = [s for s, v in self.history if v == value]
+        return f"{_pct(value)} at iteration {steps[0]}" if steps else _pct(value)
 
     def best(self, mode: str) -> float:
         values = [v for _, v in self.history if math.isfinite(v)]
@@ -125,20 +136,55 @@ def verdict(best: dict[str, RunRow], metric: str, mode: str) -> str:
     if not reported:
         return f"No run reported `{metric}`: no winner."
     first = reported[0]
-    line = f"Best on `{metric}` ({mode}): **{first.recipe}**, {_pct(first.best(mode))} (run `{first.name}`)"
+    line = f"Best on `{metric}` ({mode}): **{first.recipe}**, {first.at_best(mode)} (run `{first.name}`)"
     if len(reported) == 1:
         return line + "; the only recipe that reported it."
     second = reported[1]
     a, b = first.best(mode), second.best(mode)
     ratio = f", {a / b:.2f}x" if b > 0 else ""
-    return line + f", ahead of **{second.recipe}** ({_pct(b)}) by {100 * abs(a - b):.1f} points{ratio}."
+    return line + f", ahead of **{second.recipe}** ({second.at_best(mode)}) by {100 * abs(a - b):.1f} points{ratio}."
 
 
-def markdown_report(rows: Sequence[RunRow], metric: str, mode: str, source: str) -> str:
+def hybrid_verdict(best: dict[str, RunRow], metric: str, mode: str) -> str:
+    """Whether the hybrid beats both its parents on the objective ("" when one of the three is missing)."""
+    if HYBRID not in best or not all(p in best for p in HYBRID_PARENTS):
+        return ""
+    value = best[HYBRID].best(mode)
+    parents = {p: best[p].best(mode) for p in HYBRID_PARENTS}
+    if not math.isfinite(value) or not all(math.isfinite(v) for v in parents.values()):
+        return "The hybrid or one of its parents reported no objective: no verdict on the hybrid."
+    sign = 1.0 if mode == "max" else -1.0
+    behind = [p for p, v in parents.items() if sign * value <= sign * v]
+    against = ", ".join(f"{p} {best[p].at_best(mode)}" for p in parents)
+    if not behind:
+        return f"The hybrid ({best[HYBRID].at_best(mode)}) beats both its parents ({against}) on `{metric}`: kept."
+    return (f"The hybrid ({best[HYBRID].at_best(mode)}) does not beat {' and '.join(behind)} ({against}) on "
+            f"`{metric}`: not worth keeping on this evidence.")
+
+
+def baselines_line(baselines: dict[str, float], metric: str) -> str:
+    """``Same validation boxes: colour 22.4, random 11.5`` (the sweep's baselines for the objective)."""
+    if not baselines:
+        return ""
+    shown = ", ".join(f"{name} {_pct(v)}" for name, v in sorted(baselines.items(), key=lambda kv: -kv[1]))
+    return f"Baselines on the same validation boxes (`{metric}`): {shown}."
+
+
+def parent_baselines(client: Any, parent_run: str, metric: str) -> dict[str, float]:
+    """``{embedder: value}`` of the objective's metric that ``jobs.tune`` logged on its parent run."""
+    key = metric.split("/")[-1]
+    metrics = client.get_run(parent_run).data.metrics
+    return {name.split("/")[1]: float(v) for name, v in metrics.items()
+            if name.startswith("baseline/") and name.count("/") == 2 and name.split("/")[2] == key}
+
+
+def markdown_report(rows: Sequence[RunRow], metric: str, mode: str, source: str,
+                    baselines: dict[str, float] | None = None) -> str:
     best = best_per_recipe(rows, mode)
     headers = ["recipe", "run", "status", "last step", f"{metric} best", "last", *(h for h, _ in COLUMNS)]
+    extra = [line for line in (hybrid_verdict(best, metric, mode), baselines_line(baselines or {}, metric)) if line]
     lines = ["# Recipes side by side\n", f"{len(rows)} training runs from {source}; values x 100 (percent for mAP, MOTA, IDF1, HOTA).\n",
-             verdict(best, metric, mode) + "\n", "## Each recipe's best run\n",
+             verdict(best, metric, mode) + "\n", *(line + "\n" for line in extra), "## Each recipe's best run\n",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
 
     def line(row: RunRow) -> str:
@@ -163,7 +209,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_objective(rows: Sequence[RunRow], metric: str, path: Path) -> Path:
+def plot_objective(rows: Sequence[RunRow], metric: str, path: Path, baselines: dict[str, float] | None = None
+                   ) -> Path:
+    """The objective against iterations, one colour per recipe; the sweep's baselines as grey dotted lines."""
     plt = _pyplot()
     recipes = sorted({r.recipe for r in rows})
     colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(recipes)}
@@ -173,6 +221,11 @@ def plot_objective(rows: Sequence[RunRow], metric: str, path: Path) -> Path:
             steps, values = zip(*row.history)
             ax.plot(steps, [100 * v for v in values], marker="o", ms=3, color=colours[recipe],
                     label=recipe if i == 0 else None, alpha=0.85)
+    for name, value in sorted((baselines or {}).items(), key=lambda kv: -kv[1]):
+        if math.isfinite(value):
+            ax.axhline(100 * value, ls=":", color="grey", lw=1)
+            ax.annotate(name, (0.01, 100 * value), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
+                        va="bottom")
     ax.set_xlabel("training iteration")
     ax.set_ylabel(f"{metric} (%)")
     ax.grid(alpha=0.3)
@@ -230,8 +283,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     source = f"experiment `{args.experiment}`" + (f", sweep run `{args.parent_run}`" if args.parent_run else "")
     best = best_per_recipe(rows, args.mode)
-    files = [atomic_write_text(out / "compare.md", markdown_report(rows, args.metric, args.mode, source)),
-             plot_objective(rows, args.metric, out / "objective.png")]
+    baselines = parent_baselines(client, args.parent_run, args.metric) if args.parent_run else {}
+    files = [atomic_write_text(out / "compare.md", markdown_report(rows, args.metric, args.mode, source, baselines)),
+             plot_objective(rows, args.metric, out / "objective.png", baselines)]
     finals = plot_finals(best, out / "final_person_search.png")
     files += [finals] if finals else []
     if args.parent_run:
@@ -239,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             client.log_artifact(args.parent_run, str(path), ARTIFACT_DIR)
     print((out / "compare.md").read_text())
     return {"runs": len(rows), "recipes": sorted(best), "files": [str(p) for p in files],
-            "winner": verdict(best, args.metric, args.mode)}
+            "winner": verdict(best, args.metric, args.mode), "hybrid": hybrid_verdict(best, args.metric, args.mode),
+            "baselines": baselines}
 
 
 if __name__ == "__main__":

@@ -343,6 +343,43 @@ def write_outputs(out: Path, videos: Sequence[VideoDetections], local: dict[str,
     return ids, video_rows
 
 
+# --------------------------------------------------------------------------- re-clustering cached embeddings
+
+
+def cached_videos(labels_dir: str | Path) -> list[VideoDetections]:
+    """Every clip a finished run embedded (``<labels_dir>/parts/**/*.npz``, sorted by video): what a new
+    clustering needs, without the network. A folder without parts is a ConfigError naming it."""
+    from kdtrack.config import ConfigError
+
+    root = Path(labels_dir) / PARTS_DIR
+    parts = sorted(root.rglob("*.npz"))  # a video's name is its clip path (train/<label>/<id>): nested parts
+    if not parts:
+        raise ConfigError(f"{root}: no cached embeddings (jobs.pseudo_label --out {labels_dir} writes them; "
+                          f"--oracle-truth runs have none)")
+    return [load_part(path, str(path.relative_to(root).with_suffix("")))[0] for path in parts]
+
+
+def relabel(videos: Sequence[VideoDetections], cfg: Config, out: Path, *, use_ray: bool = True) -> dict[str, Any]:
+    """The clips of ``videos`` clustered again with ``cfg.pseudo`` (eps, min_samples, metric, min_track_frames),
+    written to ``out`` as a run of this job writes them (``labels.parquet``, ``videos.parquet``,
+    ``summary.json``); the network is not run. Returns the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    local = cluster_videos(videos, cfg, use_ray=use_ray)
+    _, video_rows = write_outputs(out, videos, local, [], cfg)
+    clustered = [r for r in video_rows if r["status"] == STATUS_OK]
+    boxes = sum(len(v) for v in videos)
+    summary = {"videos": len(videos), "videos_clustered": len(clustered),
+               "videos_kept": sum(r["kept"] for r in clustered), "boxes": boxes,
+               "pseudo_ids": int(sum(r["clusters"] for r in clustered)),
+               "outlier_fraction": float(sum(r["outliers"] for r in clustered) / boxes) if boxes else float("nan"),
+               "cluster_seconds": round(time.time() - start, 2),
+               "pseudo": {k.removeprefix("pseudo."): v for k, v in flatten_config(cfg).items()
+                          if k.startswith("pseudo.")}}
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    return summary
+
+
 def _log_mlflow(uri: str, cfg: Config, summary: dict[str, Any], out: Path, checkpoint: str) -> str:
     from jobs._mlflow_eval import log_evaluation_to_mlflow
 

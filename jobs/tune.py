@@ -21,7 +21,8 @@ and the sweep goes on; a trial ASHA stopped is KILLED with tag ``kdtrack.tune.ou
 
 Written to ``S`` (atomically): ``best_config.yaml`` (a preset ``jobs.train --config S/best_config.yaml``
 takes as it is), ``summary.csv`` (the table printed at the end, from ``mlflow.search_runs``) and
-``sweep.json``. Exit code 1 when no trial finished with a finite objective, 2 on a config error.
+``sweep.json``; a sweep across recipes (``recipes:`` in the preset, ``tune.spec``) also writes
+``S/compare/`` (``jobs.compare``'s report of its trials, logged to the parent run). Exit code 1 when no trial finished with a finite objective, 2 on a config error.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any, Sequence
 from kdtrack.config import (
     Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, dump_config, with_absolute_paths,
 )
-from tune.spec import SweepSpec, check_resources, load_sweep, override_text
+from tune.spec import RECIPE_FIELD, SweepSpec, check_every_resources, load_sweep, override_text, reclusters
 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's nesting tag: the UI shows children under their parent
 OUTCOME_TAG = "kdtrack.tune.outcome"  # completed | stopped_early | failed
@@ -48,6 +49,8 @@ NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI (markdo
 BEST_CONFIG = "best_config.yaml"
 SUMMARY_CSV = "summary.csv"
 SWEEP_JSON = "sweep.json"
+COMPARE_DIR = "compare"  # a sweep across recipes: jobs.compare's report of its trials
+LABELS_DIR = "labels"  # a re-clustering sweep: each trial's pseudo-labels, <out>/labels/<trial id>/
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,22 +69,33 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def resolve_sweep(args: argparse.Namespace) -> SweepSpec:
-    """The checked sweep: preset + ``--set`` + ``--data-root``, paths made absolute, the base config
-    checked as ``jobs.train`` checks it (validation boxes read once here)."""
+    """The checked sweep: preset + ``--set`` + ``--data-root``, paths made absolute, the base config (of every
+    recipe, in a sweep across recipes) checked as ``jobs.train`` checks it (validation boxes read once here)."""
     from jobs.train import check_recipe
 
     overrides = list(args.overrides)
     if args.data_root is not None:
         overrides.append(f"data.root={Path(args.data_root).resolve()}")
     spec = load_sweep(args.config, overrides, num_samples=args.num_samples)
+    arms = {}
+    for name, arm in spec.recipes.items():
+        arms[name] = dataclasses.replace(arm, base=with_absolute_paths(arm.base))
+        check_recipe(arms[name].base, arm.source)
     base = with_absolute_paths(spec.base)
     check_recipe(base, spec.source)
-    return dataclasses.replace(spec, base=base)
+    return dataclasses.replace(spec, base=base, recipes=arms)
+
+
+def trial_recipe(default: str, values: dict[str, Any]) -> str:
+    """The recipe a trial trains: its ``train.recipe`` value in a sweep across recipes, else ``default``."""
+    return str(values.get(RECIPE_FIELD) or default)
 
 
 def trial_config(base: Config, values: dict[str, Any], run_name: str) -> Config:
-    """The base config with a trial's sampled values (``{field: value}``) and its own Ray Train run name."""
-    cfg = apply_overrides(base, [override_text(k, _plain(v)) for k, v in values.items()])
+    """The base config with a trial's sampled values (``{field: value}``; ``None``, a field the trial's recipe
+    does not search, and the recipe itself are left out) and its own Ray Train run name."""
+    cfg = apply_overrides(base, [override_text(k, _plain(v)) for k, v in values.items()
+                                 if v is not None and k != RECIPE_FIELD])
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_name=run_name))
 
 
@@ -93,10 +107,28 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------- one trial (a Tune function)
 
 
-def run_trial(values: dict[str, Any], *, base: dict[str, Any], train_fn: Any, loop_data: dict[str, Any],
-              mlflow_uri: str, experiment_id: str, parent_run_id: str, storage: Any,
+def relabelled_data(cfg: Config, videos: Sequence[Any], out: Path) -> tuple[Config, Any, dict[str, Any], dict]:
+    """A stage-2 trial's own pseudo-labels: the cached stage-1 embeddings ``videos`` clustered with the trial's
+    ``pseudo.*`` values into ``out`` (``jobs.pseudo_label.relabel``; no network runs), and the loop data read
+    back from them: ``(config pointing at them, train_fn, loop data, clustering summary)``."""
+    from jobs.pseudo_label import LABELS_FILE, relabel
+    from jobs.train import training_data
+
+    # in the trial's process: its Ray Train workers have not started, so the cores are free, and Ray tasks
+    # launched here would be held to the trial's own placement group (tune.trial_cpus)
+    summary = relabel(videos, cfg, out, use_ray=False)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pseudo_labels=str(out / LABELS_FILE)))
+    train_fn, loop_data = training_data(cfg)
+    return cfg, train_fn, loop_data, summary
+
+
+def run_trial(values: dict[str, Any], *, recipes: dict[str, tuple[dict[str, Any], Any, dict[str, Any], Any]],
+              mlflow_uri: str, experiment_id: str, parent_run_id: str, storage: Any, labels_root: str = "",
               mlflow_env: dict[str, str] | None = None) -> None:
     """One trial: a child MLflow run, then ``jobs.train``'s ``TorchTrainer`` with a ``TuneReportCallback``.
+    ``recipes``: ``{recipe: (base config dict, train_fn, loop data, cached stage-1 embeddings or None)}``, the
+    one of the trial's recipe used; with cached embeddings (a clustering field searched) the trial first
+    re-clusters them into ``labels_root/<trial id>`` (``relabelled_data``) and trains on those labels.
     Any failure marks the child run FAILED (with the error) and is re-raised, so Tune records it. The trial
     logs MLflow artifacts itself: ``mlflow_env`` holds the driver's S3 variables for an s3:// artifact store."""
     import ray.tune
@@ -113,12 +145,25 @@ def run_trial(values: dict[str, Any], *, base: dict[str, Any], train_fn: Any, lo
     context = ray.tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
     client = MlflowClient(tracking_uri=mlflow_uri)
+    base, train_fn, loop_data, videos = recipes[trial_recipe(next(iter(recipes)), values)]
     base_cfg = config_from_dict(base)
     run_id = ""
     try:
-        cfg = with_id_classes(trial_config(base_cfg, values, f"train-{trial_id}"), loop_data)
+        cfg = trial_config(base_cfg, values, f"train-{trial_id}")
+        clustering = None
+        if videos is not None:
+            cfg, train_fn, loop_data, clustering = relabelled_data(cfg, videos, Path(labels_root) / trial_id)
+        cfg = with_id_classes(cfg, loop_data)
         run_id = create_mlflow_run(client, experiment_id, cfg, trial_name,
                                    {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id, "kdtrack.ray_run": cfg.train.run_name})
+        if clustering is not None:  # the trial's own pseudo-labels: their counts, and the files, with the run
+            for key in ("pseudo_ids", "videos_kept", "outlier_fraction", "boxes"):
+                client.log_metric(run_id, f"pseudo/{key}", float(clustering[key]))
+            for key, value in clustering["pseudo"].items():  # a training run leaves pseudo.* out of its params
+                client.log_param(run_id, f"pseudo.{key}", str(value))
+            labels_dir = Path(cfg.data.pseudo_labels).parent
+            for path in sorted(labels_dir.iterdir()):
+                client.log_artifact(run_id, str(path), "pseudo_labels")
         check_recipe(cfg)  # a bad sampled value fails this trial, not the sweep
         trainer = build_trainer(cfg, train_fn, loop_data, mlflow_uri=mlflow_uri, storage=storage,
                                 mlflow_run_id=run_id, callbacks=[TuneReportCallback()])
@@ -128,7 +173,8 @@ def run_trial(values: dict[str, Any], *, base: dict[str, Any], train_fn: Any, lo
             run_id = client.create_run(experiment_id, run_name=trial_name,
                                        tags={PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id}).info.run_id
             for key, value in values.items():
-                client.log_param(run_id, key, str(_plain(value)))
+                if value is not None:
+                    client.log_param(run_id, key, str(_plain(value)))
         client.set_tag(run_id, OUTCOME_TAG, "failed")
         client.set_tag(run_id, "kdtrack.tune.error", error_line(exc)[:5000])
         client.set_tag(run_id, "kdtrack.tune.traceback", f"{type(exc).__name__}: {exc}"[-5000:])
@@ -174,11 +220,18 @@ class _TrialLog:
 def validation_baselines(spec: SweepSpec) -> dict[str, dict[str, float]]:
     """``{embedder: {metric: value}}``: the random-init student (the trials' starting weights when the
     config has no pretrained weights) and the colour histogram, plus chance, on the validation boxes
-    the trials are scored on. A trial that does not beat these has not learned identity."""
+    the trials are scored on. A trial that does not beat these has not learned identity. In a sweep across
+    recipes whose networks differ, each other network's random init is ``random_<recipe>``."""
     from kdtrack.metrics.reid_probe import CHANCE, baseline_embedders, evaluate_reid_box_sets, load_reid_box_sets
 
     cfg, tc = spec.base, spec.base.train
     embedders = baseline_embedders(cfg, "cpu", baselines=spec.tune.baselines)
+    if "random" in spec.tune.baselines:
+        networks = [cfg.model]
+        for name, arm in spec.recipes.items():
+            if arm.base.model not in networks:
+                networks.append(arm.base.model)
+                embedders[f"random_{name}"] = baseline_embedders(arm.base, "cpu", baselines=("random",))["random"]
     box_sets = load_reid_box_sets(tc.val_root or cfg.data.root, cfg.eval, split=tc.val_split,
                                   protocols=(spec.protocol,))
     rows = evaluate_reid_box_sets(embedders, box_sets, cfg.eval)[spec.protocol]
@@ -202,12 +255,17 @@ def summary_frame(uri: str, experiment_id: str, parent_run_id: str, spec: SweepS
                               filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
     metric = f"metrics.{spec.tune.metric}"
     columns = {"tags.mlflow.runName": "trial", f"tags.{OUTCOME_TAG}": "outcome", "status": "status",
-               **{f"params.{k}": k for k in spec.search}, "metrics.tune/last_iteration": "iterations",
+               **{f"params.{k}": k for k in spec.searched}, "metrics.tune/last_iteration": "iterations",
                metric: spec.tune.metric}
     for column in columns:
         if column not in runs.columns:
             runs[column] = None
     frame = runs[list(columns)].rename(columns=columns)
+    if spec.recipes:  # a field another recipe searched: this trial's config value, not a drawn one
+        for field in spec.searched:
+            if field != RECIPE_FIELD:
+                drawn = frame[RECIPE_FIELD].map(lambda r, f=field: r in spec.recipes and f in spec.recipes[r].search)
+                frame[field] = frame[field].where(drawn, None)
     return frame.sort_values(spec.tune.metric, ascending=spec.tune.mode == "min", na_position="last")
 
 
@@ -245,10 +303,16 @@ def error_line(exc: BaseException) -> str:
 
 def _write_best_config(out: Path, spec: SweepSpec, best_values: dict[str, Any], best_value: float,
                        trial_id: str, baselines: dict[str, dict[str, float]]) -> Path:
-    cfg = trial_config(spec.base, best_values, "best")
+    arm = spec.arm(trial_recipe(spec.base.train.recipe, best_values))
+    cfg = trial_config(arm.base, best_values, "best")
+    if reclusters(arm):  # the pseudo-labels that trial clustered and trained on
+        from jobs.pseudo_label import LABELS_FILE
+
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+            cfg.data, pseudo_labels=str(out / LABELS_DIR / trial_id / LABELS_FILE)))
     header = (f"# Best trial {trial_id} of the sweep {spec.source}: {spec.tune.metric} = {best_value:.4f} "
               f"({spec.tune.mode}) at its last report.\n"
-              + "".join(f"#   {k}: {v}\n" for k, v in best_values.items())
+              + "".join(f"#   {k}: {v}\n" for k, v in best_values.items() if v is not None)
               + (f"# {baseline_line(baselines, spec.tune.metric)}\n" if baselines else "")
               + "# python -m jobs.train --config <this file> --out O\n")
     path = out / BEST_CONFIG
@@ -263,18 +327,24 @@ def _create_parent_run(client: Any, experiment_id: str, spec: SweepSpec, baselin
     sweep = spec.tune
     sweep_name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     parent = client.create_run(experiment_id, run_name=sweep_name,
-                               tags={"kdtrack.sweep": spec.source, "kdtrack.recipe": spec.base.train.recipe})
+                               tags={"kdtrack.sweep": spec.source, "kdtrack.recipe": "+".join(spec.arms)})
     parent_id = parent.info.run_id
-    for key, value in {**{f"tune.{k}": v for k, v in dataclasses.asdict(sweep).items()},
-                       **{f"search.{k}": d.describe() for k, d in spec.search.items()},
-                       **{f"set.{t.split('=', 1)[0]}": t.split("=", 1)[1] for t in spec.fixed},
-                       "train_config": spec.train_config}.items():
+    params: dict[str, Any] = {f"tune.{k}": v for k, v in dataclasses.asdict(sweep).items()}
+    for name, arm in spec.arms.items():  # a sweep across recipes: each recipe's own, under its name
+        prefix = f"{name}." if spec.recipes else ""
+        params.update({f"{prefix}search.{k}": d.describe() for k, d in arm.search.items()})
+        params.update({f"{prefix}set.{t.split('=', 1)[0]}": t.split("=", 1)[1] for t in arm.fixed})
+        params[f"{prefix}train_config"] = arm.train_config
+    if spec.recipes:
+        params[f"search.{RECIPE_FIELD}"] = spec.search[RECIPE_FIELD].describe()
+    for key, value in params.items():
         client.log_param(parent_id, key, str(value)[:6000])
     for name, row in baselines.items():
         for metric, value in row.items():
             if math.isfinite(value):
                 client.log_metric(parent_id, f"baseline/{name}/{metric}", value)
-    print(f"sweep {sweep_name}: {sweep.num_samples} trial(s) of {spec.source}, objective {sweep.metric} "
+    per = f" per recipe ({', '.join(spec.recipes)})" if spec.recipes else ""
+    print(f"sweep {sweep_name}: {sweep.num_samples} trial(s){per} of {spec.source}, objective {sweep.metric} "
           f"({sweep.mode}), {sweep.searcher} search, {sweep.scheduler} scheduler; MLflow parent run {parent_id} "
           f"({uri})", flush=True)
     return sweep_name, parent_id
@@ -289,7 +359,8 @@ def _log_best(client: Any, experiment_id: str, parent_id: str, out: Path, spec: 
     client.log_metric(parent_id, f"best/{spec.tune.metric}", best["objective"])
     client.set_tag(parent_id, "kdtrack.tune.best_trial", best["trial_id"])
     for key, value in best["values"].items():
-        client.log_param(parent_id, f"best.{key}", str(value))
+        if value is not None:
+            client.log_param(parent_id, f"best.{key}", str(value))
     best["model_uri"] = _link_best_trial(client, experiment_id, parent_id, spec, best)
     client.set_terminated(parent_id)
     return best_path
@@ -316,12 +387,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     check_storage(storage)  # before any trial starts: one line naming a bad URI or a missing bucket
     check_artifact_location(spec.base)
     search_alg, trial_scheduler = search_algorithm(spec), scheduler(spec)
-    train_fn, loop_data = training_data(spec.base)
+    from jobs.pseudo_label import cached_videos
+
+    recipes = {}
+    for name, arm in spec.arms.items():  # a re-clustering sweep ships the cached embeddings, read once, to trials
+        videos = cached_videos(Path(arm.base.data.pseudo_labels).parent) if reclusters(arm) else None
+        recipes[name] = (config_to_dict(arm.base), *training_data(arm.base), videos)
 
     ray = ensure_ray()
     cluster = ray.cluster_resources()
     try:
-        check_resources(spec, float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0)))
+        check_every_resources(spec, float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0)))
     except ConfigError as exc:
         refuse_unless_joining(exc)
 
@@ -333,8 +409,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     trial_log = _TrialLog()
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=config_to_dict(spec.base), train_fn=train_fn, loop_data=loop_data,
-                             mlflow_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id,
+        tune.with_parameters(run_trial, recipes=recipes, mlflow_uri=uri, labels_root=str(out / LABELS_DIR), experiment_id=experiment_id, parent_run_id=parent_id,
                              storage=storage, mlflow_env=s3_env(spec.base.mlflow.artifact_location)),
         {"CPU": sweep.trial_cpus})
     tuner = tune.Tuner(
@@ -377,9 +452,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return {**record, "exit_code": 1}
     best_path = _log_best(client, experiment_id, parent_id, out, spec, best, baselines)
     record["best"] = {**best, "config": str(best_path)}
+    if spec.recipes:  # the recipes side by side: out/compare/compare.md and its plots, logged to the parent run
+        from jobs import compare
+
+        report = compare.main(["--mlflow-uri", uri, "--experiment", sweep.experiment or spec.base.mlflow.experiment,
+                               "--parent-run", parent_id, "--metric", sweep.metric, "--mode", sweep.mode,
+                               "--out", str(out / COMPARE_DIR)])
+        record["compare"] = {k: report[k] for k in ("files", "winner", "hybrid", "baselines")}
     atomic_write_json(out / SWEEP_JSON, record)
     print(f"best trial {best['trial_id']}: {sweep.metric} = {best['objective']:.4f} with "
-          + ", ".join(f"{k}={v}" for k, v in best["values"].items())
+          + ", ".join(f"{k}={v}" for k, v in best["values"].items() if v is not None)
           + f"\nbest config: {best_path}\n({len(trials)} trials in {elapsed:.0f} s; "
           f"mlflow ui --backend-store-uri {uri})", flush=True)
     return {**record, "exit_code": 0}

@@ -52,7 +52,8 @@ def test_report_of_a_sweep_names_the_winner_and_is_logged_to_its_parent(tmp_path
     assert result["runs"] == 3 and result["recipes"] == ["contrastive", "supervised"]  # kd is not in the sweep
     text = (tmp_path / "out" / "compare.md").read_text()
     # supervised's best 31.0 against contrastive's best run (idf-a: 14.0 at step 120, not idf-b's 9.0)
-    assert ("**supervised**, 31.0 (run `sup-a`), ahead of **contrastive** (14.0) by 17.0 points, 2.21x."
+    assert ("**supervised**, 31.0 at iteration 120 (run `sup-a`), ahead of **contrastive** (14.0 at iteration 120) "
+            "by 17.0 points, 2.21x."
             in text)
     best_rows = text.split("## Every run")[0]
     assert best_rows.index("| supervised |") < best_rows.index("| contrastive |")
@@ -77,3 +78,32 @@ def test_bad_input_is_named(tmp_path):
     done = subprocess.run([sys.executable, "-m", "jobs.compare", "--mlflow-uri", uri, "--parent-run", "0123",
                            "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "jobs.compare: --parent-run 0123: not found" in done.stderr
+
+
+def test_the_hybrid_is_kept_only_when_it_beats_both_parents():
+    def row(recipe, value):
+        return compare.RunRow(recipe, recipe, recipe, "FINISHED", [(100, value)])
+
+    best = {r.recipe: r for r in (row("kd", 0.20), row("contrastive", 0.15), row("hybrid", 0.18))}
+    line = compare.hybrid_verdict(best, "val/person_search/mAP", "max")
+    assert line == ("The hybrid (18.0 at iteration 100) does not beat kd (kd 20.0 at iteration 100, contrastive "
+                    "15.0 at iteration 100) on `val/person_search/mAP`: not worth keeping on this evidence.")
+    best["hybrid"] = row("hybrid", 0.25)
+    assert compare.hybrid_verdict(best, "val/person_search/mAP", "max").endswith(": kept.")
+    best["hybrid"] = row("hybrid", 0.20)  # a tie is no win
+    assert "does not beat kd" in compare.hybrid_verdict(best, "val/person_search/mAP", "max")
+    del best["contrastive"]
+    assert compare.hybrid_verdict(best, "val/person_search/mAP", "max") == ""  # no verdict without both parents
+
+
+def test_the_sweeps_validation_baselines_are_stated_beside_the_objective(tmp_path):
+    uri, parent = _store(tmp_path)
+    client = MlflowClient(uri)
+    for name, value in (("random", 0.115), ("colour", 0.224), ("colour_centre", 0.301)):
+        client.log_metric(parent, f"baseline/{name}/mAP", value)
+        client.log_metric(parent, f"baseline/{name}/top1", value / 2)  # another metric: not the objective's
+    result = compare.main(["--mlflow-uri", uri, "--parent-run", parent, "--out", str(tmp_path / "out")])
+    assert result["baselines"] == pytest.approx({"random": 0.115, "colour": 0.224, "colour_centre": 0.301})
+    text = (tmp_path / "out" / "compare.md").read_text()
+    assert ("Baselines on the same validation boxes (`val/person_search/mAP`): colour_centre 30.1, colour 22.4, "
+            "random 11.5.") in text

@@ -2,14 +2,19 @@
 
 The param space is flat and keyed by config field names (``{"loss.temperature": loguniform(...)}``),
 so a trial's config is ``{field: value}`` and becomes ``--set``-style overrides of the base config.
+A sweep across recipes adds ``train.recipe`` (a grid over its recipes) and draws each other field with
+Tune's ``sample_from`` from the distribution of the trial's recipe, or ``None`` where that recipe does
+not search it (Ray's conditional search space).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from kdtrack.config import ConfigError
-from tune.spec import Distribution, SweepSpec
+from tune.spec import RECIPE_FIELD, Distribution, SweepSpec
 
 
 def domain(dist: Distribution) -> Any:
@@ -29,8 +34,33 @@ def domain(dist: Distribution) -> Any:
     raise ValueError(f"unknown distribution {dist.kind!r}")
 
 
+class ConditionalDraw:
+    """``sample_from``'s function for one field of a sweep across recipes: a draw from the distribution the
+    trial's recipe gives the field, ``None`` where it gives none. Seeded (Tune passes no random state to
+    ``sample_from``): the same sweep seed draws the same values."""
+
+    def __init__(self, field: str, by_recipe: dict[str, Distribution], seed: int) -> None:
+        self.field, self.by_recipe = field, dict(by_recipe)
+        self._rng = np.random.default_rng(seed)
+
+    def __call__(self, config: Any) -> Any:
+        dist = self.by_recipe.get(config[RECIPE_FIELD])
+        if dist is None:
+            return None
+        value = domain(dist).sample(random_state=self._rng)
+        return value.item() if hasattr(value, "item") else value
+
+
 def param_space(spec: SweepSpec) -> dict[str, Any]:
-    return {key: domain(dist) for key, dist in spec.search.items()}
+    if not spec.recipes:
+        return {key: domain(dist) for key, dist in spec.search.items()}
+    from ray import tune
+
+    space: dict[str, Any] = {RECIPE_FIELD: domain(spec.search[RECIPE_FIELD])}
+    for i, field in enumerate(f for f in spec.searched if f != RECIPE_FIELD):
+        by_recipe = {name: arm.search[field] for name, arm in spec.recipes.items() if field in arm.search}
+        space[field] = tune.sample_from(ConditionalDraw(field, by_recipe, seed=spec.tune.seed * 1000 + i))
+    return space
 
 
 def search_algorithm(spec: SweepSpec) -> Any:

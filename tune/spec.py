@@ -12,6 +12,16 @@
       metric: val/person_search/mAP
       num_samples: 4
 
+A sweep across recipes names no ``train_config`` or ``search`` of its own: the recipe itself is searched (every
+recipe ``num_samples`` times), each with its own preset and parameters, searched only in its trials::
+
+    recipes:
+      supervised: {train_config: sup_cpu}
+      contrastive:
+        train_config: idf_cpu
+        search: {loss.temperature: {loguniform: [0.03, 0.3]}}
+    set: {train.max_iterations: 600, ...}   # every recipe's trials: one budget
+
 Distributions: ``uniform: [low, high]``, ``loguniform: [low, high]``, ``randint: [low, high)``,
 ``choice: [values]``, ``grid: [values]`` (every value, ``num_samples`` times each). Everything is
 checked here, on the driver, before Ray starts: an unknown field, a value of the wrong type or out of
@@ -41,19 +51,27 @@ from kdtrack.config import (
     training_cpus,
     training_gpus,
 )
-from kdtrack.config_checks import at_least, range_violations
+from kdtrack.config_checks import at_least, field_value, range_violations
 from kdtrack.recipes import recipe_of, recipe_only_fields
 
 SWEEP_DIR = Path(__file__).parent / "configs"
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
-SWEEP_KEYS = ("train_config", "set", "search", "tune")
+SWEEP_KEYS = ("train_config", "set", "search", "tune", "recipes")
+RECIPE_KEYS = ("train_config", "set", "search")  # one recipe's part of a sweep across recipes
+RECIPE_FIELD = "train.recipe"  # a sweep across recipes searches it (a grid over its recipes)
+ONE_BUDGET_FIELDS = ("train.max_iterations", "train.report_every", "train.val_protocols", "train.val_split",
+                     "train.val_root")  # the same for every recipe of a sweep across recipes
 # Fields only some recipes read (kdtrack.recipes): searching one the trial's recipe ignores would make
 # trials differ by noise only.
 RECIPE_ONLY_FIELDS: dict[str, tuple[str, ...]] = recipe_only_fields()
+# IDF stage 2's clustering: a trial of a clip recipe may re-cluster the stage-1 embeddings cached beside
+# data.pseudo_labels (jobs.pseudo_label's parts/) with its own values, without running the network again
+CLUSTERING_FIELDS = ("pseudo.eps", "pseudo.min_samples", "pseudo.metric", "pseudo.min_track_frames")
 NOT_SEARCHABLE_SECTIONS = {
     "data": "the training records are read once per sweep, on the driver",
-    "pseudo": "pseudo.* is read by jobs.pseudo_label, not by training: a sweep that re-labels the videos per "
-              "trial (DBSCAN eps) and then trains stage 2 is not built",
+    "pseudo": "the other pseudo.* fields (frame sampling, detection threshold) change what the stage-1 network "
+              "embeds: re-run jobs.pseudo_label; a stage-2 sweep may search the clustering, "
+              + ", ".join(CLUSTERING_FIELDS),
     "synth": "synth.* describes how a world is generated, not training",
     "mlflow": "mlflow.* is set by the sweep",
 }
@@ -107,10 +125,30 @@ class SweepSpec:
     search: dict[str, Distribution]
     tune: SweepConfig = field(default_factory=SweepConfig)
     base: Config = field(default_factory=Config)  # train_config with the fixed overrides (and the caller's)
+    # a sweep across recipes: {recipe: that recipe's own sweep} (its preset, fixed fields and search); ``base`` is
+    # then the first recipe's, ``search`` the grid over the recipes
+    recipes: dict[str, "SweepSpec"] = field(default_factory=dict)
 
     @property
     def protocol(self) -> str:
         return self.tune.metric.split("/")[1]
+
+    @property
+    def arms(self) -> dict[str, "SweepSpec"]:
+        """``{recipe: its sweep}``: the recipes of a sweep across recipes, else this sweep's one recipe."""
+        return self.recipes or {self.base.train.recipe: self}
+
+    def arm(self, recipe: str) -> "SweepSpec":
+        """The sweep a trial of ``recipe`` runs (``KeyError`` for a recipe this sweep does not train)."""
+        return self.arms[recipe]
+
+    @property
+    def searched(self) -> tuple[str, ...]:
+        """Every field a trial may get a value for (the recipe first, in a sweep across recipes)."""
+        fields = list(self.search)
+        for arm in self.recipes.values():
+            fields += [f for f in arm.search if f not in fields]
+        return tuple(fields)
 
 
 def sweep_path(name_or_path: str | Path) -> Path:
@@ -132,32 +170,14 @@ def load_sweep(name_or_path: str | Path, overrides: Sequence[str] = (), *, num_s
     unknown = sorted(set(data) - set(SWEEP_KEYS))
     if unknown:
         raise ConfigError(f"{source}: unknown key '{unknown[0]}' (known: {', '.join(SWEEP_KEYS)})")
+    if "recipes" in data:
+        return _load_across_recipes(path, data, overrides, num_samples)
     train_config = data.get("train_config")
     if not isinstance(train_config, str) or not train_config:
         raise ConfigError(f"{source}: 'train_config' must name a jobs.train preset (e.g. idf_cpu)")
-    if not train_config.endswith((".yaml", ".yml")) or Path(train_config).is_absolute():
-        resolved_train = train_config
-    else:
-        resolved_train = str(path.parent / train_config)
-    fixed_map = data.get("set") or {}
-    if not isinstance(fixed_map, Mapping):
-        raise ConfigError(f"{source}: 'set' must map section.field to a value")
-    fixed = [override_text(str(k), v) for k, v in fixed_map.items()]
-    tune_data = dict(data.get("tune") or {})
-    for text in overrides:
-        parts, value = parse_override(text)
-        if parts[0] == "tune":
-            if len(parts) != 2:
-                raise ConfigError(f"--set {text!r}: expected tune.<field>=value")
-            tune_data[parts[1]] = value
-        else:
-            fixed.append(override_text(".".join(parts), value))
-    if num_samples is not None:
-        tune_data["num_samples"] = int(num_samples)
-    sweep = build_dataclass(SweepConfig, tune_data, source, prefix="tune")
-    broken = range_violations(sweep, SWEEP_RULES, prefix="tune.")
-    if broken:
-        raise ConfigError(f"{source}: {broken[0][1]}")
+    resolved_train = _resolve_train_config(path, train_config)
+    fixed, later, sweep = _fixed_and_tune(source, data, overrides, num_samples)
+    fixed += later
     base = load_config(resolved_train, fixed)
     search_data = data.get("search") or {}
     if not isinstance(search_data, Mapping) or not search_data:
@@ -167,6 +187,108 @@ def load_sweep(name_or_path: str | Path, overrides: Sequence[str] = (), *, num_s
                      base=base)
     check_sweep(spec)
     return spec
+
+
+def _resolve_train_config(path: Path, train_config: str) -> str:
+    """A preset name or absolute path as is; a relative ``.yaml`` path from the sweep file's folder."""
+    if not train_config.endswith((".yaml", ".yml")) or Path(train_config).is_absolute():
+        return train_config
+    return str(path.parent / train_config)
+
+
+def _fixed_and_tune(source: str, data: Mapping[str, Any], overrides: Sequence[str], num_samples: int | None
+                    ) -> tuple[list[str], list[str], SweepConfig]:
+    """``(the sweep's 'set', the caller's --set training fields, the checked tune: section)``."""
+    fixed_map = data.get("set") or {}
+    if not isinstance(fixed_map, Mapping):
+        raise ConfigError(f"{source}: 'set' must map section.field to a value")
+    fixed = [override_text(str(k), v) for k, v in fixed_map.items()]
+    later: list[str] = []
+    tune_data = dict(data.get("tune") or {})
+    for text in overrides:
+        parts, value = parse_override(text)
+        if parts[0] == "tune":
+            if len(parts) != 2:
+                raise ConfigError(f"--set {text!r}: expected tune.<field>=value")
+            tune_data[parts[1]] = value
+        else:
+            later.append(override_text(".".join(parts), value))
+    if num_samples is not None:
+        tune_data["num_samples"] = int(num_samples)
+    sweep = build_dataclass(SweepConfig, tune_data, source, prefix="tune")
+    broken = range_violations(sweep, SWEEP_RULES, prefix="tune.")
+    if broken:
+        raise ConfigError(f"{source}: {broken[0][1]}")
+    return fixed, later, sweep
+
+
+def _load_across_recipes(path: Path, data: Mapping[str, Any], overrides: Sequence[str],
+                         num_samples: int | None) -> SweepSpec:
+    """A sweep whose search space holds the recipe: each ``recipes.<name>`` its own checked sweep (the shared
+    ``set``, then its own ``set``, then the caller's ``--set``), all at one budget."""
+    from kdtrack.recipes import get_recipe
+
+    source = str(path)
+    misplaced = [k for k in ("train_config", "search") if k in data]
+    if misplaced:
+        raise ConfigError(f"{source}: '{misplaced[0]}' belongs under recipes.<name> in a sweep across recipes")
+    recipes_data = data["recipes"]
+    if not isinstance(recipes_data, Mapping) or len(recipes_data) < 2:
+        raise ConfigError(f"{source}: 'recipes' must map two or more train.recipe names to their "
+                          f"{{train_config, set, search}}")
+    shared, later, sweep = _fixed_and_tune(source, data, overrides, num_samples)
+    if sweep.searcher != "random":
+        raise ConfigError(f"{source}: tune.searcher '{sweep.searcher}' is not built for a sweep across recipes "
+                          f"(each recipe's parameters are conditional on it): use tune.searcher=random")
+    arms: dict[str, SweepSpec] = {}
+    for name, arm_data in recipes_data.items():
+        where = f"{source}: recipes.{name}"
+        try:
+            get_recipe(str(name))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if not isinstance(arm_data, Mapping):
+            raise ConfigError(f"{where} must map {', '.join(RECIPE_KEYS)}")
+        unknown = sorted(set(arm_data) - set(RECIPE_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(RECIPE_KEYS)})")
+        train_config = arm_data.get("train_config")
+        if not isinstance(train_config, str) or not train_config:
+            raise ConfigError(f"{where}: 'train_config' must name a jobs.train preset")
+        own = arm_data.get("set") or {}
+        if not isinstance(own, Mapping):
+            raise ConfigError(f"{where}: 'set' must map section.field to a value")
+        budget = sorted(set(own) & set(ONE_BUDGET_FIELDS))
+        if budget:
+            raise ConfigError(f"{where}: set.{budget[0]} is the sweep's one budget: set it once, in the top 'set'")
+        fixed = [*shared, *(override_text(str(k), v) for k, v in own.items()), *later]
+        resolved = _resolve_train_config(path, train_config)
+        base = load_config(resolved, fixed)
+        if base.train.recipe != name:
+            raise ConfigError(f"{where}: train_config {train_config} trains train.recipe '{base.train.recipe}', "
+                              f"not '{name}'")
+        search_data = arm_data.get("search") or {}
+        if not isinstance(search_data, Mapping):
+            raise ConfigError(f"{where}: 'search' must map config fields to distributions")
+        search = {str(k): parse_distribution(str(k), v, f"{where}") for k, v in search_data.items()}
+        grids = [k for k, d in search.items() if d.kind == "grid"]
+        if grids:
+            raise ConfigError(f"{where}: search.{grids[0]}: a grid inside one recipe of a sweep across recipes is "
+                              f"not built (the recipes are the grid): use choice")
+        arm = SweepSpec(source=f"{where}", train_config=resolved, fixed=tuple(fixed), search=search, tune=sweep,
+                        base=base)
+        check_sweep(arm, require_search=False)
+        arms[str(name)] = arm
+    first = next(iter(arms.values()))
+    for name, arm in arms.items():
+        for key in ONE_BUDGET_FIELDS:
+            if field_value(arm.base, key) != field_value(first.base, key):
+                raise ConfigError(f"{source}: {key} is {field_value(arm.base, key)!r} for recipes.{name} but "
+                                  f"{field_value(first.base, key)!r} for the first recipe: one budget for every "
+                                  f"recipe (set it in the top 'set')")
+    return SweepSpec(source=source, train_config=first.train_config, fixed=first.fixed,
+                     search={RECIPE_FIELD: Distribution("grid", tuple(arms))}, tune=sweep, base=first.base,
+                     recipes=arms)
 
 
 def parse_distribution(key: str, value: Any, source: str) -> Distribution:
@@ -198,14 +320,18 @@ def sample_points(dist: Distribution) -> list[Any]:
     return list(dist.args)
 
 
-def check_sweep(spec: SweepSpec) -> None:
+def check_sweep(spec: SweepSpec, require_search: bool = True) -> None:
     """Everything that can be known before a trial starts (see the module docstring)."""
     src, cfg, sweep = spec.source, spec.base, spec.tune
+    if require_search and not spec.search:
+        raise ConfigError(f"{src}: 'search' must map at least one config field to a distribution")
     recipe = cfg.train.recipe
     fixed_keys = {text.split("=", 1)[0] for text in spec.fixed}
     for key, dist in spec.search.items():
         section = key.split(".", 1)[0]
-        if section in NOT_SEARCHABLE_SECTIONS:
+        if key in CLUSTERING_FIELDS:
+            _check_reclustering(src, key, cfg)
+        elif section in NOT_SEARCHABLE_SECTIONS:
             raise ConfigError(f"{src}: search.{key}: not searchable ({NOT_SEARCHABLE_SECTIONS[section]})")
         if key in NOT_SEARCHABLE_FIELDS:
             raise ConfigError(f"{src}: search.{key}: set by the sweep or fixed for all trials; put it under 'set'")
@@ -218,8 +344,8 @@ def check_sweep(spec: SweepSpec) -> None:
                 raise ConfigError(f"{src}: search.{key}: {exc}") from None
         users = RECIPE_ONLY_FIELDS.get(key)
         if users and recipe not in users:
-            raise ConfigError(f"{src}: search.{key} is read only by train.recipe {' | '.join(users)}; this sweep "
-                              f"trains '{recipe}' (every trial would differ by noise only)")
+            raise ConfigError(f"{src}: search.{key} is read only by train.recipe {' | '.join(users)}; these "
+                              f"trials train '{recipe}' (every trial would differ by noise only)")
     if not recipe_of(cfg).sweepable:
         raise ConfigError(f"{src}: train.recipe '{recipe}' is not swept (its validation is jobs.evaluate market1501)")
     parts = sweep.metric.split("/")
@@ -249,9 +375,38 @@ def check_sweep(spec: SweepSpec) -> None:
         raise ConfigError(f"{src}: the optuna searcher does not take grid distributions: use choice")
 
 
+def reclusters(spec: SweepSpec) -> bool:
+    """Its trials re-cluster the cached stage-1 embeddings (a clustering field is searched)."""
+    return any(key in CLUSTERING_FIELDS for key in spec.search)
+
+
+def _check_reclustering(src: str, key: str, cfg: Config) -> None:
+    """A clustering field is searchable for a recipe trained on pseudo-labelled clips whose labels folder
+    holds the cached embeddings (``parts/``) the trials re-cluster."""
+    recipe = recipe_of(cfg)
+    if recipe.items != "clips":
+        raise ConfigError(f"{src}: search.{key}: train.recipe '{recipe.name}' does not train on pseudo-labels "
+                          f"(a clustering field is searched by stage-2 sweeps: video, video_classify)")
+    labels = cfg.data.pseudo_labels
+    if not labels or "://" in labels:
+        raise ConfigError(f"{src}: search.{key}: the trials re-cluster the stage-1 embeddings cached beside "
+                          f"data.pseudo_labels (its parts/ folder): set data.pseudo_labels to a local or shared "
+                          f"L/labels.parquet of jobs.pseudo_label, got {labels!r}")
+    parts = Path(labels).parent / "parts"
+    if not any(parts.rglob("*.npz")):
+        raise ConfigError(f"{src}: search.{key}: {parts} holds no cached embeddings to re-cluster (jobs.pseudo_label "
+                          f"--out {Path(labels).parent} writes them; an --oracle-truth run has none)")
+
+
 def trial_cpus_needed(spec: SweepSpec) -> float:
     """CPUs one trial holds: its driver actor, its Ray Train workers and its Ray Data decode actors."""
     return spec.tune.trial_cpus + training_cpus(spec.base)
+
+
+def check_every_resources(spec: SweepSpec, cluster_cpus: float, cluster_gpus: float = 0.0) -> None:
+    """:func:`check_resources` for every recipe of the sweep (each a trial's needs)."""
+    for arm in spec.arms.values():
+        check_resources(arm, cluster_cpus, cluster_gpus)
 
 
 def check_resources(spec: SweepSpec, cluster_cpus: float, cluster_gpus: float = 0.0) -> None:

@@ -1,0 +1,146 @@
+"""One sweep across recipes (`recipes:` in a sweep preset): each recipe from its own preset with its own
+parameters, drawn only in its trials, at one budget; the comparison report written at the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdtrack.config import ConfigError
+from tests.test_tune import SMALL_SWEEP
+from tune.spec import RECIPE_FIELD, load_sweep
+
+# one report per trial (2 iterations): each validation costs a trial about as much as its iterations
+SMALL_SET = {**SMALL_SWEEP["set"], "train.max_iterations": 2, "train.report_every": 2}
+TWO_RECIPES = {
+    "set": SMALL_SET,
+    "recipes": {
+        "contrastive": {"train_config": "tiny", "search": {"loss.temperature": {"loguniform": [0.03, 0.3]}}},
+        "supervised": {"train_config": "sup_cpu", "set": {"train.lr": 1.0e-3},
+                       "search": {"train.classifier_lr_mult": {"loguniform": [3.0, 30.0]}}},
+    },
+    "tune": {"num_samples": 1, "scheduler": "fifo"},
+}
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "recipes.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def changed(**recipes_changes) -> dict:
+    data = json.loads(json.dumps(TWO_RECIPES))
+    for name, arm in recipes_changes.items():
+        data["recipes"][name] = arm
+    return data
+
+
+def test_shipped_sweep_trains_every_recipe_at_one_budget():
+    spec = load_sweep("tune_recipes_cpu", ["teacher.embeddings=/store"])
+    assert list(spec.recipes) == ["supervised", "kd", "contrastive", "hybrid"]
+    assert spec.search[RECIPE_FIELD].kind == "grid"
+    for name, arm in spec.recipes.items():
+        assert arm.base.train.recipe == name
+        assert arm.base.train.max_iterations == 600 and arm.base.train.report_every == 150
+        assert arm.base.train.val_split == "val" and arm.base.train.val_protocols == ("person_search",)
+        assert arm.base.teacher.embeddings == "/store"  # a --set field reaches every recipe
+    assert spec.recipes["kd"].base.data.sources == ("crowdhuman", "coco")  # its own set: the hybrid's images
+    assert spec.searched == (RECIPE_FIELD, "train.classifier_lr_mult", "loss.s_id_init", "loss.temperature",
+                             "loss.s_contrastive_init")
+    assert {"colour_centre", "random"} <= set(spec.tune.baselines)
+
+
+def test_each_recipes_parameters_are_drawn_in_its_own_trials_only():
+    from ray.tune.search.variant_generator import generate_variants
+
+    from tune.spaces import param_space
+
+    spec = load_sweep("tune_recipes_cpu", ["teacher.embeddings=/store", "tune.num_samples=2"])
+    first = [v for _, v in generate_variants(param_space(spec))]
+    again = [v for _, v in generate_variants(param_space(spec))]
+    assert first == again  # seeded
+    assert [v[RECIPE_FIELD] for v in first] == ["supervised", "kd", "contrastive", "hybrid"]
+    own = {"supervised": "train.classifier_lr_mult", "kd": "loss.s_id_init", "contrastive": "loss.temperature",
+           "hybrid": "loss.s_contrastive_init"}
+    for values in first:
+        drawn = {k for k, v in values.items() if v is not None and k != RECIPE_FIELD}
+        assert drawn == {own[values[RECIPE_FIELD]]}
+    assert 0.03 <= first[2]["loss.temperature"] <= 0.3 and -1.0 <= first[3]["loss.s_contrastive_init"] <= 1.0
+
+
+@pytest.mark.parametrize("data, message", [
+    (changed(supervised={"train_config": "sup_cpu", "search": {"loss.temperature": {"uniform": [0.05, 0.1]}}}),
+     "recipes.supervised: search.loss.temperature is read only by train.recipe contrastive | video | hybrid"),
+    (changed(supervised={"train_config": "tiny"}), "recipes.supervised: train_config tiny trains train.recipe "
+                                                   "'contrastive', not 'supervised'"),
+    (changed(supervised={"train_config": "sup_cpu", "set": {"train.max_iterations": 8}}),
+     "recipes.supervised: set.train.max_iterations is the sweep's one budget"),
+    (changed(nope={"train_config": "tiny"}), "recipes.nope: train.recipe 'nope' is not a recipe"),
+    (changed(contrastive={"train_config": "tiny", "search": {"loss.temperature": {"grid": [0.05, 0.1]}}}),
+     "a grid inside one recipe"),
+    (changed(contrastive={"train_config": "tiny", "searh": {}}), "recipes.contrastive: unknown key 'searh'"),
+    ({**TWO_RECIPES, "train_config": "tiny"}, "'train_config' belongs under recipes.<name>"),
+    ({**TWO_RECIPES, "tune": {"searcher": "optuna"}}, "tune.searcher 'optuna' is not built for a sweep across"),
+    ({**TWO_RECIPES, "recipes": {"contrastive": TWO_RECIPES["recipes"]["contrastive"]}}, "two or more"),
+])
+def test_a_sweep_across_recipes_refuses_what_it_cannot_run(tmp_path, data, message):
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError, match=None) as err:
+        load_sweep(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_the_teacher_recipe_is_not_swept(tmp_path):
+    data = changed(teacher={"train_config": "teacher_cpu"})
+    with pytest.raises(ConfigError, match="recipes.teacher: train.recipe 'teacher' is not swept"):
+        load_sweep(write(tmp_path, data))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_sweep_across_two_recipes_runs_each_and_writes_the_comparison(ray_session, tiny_world, tmp_path):
+    """IDF stage 1 and the supervised recipe, one trial each, 2 iterations, validated at 2: each child run
+    trains its own recipe with its own drawn value (and no value of the other's), the best config comes from the
+    winner's preset, and compare/compare.md shows both recipes beside the validation baselines."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.tune import get_args_parser, main
+
+    out = tmp_path / "sweep"
+    result = main(get_args_parser().parse_args(["--config", str(write(tmp_path, TWO_RECIPES)),
+                                                "--data-root", str(tiny_world), "--out", str(out)]))
+    assert result["exit_code"] == 0
+    trials = {t["values"][RECIPE_FIELD]: t for t in result["trials"]}
+    assert set(trials) == {"contrastive", "supervised"}
+    assert all(t["outcome"] == "completed" and t["iteration"] == 2 for t in trials.values())
+    assert trials["contrastive"]["values"]["train.classifier_lr_mult"] is None
+    assert trials["supervised"]["values"]["loss.temperature"] is None
+
+    client = MlflowClient(tracking_uri=result["mlflow_uri"])
+    parent = client.get_run(result["mlflow_parent_run_id"])
+    assert parent.data.tags["kdtrack.recipe"] == "contrastive+supervised"
+    assert parent.data.params["search.train.recipe"] == "grid['contrastive', 'supervised']"
+    assert parent.data.params["supervised.train_config"] == "sup_cpu"
+    assert "baseline/random/mAP" in parent.data.metrics
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    by_recipe = {run.data.params["train.recipe"]: run for run in children}
+    assert set(by_recipe) == {"contrastive", "supervised"}
+    sup = by_recipe["supervised"].data.params
+    assert float(sup["train.classifier_lr_mult"]) == pytest.approx(trials["supervised"]["values"][
+        "train.classifier_lr_mult"]) and sup["loss.id_mode"] == "supervised"
+    assert float(by_recipe["contrastive"].data.params["loss.temperature"]) == pytest.approx(
+        trials["contrastive"]["values"]["loss.temperature"])
+
+    best = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert best["train"]["recipe"] == result["best"]["values"][RECIPE_FIELD]
+    report = (out / "compare" / "compare.md").read_text()
+    assert "| contrastive |" in report and "| supervised |" in report
+    assert "Baselines on the same validation boxes" in report
+    assert result["compare"]["winner"].startswith("Best on `val/person_search/mAP` (max): **")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
+    assert "compare/compare.md" in artifacts
