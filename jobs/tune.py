@@ -22,7 +22,8 @@ and the sweep goes on; a trial ASHA stopped is KILLED with tag ``kdtrack.tune.ou
 Written to ``S`` (atomically): ``best_config.yaml`` (a preset ``jobs.train --config S/best_config.yaml``
 takes as it is), ``summary.csv`` (the table printed at the end, from ``mlflow.search_runs``) and
 ``sweep.json``; a sweep across recipes (``recipes:`` in the preset, ``tune.spec``) also writes
-``S/compare/`` (``jobs.compare``'s report of its trials, logged to the parent run). Exit code 1 when no trial finished with a finite objective, 2 on a config error.
+``S/compare/`` (``jobs.compare``'s report of its trials, logged to the parent run). Exit code 1 when no trial
+finished with a finite objective, 2 on a config error.
 """
 
 from __future__ import annotations

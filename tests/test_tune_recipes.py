@@ -1,5 +1,6 @@
 """One sweep across recipes (`recipes:` in a sweep preset): each recipe from its own preset with its own
-parameters, drawn only in its trials, at one budget; the comparison report written at the end."""
+parameters, drawn only in its trials, at one budget; the comparison report written at the end. A real sweep
+across two recipes, one of them re-clustering, runs in tests/test_tune_reclustering.py."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from kdtrack.config import ConfigError
 from tests.test_tune import SMALL_SWEEP
 from tune.spec import RECIPE_FIELD, load_sweep
 
-# one report per trial (2 iterations): each validation costs a trial about as much as its iterations
-SMALL_SET = {**SMALL_SWEEP["set"], "train.max_iterations": 2, "train.report_every": 2}
+SMALL_SET = dict(SMALL_SWEEP["set"])
 TWO_RECIPES = {
     "set": SMALL_SET,
     "recipes": {
@@ -98,49 +98,3 @@ def test_the_teacher_recipe_is_not_swept(tmp_path):
     data = changed(teacher={"train_config": "teacher_cpu"})
     with pytest.raises(ConfigError, match="recipes.teacher: train.recipe 'teacher' is not swept"):
         load_sweep(write(tmp_path, data))
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_a_sweep_across_two_recipes_runs_each_and_writes_the_comparison(ray_session, tiny_world, tmp_path):
-    """IDF stage 1 and the supervised recipe, one trial each, 2 iterations, validated at 2: each child run
-    trains its own recipe with its own drawn value (and no value of the other's), the best config comes from the
-    winner's preset, and compare/compare.md shows both recipes beside the validation baselines."""
-    from mlflow.tracking import MlflowClient
-
-    from jobs.tune import get_args_parser, main
-
-    out = tmp_path / "sweep"
-    result = main(get_args_parser().parse_args(["--config", str(write(tmp_path, TWO_RECIPES)),
-                                                "--data-root", str(tiny_world), "--out", str(out)]))
-    assert result["exit_code"] == 0
-    trials = {t["values"][RECIPE_FIELD]: t for t in result["trials"]}
-    assert set(trials) == {"contrastive", "supervised"}
-    assert all(t["outcome"] == "completed" and t["iteration"] == 2 for t in trials.values())
-    assert trials["contrastive"]["values"]["train.classifier_lr_mult"] is None
-    assert trials["supervised"]["values"]["loss.temperature"] is None
-
-    client = MlflowClient(tracking_uri=result["mlflow_uri"])
-    parent = client.get_run(result["mlflow_parent_run_id"])
-    assert parent.data.tags["kdtrack.recipe"] == "contrastive+supervised"
-    assert parent.data.params["search.train.recipe"] == "grid['contrastive', 'supervised']"
-    assert parent.data.params["supervised.train_config"] == "sup_cpu"
-    assert "baseline/random/mAP" in parent.data.metrics
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    by_recipe = {run.data.params["train.recipe"]: run for run in children}
-    assert set(by_recipe) == {"contrastive", "supervised"}
-    sup = by_recipe["supervised"].data.params
-    assert float(sup["train.classifier_lr_mult"]) == pytest.approx(trials["supervised"]["values"][
-        "train.classifier_lr_mult"]) and sup["loss.id_mode"] == "supervised"
-    assert float(by_recipe["contrastive"].data.params["loss.temperature"]) == pytest.approx(
-        trials["contrastive"]["values"]["loss.temperature"])
-
-    best = yaml.safe_load((out / "best_config.yaml").read_text())
-    assert best["train"]["recipe"] == result["best"]["values"][RECIPE_FIELD]
-    report = (out / "compare" / "compare.md").read_text()
-    assert "| contrastive |" in report and "| supervised |" in report
-    assert "Baselines on the same validation boxes" in report
-    assert result["compare"]["winner"].startswith("Best on `val/person_search/mAP` (max): **")
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
-    assert "compare/compare.md" in artifacts

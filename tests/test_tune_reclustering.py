@@ -1,5 +1,6 @@
 """A stage-2 sweep over DBSCAN's clustering (``pseudo.eps`` ...): each trial re-clusters the stage-1 embeddings
-that ``jobs.pseudo_label`` cached (``L/parts``) and trains on its own labels; no trial runs the network."""
+that ``jobs.pseudo_label`` cached (``L/parts``) and trains on its own labels; no trial runs the network. The
+real sweep here is also the one across recipes (tests/test_tune_recipes.py checks its presets)."""
 
 from __future__ import annotations
 
@@ -90,9 +91,13 @@ def test_clustering_fields_are_searched_by_stage_2_only_with_cached_embeddings(c
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_an_eps_sweep_relabels_per_trial_without_re_embedding(ray_session, tiny_world, cached_labels, tmp_path):
-    """Two trials (eps 0.02 and 1.5) of the classified stage 2: each clusters the cached embeddings into its own
-    labels, trains 2 iterations on them and logs them; the cached parts are untouched (no trial re-embedded)."""
+def test_a_sweep_across_recipes_relabels_its_stage_2_trials_and_writes_the_comparison(
+        ray_session, tiny_world, cached_labels, tmp_path):
+    """The supervised recipe and the classified stage 2 searching ``pseudo.eps``, one trial each, 2 iterations,
+    validated once: each child run trains its own recipe with its own drawn value and no value of the other's;
+    the stage-2 trial clusters the cached embeddings with its eps into its own labels (the counts a direct
+    re-clustering gives), logs them and trains on them; the cached parts are untouched (no trial re-embedded);
+    compare/compare.md shows both recipes beside the validation baselines."""
     from mlflow.tracking import MlflowClient
 
     from jobs.tune import get_args_parser, main
@@ -100,23 +105,55 @@ def test_an_eps_sweep_relabels_per_trial_without_re_embedding(ray_session, tiny_
     parts = sorted((cached_labels.parent / "parts").rglob("*.npz"))
     assert len(parts) == 6  # the tiny world's training clips
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in parts}
+    fields = {k: v for k, v in SMALL_SWEEP["set"].items() if k != "loss.queue_size"}
+    one_report = {"train.max_iterations": 2, "train.report_every": 2}  # a validation costs what 2 iterations do
+    sweep = {"set": {**fields, **one_report},
+             "recipes": {"supervised": {"train_config": "sup_cpu", "set": {"train.lr": 1.0e-3},
+                                        "search": {"train.classifier_lr_mult": {"loguniform": [3.0, 30.0]}}},
+                         "video_classify": {"train_config": "idf_classify_cpu",
+                                            "set": {"data.pseudo_labels": str(cached_labels),
+                                                    "loss.supervised_memory": 64},
+                                            "search": {"pseudo.eps": {"choice": [0.02, 1.5]}}}},
+             "tune": {"num_samples": 1, "scheduler": "fifo"}}
+    path = tmp_path / "recipes.yaml"
+    path.write_text(yaml.safe_dump(sweep))
     out = tmp_path / "sweep"
-    result = main(get_args_parser().parse_args(["--config", str(_sweep(tmp_path, cached_labels,
-                                                                       {"pseudo.eps": {"grid": [0.02, 1.5]}})),
-                                                "--data-root", str(tiny_world), "--out", str(out)]))
+    result = main(get_args_parser().parse_args(["--config", str(path), "--data-root", str(tiny_world),
+                                                "--out", str(out)]))
     assert result["exit_code"] == 0
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in parts} == before
-    trials = {t["values"]["pseudo.eps"]: t for t in result["trials"]}
-    assert set(trials) == {0.02, 1.5} and all(t["outcome"] == "completed" for t in trials.values())
+    trials = {t["values"]["train.recipe"]: t for t in result["trials"]}
+    assert set(trials) == {"supervised", "video_classify"}
+    assert all(t["outcome"] == "completed" and t["iteration"] == 2 for t in trials.values())
+    stage2, sup = trials["video_classify"], trials["supervised"]
+    assert stage2["values"]["train.classifier_lr_mult"] is None and sup["values"]["pseudo.eps"] is None
+    eps = stage2["values"]["pseudo.eps"]
+
     client = MlflowClient(tracking_uri=result["mlflow_uri"])
-    ids = {}
-    for eps, trial in trials.items():
-        run = client.get_run(trial["mlflow_run_id"])
-        ids[eps] = run.data.metrics["pseudo/pseudo_ids"]
-        assert run.data.params["pseudo.eps"] == str(eps)
-        assert run.data.params["data.pseudo_labels"] == str(out / "labels" / trial["trial_id"] / "labels.parquet")
-        logged = {a.path for a in client.list_artifacts(run.info.run_id, "pseudo_labels")}
-        assert "pseudo_labels/labels.parquet" in logged and "pseudo_labels/summary.json" in logged
-    assert ids[1.5] < ids[0.02]  # the loose eps merged people: the trials trained on different labels
+    parent = client.get_run(result["mlflow_parent_run_id"])
+    assert parent.data.tags["kdtrack.recipe"] == "supervised+video_classify"
+    assert parent.data.params["search.train.recipe"] == "grid['supervised', 'video_classify']"
+    assert parent.data.params["supervised.train_config"] == "sup_cpu"
+    assert "baseline/random/mAP" in parent.data.metrics
+    run = client.get_run(stage2["mlflow_run_id"])
+    expected = pseudo_label.relabel(pseudo_label.cached_videos(cached_labels.parent),
+                                    load_config("idf_classify_cpu", [f"pseudo.eps={eps}"]), tmp_path / "direct",
+                                    use_ray=False)
+    assert run.data.metrics["pseudo/pseudo_ids"] == expected["pseudo_ids"]
+    assert run.data.params["pseudo.eps"] == str(eps) and run.data.params["train.recipe"] == "video_classify"
+    assert run.data.params["data.pseudo_labels"] == str(out / "labels" / stage2["trial_id"] / "labels.parquet")
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "pseudo_labels")}
+    assert "pseudo_labels/labels.parquet" in logged and "pseudo_labels/summary.json" in logged
+    sup_params = client.get_run(sup["mlflow_run_id"]).data.params
+    assert float(sup_params["train.classifier_lr_mult"]) == pytest.approx(sup["values"]["train.classifier_lr_mult"])
+    assert "pseudo.eps" not in sup_params
+
     best = yaml.safe_load((out / "best_config.yaml").read_text())
-    assert best["data"]["pseudo_labels"] == str(out / "labels" / result["best"]["trial_id"] / "labels.parquet")
+    assert best["train"]["recipe"] == result["best"]["values"]["train.recipe"]
+    if best["train"]["recipe"] == "video_classify":  # the labels that trial clustered and trained on
+        assert best["data"]["pseudo_labels"] == str(out / "labels" / stage2["trial_id"] / "labels.parquet")
+    report = (out / "compare" / "compare.md").read_text()
+    assert "| supervised |" in report and "| video_classify |" in report
+    assert "Baselines on the same validation boxes" in report
+    assert result["compare"]["winner"].startswith("Best on `val/person_search/mAP` (max): **")
+    assert "compare/compare.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
