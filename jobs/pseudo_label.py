@@ -367,17 +367,24 @@ def relabel(videos: Sequence[VideoDetections], cfg: Config, out: Path, *, use_ra
     start = time.time()
     local = cluster_videos(videos, cfg, use_ray=use_ray)
     _, video_rows = write_outputs(out, videos, local, [], cfg)
-    clustered = [r for r in video_rows if r["status"] == STATUS_OK]
-    boxes = sum(len(v) for v in videos)
-    summary = {"videos": len(videos), "videos_clustered": len(clustered),
-               "videos_kept": sum(r["kept"] for r in clustered), "boxes": boxes,
-               "pseudo_ids": int(sum(r["clusters"] for r in clustered)),
-               "outlier_fraction": float(sum(r["outliers"] for r in clustered) / boxes) if boxes else float("nan"),
-               "cluster_seconds": round(time.time() - start, 2),
-               "pseudo": {k.removeprefix("pseudo."): v for k, v in flatten_config(cfg).items()
-                          if k.startswith("pseudo.")}}
+    summary = {"videos": len(videos), **label_counts(videos, video_rows),
+               "cluster_seconds": round(time.time() - start, 2), "pseudo": pseudo_settings(cfg)}
     atomic_write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def label_counts(videos: Sequence[VideoDetections], video_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What a clustering gave, for a summary: clips clustered and kept, boxes, pseudo ids, the outlier share."""
+    clustered = [r for r in video_rows if r["status"] == STATUS_OK]
+    boxes = sum(len(v) for v in videos)
+    return {"videos_clustered": len(clustered), "videos_kept": sum(r["kept"] for r in clustered), "boxes": boxes,
+            "pseudo_ids": int(sum(r["clusters"] for r in clustered)),
+            "outlier_fraction": float(sum(r["outliers"] for r in clustered) / boxes) if boxes else float("nan")}
+
+
+def pseudo_settings(cfg: Config) -> dict[str, Any]:
+    """``cfg.pseudo`` as ``{field: value}`` (the summary's record of how the clips were labelled)."""
+    return {k.removeprefix("pseudo."): v for k, v in flatten_config(cfg).items() if k.startswith("pseudo.")}
 
 
 def _log_mlflow(uri: str, cfg: Config, summary: dict[str, Any], out: Path, checkpoint: str) -> str:
@@ -484,19 +491,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     truth_root = args.truth.resolve() if args.truth else truth_root_for(videos_root)
     quality = measure_quality(videos, ids, truth_root, cfg.pseudo.truth_iou)
-    boxes = sum(len(v) for v in videos)
-    clustered = [r for r in video_rows if r["status"] == STATUS_OK]
+    counts = label_counts(videos, video_rows)
+    boxes = counts["boxes"]
     summary: dict[str, Any] = {
         "checkpoint": info.path, "checkpoint_iteration": info.iteration, "split": args.split,
-        "videos": len(clips), "videos_clustered": len(clustered), "videos_kept": sum(r["kept"] for r in clustered),
+        "videos": len(clips), **counts,
         "videos_no_detections": empty, "videos_bad": len(bad), "videos_missing": listing.missing_images,
-        "csv_rows_malformed": listing.skipped_records, "boxes": boxes,
-        "pseudo_ids": int(sum(r["clusters"] for r in clustered)),
-        "outlier_fraction": float(sum(r["outliers"] for r in clustered) / boxes) if boxes else float("nan"),
+        "csv_rows_malformed": listing.skipped_records,
         "inference_seconds": round(inference_seconds, 2), "cluster_seconds": round(cluster_seconds, 2),
         "cluster_boxes_per_second": round(boxes / cluster_seconds, 1) if cluster_seconds > 0 else float("nan"),
-        "pseudo": {k.removeprefix("pseudo."): v for k, v in flatten_config(cfg).items() if k.startswith("pseudo.")},
-        "bad_examples": bad[:20], "listing_problems": listing.messages, "quality": quality,
+        "pseudo": pseudo_settings(cfg), "bad_examples": bad[:20], "listing_problems": listing.messages,
+        "quality": quality,
     }
     atomic_write_json(out / SUMMARY_FILE, summary)
     print(_summary_line(summary), flush=True)
@@ -504,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     uri = args.mlflow_uri or cfg.mlflow.tracking_uri
     if uri:
         summary["mlflow_run_id"] = _log_mlflow(uri, cfg, summary, out, info.path)
-    if not clustered:
+    if not counts["videos_clustered"]:
         raise PseudoLabelFailed(f"no clip could be clustered ({len(bad)} bad, {empty} without detections); "
                                 f"see {out / SUMMARY_FILE}")
     return summary

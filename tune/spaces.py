@@ -39,8 +39,8 @@ class ConditionalDraw:
     trial's recipe gives the field, ``None`` where it gives none. Seeded (Tune passes no random state to
     ``sample_from``): the same sweep seed draws the same values."""
 
-    def __init__(self, field: str, by_recipe: dict[str, Distribution], seed: int) -> None:
-        self.field, self.by_recipe = field, dict(by_recipe)
+    def __init__(self, by_recipe: dict[str, Distribution], seed: int) -> None:
+        self.by_recipe = dict(by_recipe)
         self._rng = np.random.default_rng(seed)
 
     def __call__(self, config: Any) -> Any:
@@ -59,7 +59,7 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
     space: dict[str, Any] = {RECIPE_FIELD: domain(spec.search[RECIPE_FIELD])}
     for i, field in enumerate(f for f in spec.searched if f != RECIPE_FIELD):
         by_recipe = {name: arm.search[field] for name, arm in spec.recipes.items() if field in arm.search}
-        space[field] = tune.sample_from(ConditionalDraw(field, by_recipe, seed=spec.tune.seed * 1000 + i))
+        space[field] = tune.sample_from(ConditionalDraw(by_recipe, seed=spec.tune.seed * 1000 + i))
     return space
 
 
