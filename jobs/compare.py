@@ -13,7 +13,9 @@ x 100 (percent). Plots: the objective against training iterations, one line per 
 final person-search mAP of each recipe's best run beside the baselines. With ``--parent-run``, the baselines the
 sweep scored on its validation boxes (``baseline/<embedder>/<metric>`` of the parent) are stated beside the
 objective, and, when the sweep trained the hybrid and both its parents (KD, IDF stage 1), whether the hybrid
-beats both: it is kept only if it does.
+beats both: it is kept only if it does. When the runs carry test-split person search (``jobs.tune``'s
+``tune.final_eval`` logs it into each recipe's best trial), the winner and the hybrid's verdict are stated on
+it too, apart from the objective's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from jobs._cli import InputError, run_cli
 from kdtrack.io import atomic_save, atomic_write_text
@@ -44,6 +46,7 @@ COLUMNS = (
     ("HOTA", "MOT*/HOTA"),
 )
 BASELINE_COLUMNS = ("PS colour_centre", "PS colour", "PS random init")
+FINAL_HEADER, FINAL_WHAT = "PS mAP", "the test split's oracle-box person search (`reid/person_search/student/mAP`)"
 HYBRID, HYBRID_PARENTS = "hybrid", ("kd", "contrastive")  # kdtrack's hybrid recipe and the two it combines
 
 
@@ -130,36 +133,67 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}" if math.isfinite(value) else "–"
 
 
-def verdict(best: dict[str, RunRow], metric: str, mode: str) -> str:
-    """Which recipe wins on the objective, and by how much over the next one."""
-    reported = [r for r in ranked(list(best.values()), mode) if math.isfinite(r.best(mode))]
+def _winner_line(best: dict[str, RunRow], value: Callable[[RunRow], float], describe: Callable[[RunRow], str],
+                 what: str, mode: str) -> str:
+    """Which recipe wins on ``value``, and by how much over the next one."""
+    sign = 1.0 if mode == "max" else -1.0
+    reported = sorted((r for r in best.values() if math.isfinite(value(r))), key=lambda r: -sign * value(r))
     if not reported:
-        return f"No run reported `{metric}`: no winner."
+        return f"No run reported {what}: no winner."
     first = reported[0]
-    line = f"Best on `{metric}` ({mode}): **{first.recipe}**, {first.at_best(mode)} (run `{first.name}`)"
+    line = f"Best on {what} ({mode}): **{first.recipe}**, {describe(first)} (run `{first.name}`)"
     if len(reported) == 1:
         return line + "; the only recipe that reported it."
     second = reported[1]
-    a, b = first.best(mode), second.best(mode)
+    a, b = value(first), value(second)
     ratio = f", {a / b:.2f}x" if b > 0 else ""
-    return line + f", ahead of **{second.recipe}** ({second.at_best(mode)}) by {100 * abs(a - b):.1f} points{ratio}."
+    return line + f", ahead of **{second.recipe}** ({describe(second)}) by {100 * abs(a - b):.1f} points{ratio}."
+
+
+def _hybrid_line(best: dict[str, RunRow], value: Callable[[RunRow], float], describe: Callable[[RunRow], str],
+                 what: str, mode: str) -> str:
+    """Whether the hybrid beats both its parents on ``value`` ("" when one of the three is missing)."""
+    if HYBRID not in best or not all(p in best for p in HYBRID_PARENTS):
+        return ""
+    if not all(math.isfinite(value(best[r])) for r in (HYBRID, *HYBRID_PARENTS)):
+        return f"The hybrid or one of its parents reported no {what}: no verdict on the hybrid there."
+    sign = 1.0 if mode == "max" else -1.0
+    hybrid = sign * value(best[HYBRID])
+    behind = [p for p in HYBRID_PARENTS if hybrid <= sign * value(best[p])]
+    against = ", ".join(f"{p} {describe(best[p])}" for p in HYBRID_PARENTS)
+    if not behind:
+        return f"The hybrid ({describe(best[HYBRID])}) beats both its parents ({against}) on {what}: kept."
+    return (f"The hybrid ({describe(best[HYBRID])}) does not beat {' and '.join(behind)} ({against}) on "
+            f"{what}: not worth keeping on this evidence.")
+
+
+def verdict(best: dict[str, RunRow], metric: str, mode: str) -> str:
+    """Which recipe wins on the objective (each run's best report), and by how much over the next one."""
+    return _winner_line(best, lambda r: r.best(mode), lambda r: r.at_best(mode), f"`{metric}`", mode)
 
 
 def hybrid_verdict(best: dict[str, RunRow], metric: str, mode: str) -> str:
     """Whether the hybrid beats both its parents on the objective ("" when one of the three is missing)."""
-    if HYBRID not in best or not all(p in best for p in HYBRID_PARENTS):
+    return _hybrid_line(best, lambda r: r.best(mode), lambda r: r.at_best(mode), f"`{metric}`", mode)
+
+
+def _final_ps(row: RunRow) -> float:
+    return row.finals.get(FINAL_HEADER, math.nan)
+
+
+def _final_at(row: RunRow) -> str:
+    step = f" at iteration {row.history[-1][0]}" if row.history else ""
+    return _pct(_final_ps(row)) + step
+
+
+def final_verdict(best: dict[str, RunRow]) -> str:
+    """The winner on the test split's person search (``jobs.evaluate reid`` of each recipe's best run: its last
+    checkpoint, at its last report), and the hybrid against its parents there ("" when no run was evaluated)."""
+    if not any(math.isfinite(_final_ps(r)) for r in best.values()):
         return ""
-    value = best[HYBRID].best(mode)
-    parents = {p: best[p].best(mode) for p in HYBRID_PARENTS}
-    if not math.isfinite(value) or not all(math.isfinite(v) for v in parents.values()):
-        return "The hybrid or one of its parents reported no objective: no verdict on the hybrid."
-    sign = 1.0 if mode == "max" else -1.0
-    behind = [p for p, v in parents.items() if sign * value <= sign * v]
-    against = ", ".join(f"{p} {best[p].at_best(mode)}" for p in parents)
-    if not behind:
-        return f"The hybrid ({best[HYBRID].at_best(mode)}) beats both its parents ({against}) on `{metric}`: kept."
-    return (f"The hybrid ({best[HYBRID].at_best(mode)}) does not beat {' and '.join(behind)} ({against}) on "
-            f"`{metric}`: not worth keeping on this evidence.")
+    lines = [_winner_line(best, _final_ps, _final_at, FINAL_WHAT, "max"),
+             _hybrid_line(best, _final_ps, _final_at, FINAL_WHAT, "max")]
+    return "\n\n".join(line for line in lines if line)
 
 
 def baselines_line(baselines: dict[str, float], metric: str) -> str:
@@ -182,7 +216,8 @@ def markdown_report(rows: Sequence[RunRow], metric: str, mode: str, source: str,
                     baselines: dict[str, float] | None = None) -> str:
     best = best_per_recipe(rows, mode)
     headers = ["recipe", "run", "status", "last step", f"{metric} best", "last", *(h for h, _ in COLUMNS)]
-    extra = [line for line in (hybrid_verdict(best, metric, mode), baselines_line(baselines or {}, metric)) if line]
+    extra = [line for line in (hybrid_verdict(best, metric, mode), baselines_line(baselines or {}, metric),
+                               final_verdict(best)) if line]
     lines = ["# Recipes side by side\n", f"{len(rows)} training runs from {source}; values x 100 (percent for mAP, MOTA, IDF1, HOTA).\n",
              verdict(best, metric, mode) + "\n", *(line + "\n" for line in extra), "## Each recipe's best run\n",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -238,13 +273,13 @@ def plot_objective(rows: Sequence[RunRow], metric: str, path: Path, baselines: d
 
 def plot_finals(best: dict[str, RunRow], path: Path) -> Path | None:
     """Person-search mAP of each recipe's best run, the baselines of those runs as dashed lines."""
-    shown = {name: row for name, row in best.items() if math.isfinite(row.finals["PS mAP"])}
+    shown = {name: row for name, row in best.items() if math.isfinite(row.finals[FINAL_HEADER])}
     if not shown:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     names = sorted(shown)
-    ax.bar(names, [100 * shown[n].finals["PS mAP"] for n in names], color="tab:blue")
+    ax.bar(names, [100 * shown[n].finals[FINAL_HEADER] for n in names], color="tab:blue")
     for header, style in zip(BASELINE_COLUMNS, ("--", ":", "-.")):
         values = [r.finals[header] for r in shown.values() if math.isfinite(r.finals[header])]
         if values:  # the same boxes in every run: their mean (they differ only through random init's seed)
@@ -294,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print((out / "compare.md").read_text())
     return {"runs": len(rows), "recipes": sorted(best), "files": [str(p) for p in files],
             "winner": verdict(best, args.metric, args.mode), "hybrid": hybrid_verdict(best, args.metric, args.mode),
-            "baselines": baselines}
+            "final": final_verdict(best), "baselines": baselines}
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ and the sweep goes on; a trial ASHA stopped is KILLED with tag ``kdtrack.tune.ou
 Written to ``S`` (atomically): ``best_config.yaml`` (a preset ``jobs.train --config S/best_config.yaml``
 takes as it is), ``summary.csv`` (the table printed at the end, from ``mlflow.search_runs``) and
 ``sweep.json``; a sweep across recipes (``recipes:`` in the preset, ``tune.spec``) also writes
-``S/compare/`` (``jobs.compare``'s report of its trials, logged to the parent run). Exit code 1 when no trial
-finished with a finite objective, 2 on a config error.
+``S/compare/`` (``jobs.compare``'s report of its trials, logged to the parent run). With ``tune.final_eval``
+(``reid``, ``mot``), each recipe's best trial, picked on validation, is then scored once on the test reports
+(``jobs._final_eval``: ``S/final/<recipe>/``, logged into its run; the report's final columns). Exit code 1 when
+no trial finished with a finite objective, 2 on a config error.
 """
 
 from __future__ import annotations
@@ -100,6 +102,11 @@ def trial_config(base: Config, values: dict[str, Any], run_name: str) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_name=run_name))
 
 
+def trial_run_name(trial_id: str) -> str:
+    """The Ray Train run of a trial: its checkpoints are under ``<storage>/<this>/``."""
+    return f"train-{trial_id}"
+
+
 def _plain(value: Any) -> Any:
     """numpy scalars (what Tune's samplers return) as Python numbers."""
     return value.item() if hasattr(value, "item") else value
@@ -150,7 +157,7 @@ def run_trial(values: dict[str, Any], *, recipes: dict[str, tuple[dict[str, Any]
     base_cfg = config_from_dict(base)
     run_id = ""
     try:
-        cfg = trial_config(base_cfg, values, f"train-{trial_id}")
+        cfg = trial_config(base_cfg, values, trial_run_name(trial_id))
         clustering = None
         if videos is not None:
             cfg, train_fn, loop_data, clustering = relabelled_data(cfg, videos, Path(labels_root) / trial_id)
@@ -387,6 +394,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     storage = resolve_storage(args.storage, out)
     check_storage(storage)  # before any trial starts: one line naming a bad URI or a missing bucket
     check_artifact_location(spec.base)
+    if sweep.final_eval:  # before any trial: the test reports it will read are there
+        from jobs._final_eval import check_final_inputs
+
+        check_final_inputs(spec.base, sweep.final_eval, spec.source)
     search_alg, trial_scheduler = search_algorithm(spec), scheduler(spec)
     from jobs.pseudo_label import cached_videos
 
@@ -453,13 +464,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return {**record, "exit_code": 1}
     best_path = _log_best(client, experiment_id, parent_id, out, spec, best, baselines)
     record["best"] = {**best, "config": str(best_path)}
+    experiment = sweep.experiment or spec.base.mlflow.experiment
+    if sweep.final_eval:  # each recipe's best trial, picked on validation, scored once on the test reports
+        from jobs._final_eval import best_trial_per_recipe, evaluate_best_trials, last_checkpoint
+
+        picked = best_trial_per_recipe(trials, lambda v: trial_recipe(spec.base.train.recipe, v), sweep.mode)
+        checkpoints = {t["trial_id"]: last_checkpoint(storage, trial_run_name(t["trial_id"])) for t in picked.values()}
+        record["final"] = evaluate_best_trials(picked, checkpoints, spec.base, sweep.final_eval, out, uri, experiment)
     if spec.recipes:  # the recipes side by side: out/compare/compare.md and its plots, logged to the parent run
         from jobs import compare
 
-        report = compare.main(["--mlflow-uri", uri, "--experiment", sweep.experiment or spec.base.mlflow.experiment,
+        report = compare.main(["--mlflow-uri", uri, "--experiment", experiment,
                                "--parent-run", parent_id, "--metric", sweep.metric, "--mode", sweep.mode,
                                "--out", str(out / COMPARE_DIR)])
-        record["compare"] = {k: report[k] for k in ("files", "winner", "hybrid", "baselines")}
+        record["compare"] = {k: report[k] for k in ("files", "winner", "hybrid", "final", "baselines")}
     atomic_write_json(out / SWEEP_JSON, record)
     print(f"best trial {best['trial_id']}: {sweep.metric} = {best['objective']:.4f} with "
           + ", ".join(f"{k}={v}" for k, v in best["values"].items() if v is not None)

@@ -107,3 +107,23 @@ def test_the_sweeps_validation_baselines_are_stated_beside_the_objective(tmp_pat
     text = (tmp_path / "out" / "compare.md").read_text()
     assert ("Baselines on the same validation boxes (`val/person_search/mAP`): colour_centre 30.1, colour 22.4, "
             "random 11.5.") in text
+
+
+def test_the_test_split_verdict_reads_each_recipes_final_person_search():
+    def row(recipe, objective, final, last_step=300):
+        finals = {"PS mAP": final} if final is not None else {}
+        return compare.RunRow(recipe, recipe, recipe, "FINISHED", [(150, objective), (last_step, objective)], finals)
+
+    best = {r.recipe: r for r in (row("kd", 0.289, 0.288), row("contrastive", 0.233, 0.150),
+                                  row("hybrid", 0.286, 0.307, 600), row("supervised", 0.457, None))}
+    line = compare.final_verdict(best)
+    first, hybrid = line.split("\n\n")
+    # hand-computed: 30.7 - 28.8 = 1.9 points, 0.307 / 0.288 = 1.07x; supervised was not evaluated: not ranked
+    assert first == ("Best on the test split's oracle-box person search (`reid/person_search/student/mAP`) (max): "
+                     "**hybrid**, 30.7 at iteration 600 (run `hybrid`), ahead of **kd** (28.8 at iteration 300) "
+                     "by 1.9 points, 1.07x.")
+    assert hybrid.startswith("The hybrid (30.7 at iteration 600) beats both its parents (kd 28.8 at iteration 300, "
+                             "contrastive 15.0 at iteration 300)") and hybrid.endswith(": kept.")
+    # on the objective the same hybrid loses to kd: the two verdicts are separate
+    assert "does not beat kd" in compare.hybrid_verdict(best, "val/person_search/mAP", "max")
+    assert compare.final_verdict({r: row(r, 0.2, None) for r in ("kd", "hybrid")}) == ""

@@ -86,6 +86,7 @@ def test_each_recipes_parameters_are_drawn_in_its_own_trials_only():
     ({**TWO_RECIPES, "train_config": "tiny"}, "'train_config' belongs under recipes.<name>"),
     ({**TWO_RECIPES, "tune": {"searcher": "optuna"}}, "tune.searcher 'optuna' is not built for a sweep across"),
     ({**TWO_RECIPES, "recipes": {"contrastive": TWO_RECIPES["recipes"]["contrastive"]}}, "two or more"),
+    ({**TWO_RECIPES, "tune": {"final_eval": ["reid", "market1501"]}}, "tune.final_eval: unknown ['market1501']"),
 ])
 def test_a_sweep_across_recipes_refuses_what_it_cannot_run(tmp_path, data, message):
     path = write(tmp_path, data)
@@ -98,3 +99,20 @@ def test_the_teacher_recipe_is_not_swept(tmp_path):
     data = changed(teacher={"train_config": "teacher_cpu"})
     with pytest.raises(ConfigError, match="recipes.teacher: train.recipe 'teacher' is not swept"):
         load_sweep(write(tmp_path, data))
+
+
+def test_the_final_evaluation_refuses_a_data_root_without_the_test_reports(tmp_path, tiny_world):
+    """Checked before any trial: a sweep must not end on a missing test split."""
+    from jobs._final_eval import check_final_inputs
+
+    spec = load_sweep("tune_recipes_cpu", ["teacher.embeddings=/store", f"data.root={tiny_world}"])
+    assert spec.tune.final_eval == ("reid", "mot")
+    check_final_inputs(spec.base, spec.tune.final_eval, "S")  # the tiny world holds both
+    empty = tmp_path / "world"
+    (empty / "MOT17" / "train").mkdir(parents=True)
+    bare = load_sweep("tune_recipes_cpu", ["teacher.embeddings=/store", f"data.root={empty}"])
+    with pytest.raises(ConfigError, match=r"S: tune.final_eval \['reid', 'mot'\] reads the test reports under "
+                                          r"data.root: .*manifest.json"):
+        check_final_inputs(bare.base, bare.tune.final_eval, "S")
+    with pytest.raises(ConfigError, match="no MOT sequences|MOT17/train"):
+        check_final_inputs(bare.base, ("mot",), "S")

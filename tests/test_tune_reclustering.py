@@ -5,6 +5,7 @@ real sweep here is also the one across recipes (tests/test_tune_recipes.py check
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -92,12 +93,15 @@ def test_clustering_fields_are_searched_by_stage_2_only_with_cached_embeddings(c
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_sweep_across_recipes_relabels_its_stage_2_trials_and_writes_the_comparison(
-        ray_session, tiny_world, cached_labels, tmp_path):
+        ray_session, tiny_world, cached_labels, tmp_path, s3_bucket):
     """The supervised recipe and the classified stage 2 searching ``pseudo.eps``, one trial each, 2 iterations,
     validated once: each child run trains its own recipe with its own drawn value and no value of the other's;
     the stage-2 trial clusters the cached embeddings with its eps into its own labels (the counts a direct
     re-clustering gives), logs them and trains on them; the cached parts are untouched (no trial re-embedded);
-    compare/compare.md shows both recipes beside the validation baselines."""
+    each recipe's best trial is scored on the test reports (oracle-box re-ID, MOT17 val-half tracking) into its
+    own run; compare/compare.md shows both recipes, those final columns and the validation baselines. The
+    sweep's storage is an S3 bucket (moto on 127.0.0.1): the trials checkpoint there and the final evaluation
+    reads their checkpoints from it."""
     from mlflow.tracking import MlflowClient
 
     from jobs.tune import get_args_parser, main
@@ -114,12 +118,12 @@ def test_a_sweep_across_recipes_relabels_its_stage_2_trials_and_writes_the_compa
                                             "set": {"data.pseudo_labels": str(cached_labels),
                                                     "loss.supervised_memory": 64},
                                             "search": {"pseudo.eps": {"choice": [0.02, 1.5]}}}},
-             "tune": {"num_samples": 1, "scheduler": "fifo"}}
+             "tune": {"num_samples": 1, "scheduler": "fifo", "final_eval": ["reid", "mot"]}}
     path = tmp_path / "recipes.yaml"
     path.write_text(yaml.safe_dump(sweep))
     out = tmp_path / "sweep"
     result = main(get_args_parser().parse_args(["--config", str(path), "--data-root", str(tiny_world),
-                                                "--out", str(out)]))
+                                                "--out", str(out), "--storage", f"s3://{s3_bucket}/sweep"]))
     assert result["exit_code"] == 0
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in parts} == before
     trials = {t["values"]["train.recipe"]: t for t in result["trials"]}
@@ -157,3 +161,17 @@ def test_a_sweep_across_recipes_relabels_its_stage_2_trials_and_writes_the_compa
     assert "Baselines on the same validation boxes" in report
     assert result["compare"]["winner"].startswith("Best on `val/person_search/mAP` (max): **")
     assert "compare/compare.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
+
+    # the final evaluation: each recipe's best trial on the test reports, logged into its own run, read by compare
+    for recipe, trial in trials.items():
+        final, metrics = result["final"][recipe], client.get_run(trial["mlflow_run_id"]).data.metrics
+        assert final["trial_id"] == trial["trial_id"] and final["iteration"] == 2 and "error" not in final
+        assert final["checkpoint"].startswith(f"s3://{s3_bucket}/sweep/") and trial["trial_id"] in final["checkpoint"]
+        written = json.loads((out / "final" / recipe / "reid.json").read_text())
+        assert metrics["reid/person_search/student/mAP"] == pytest.approx(written["person_search"]["student"]["mAP"])
+        assert final["reid"]["person_search"]["colour_centre"] == pytest.approx(
+            metrics["reid/person_search/colour_centre/mAP"])
+        assert metrics["MOT17-val/MOTA"] == pytest.approx(final["mot"]["MOTA"])
+        row = next(line for line in report.split("## Every run")[0].splitlines() if line.startswith(f"| {recipe} |"))
+        assert f"| {100 * metrics['reid/person_search/student/mAP']:.1f} |" in row
+    assert result["compare"]["final"].startswith("Best on the test split's oracle-box person search")

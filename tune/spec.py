@@ -58,6 +58,7 @@ SWEEP_DIR = Path(__file__).parent / "configs"
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
 SWEEP_KEYS = ("train_config", "set", "search", "tune", "recipes")
 RECIPE_KEYS = ("train_config", "set", "search")  # one recipe's part of a sweep across recipes
+FINAL_EVALUATIONS = ("reid", "mot")  # tune.final_eval: the test reports of each recipe's best trial (jobs._final_eval)
 RECIPE_FIELD = "train.recipe"  # a sweep across recipes searches it (a grid over its recipes)
 ONE_BUDGET_FIELDS = ("train.max_iterations", "train.report_every", "train.val_protocols", "train.val_split",
                      "train.val_root")  # the same for every recipe of a sweep across recipes
@@ -96,6 +97,7 @@ class SweepConfig:
     seed: int = 0  # seed of the search algorithm's draws
     experiment: str = ""  # MLflow experiment of the parent and child runs ("" = the training config's)
     baselines: tuple[str, ...] = ("random", "colour")  # embedders scored once on the same validation boxes (kdtrack.metrics.reid_probe)
+    final_eval: tuple[str, ...] = ()  # then each recipe's best trial on the test reports: reid | mot (jobs._final_eval)
 
 
 # The ranges of the ``tune:`` fields, checked as the training config's are (``kdtrack.config_checks``).
@@ -371,6 +373,9 @@ def check_sweep(spec: SweepSpec, require_search: bool = True) -> None:
     unknown = [b for b in sweep.baselines if b not in BASELINES]
     if unknown:
         raise ConfigError(f"{src}: tune.baselines: unknown {unknown} (known: {', '.join(BASELINES)})")
+    unknown = [e for e in sweep.final_eval if e not in FINAL_EVALUATIONS]
+    if unknown:
+        raise ConfigError(f"{src}: tune.final_eval: unknown {unknown} (known: {', '.join(FINAL_EVALUATIONS)})")
     if sweep.searcher == "optuna" and any(d.kind == "grid" for d in spec.search.values()):
         raise ConfigError(f"{src}: the optuna searcher does not take grid distributions: use choice")
 
