@@ -27,9 +27,8 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) -m jobs.demo --out $(DEMO_OUT)
 
-# two pytest-xdist workers: the Ray / training tests in one group on one of them (tests/conftest.py)
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

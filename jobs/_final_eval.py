@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from kdtrack.config import Config, ConfigError
+
 FINAL_DIR = "final"  # <sweep out>/final/<recipe>/{reid,mot}.json
 MOT_TRAIN = Path("MOT17") / "train"
 REID_SPLIT = "test"
@@ -40,7 +41,9 @@ def check_final_inputs(cfg: Config, evaluations: Sequence[str], source: str) -> 
 
 
 def best_trial_per_recipe(trials: Sequence[dict[str, Any]], recipe_of_trial: Any, mode: str) -> dict[str, dict]:
-    """``{recipe: trial}``: the trial with the best finite objective of each recipe (failed trials left out)."""
+    """``{recipe: trial}``: each recipe's trial with the best finite objective at its last report, the report its
+    last checkpoint carries (failed trials left out). ``jobs.compare`` ranks a run by its best report; with one
+    trial per recipe, or a best report that is the last, both pick the same trial."""
     sign = 1.0 if mode == "max" else -1.0
     best: dict[str, dict[str, Any]] = {}
     for trial in trials:

@@ -18,52 +18,6 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
-# ``make test`` runs two pytest-xdist workers (``-n 2 --dist loadgroup``). Every test that uses Ray is in one group,
-# run by one worker one at a time beside its one session cluster (two clusters on 2 cores starve each other);
-# the long trainings without Ray (two one-thread processes each) are a second group, and the quick tests fill
-# in around both: the cores are idle much of the time Ray spends starting processes.
-CLUSTER_GROUP, CPU_GROUP = "cluster", "cpu"
-
-
-def _group_of(item: pytest.Item) -> str | None:
-    if "ray_session" in getattr(item, "fixturenames", ()) or item.get_closest_marker("ray") is not None:
-        return CLUSTER_GROUP
-    return CPU_GROUP if item.get_closest_marker("slow") is not None else None
-
-
-def pytest_itemcollected(item: pytest.Item) -> None:
-    """As each test is collected: before pytest-xdist reads the groups (in its collection_modifyitems)."""
-    group = _group_of(item)
-    if group:
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """In a pytest-xdist worker under ``--dist loadgroup``: the groups reached the scheduler (it reads them from
-    the ``@group`` suffix xdist gives node ids), or two Ray clusters would share the 2 cores unnoticed."""
-    if not os.environ.get("PYTEST_XDIST_WORKER") or not session.config.getvalue("loadgroup"):
-        return
-    grouped = [item for item in session.items if item.get_closest_marker("xdist_group")]
-    if grouped and not any("@" in item.nodeid for item in grouped):
-        raise pytest.UsageError("pytest-xdist did not tag the cluster group's node ids (pytest-xdist with pytest "
-                                ">= 9.2 drops them): install the pytest that pyproject.toml pins")
-
-
-@pytest.fixture(autouse=True)
-def _quick_tests_start_no_ray(request, monkeypatch):
-    """A test outside the cluster group that starts Ray would run a second cluster beside the group's: its
-    ``ray.init`` fails, naming what to add (the ``ray`` marker, or the ``ray_session`` fixture)."""
-    if _group_of(request.node) == CLUSTER_GROUP:
-        return
-    import ray
-
-    def refuse(*args, **kwargs):
-        pytest.fail(f"{request.node.nodeid} starts Ray outside the cluster group: mark it @pytest.mark.ray or "
-                    f"give it the ray_session fixture")
-
-    monkeypatch.setattr(ray, "init", refuse)
-
-
 def start_session_ray() -> None:
     """The session cluster's ``ray.init``: one place, so tests/test_multinode.py (which stops it to run its
     own multi-node cluster: two Ray instances on 2 cores starve each other) restarts it as it was."""
