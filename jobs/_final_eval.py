@@ -11,7 +11,6 @@ reid``); ``mot``: tracking on the MOT17 val halves, MOTA / IDF1 / HOTA (``jobs.e
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,22 +37,6 @@ def check_final_inputs(cfg: Config, evaluations: Sequence[str], source: str) -> 
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{source}: tune.final_eval {list(evaluations)} reads the test reports under "
                           f"data.root: {exc}") from None
-
-
-def best_trial_per_recipe(trials: Sequence[dict[str, Any]], recipe_of_trial: Any, mode: str) -> dict[str, dict]:
-    """``{recipe: trial}``: each recipe's trial with the best finite objective at its last report, the report its
-    last checkpoint carries (failed trials left out). ``jobs.compare`` ranks a run by its best report; with one
-    trial per recipe, or a best report that is the last, both pick the same trial."""
-    sign = 1.0 if mode == "max" else -1.0
-    best: dict[str, dict[str, Any]] = {}
-    for trial in trials:
-        value = trial.get("objective")
-        if trial["outcome"] == "failed" or not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue
-        recipe = recipe_of_trial(trial["values"])
-        if recipe not in best or sign * value > sign * best[recipe]["objective"]:
-            best[recipe] = trial
-    return best
 
 
 def last_checkpoint(storage: Any, run_name: str) -> tuple[str, int] | None:

@@ -466,9 +466,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     record["best"] = {**best, "config": str(best_path)}
     experiment = sweep.experiment or spec.base.mlflow.experiment
     if sweep.final_eval:  # each recipe's best trial, picked on validation, scored once on the test reports
-        from jobs._final_eval import best_trial_per_recipe, evaluate_best_trials, last_checkpoint
+        from jobs._final_eval import evaluate_best_trials, last_checkpoint
 
-        picked = best_trial_per_recipe(trials, lambda v: trial_recipe(spec.base.train.recipe, v), sweep.mode)
+        by_recipe: dict[str, list[dict[str, Any]]] = {}
+        for trial in trials:
+            by_recipe.setdefault(trial_recipe(spec.base.train.recipe, trial["values"]), []).append(trial)
+        # _best's pick within each recipe: its objective at the last report, the one its last checkpoint carries
+        picked = {recipe: found for recipe, group in by_recipe.items() if (found := _best(group, spec)) is not None}
         checkpoints = {t["trial_id"]: last_checkpoint(storage, trial_run_name(t["trial_id"])) for t in picked.values()}
         record["final"] = evaluate_best_trials(picked, checkpoints, spec.base, sweep.final_eval, out, uri, experiment)
     if spec.recipes:  # the recipes side by side: out/compare/compare.md and its plots, logged to the parent run
