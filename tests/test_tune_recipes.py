@@ -116,3 +116,18 @@ def test_the_final_evaluation_refuses_a_data_root_without_the_test_reports(tmp_p
         check_final_inputs(bare.base, bare.tune.final_eval, "S")
     with pytest.raises(ConfigError, match="no MOT sequences|MOT17/train"):
         check_final_inputs(bare.base, ("mot",), "S")
+
+
+def test_a_recipe_whose_final_evaluation_fails_is_recorded_and_the_others_go_on(tmp_path, tiny_world):
+    """No checkpoint kept, or one that does not load: the error is recorded under the recipe, nothing raised."""
+    from jobs._final_eval import evaluate_best_trials
+
+    spec = load_sweep("tune_recipes_cpu", ["teacher.embeddings=/store", f"data.root={tiny_world}"])
+    broken = tmp_path / "checkpoint.pt"
+    broken.write_bytes(b"not a checkpoint")
+    trials = {"kd": {"trial_id": "t0", "mlflow_run_id": ""}, "supervised": {"trial_id": "t1", "mlflow_run_id": ""}}
+    record = evaluate_best_trials(trials, {"t0": None, "t1": (str(broken), 300)}, spec.base, ("reid",),
+                                  tmp_path / "sweep", "", "kdtrack")
+    assert record["kd"]["error"] == "the trial kept no checkpoint"
+    assert record["supervised"]["iteration"] == 300 and str(broken) in record["supervised"]["error"]
+    assert "reid" not in record["supervised"]
