@@ -92,7 +92,7 @@ class WorkerKiller(FaultThread):
         self.stale = frozenset(p.pid for p in _train_workers())  # before this run started any
         self.killed_pid: int | None = None
         self.registered_at_kill: int | None = None  # latest registered checkpoint's iteration at the kill
-        self.uploaded_at_kill: int | None = None  # the checkpoint just uploaded before the kill
+        self.uploaded_at_kill: int | None = None  # the newest whole checkpoint on disk when the worker died
         self.later_pids: set[int] = set()
         self.seconds_to_kill: float | None = None
 
@@ -149,10 +149,12 @@ class WorkerKiller(FaultThread):
         # so it is a lower bound of the latest one
         now = _registered_iteration(self.run_dir)
         self.registered_at_kill = registered if now is None else max(now, registered)
-        self.uploaded_at_kill = uploaded
         os.kill(workers[0].pid, signal.SIGKILL)
         self.killed_pid = workers[0].pid
         self.seconds_to_kill = time.monotonic() - start
+        # The worker trained on between step 2 and the kill and may have written more checkpoints: the bound is
+        # the newest whole one on disk once it is dead (its replacement takes seconds to start, so none is its).
+        self.uploaded_at_kill = max(_loadable_checkpoints(self.run_dir, found).values())
         # 4. Ray Train (FailureConfig) starts a new worker group: note its worker's pid.
         while not self.stop.is_set():
             self.later_pids.update(p.pid for p in _train_workers(self.stale) if p.pid != self.killed_pid)
