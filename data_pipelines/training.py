@@ -40,10 +40,12 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.datasource import Datasource, ReadTask
 
 from data_pipelines.loop_throttle import throttle_scheduling_loop
+# torch-free at import: the dataset manager, split coordinator and read tasks unpickle this module's classes
+# and functions, each in a new process (torch and torchvision are seconds of import there); what needs
+# torch imports it where it runs (the SampleMaker actors, the training workers)
 from kdtrack.config import Config
-from kdtrack.data.dataset import epoch_order  # noqa: F401  (re-exported: the stream's item order)
 from kdtrack.data.letterbox import Uint8Canvas
-from kdtrack.data.uint8_canvas import CANVAS_KEYS
+from kdtrack.data.order import epoch_order
 
 SAMPLE_COLUMN = "sample"
 BAD_ITEM_ERRORS = (OSError, ValueError)  # unreadable / undecodable file, size or frame count that disagrees
@@ -161,8 +163,30 @@ def _read_rows(plan: StreamPlan, start: int, stop: int) -> list[Any]:
     return [pa.table(plan.rows(start, stop))]
 
 
+@dataclasses.dataclass(frozen=True)
+class DatasetFactory:
+    """``factory()`` builds a stream's dataset: ``target`` ("module:attribute", imported on the call) applied
+    to ``args`` / ``kwargs``. The stream's plan carries it to the dataset manager and split coordinator, which
+    unpickle it but never call it: named by path, it costs them no torch import (seconds per process)."""
+
+    target: str
+    args: tuple = ()
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+    def __call__(self) -> Any:
+        import importlib
+
+        module, _, attribute = self.target.partition(":")
+        built: Any = importlib.import_module(module)
+        for name in attribute.split("."):
+            built = getattr(built, name)
+        return built(*self.args, **self.kwargs)
+
+
 def dump_sample(sample: Any, uint8_canvases: bool = True) -> bytes:
     """A sample as it travels: pickled, its canvases as ``Uint8Canvas`` (those it can hold exactly)."""
+    from kdtrack.data.uint8_canvas import CANVAS_KEYS
+
     if uint8_canvases and isinstance(sample, dict):
         sample = dict(sample)
         for key in CANVAS_KEYS:
@@ -175,6 +199,8 @@ def dump_sample(sample: Any, uint8_canvases: bool = True) -> bytes:
 
 def load_sample(blob: bytes, decode: bool = True) -> Any:
     """The sample ``dump_sample`` wrote, canvases decoded back to float32 (``decode``) or left as uint8."""
+    from kdtrack.data.uint8_canvas import CANVAS_KEYS
+
     sample = pickle.loads(blob)
     if decode and isinstance(sample, dict):
         for key in CANVAS_KEYS:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import tempfile
 from typing import Any, Callable, Iterator
 
@@ -313,29 +312,29 @@ def open_feed(cfg: Config, loop_config: dict[str, Any], state: dict[str, Any] | 
 def dataset_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
     """``(factory, number of items)``: ``factory()`` builds the recipe's ``EpochSeededDataset`` over the
     items the driver read (in a torch worker, or once in each Ray Data decode actor)."""
-    recipe = recipe_of(cfg)
-    if recipe.items == "clips":
-        from kdtrack.data.video_pairs import ClipLabels, VideoPairDataset
-
-        clips = [ClipLabels(**c) for c in loop_data["clips"]]
-        return functools.partial(VideoPairDataset, clips, cfg), len(clips)
-    from kdtrack.data.dataset import TrainingDataset
+    from data_pipelines.training import DatasetFactory
     from kdtrack.structures import ImageRecord
 
+    recipe = recipe_of(cfg)
+    if recipe.items == "clips":
+        clips = loop_data["clips"]
+        return DatasetFactory("kdtrack.data.video_pairs:VideoPairDataset.from_dicts", (clips, cfg)), len(clips)
     records = [ImageRecord.from_dict(r) for r in loop_data["records"]]
     store = cfg.teacher.embeddings if recipe.distils else ""
-    return functools.partial(TrainingDataset, records, cfg, views=recipe.views,
-                             with_original=recipe.distils and not store, teacher_store=store), len(records)
+    return DatasetFactory("kdtrack.data.dataset:TrainingDataset", (records, cfg),
+                          {"views": recipe.views, "with_original": recipe.distils and not store,
+                           "teacher_store": store}), len(records)
 
 
 def teacher_batches_factory(cfg: Config, loop_data: dict[str, Any]) -> tuple[Any, int]:
     """``(factory, number of P x K batches per epoch, all ranks)`` of the teacher recipe's stream."""
-    from kdtrack.data.reid_data import PKBatches
+    from data_pipelines.training import DatasetFactory
 
     crops, teach = loop_data["crops"], cfg.teacher
     paths, labels = [c["path"] for c in crops], [c["label"] for c in crops]
-    factory = functools.partial(PKBatches, paths, labels, teach, p=teach.train_p, k=teach.train_k,
-                                seed=cfg.train.seed, world_size=cfg.train.num_workers)
+    factory = DatasetFactory("kdtrack.data.reid_data:PKBatches", (paths, labels, teach),
+                             {"p": teach.train_p, "k": teach.train_k, "seed": cfg.train.seed,
+                              "world_size": cfg.train.num_workers})
     return factory, len(factory())
 
 

@@ -378,10 +378,11 @@ def train_in_process(
     epoch_batches: Callable[[int], Sequence[Sequence[int]]] | None = None,
 ) -> int:
     """Single-process training on CPU without a DataLoader, for benches and tests: each epoch
-    ``dataset.set_epoch(e)``, then :func:`kdtrack.data.dataset.epoch_order` cut to whole batches (or the item
+    ``dataset.set_epoch(e)``, then :func:`kdtrack.data.order.epoch_order` cut to whole batches (or the item
     indices ``epoch_batches(e)`` gives), collated, through :func:`train_one_epoch` until ``iterations``.
     Returns the iteration reached."""
-    from kdtrack.data.dataset import collate, epoch_order
+    from kdtrack.data.dataset import collate
+    from kdtrack.data.order import epoch_order
 
     it, epoch = 0, 0
     while it < iterations:

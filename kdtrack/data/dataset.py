@@ -275,12 +275,6 @@ def _pad_sample(sample: dict[str, np.ndarray], height: int, width: int) -> dict[
     return out
 
 
-def epoch_order(num_items: int, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled item order of one epoch (the same on every node and rerun): the Ray Data stream and the
-    in-process loop (``kdtrack.engine.train_in_process``) both walk it."""
-    return np.random.default_rng([seed, epoch]).permutation(num_items)
-
-
 class EpochSeededDataset(torch.utils.data.Dataset):
     """Map-style dataset whose sample ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i])``: new
     augmentations every epoch, the same ones on any worker and on a rerun. Subclasses define ``sample``."""

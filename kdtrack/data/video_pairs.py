@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -145,6 +145,11 @@ class VideoPairDataset(EpochSeededDataset):
 
     def __init__(self, clips: Sequence[ClipLabels], cfg: Config) -> None:
         super().__init__(clips, cfg)
+
+    @classmethod
+    def from_dicts(cls, clips: Sequence[dict[str, Any]], cfg: Config) -> "VideoPairDataset":
+        """From the clips as ``dataclasses.asdict`` wrote them (what the driver ships to the workers)."""
+        return cls([ClipLabels(**clip) for clip in clips], cfg)
 
     @property
     def clips(self) -> list[ClipLabels]:
