@@ -47,6 +47,8 @@ from tune.spec import RECIPE_FIELD, SweepSpec, check_every_resources, load_sweep
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's nesting tag: the UI shows children under their parent
 OUTCOME_TAG = "kdtrack.tune.outcome"  # completed | stopped_early | failed
 TRIAL_TAG = "kdtrack.tune.trial_id"
+ERROR_TAG = "kdtrack.tune.error"  # a failed trial's root cause, one line
+RESTARTS_TAG = "kdtrack.tune.restarts"  # times the trial's process died and Tune started it again
 BEST_RUN_TAG = "kdtrack.tune.best_run_id"  # the parent's link to its best trial's child run
 NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI (markdown)
 BEST_CONFIG = "best_config.yaml"
@@ -115,6 +117,17 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------- one trial (a Tune function)
 
 
+class TrialFailedBefore(RuntimeError):
+    """Tune restarted a trial whose run already failed: it fails again with the first error, untrained."""
+
+
+def trial_child_run(client: Any, experiment_id: str, parent_run_id: str, trial_id: str) -> Any | None:
+    """The child MLflow run an earlier start of ``trial_id`` made under ``parent_run_id``, or None."""
+    runs = client.search_runs([experiment_id], max_results=1,
+                              filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'")
+    return runs[0] if runs else None
+
+
 def relabelled_data(cfg: Config, videos: Sequence[Any], out: Path) -> tuple[Config, Any, dict[str, Any], dict]:
     """A stage-2 trial's own pseudo-labels: the cached stage-1 embeddings ``videos`` clustered with the trial's
     ``pseudo.*`` values into ``out`` (``jobs.pseudo_label.relabel``; no network runs), and the loop data read
@@ -155,15 +168,24 @@ def run_trial(values: dict[str, Any], *, recipes: dict[str, tuple[dict[str, Any]
     client = MlflowClient(tracking_uri=mlflow_uri)
     base, train_fn, loop_data, videos = recipes[trial_recipe(next(iter(recipes)), values)]
     base_cfg = config_from_dict(base)
+    # a run of this trial already: Tune started it again (tune.trial_max_failures) after its process died or raised
+    earlier = trial_child_run(client, experiment_id, parent_run_id, trial_id)
+    if earlier is not None and earlier.data.tags.get(OUTCOME_TAG) == "failed":
+        raise TrialFailedBefore(earlier.data.tags.get(ERROR_TAG, "failed"))  # the same error, not a second training
     run_id = ""
     try:
         cfg = trial_config(base_cfg, values, trial_run_name(trial_id))
         clustering = None
-        if videos is not None:
+        if videos is not None:  # the same values cluster the same labels again
             cfg, train_fn, loop_data, clustering = relabelled_data(cfg, videos, Path(labels_root) / trial_id)
         cfg = with_id_classes(cfg, loop_data)
-        run_id = create_mlflow_run(client, experiment_id, cfg, trial_name,
-                                   {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id, "kdtrack.ray_run": cfg.train.run_name})
+        if earlier is not None:  # its process died (a lost node): Ray Train resumes the run from its storage
+            run_id = earlier.info.run_id
+            client.set_tag(run_id, RESTARTS_TAG, str(int(earlier.data.tags.get(RESTARTS_TAG, "0")) + 1))
+        else:
+            run_id = create_mlflow_run(client, experiment_id, cfg, trial_name,
+                                       {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id,
+                                        "kdtrack.ray_run": cfg.train.run_name})
         if clustering is not None:  # the trial's own pseudo-labels: their counts, and the files, with the run
             for key in ("pseudo_ids", "videos_kept", "outlier_fraction", "boxes"):
                 client.log_metric(run_id, f"pseudo/{key}", float(clustering[key]))
@@ -184,7 +206,7 @@ def run_trial(values: dict[str, Any], *, recipes: dict[str, tuple[dict[str, Any]
                 if value is not None:
                     client.log_param(run_id, key, str(_plain(value)))
         client.set_tag(run_id, OUTCOME_TAG, "failed")
-        client.set_tag(run_id, "kdtrack.tune.error", error_line(exc)[:5000])
+        client.set_tag(run_id, ERROR_TAG, error_line(exc)[:5000])
         client.set_tag(run_id, "kdtrack.tune.traceback", f"{type(exc).__name__}: {exc}"[-5000:])
         client.set_terminated(run_id, status="FAILED")
         raise
@@ -213,14 +235,19 @@ class _TrialLog:
             def on_trial_error(self, iteration, trials, trial, **info):
                 log.record(trial, error=str(getattr(trial, "error_file", "") or "error"))
 
+            def on_trial_recover(self, iteration, trials, trial, **info):
+                log.restarts[trial.trial_id] = log.restarts.get(trial.trial_id, 0) + 1
+
         self.callback = Recorder()
         self.trials: dict[str, dict[str, Any]] = {}
+        self.restarts: dict[str, int] = {}  # trial id -> times Tune started it again (tune.trial_max_failures)
 
     def record(self, trial: Any, error: str) -> None:
         last = dict(trial.last_result or {})
         self.trials[trial.trial_id] = {
             "trial_id": trial.trial_id, "values": {k: _plain(v) for k, v in trial.config.items()},
             "iteration": int(last.get("iteration", 0) or 0), "failed": bool(error), "error_file": error,
+            "restarts": self.restarts.get(trial.trial_id, 0),
             "last_result": {k: _plain(v) for k, v in last.items() if isinstance(_plain(v), (int, float, str))},
         }
 
@@ -431,13 +458,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                     max_concurrent_trials=None if sweep.searcher == "random"
                                     else sweep.max_concurrent_trials),
         run_config=tune.RunConfig(name=sweep_name, **storage.ray_kwargs(), callbacks=[trial_log.callback],
-                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False), verbose=1),
+                                  failure_config=tune.FailureConfig(max_failures=sweep.trial_max_failures,
+                                                                    fail_fast=False), verbose=1),
     )
     start = time.time()
     try:
         results = tuner.fit()
     except BaseException as exc:
-        client.set_tag(parent_id, "kdtrack.tune.error", f"{type(exc).__name__}: {exc}"[:5000])
+        client.set_tag(parent_id, ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
         client.set_terminated(parent_id, status="FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
         raise
     elapsed = time.time() - start
@@ -457,7 +485,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                               "baselines": baselines, "trials": trials, "best": None,
                               "tune_errors": len(results.errors)}
     if best is None:
-        client.set_tag(parent_id, "kdtrack.tune.error", "no trial finished with a finite objective")
+        client.set_tag(parent_id, ERROR_TAG, "no trial finished with a finite objective")
         client.set_terminated(parent_id, status="FAILED")
         atomic_write_json(out / SWEEP_JSON, record)
         print(f"no trial finished with a finite {sweep.metric}; see {out / SWEEP_JSON}", flush=True)

@@ -6,6 +6,8 @@ every process bound to 127.0.0.1), started once for this module.
 - the node of a training worker is removed mid-run, a spare node takes its place (as an autoscaler's):
   training resumes from the last checkpoint in the shared S3 bucket (moto on 127.0.0.1), ends at exactly
   the planned iteration, keeps every checkpoint written before the loss, and stays one MLflow run;
+- the node of a running sweep trial is removed: Tune starts the trial again and its Train run resumes from its
+  checkpoint, logging into the same MLflow child run;
 - the node of a busy inference actor is removed during ``jobs.evaluate mot`` and during ``jobs.pseudo_label``:
   the item it held runs again elsewhere, every sequence / clip comes back exactly once, and the tracker files,
   per-sequence metrics and label tables are those of a fault-free run.
@@ -21,6 +23,7 @@ see the same batches on any node (the Ray Data split hands blocks to whichever w
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -303,6 +306,113 @@ def test_a_lost_node_resumes_from_the_bucket_into_one_mlflow_run(multinode, tiny
     print(f"lost node {loss.lost_node[:8]} {loss.seconds_to_loss:.1f} s in, after the checkpoint of iteration "
           f"{loss.registered_at_loss} was registered; resumed from {resumed:.0f} on {sorted(idle_before)[0][:8]}; "
           f"fit {result['fit_seconds']:.1f} s")
+
+
+# --------------------------------------------------------------------------- a sweep (Tune)
+
+TRIAL_ACTOR = "ImplicitFunc"  # the class name Ray Tune gives a function trainable's actor
+SWEEP_ITERATIONS = 6  # reports (checkpoints, validations) at 2, 4, 6: the node goes after the first is registered
+
+
+class TrialNodeLoss(FaultThread):
+    """Once the trial's Ray Train run has registered a checkpoint, removes the node of the trial's own actor (it
+    holds a whole node, ``tune.trial_cpus: 1``): the trial process, its Train controller and workers all die.
+    Notes the lost node, the registered iteration and the checkpoints on disk at the loss."""
+
+    def __init__(self, multinode: MultiNode, storage: Path):
+        super().__init__(name="trial-node-loss")
+        self.multinode, self.storage = multinode, storage
+        self.registered_at_loss: int | None = None
+        self.stored_at_loss: dict[str, int] = {}
+        self.lost_node: str | None = None
+
+    def _run(self) -> None:
+        import ray._private.state
+
+        start = time.monotonic()
+        while True:
+            snapshots = list(self.storage.glob(f"train-*/{SNAPSHOT}"))
+            registered = registered_iteration(snapshots[0].read_text) if len(snapshots) == 1 else None
+            if registered is not None:
+                break
+            if self.stop.is_set() or time.monotonic() - start > WAIT_S:
+                self.error = f"no trial checkpoint registered under {self.storage} (snapshots: {snapshots})"
+                return
+            time.sleep(0.1)
+        if registered >= SWEEP_ITERATIONS:
+            self.error = f"the trial reached iteration {registered} before its node could be lost"
+            return
+        actors = [a for a in ray._private.state.actors(actor_state_name="ALIVE").values()
+                  if a["ActorClassName"] == TRIAL_ACTOR]
+        if len(actors) != 1:
+            self.error = f"expected one live {TRIAL_ACTOR} actor, found {actors}"
+            return
+        node_id = actors[0]["Address"]["NodeID"]
+        self.registered_at_loss = registered
+        self.stored_at_loss = {p.parent.name: int(load_checkpoint(p)["iteration"])
+                               for p in snapshots[0].parent.glob("checkpoint_*/checkpoint.pt")}
+        self.lost_node = node_id
+        self.multinode.remove_worker(next(n for n in self.multinode.workers if n.node_id == node_id))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_lost_node_during_a_sweep_restarts_its_trial_from_the_checkpoint(multinode, tiny_world, tmp_path,
+                                                                          monkeypatch):
+    """``jobs.tune`` with ``tune.trial_max_failures: 1``: the node running a trial is lost mid-trial. Tune starts
+    the trial again on a node left; its Ray Train run resumes from the checkpoint in the sweep's storage, logs
+    into the trial's one MLflow child run, and the sweep ends with that trial completed and validated."""
+    from jobs.tune import RESTARTS_TAG, get_args_parser, main as tune_main
+
+    from test_tune import write_sweep
+
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+    _worker_nodes(multinode, 3)  # the trial's actor, its Train worker, and a spare for the restarted trial
+    storage = tmp_path / "storage"
+    path = write_sweep(tmp_path, set={"train.max_iterations": SWEEP_ITERATIONS, "train.cpus_per_worker": 0.5,
+                                      "train.log_every": 1},
+                       tune={"num_samples": 1, "scheduler": "fifo", "trial_cpus": 1.0, "trial_max_failures": 1})
+    args = get_args_parser().parse_args(["--config", str(path), "--data-root", str(tiny_world),
+                                         "--out", str(tmp_path / "sweep"), "--storage", str(storage)])
+    loss = TrialNodeLoss(multinode, storage)
+    loss.start()
+    try:
+        result = tune_main(args)
+    finally:
+        loss.stop.set()
+        loss.join(timeout=60)
+    assert loss.error is None, loss.error
+    assert loss.lost_node is not None and loss.lost_node not in {n.node_id for n in multinode.workers}
+
+    # Tune started the trial once more, and it completed all its iterations with a finite objective.
+    assert result["exit_code"] == 0
+    (trial,) = result["trials"]
+    assert trial["restarts"] == 1 and trial["outcome"] == "completed", trial
+    assert trial["iteration"] == SWEEP_ITERATIONS and math.isfinite(trial["objective"])
+
+    # One child run holds the whole trial: restarted once, resumed from a checkpoint at or after the one
+    # registered before the loss, every iteration logged (those trained after that checkpoint and before the
+    # loss twice: they were trained again) and the objective at every report.
+    client = MlflowClient(result["mlflow_uri"])
+    (child,) = client.search_runs([client.get_run(result["mlflow_parent_run_id"]).info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{result['mlflow_parent_run_id']}'")
+    assert child.info.run_id == trial["mlflow_run_id"] and child.info.status == "FINISHED"
+    assert child.data.tags[RESTARTS_TAG] == "1"
+    resumed = int(child.data.tags["kdtrack.resumed_at_iteration"])
+    assert loss.registered_at_loss <= resumed < SWEEP_ITERATIONS and resumed % REPORT_EVERY == 0, (resumed, loss.registered_at_loss)
+    steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/total")]
+    assert set(steps) == set(range(1, SWEEP_ITERATIONS + 1)), steps
+    assert all(step > resumed for step in steps if steps.count(step) > 1), (steps, resumed)
+    assert {m.step for m in client.get_metric_history(child.info.run_id, "val/person_search/mAP")} == \
+        set(range(REPORT_EVERY, SWEEP_ITERATIONS + 1, REPORT_EVERY))
+
+    # No checkpoint lost: those on disk at the loss are still there, and the trial's last one is its model.
+    run_dir = next(storage.glob(f"train-{trial['trial_id']}"))
+    stored = {p.parent.name: int(load_checkpoint(p)["iteration"]) for p in run_dir.glob("checkpoint_*/checkpoint.pt")}
+    assert loss.stored_at_loss and loss.stored_at_loss.items() <= stored.items(), (loss.stored_at_loss, stored)
+    assert max(stored.values()) == SWEEP_ITERATIONS
+    print(f"lost node {loss.lost_node[:8]} after the checkpoint of iteration {loss.registered_at_loss}; the trial "
+          f"resumed from {resumed}; sweep {result['seconds']:.0f} s")
 
 
 # --------------------------------------------------------------------------- inference jobs (actor pools)

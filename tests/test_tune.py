@@ -99,6 +99,7 @@ def test_shipped_real_data_sweep_validates_on_the_carved_val_split():
     ({"search": {"loss.key_momentum": {"uniform": [0.9, 1.0]}}}, "loss.key_momentum must be in [0, 1), got 1.0"),
     ({"set": {**SMALL_SWEEP["set"], "loss.queue_size": 0}}, "loss.queue_size must be > 0"),
     ({"tune": {"reduction_factor": 1}}, "tune.reduction_factor must be >= 2 (ASHA keeps"),
+    ({"tune": {"trial_max_failures": -1}}, "tune.trial_max_failures must be >= 0"),
 ])
 def test_bad_sweep_presets_are_refused_naming_the_key_and_file(tmp_path, changes, message):
     path = write_sweep(tmp_path, **changes)
@@ -192,13 +193,15 @@ def test_error_line_finds_the_worker_root_cause():
 @pytest.mark.slow
 def test_sweep_records_a_nan_trial_as_failed_and_writes_the_best_config(ray_session, tiny_world, tmp_path):
     """Two trials (lr grid): 1e-3 trains and is validated at iterations 2 and 4; 1e30 makes the loss NaN
-    at its first step. Tune records it as errored, MLflow as FAILED with the cause, and the sweep goes on."""
+    at its first step. Tune records it as errored, MLflow as FAILED with the cause, and the sweep goes on.
+    Tune starts the failed trial once more (``tune.trial_max_failures: 1``, meant for a lost node): that start
+    finds the run tagged failed and fails at once, keeping the first error and one child run."""
     from mlflow.tracking import MlflowClient
 
     from jobs.tune import get_args_parser, main
 
     path = write_sweep(tmp_path, search={"train.lr": {"grid": [1.0e-3, 1.0e+30]}},
-                       tune={"num_samples": 1, "scheduler": "fifo"})
+                       tune={"num_samples": 1, "scheduler": "fifo", "trial_max_failures": 1})
     out = tmp_path / "sweep"
     result = main(get_args_parser().parse_args(["--config", str(path), "--data-root", str(tiny_world),
                                                 "--out", str(out)]))
@@ -206,6 +209,7 @@ def test_sweep_records_a_nan_trial_as_failed_and_writes_the_best_config(ray_sess
     outcomes = {t["values"]["train.lr"]: t for t in result["trials"]}
     assert outcomes[1e-3]["outcome"] == "completed" and outcomes[1e-3]["iteration"] == 4
     assert outcomes[1e30]["outcome"] == "failed"
+    assert outcomes[1e30]["restarts"] == 1 and outcomes[1e-3]["restarts"] == 0
     assert result["tune_errors"] == 1
 
     client = MlflowClient(tracking_uri=result["mlflow_uri"])

@@ -94,6 +94,7 @@ class SweepConfig:
     reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
     max_concurrent_trials: int = 1  # trials at once (each takes trial_cpus + num_workers x cpus_per_worker CPUs)
     trial_cpus: float = 0.1  # CPUs of a trial's driver actor (it only waits on its Ray Train run)
+    trial_max_failures: int = 2  # restarts of a trial whose process died (a lost node): it resumes from its checkpoint; a trial that raised is not rerun
     seed: int = 0  # seed of the search algorithm's draws
     experiment: str = ""  # MLflow experiment of the parent and child runs ("" = the training config's)
     baselines: tuple[str, ...] = ("random", "colour")  # embedders scored once on the same validation boxes (kdtrack.metrics.reid_probe)
@@ -106,6 +107,7 @@ SWEEP_RULES = (
     at_least("tune.max_concurrent_trials", 1),
     at_least("tune.reduction_factor", 2, "ASHA keeps the best 1/reduction_factor"),
     at_least("tune.trial_cpus", 0),
+    at_least("tune.trial_max_failures", 0),
     at_least("tune.grace_period", 0, "0 = train.report_every"),
 )
 
