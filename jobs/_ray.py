@@ -88,6 +88,23 @@ def refuse_unless_joining(problem: Exception) -> None:
     print(f"warning: {problem} (an autoscaling cluster may still add nodes)", flush=True)
 
 
+@contextlib.contextmanager
+def sigint_handler_kept() -> Iterator[None]:
+    """Puts the SIGINT handler back as it was after the block. Ray Train's ``fit`` installs its own, which holds
+    the run's controller actor: left in place, the finished controller (hundreds of MB, and a Ray Data run's
+    dataset manager and split coordinator with it) lives on until the next fit or the end of the process."""
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        yield
+    finally:
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def ensure_ray():
     """The ``ray`` module, initialised: joins ``RAY_ADDRESS`` when set, else starts a local cluster."""
     import ray

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jobs._mlflow_train import check_artifact_location, create_driver_run, log_trained_model, mark_failed
-from jobs._ray import refuse_unless_joining
+from jobs._ray import refuse_unless_joining, sigint_handler_kept
 from jobs._resume import check_resume
 from jobs._storage import (
     Storage, StorageLost, as_uri, check_storage, fetch_to_local, is_storage_uri, resolve_storage, s3_env,
@@ -443,7 +443,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     start = time.time()
     with work_phase():  # from here a missing file is a failed run (exit 1), not bad input (exit 2)
         try:
-            result = trainer.fit()
+            with sigint_handler_kept():
+                result = trainer.fit()
         except BaseException as exc:
             if run_id:
                 mark_failed(uri, run_id, exc)

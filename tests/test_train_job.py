@@ -387,3 +387,21 @@ def test_supervised_smoke_run_classifies_the_labelled_people(ray_session, tiny_w
     assert 0.5 * math.log(classes) < metrics["train/id/ce"] < 2 * math.log(classes)
     assert metrics["train/id"] == pytest.approx(metrics["train/id/ce"] + metrics["train/id/metric"], rel=1e-4)
     assert state["criterion"]["supervised.memory_ids"].shape == (state["config"].loss.supervised_memory,)
+
+    # the finished run's Ray Train controller is gone when main returns (its SIGINT handler held it until the
+    # next fit), and with it the Ray Data stream's dataset manager and split coordinator
+    assert _live_actors({"TrainController", "DatasetManager", "SplitCoordinator"}, settle_s=15) == []
+
+
+def _live_actors(class_names: set[str], settle_s: float) -> list[str]:
+    """The class names of live actors among ``class_names``, polled until none is left or ``settle_s`` passed
+    (a released actor is killed asynchronously)."""
+    import ray._private.state
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        live = sorted(a["ActorClassName"] for a in ray._private.state.actors(actor_state_name="ALIVE").values()
+                      if a["ActorClassName"] in class_names)
+        if not live or time.monotonic() > deadline:
+            return live
+        time.sleep(0.2)
