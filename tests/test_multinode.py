@@ -349,8 +349,11 @@ class TrialNodeLoss(FaultThread):
             return
         node_id = actors[0]["Address"]["NodeID"]
         self.registered_at_loss = registered
-        self.stored_at_loss = {p.parent.name: int(load_checkpoint(p)["iteration"])
-                               for p in snapshots[0].parent.glob("checkpoint_*/checkpoint.pt")}
+        for path in snapshots[0].parent.glob("checkpoint_*/checkpoint.pt"):
+            try:
+                self.stored_at_loss[path.parent.name] = int(load_checkpoint(path)["iteration"])
+            except (OSError, ValueError, RuntimeError, EOFError):
+                continue  # still being copied in: not yet a checkpoint the loss could lose
         self.lost_node = node_id
         self.multinode.remove_worker(next(n for n in self.multinode.workers if n.node_id == node_id))
 
