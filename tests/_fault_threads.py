@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from typing import Callable
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of the checkpoints it registered
@@ -18,6 +19,22 @@ def registered_iteration(read_snapshot: Callable[[], "str | bytes"]) -> int | No
     except (OSError, ValueError):
         return None
     return int(latest.get("metrics", {}).get("iteration", 0)) if latest else None
+
+
+def loadable_checkpoints(run_dir: Path, known: dict[str, int] | None = None) -> dict[str, int]:
+    """``{checkpoint folder: iteration}`` of every ``checkpoint_*/checkpoint.pt`` under a local ``run_dir`` that
+    loads (a file still being copied in does not); folders already in ``known`` are not read again."""
+    from kdtrack.checkpoint import load_checkpoint
+
+    found = dict(known or {})
+    for path in sorted(run_dir.glob("checkpoint_*/checkpoint.pt")):
+        if path.parent.name in found:
+            continue
+        try:
+            found[path.parent.name] = int(load_checkpoint(path)["iteration"])
+        except (OSError, ValueError, RuntimeError, EOFError):
+            continue
+    return found
 
 
 class FaultThread(threading.Thread):

@@ -26,7 +26,7 @@ from jobs.train import get_args_parser, main
 from kdtrack.checkpoint import load_checkpoint
 from kdtrack.config import load_config
 
-from _fault_threads import SNAPSHOT, FaultThread, registered_iteration
+from _fault_threads import SNAPSHOT, FaultThread, loadable_checkpoints, registered_iteration
 
 # The smaller student of tests/test_train_job.py: one iteration is ~0.3-1 s on 2 shared cores.
 FAST = ["model.input_width=160", "model.input_height=96", "model.width=16", "model.head_conv=32",
@@ -41,20 +41,6 @@ WAIT_S = 180.0  # for the first registered checkpoint (Ray start-up + model buil
 def _registered_iteration(run_dir: Path) -> int | None:
     """The iteration of the latest checkpoint Ray Train's controller registered in ``run_dir``, or None."""
     return registered_iteration((run_dir / SNAPSHOT).read_text)
-
-
-def _loadable_checkpoints(run_dir: Path, known: dict[str, int]) -> dict[str, int]:
-    """``{checkpoint folder: iteration}`` of every ``checkpoint_*/checkpoint.pt`` that loads (a file still being
-    copied does not); folders already in ``known`` are not read again."""
-    found = dict(known)
-    for path in sorted(run_dir.glob("checkpoint_*/checkpoint.pt")):
-        if path.parent.name in found:
-            continue
-        try:
-            found[path.parent.name] = int(load_checkpoint(path)["iteration"])
-        except (OSError, ValueError, RuntimeError, EOFError):
-            continue
-    return found
 
 
 def _train_workers(ignore: frozenset[int] = frozenset()) -> list[Any]:
@@ -117,9 +103,9 @@ class WorkerKiller(FaultThread):
             self.error = self._too_late(f"iteration {registered} registered first")
             return
         # 2. The next checkpoint has been uploaded whole: the worker is training again, not copying a file.
-        known = _loadable_checkpoints(self.run_dir, {})
+        known = loadable_checkpoints(self.run_dir, {})
         while True:
-            found = _loadable_checkpoints(self.run_dir, known)
+            found = loadable_checkpoints(self.run_dir, known)
             new = {name: it for name, it in found.items() if name not in known}
             if new:
                 break
@@ -154,7 +140,7 @@ class WorkerKiller(FaultThread):
         self.seconds_to_kill = time.monotonic() - start
         # The worker trained on between step 2 and the kill and may have written more checkpoints: the bound is
         # the newest whole one on disk once it is dead (its replacement takes seconds to start, so none is its).
-        self.uploaded_at_kill = max(_loadable_checkpoints(self.run_dir, found).values())
+        self.uploaded_at_kill = max(loadable_checkpoints(self.run_dir, found).values())
         # 4. Ray Train (FailureConfig) starts a new worker group: note its worker's pid.
         while not self.stop.is_set():
             self.later_pids.update(p.pid for p in _train_workers(self.stale) if p.pid != self.killed_pid)

@@ -38,7 +38,7 @@ from jobs.train import get_args_parser, main
 from kdtrack.checkpoint import load_checkpoint
 from kdtrack.data.transforms import single_thread  # torch on one thread, as in an inference actor of one CPU
 
-from _fault_threads import SNAPSHOT, FaultThread, registered_iteration
+from _fault_threads import SNAPSHOT, FaultThread, loadable_checkpoints, registered_iteration
 
 # the smaller student of tests/test_train_job.py, on two workers of half a CPU each
 from test_train_job import FAST
@@ -311,7 +311,9 @@ def test_a_lost_node_resumes_from_the_bucket_into_one_mlflow_run(multinode, tiny
 # --------------------------------------------------------------------------- a sweep (Tune)
 
 TRIAL_ACTOR = "ImplicitFunc"  # the class name Ray Tune gives a function trainable's actor
-SWEEP_ITERATIONS = 6  # reports (checkpoints, validations) at 2, 4, 6: the node goes after the first is registered
+# reports (checkpoints, validations) at 2, 4, ..., 10: the node goes after the first is registered, and the trial
+# must not have written its last one before it goes (removing a node takes seconds while it trains on)
+SWEEP_ITERATIONS = 10
 
 
 class TrialNodeLoss(FaultThread):
@@ -349,13 +351,13 @@ class TrialNodeLoss(FaultThread):
             return
         node_id = actors[0]["Address"]["NodeID"]
         self.registered_at_loss = registered
-        for path in snapshots[0].parent.glob("checkpoint_*/checkpoint.pt"):
-            try:
-                self.stored_at_loss[path.parent.name] = int(load_checkpoint(path)["iteration"])
-            except (OSError, ValueError, RuntimeError, EOFError):
-                continue  # still being copied in: not yet a checkpoint the loss could lose
-        self.lost_node = node_id
         self.multinode.remove_worker(next(n for n in self.multinode.workers if n.node_id == node_id))
+        self.lost_node = node_id
+        # read once the node is gone: what the trial wrote while it was being removed counts too
+        self.stored_at_loss = loadable_checkpoints(snapshots[0].parent)  # one still being copied in is not yet one
+        if SWEEP_ITERATIONS in self.stored_at_loss.values():
+            self.error = (f"the trial wrote its last checkpoint (iteration {SWEEP_ITERATIONS}) before its node was "
+                          f"gone: raise SWEEP_ITERATIONS in {Path(__file__).name}")
 
 
 @pytest.mark.ray
