@@ -100,6 +100,8 @@ def train_func(loop_config: dict[str, Any]) -> None:
     validate = build_validation(cfg, device) if rank == 0 else None
     log_fn = _log_fn(cfg, rank, parts, feed, sink)
     with failed_run_on_error(sink):
+        if state is not None and iteration >= parts.total:
+            _report_finished(state, resumed)
         iteration = _train_epochs(cfg, rank, parts, feed, sink, validate, log_fn, start_epoch=start_epoch,
                                   iteration=iteration, resumed=resumed)
         if rank == 0:
@@ -134,6 +136,16 @@ def _train_epochs(cfg: Config, rank: int, parts: WorkerParts, feed: Any, sink: A
         done_before = 0
         epoch = next_epoch
     return iteration
+
+
+def _report_finished(state: dict[str, Any], resumed: dict[str, float]) -> None:
+    """A run resumed already finished trains nothing; every rank reports its last checkpoint's metrics once
+    more. A sweep trial whose process died after that checkpoint, before Tune saw its report, is then
+    recorded with its last result (not as stopped early at the one before)."""
+    import ray.train
+
+    ray.train.report({**state.get("metrics", {}), "epoch": int(state["epoch"]), "iteration": int(state["iteration"]),
+                      **resumed, MLFLOW_RUN_ID_KEY: str(state.get("mlflow_run_id", ""))})
 
 
 def _report(cfg: Config, rank: int, parts: WorkerParts, sink: Any, validate: Any, terms: dict[str, float], *,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def test_recipe_must_match_the_loss():
 
 
 def test_run_logs_to_mlflow_validates_at_each_report_and_resumes_inside_an_epoch(ray_session, tiny_world,
-                                                                                  mlflow_uri, tmp_path):
+                                                                                  mlflow_uri, tmp_path, monkeypatch):
     """One training run, resumed once. train.report_every=2 reports (checkpoint + validation) at iterations 2 and
     3 of a 4-iteration epoch; everything lands in one MLflow run (params, terms, the resolved config, the final
     checkpoint as its logged model). A rerun with a longer budget is refused on the driver, naming the changed
@@ -141,6 +142,27 @@ def test_run_logs_to_mlflow_validates_at_each_report_and_resumes_inside_an_epoch
     # the storage holds the run; CheckpointConfig(num_to_keep=1) left only the newest of its 4 checkpoints there
     assert not (out / "ray_results").exists()
     assert len(list(storage.rglob("checkpoint.pt"))) == 1
+    # started once more, the run resumes already finished (a sweep trial whose node went after its last
+    # checkpoint, before Tune saw its report): it trains nothing and reports that checkpoint's metrics again,
+    # which a sweep's TuneReportCallback hands to Tune (here a callback that writes down what it is handed)
+    import jobs.train
+    from ray.train.v2.api.callback import UserCallback
+
+    reports = tmp_path / "reports.jsonl"
+
+    class WriteReports(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(reports, "a") as f:
+                f.write(json.dumps({**metrics[0], "with_checkpoint": checkpoint is not None}) + "\n")
+
+    build = jobs.train.build_trainer
+    monkeypatch.setattr(jobs.train, "build_trainer", lambda *a, **k: build(*a, **k, callbacks=[WriteReports()]))
+    main(args(6))
+    handed = [json.loads(line) for line in reports.read_text().splitlines()]
+    assert len(handed) == 1 and not handed[0]["with_checkpoint"]
+    assert handed[0]["iteration"] == 6 and handed[0]["resumed_from_iteration"] == 6
+    assert handed[0]["val/person_search/mAP"] == pytest.approx(state2["metrics"]["val/person_search/mAP"])
+    assert load_checkpoint(ckpt_path)["iteration"] == 6
 
 
 def test_kd_without_a_teacher_checkpoint_is_refused_before_ray_starts(tiny_world, mlflow_uri, tmp_path, monkeypatch):
