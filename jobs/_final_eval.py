@@ -5,7 +5,7 @@ Picking on the validation split and reporting on the test split is the protocol 
 number takes part in the choice. The checkpoint is the trial's last one (for a trial ASHA stopped, the one at
 its stop: the iteration is recorded beside the numbers). ``reid``: oracle-box re-ID on the person-search test
 split and the MOT17 val halves, with the random-init and colour baselines on the same boxes (``jobs.evaluate
-reid``); ``mot``: tracking on the MOT17 val halves, MOTA / IDF1 / HOTA (``jobs.evaluate mot --half val``).
+reid``; person search alone when the MOT17 val halves were the objective); ``mot``: tracking on the MOT17 val halves, MOTA / IDF1 / HOTA (``jobs.evaluate mot --half val``).
 ``jobs.compare`` reads what they log into its final columns.
 """
 
@@ -50,9 +50,11 @@ def last_checkpoint(storage: Any, run_name: str) -> tuple[str, int] | None:
 
 
 def evaluate_best_trials(best: dict[str, dict[str, Any]], checkpoints: dict[str, tuple[str, int] | None], cfg: Config,
-                         evaluations: Sequence[str], out: Path, mlflow_uri: str, experiment: str) -> dict[str, Any]:
+                         evaluations: Sequence[str], out: Path, mlflow_uri: str, experiment: str,
+                         protocols: Sequence[str] = ("person_search", "mot")) -> dict[str, Any]:
     """Run ``evaluations`` on each recipe's best trial's checkpoint (``checkpoints``: trial id -> its newest
-    checkpoint, :func:`last_checkpoint`), logging into the trial's MLflow run.
+    checkpoint, :func:`last_checkpoint`), logging into the trial's MLflow run; ``reid`` scores ``protocols``
+    (not the MOT17 val halves when they were the sweep's objective, ``tune.spec.held_out_protocols``).
     One recipe's failure (no checkpoint kept, a broken file) is recorded under its name and the others go on:
     the sweep's own results are already written."""
     from jobs import evaluate
@@ -79,7 +81,8 @@ def evaluate_best_trials(best: dict[str, dict[str, Any]], checkpoints: dict[str,
         try:
             if "reid" in evaluations:
                 reid = evaluate.main(["reid", "--checkpoint", checkpoint, "--world", str(root), "--split", REID_SPLIT,
-                                      "--out", str(folder / "reid.json"), *logging])
+                                      "--protocols", ",".join(protocols), "--out", str(folder / "reid.json"),
+                                      *logging])
                 entry["reid"] = {protocol: {name: row.get("mAP") for name, row in reid[protocol].items()}
                                  for protocol in ("person_search", "mot") if protocol in reid}
             if "mot" in evaluations:

@@ -42,7 +42,8 @@ from typing import Any, Sequence
 from kdtrack.config import (
     Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, dump_config, with_absolute_paths,
 )
-from tune.spec import RECIPE_FIELD, SweepSpec, check_every_resources, load_sweep, override_text, reclusters
+from tune.spec import (RECIPE_FIELD, SweepSpec, check_every_resources, held_out_protocols, load_sweep, override_text,
+                        reclusters)
 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's nesting tag: the UI shows children under their parent
 OUTCOME_TAG = "kdtrack.tune.outcome"  # completed | stopped_early | failed
@@ -502,7 +503,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         # _best's pick within each recipe: its objective at the last report, the one its last checkpoint carries
         picked = {recipe: found for recipe, group in by_recipe.items() if (found := _best(group, spec)) is not None}
         checkpoints = {t["trial_id"]: last_checkpoint(storage, trial_run_name(t["trial_id"])) for t in picked.values()}
-        record["final"] = evaluate_best_trials(picked, checkpoints, spec.base, sweep.final_eval, out, uri, experiment)
+        record["final"] = evaluate_best_trials(picked, checkpoints, spec.base, sweep.final_eval, out, uri, experiment,
+                                               protocols=held_out_protocols(spec))
     if spec.recipes:  # the recipes side by side: out/compare/compare.md and its plots, logged to the parent run
         from jobs import compare
 

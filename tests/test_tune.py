@@ -76,6 +76,40 @@ def test_shipped_real_data_sweep_validates_on_the_carved_val_split():
         load_sweep("tune_idf_paper", ["data.root=/nonexistent", "train.val_split=test"])
 
 
+def test_a_mot17_sweep_validates_on_the_val_halves_and_reports_nothing_on_them(tiny_world):
+    """tune_kd_mot17_paper: FairMOT's train-half / val-half protocol. The trials train on the train halves,
+    the objective is cross-time re-ID on the val halves (measured by the trial's validation: a real reading on
+    a world's MOT17), and no final report of the sweep scores the val halves again."""
+    import torch
+
+    from jobs._train_worker import build_validation
+    from kdtrack.models.student import build_student
+    from tune.spec import held_out_protocols
+
+    spec = load_sweep("tune_kd_mot17_paper", ["data.root=/nonexistent"])
+    assert spec.base.train.recipe == "kd" and spec.base.data.sources == ("mot17",)
+    assert spec.base.data.mot_split == "train_half" and spec.base.eval.reid_mot_split == "val_half"
+    assert spec.tune.metric == "val/mot/mAP" and held_out_protocols(spec) == ("person_search",)
+    assert held_out_protocols(load_sweep("tune_idf_paper", ["data.root=/nonexistent"])) == ("person_search", "mot")
+    from tune.spaces import scheduler
+
+    assert sorted(m for m, _ in scheduler(spec)._brackets[0]._rungs) == [1000, 2000, 4000]
+    for changes, message in (
+        (["data.mot_split=all"], "data.mot_split='all' trains on them: set data.mot_split=train_half"),
+        (["eval.reid_mot_split=all"], "set eval.reid_mot_split=val_half (got 'all')"),
+        (["tune.final_eval=[reid, mot]"], "tune.final_eval 'mot' tracks the MOT17 val halves"),
+    ):
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_sweep("tune_kd_mot17_paper", ["data.root=/nonexistent", *changes])
+    load_sweep("tune_kd_mot17_paper", ["data.root=/nonexistent", "tune.final_eval=[reid]"])
+    # what a trial reports: the val halves' cross-time mAP of its student, as every report does
+    cfg = load_config("tiny", [f"data.root={tiny_world}", "train.val_protocols=[mot]"])
+    validate = build_validation(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    report = validate(build_student(cfg.model).eval())
+    assert set(report) >= {"val/mot/mAP", "val/mot/rank1"} and 0 < report["val/mot/mAP"] <= 100
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"search": {"loss.nope": {"uniform": [0, 1]}}}, "unknown key 'loss.nope'"),
     ({"search": {"loss.eta": {"uniform": [0, 1]}}}, "read only by train.recipe kd"),

@@ -363,8 +363,7 @@ def check_sweep(spec: SweepSpec, require_search: bool = True) -> None:
         raise ConfigError(f"{src}: train.val_split is 'test': the sweep objective must come from a validation "
                           f"split that no final report uses (the world's 'val' split)")
     if parts[1] == "mot":
-        raise ConfigError(f"{src}: tune.metric on the 'mot' protocol reads MOT17 val-half frames, which the "
-                          f"re-ID test reports also use: use val/person_search/<metric>")
+        _check_mot_objective(src, sweep, cfg)
     if cfg.train.max_iterations <= 0 or cfg.train.epochs != 0:
         raise ConfigError(f"{src}: a sweep runs on an iteration budget: set train.epochs: 0 and "
                           f"train.max_iterations > 0 (ASHA's max_t)")
@@ -380,6 +379,28 @@ def check_sweep(spec: SweepSpec, require_search: bool = True) -> None:
         raise ConfigError(f"{src}: tune.final_eval: unknown {unknown} (known: {', '.join(FINAL_EVALUATIONS)})")
     if sweep.searcher == "optuna" and any(d.kind == "grid" for d in spec.search.values()):
         raise ConfigError(f"{src}: the optuna searcher does not take grid distributions: use choice")
+
+
+def _check_mot_objective(src: str, sweep: SweepConfig, cfg: Config) -> None:
+    """The MOT17 val halves as the objective, FairMOT's train-half / val-half protocol: the trials train on no
+    val-half frame, the objective reads the val halves, and no final report of the sweep reads them again (its
+    held-out MOT17 report is the test split, scored by the MOTChallenge server)."""
+    if cfg.eval.reid_mot_split != "val_half":
+        raise ConfigError(f"{src}: tune.metric {sweep.metric!r} validates on the MOT17 val halves: set "
+                          f"eval.reid_mot_split=val_half (got {cfg.eval.reid_mot_split!r})")
+    if "mot17" in cfg.data.sources and cfg.data.mot_split != "train_half":
+        raise ConfigError(f"{src}: tune.metric {sweep.metric!r} validates on the MOT17 val halves, and "
+                          f"data.mot_split={cfg.data.mot_split!r} trains on them: set data.mot_split=train_half")
+    if "mot" in sweep.final_eval:
+        raise ConfigError(f"{src}: tune.final_eval 'mot' tracks the MOT17 val halves, this sweep's validation "
+                          f"frames: drop it (the held-out MOT17 report is its test split, on the MOTChallenge "
+                          f"server); 'reid' then scores person search alone")
+
+
+def held_out_protocols(spec: SweepSpec) -> tuple[str, ...]:
+    """The re-ID protocols a final report may score: not the one the objective validated on when that is the
+    MOT17 val halves (the person-search val split is not the test split, so it stays)."""
+    return ("person_search",) if spec.protocol == "mot" else ("person_search", "mot")
 
 
 def reclusters(spec: SweepSpec) -> bool:
