@@ -257,7 +257,7 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()  # student parts kept fixed (no gradient, BatchNorm statistics fixed): body | identity | detection (the heatmap, size and offset heads). IDF stage 2 freezes detection, stage 3 body + identity
     # Validation at every report (rank 0): oracle-box re-ID of the identity embedding on held-out people
     # (kdtrack.metrics.reid_probe), logged as val/<protocol>/<metric> and reported to Ray Train / Tune (the sweep objective)
-    val_protocols: tuple[str, ...] = ()  # () = off; person_search (the val split's own identities) | mot (MOT17 val half: the test protocol's frames, not held out)
+    val_protocols: tuple[str, ...] = ()  # () = off; person_search (the val split's own identities) | mot (the MOT17 val halves: a sweep objective only for trials that train on the train halves)
     val_split: str = "val"  # person-search manifest split of the validation queries and gallery
     val_root: str = ""  # data root holding person_search/ (and MOT17/); "" = data.root
 
@@ -298,6 +298,12 @@ class DataConfig:
     # where the record has one (Simple Copy-Paste, Ghiasi et al. 2021): the two views then share the person and not
     # the background inside the person's box (sources without outlines, CrowdHuman, keep the rectangle)
     paste_masks: bool = False
+    # each person on its way into a swapped view (kdtrack.data.transforms.PersonJitter; needs background_relayout):
+    # zoomed by a factor drawn in paste_scale, mirrored with chance paste_flip, a block of it erased with chance
+    # paste_erase, so that its two views no longer share the size, the side and every part of one image
+    paste_scale: tuple[float, float] = (1.0, 1.0)
+    paste_flip: float = 0.0
+    paste_erase: float = 0.0
     min_box_size: float = 2.0  # pixels: boxes narrower / lower than this after augmentation are dropped
     min_visible_fraction: float = 0.25  # a box cut by the image border to less than this share of its area is dropped
     loader_workers: int = 0  # torch DataLoader worker processes per train worker (0 = in the train process)

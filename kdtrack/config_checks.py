@@ -84,6 +84,10 @@ RULES: tuple[Rule, ...] = (
     within("data.max_bad_fraction", 0, 1, high_open=True, what="is a share of the items read, in"),
     at_least("data.stream_buffer_mb", 0, "0 = Ray's own budget"),
     within("data.background_swap", 0, 1, what="is a probability per view, in"),
+    Rule("data.paste_scale", lambda v: len(v) == 2 and all(_finite(x) and x > 0 for x in v) and v[0] <= v[1],
+         "must be [low, high] zoom factors with 0 < low <= high"),
+    within("data.paste_flip", 0, 1, what="is a probability per pasted person, in"),
+    within("data.paste_erase", 0, 1, what="is a probability per pasted person, in"),
     # teacher: a PK batch that batch-hard mining can use, BoT's augmentation and warm-up
     at_least("teacher.train_p", 2, "batch-hard triplets need two identities per batch"),
     at_least("teacher.train_k", 2, "batch-hard triplets need two crops per identity"),
@@ -130,6 +134,13 @@ def training_violations(cfg: Any) -> list[tuple[str, str]]:
     if cfg.model.id_readout != "cell" and cfg.loss.id_mode == "kd":
         broken.append(("model.id_readout", f"model.id_readout = {cfg.model.id_readout!r}: loss.id_mode = 'kd' "
                        f"distils the teacher's feature into the centre cell: set model.id_readout=cell"))
+    data = cfg.data
+    jittered = [f for f, on in (("paste_scale", tuple(data.paste_scale) != (1.0, 1.0)),
+                                ("paste_flip", data.paste_flip > 0), ("paste_erase", data.paste_erase > 0)) if on]
+    if jittered and not (data.background_swap > 0 and data.background_relayout):
+        broken.append((f"data.{jittered[0]}", f"data.{jittered[0]} changes each person pasted into a swapped view, "
+                       f"and none is (data.background_swap = {data.background_swap}, data.background_relayout = "
+                       f"{data.background_relayout}): set data.background_swap > 0 and data.background_relayout=true"))
     if tc.epochs == 0 and tc.max_iterations <= 0:
         broken.append(("train.epochs", f"train.epochs = 0 (unbounded) needs train.max_iterations > 0 to end the run, "
                        f"got {tc.max_iterations}"))

@@ -122,10 +122,19 @@ def test_values_out_of_range_name_the_field_the_range_and_where_they_came_from(t
         load_config("tiny", ["train.lr_steps=[0.5, 1.0]"])
     with pytest.raises(ConfigError, match="data.map_actors must be >= 1, got 0"):
         load_config("tiny", ["data.map_actors=0"])
+    with pytest.raises(ConfigError, match=r"data.paste_scale must be \[low, high\] zoom factors"):
+        load_config("idf_cpu", ["data.paste_scale=[1.5, 0.5]"])
+    with pytest.raises(ConfigError, match=r"data.paste_erase is a probability per pasted person, in \[0, 1\]"):
+        load_config("idf_cpu", ["data.paste_erase=2"])
     # rules between fields hold for training only (an evaluation may read such a config)
     unbounded = load_config("tiny", ["train.epochs=0", "train.max_iterations=0"])
     with pytest.raises(ConfigError, match=r"train.epochs = 0 \(unbounded\) needs train.max_iterations > 0"):
         check_training(unbounded, "tiny")
+    in_place = load_config("idf_cpu", ["data.paste_flip=0.5", "data.background_relayout=false"])
+    with pytest.raises(ConfigError, match=r"data.paste_flip changes each person pasted into a swapped view, and "
+                                          r"none is .*set data.background_swap > 0 and data.background_relayout"):
+        check_training(in_place, "idf_cpu")
+    check_training(load_config("idf_cpu", ["data.paste_flip=0.5", "data.paste_scale=[0.5, 1.5]"]), "idf_cpu")
 
 
 def test_every_range_rule_names_a_field_of_the_config():

@@ -292,6 +292,26 @@ def test_background_swap_pastes_the_people_onto_another_image(tmp_path):
         training_sample(first, cfg_on, np.random.default_rng(0), views=2, partners=[second])
 
 
+def test_person_jitter_changes_only_the_pasted_view(tiny_world):
+    """data.paste_scale / paste_flip / paste_erase act on the swapped (last) view alone: the first view is
+    the same image with the same targets, and the pasted people keep their contrastive keys."""
+    overrides = [f"data.root={tiny_world}"]
+    plain_cfg = load_config("idf_cpu", overrides)
+    jitter_cfg = load_config("idf_cpu", overrides + ["data.paste_scale=[0.5, 1.5]", "data.paste_flip=0.5",
+                                                      "data.paste_erase=0.5"])
+    records = load_records(jitter_cfg)
+    differs = 0
+    for i, record in enumerate(records[:6]):
+        plain = training_sample(record, plain_cfg, np.random.default_rng(i), views=2, partners=records)
+        jitter = training_sample(record, jitter_cfg, np.random.default_rng(i), views=2, partners=records)
+        for key in ("image", "index", "mask", "ids", "heatmap"):
+            assert np.array_equal(plain[key][0], jitter[key][0]), key
+        pasted = jitter["ids"][1][jitter["mask"][1] > 0]
+        assert set(pasted.tolist()) <= set(person_keys(image_uid(record), record.num_boxes).tolist())
+        differs += not np.array_equal(plain["image"][1], jitter["image"][1])
+    assert differs >= 5
+
+
 def test_paste_masks_moves_coco_people_through_their_outlines(tiny_world):
     """data.paste_masks: a COCO record's swapped view pastes each person through its segmentation outline;
     the whole first view, the targets and the draws are those of the rectangle paste."""

@@ -222,6 +222,58 @@ def test_paste_people_through_outlines_moves_the_person_not_its_box():
         paste_people(image, {**target, "instance_map": outlines[:10]}, background, np.zeros((0, 4)))
 
 
+def test_person_jitter_mirrors_zooms_and_erases_each_pasted_person():
+    """PersonJitter: a lone person's pixels land mirrored / zoomed in its new box, which keeps its float
+    offsets times the zoom; erasing fills one flat block inside it and leaves the rest of the person; an
+    inactive jitter leaves every draw as it was, and a jitter needs the relayout's rng."""
+    from kdtrack.data.transforms import PersonJitter, paste_people
+
+    image = _image()
+    lone = {"boxes_xyxy": np.array([[10.5, 10, 30, 50]], np.float32), "box_index": np.array([4]),
+            "ids": np.array([9])}
+    crop = image[10:50, 10:30]  # the whole pixels under the box
+    background = np.zeros((H, W, 3), np.uint8)
+    none = np.zeros((0, 4))
+    out, t = paste_people(image, lone, background, none, feather=0.0, rng=np.random.default_rng(3),
+                          jitter=PersonJitter(flip=1.0))
+    x1, y1, x2, y2 = t["boxes_xyxy"][0]
+    nx, ny = int(np.floor(x1)), int(y1)
+    assert np.array_equal(out[ny:ny + 40, nx:nx + 20], crop[:, ::-1])
+    np.testing.assert_allclose([x1 - nx, x2 - nx, y2 - y1], [20 - 20.0, 20 - (10.5 - 10), 40])  # mirrored offsets in the 20-px patch
+    out, t = paste_people(image, lone, background, none, feather=0.0, rng=np.random.default_rng(3),
+                          jitter=PersonJitter(scale=(2.0, 2.0)))
+    ys, xs = np.nonzero(out.sum(axis=2) > 0)
+    nx, ny = xs.min(), ys.min()  # where the zoomed patch landed
+    np.testing.assert_allclose(t["boxes_xyxy"][0], [nx + 1.0, ny, nx + 40, ny + 80])  # the offsets zoomed too
+    zoomed = cv2.resize(crop, (40, 80), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(out[ny:ny + 80, nx:nx + 40].astype(int) - zoomed).max() <= 1
+    assert (out.sum(axis=2) > 0).sum() <= 40 * 80  # nothing outside the zoomed patch
+    # a zoom the image cannot hold is capped at the image
+    _, t = paste_people(image, lone, background, none, feather=0.0, rng=np.random.default_rng(0),
+                        jitter=PersonJitter(scale=(5.0, 5.0)))
+    assert t["boxes_xyxy"][0, 3] - t["boxes_xyxy"][0, 1] <= H
+    blocks = 0
+    for seed in range(10):
+        out, t = paste_people(image, lone, background, none, feather=0.0, rng=np.random.default_rng(seed),
+                              jitter=PersonJitter(erase=1.0))
+        x1, y1 = int(np.floor(t["boxes_xyxy"][0, 0])), int(t["boxes_xyxy"][0, 1])
+        patch = out[y1:y1 + 40, x1:x1 + 20]
+        changed = (patch != crop).any(axis=2)
+        ys, xs = np.nonzero(changed)
+        assert changed.sum() >= 1 and changed.sum() <= 0.4 * 40 * 20 + 40
+        block = patch[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        assert (block == block[0, 0]).all()  # one flat colour over one rectangle
+        blocks += 1
+    assert blocks == 10
+    # inactive: the draws and the output are those of no jitter
+    plain = paste_people(image, _target(), background, none, feather=2.0, rng=np.random.default_rng(5))
+    same = paste_people(image, _target(), background, none, feather=2.0, rng=np.random.default_rng(5),
+                        jitter=PersonJitter())
+    assert np.array_equal(plain[0], same[0]) and np.array_equal(plain[1]["boxes_xyxy"], same[1]["boxes_xyxy"])
+    with pytest.raises(ValueError, match="needs rng"):
+        paste_people(image, lone, background, none, jitter=PersonJitter(flip=0.5))
+
+
 def test_augment_carries_the_instance_map_without_changing_the_draws():
     """The outlines are warped with the image (nearest, 0 where the warp fills), and their presence changes
     neither the image nor the boxes of any draw."""

@@ -36,7 +36,7 @@ from kdtrack.data.letterbox import student_canvas
 from kdtrack.structures import POLYGONS_KEY, ImageRecord
 from kdtrack.data.targets import SLOT_KEYS, encode_targets, person_keys
 from kdtrack.data.teacher_store import attach_stored_targets, read_teacher_table
-from kdtrack.data.transforms import BoxAugment, paste_people
+from kdtrack.data.transforms import BoxAugment, PersonJitter, paste_people
 from kdtrack.data.uint8_canvas import CANVAS_KEYS, GREY, GREY_LEVEL, GREY_SUFFIX, pack_grey, split_canvases
 
 UID_BITS = 46  # person_keys allows image uids below 2**(62 - 16)
@@ -196,8 +196,16 @@ def swap_background(view: tuple[np.ndarray, dict[str, np.ndarray]], rng: np.rand
     swap = cfg.data.background_swap
     if swap > 0 and draw_partner is not None and rng.random() < swap:
         background, people = draw_partner(rng)
-        view = paste_people(*view, background, people, rng=rng if cfg.data.background_relayout else None)
+        view = paste_people(*view, background, people, rng=rng if cfg.data.background_relayout else None,
+                            jitter=person_jitter(cfg))
     return view
+
+
+def person_jitter(cfg: Config) -> PersonJitter | None:
+    """``data.paste_scale`` / ``paste_flip`` / ``paste_erase`` as the jitter of each pasted person (None: off)."""
+    d = cfg.data
+    jitter = PersonJitter(scale=tuple(float(x) for x in d.paste_scale), flip=d.paste_flip, erase=d.paste_erase)
+    return jitter if jitter.active else None
 
 
 def collate(samples: Sequence[dict[str, Any]], trim: bool = True, uint8: bool = False) -> dict[str, torch.Tensor]:

@@ -356,9 +356,57 @@ def two_views(
     return augment(image, target, rng_a), augment(image, target, rng_b)
 
 
+@dataclass(frozen=True)
+class PersonJitter:
+    """What happens to each person on its way into a swapped view (``paste_people``), one draw per person.
+
+    The two views of a person otherwise share its pose, its size and which way it faces, all of one image,
+    which the next camera does not repeat. kdtrack's, in neither paper: a mirror and a zoom per person
+    (Simple Copy-Paste's scale jitter, per person), and Random Erasing (Zhong et al., AAAI 2020; the Re-ID
+    training trick) of a block of the person's patch with a flat random colour.
+    """
+
+    scale: tuple[float, float] = (1.0, 1.0)  # the person's zoom, drawn in this range (aspect kept)
+    flip: float = 0.0  # chance the person is mirrored
+    erase: float = 0.0  # chance a block of the person is erased
+    erase_area: tuple[float, float] = (0.02, 0.4)  # erased share of the person's box (Random Erasing's)
+    erase_aspect: tuple[float, float] = (0.3, 3.3)  # erased block's height / width
+
+    @property
+    def active(self) -> bool:
+        return self.scale != (1.0, 1.0) or self.flip > 0 or self.erase > 0
+
+
+def _jittered_person(crop: np.ndarray, mask: np.ndarray, box: np.ndarray, jitter: PersonJitter, width: int,
+                     height: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A person's patch, mask and box (in the patch's pixels) after ``jitter``'s mirror, zoom and erasing; the
+    zoom is capped so that the patch fits a ``width`` x ``height`` image."""
+    bh, bw = mask.shape
+    x1, y1, x2, y2 = box
+    if rng.random() < jitter.flip:
+        crop, mask, x1, x2 = crop[:, ::-1], mask[:, ::-1], bw - x2, bw - x1
+    zoom = min(float(rng.uniform(*jitter.scale)), width / bw, height / bh)
+    nw, nh = max(int(round(bw * zoom)), 1), max(int(round(bh * zoom)), 1)
+    if (nw, nh) != (bw, bh):
+        crop = cv2.resize(np.ascontiguousarray(crop), (nw, nh), interpolation=cv2.INTER_LINEAR)
+        mask = cv2.resize(np.ascontiguousarray(mask), (nw, nh), interpolation=cv2.INTER_LINEAR)
+    crop, mask = np.array(crop, np.float32), np.array(mask, np.float32)
+    sx, sy = nw / bw, nh / bh
+    if rng.random() < jitter.erase:
+        area = rng.uniform(*jitter.erase_area) * nw * nh
+        aspect = float(np.exp(rng.uniform(*np.log(jitter.erase_aspect))))
+        eh = min(max(int(round(np.sqrt(area * aspect))), 1), nh)
+        ew = min(max(int(round(np.sqrt(area / aspect))), 1), nw)
+        ex, ey = int(rng.integers(0, nw - ew + 1)), int(rng.integers(0, nh - eh + 1))
+        crop[ey:ey + eh, ex:ex + ew] = rng.integers(0, 256, 3)
+        mask[ey:ey + eh, ex:ex + ew] = 1.0  # the block is pasted whole: an occluder in front of the person
+    return crop, mask, np.array([x1 * sx, y1 * sy, x2 * sx, y2 * sy], np.float32)
+
+
 def paste_people(
     image: np.ndarray, target: dict[str, Any], background: np.ndarray, background_boxes: np.ndarray,
     feather: float = 2.0, rng: np.random.Generator | None = None, min_visible: float = 0.25,
+    jitter: PersonJitter | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``image``'s person boxes pasted onto another image (background swap, copy-paste).
 
@@ -374,8 +422,12 @@ def paste_people(
     paste edges so that a box outline is no person cue of its own. With ``target["instance_map"]``
     (``kdtrack.data.dataset.instance_map``: ``box_index + 1`` on each person's pixels) a person that has an
     outline is pasted through it, not through its box: only the person moves, not the background
-    inside its box (Simple Copy-Paste, Ghiasi et al., CVPR 2021).
+    inside its box (Simple Copy-Paste, Ghiasi et al., CVPR 2021). With ``jitter`` (it needs ``rng``) each
+    person is also mirrored, zoomed and partly erased on the way (``PersonJitter``); without it every draw is
+    as it was.
     """
+    if jitter is not None and jitter.active and rng is None:
+        raise ValueError("paste_people: a person jitter needs rng (the people are moved to random places)")
     t = check_target(target)
     h, w = image.shape[:2]
     instances = instance_map_of(target, h, w, "paste_people")
@@ -391,12 +443,32 @@ def paste_people(
         x0, y0 = min(max(int(np.floor(x1)), 0), w - 1), min(max(int(np.floor(y1)), 0), h - 1)
         x3, y3 = max(min(int(np.ceil(x2)), w), x0 + 1), max(min(int(np.ceil(y2)), h), y0 + 1)
         bw_i, bh_i = x3 - x0, y3 - y0
+        outline = None if instances is None else instances[y0:y3, x0:x3] == t["box_index"][i] + 1
+        if jitter is not None and jitter.active:
+            mask = outline.astype(np.float32) if outline is not None and outline.any() else np.ones((bh_i, bw_i), np.float32)
+            crop, mask, box = _jittered_person(src[y0:y3, x0:x3], mask, boxes[i] - np.array([x0, y0, x0, y0], np.float32),
+                                               jitter, w, h, rng)
+            nh, nw = mask.shape
+            nx, ny = int(rng.integers(0, w - nw + 1)), int(rng.integers(0, h - nh + 1))
+            boxes[i] = box + np.array([nx, ny, nx, ny], np.float32)
+            pad = int(np.ceil(3 * feather)) if feather > 0 else 0
+            ax0, ay0, ax3, ay3 = max(nx - pad, 0), max(ny - pad, 0), min(nx + nw + pad, w), min(ny + nh + pad, h)
+            alpha = np.zeros((ay3 - ay0, ax3 - ax0), np.float32)
+            inner = (slice(ny - ay0, ny - ay0 + nh), slice(nx - ax0, nx - ax0 + nw))
+            alpha[inner] = mask
+            if feather > 0:
+                alpha = cv2.GaussianBlur(alpha, (0, 0), float(feather))
+            region = out[ay0:ay3, ax0:ax3]
+            patch = region.copy()  # around the person the background itself: the feathered edge fades into it
+            patch[inner] = crop
+            out[ay0:ay3, ax0:ax3] = alpha[..., None] * patch + (1.0 - alpha[..., None]) * region
+            owner[ny:ny + nh, nx:nx + nw] = i
+            continue
         nx, ny = (int(rng.integers(0, w - bw_i + 1)), int(rng.integers(0, h - bh_i + 1))) if rng is not None else (x0, y0)
         boxes[i] += np.array([nx - x0, ny - y0, nx - x0, ny - y0], np.float32)
         pad = int(np.ceil(3 * feather)) if feather > 0 else 0
         ax0, ay0, ax3, ay3 = max(nx - pad, 0), max(ny - pad, 0), min(nx + bw_i + pad, w), min(ny + bh_i + pad, h)
         alpha = np.zeros((ay3 - ay0, ax3 - ax0), np.float32)
-        outline = None if instances is None else instances[y0:y3, x0:x3] == t["box_index"][i] + 1
         if outline is not None and outline.any():  # the person's own pixels (copy-paste with a mask)
             alpha[ny - ay0:ny - ay0 + bh_i, nx - ax0:nx - ax0 + bw_i] = outline
         else:  # the whole box rectangle
