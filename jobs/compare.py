@@ -8,7 +8,8 @@ one experiment); ``--parent-run`` keeps that sweep's children and logs the repor
 (``compare/``). Columns: the objective (``--metric``, best and last report, and the step of the last), then
 what ``jobs.evaluate`` logged into the run: oracle-box person search and MOT cross-time mAP of the student, the
 colour, person-centred colour and random-init baselines on the same boxes, and MOTA / IDF1 / HOTA. Per recipe,
-its best run by the objective; the report names the winner and its margin over the next recipe. Values are
+its best run by the objective at the run's last report (its last checkpoint is the model it leaves, and the one
+a sweep's final evaluation scores); the report names the winner and its margin over the next recipe. Values are
 x 100 (percent). Plots: the objective against training iterations, one line per run, one colour per recipe; the
 final person-search mAP of each recipe's best run beside the baselines. With ``--parent-run``, the baselines the
 sweep scored on its validation boxes (``baseline/<embedder>/<metric>`` of the parent) are stated beside the
@@ -61,14 +62,19 @@ class RunRow:
     history: list[tuple[int, float]] = field(default_factory=list)
     finals: dict[str, float] = field(default_factory=dict)
 
-    def at_best(self, mode: str) -> str:
-        """``"45.7 at iteration 600"``: the best objective and the step it was reported at (runs a scheduler
+    def at_last(self) -> str:
+        """``"45.7 at iteration 600"``: the last objective and the step it was reported at (runs a scheduler
         stopped early are compared at fewer iterations: the reader should see it)."""
-        value = self.best(mode)
-        steps = [s for s, v in self.history if v == value]
-        return f"{_pct(value)} at iteration {steps[0]}" if steps else _pct(value)
+        return f"{_pct(self.last())} at iteration {self.history[-1][0]}" if self.history else _pct(self.last())
+
+    def last(self) -> float:
+        """The objective at the run's last report: that of its last checkpoint, the model the run leaves (its
+        logged model; the one a sweep's final evaluation scores). NaN when it reported none, or not a number."""
+        value = self.history[-1][1] if self.history else math.nan
+        return value if math.isfinite(value) else math.nan
 
     def best(self, mode: str) -> float:
+        """The best objective of any report (shown beside the last; a checkpoint may be gone)."""
         values = [v for _, v in self.history if math.isfinite(v)]
         if not values:
             return math.nan
@@ -113,16 +119,17 @@ def collect_runs(client: Any, experiment: str, metric: str, parent_run: str = ""
 
 
 def ranked(rows: Sequence[RunRow], mode: str) -> list[RunRow]:
-    """``rows`` best first by the objective; rows that never reported it last, in their order."""
+    """``rows`` best first by the objective at their last report; rows without one last, in their order."""
     def key(row: RunRow) -> tuple[int, float]:
-        value = row.best(mode)
+        value = row.last()
         return (1, 0.0) if not math.isfinite(value) else (0, -value if mode == "max" else value)
 
     return sorted(rows, key=key)
 
 
 def best_per_recipe(rows: Sequence[RunRow], mode: str) -> dict[str, RunRow]:
-    """Each recipe's run with the best objective (a run without one only when the recipe has no other)."""
+    """Each recipe's run with the best objective at its last report, as a sweep's final evaluation picks it (a run
+    without one only when the recipe has no other)."""
     best: dict[str, RunRow] = {}
     for row in ranked(rows, mode):
         best.setdefault(row.recipe, row)
@@ -168,13 +175,13 @@ def _hybrid_line(best: dict[str, RunRow], value: Callable[[RunRow], float], desc
 
 
 def verdict(best: dict[str, RunRow], metric: str, mode: str) -> str:
-    """Which recipe wins on the objective (each run's best report), and by how much over the next one."""
-    return _winner_line(best, lambda r: r.best(mode), lambda r: r.at_best(mode), f"`{metric}`", mode)
+    """Which recipe wins on the objective (each run's last report), and by how much over the next one."""
+    return _winner_line(best, RunRow.last, RunRow.at_last, f"`{metric}`", mode)
 
 
 def hybrid_verdict(best: dict[str, RunRow], metric: str, mode: str) -> str:
     """Whether the hybrid beats both its parents on the objective ("" when one of the three is missing)."""
-    return _hybrid_line(best, lambda r: r.best(mode), lambda r: r.at_best(mode), f"`{metric}`", mode)
+    return _hybrid_line(best, RunRow.last, RunRow.at_last, f"`{metric}`", mode)
 
 
 def _final_ps(row: RunRow) -> float:

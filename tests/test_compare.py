@@ -37,9 +37,9 @@ def _store(tmp_path: Path) -> tuple[str, str]:
 
     base = {"reid/person_search/colour_centre/mAP": 0.297, "reid/person_search/colour/mAP": 0.109,
             "reid/person_search/random/mAP": 0.048}
-    run("idf-a", "contrastive", [(60, 0.10), (120, 0.14), (240, 0.12)],
+    run("idf-a", "contrastive", [(60, 0.10), (120, 0.14), (240, 0.12)], {})  # best report 14.0, last 12.0
+    run("idf-b", "contrastive", [(60, 0.08), (120, 0.13)],
         {"reid/person_search/student/mAP": 0.150, "MOT17-val/MOTA": 0.427, **base})
-    run("idf-b", "contrastive", [(60, 0.08), (120, 0.09)], {})
     run("sup-a", "supervised", [(60, 0.20), (120, 0.31)],
         {"reid/person_search/student/mAP": 0.398, "reid/mot/student/mAP": 0.90, **base})
     run("outside", "kd", [(60, 0.99)], {}, child=False)
@@ -51,14 +51,16 @@ def test_report_of_a_sweep_names_the_winner_and_is_logged_to_its_parent(tmp_path
     result = compare.main(["--mlflow-uri", uri, "--parent-run", parent, "--out", str(tmp_path / "out")])
     assert result["runs"] == 3 and result["recipes"] == ["contrastive", "supervised"]  # kd is not in the sweep
     text = (tmp_path / "out" / "compare.md").read_text()
-    # supervised's best 31.0 against contrastive's best run (idf-a: 14.0 at step 120, not idf-b's 9.0)
-    assert ("**supervised**, 31.0 at iteration 120 (run `sup-a`), ahead of **contrastive** (14.0 at iteration 120) "
-            "by 17.0 points, 2.21x."
+    # runs are compared at their last report, the checkpoint each leaves: contrastive's is idf-b (13.0), not
+    # idf-a, whose best report (14.0) was not its last (12.0); hand-computed: 31.0 - 13.0 = 18.0, 0.31 / 0.13 = 2.38x
+    assert ("**supervised**, 31.0 at iteration 120 (run `sup-a`), ahead of **contrastive** (13.0 at iteration 120) "
+            "by 18.0 points, 2.38x."
             in text)
     best_rows = text.split("## Every run")[0]
     assert best_rows.index("| supervised |") < best_rows.index("| contrastive |")
-    assert "| contrastive | `idf-a` | FINISHED | 240 | 14.0 | 12.0 | 15.0 | – | 29.7 | 10.9 | 4.8 | 42.7 |" in text
-    assert "`idf-b`" in text.split("## Every run")[1] and "`idf-b`" not in best_rows
+    assert "| contrastive | `idf-b` | FINISHED | 120 | 13.0 | 13.0 | 15.0 | – | 29.7 | 10.9 | 4.8 | 42.7 |" in text
+    every_row = text.split("## Every run")[1]
+    assert "| contrastive | `idf-a` | FINISHED | 240 | 14.0 | 12.0 |" in every_row and "`idf-a`" not in best_rows
     for name in ("objective.png", "final_person_search.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == PNG_MAGIC
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent, compare.ARTIFACT_DIR)}
