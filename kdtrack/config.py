@@ -189,6 +189,10 @@ class LossConfig:
     key_momentum: float = 0.99  # contrastive: momentum m of the EMA key encoder that fills the queue (MoCo); 0 = the student's own detached embeddings (stale queue: collapses)
     batch_negatives: bool = True  # contrastive: the other people of the current batch are negatives too (with gradient); False = queue only (the paper's text), which collapses
     id_weight: float = 0.2  # contrastive lambda
+    # contrastive, pooled readouts: hidden width of an MLP projection head (Linear-ReLU-Linear, SimCLR / MoCo v2; not
+    # the paper's) between each person's read vector and the loss; retrieval reads the vector before it; the key
+    # encoder's vectors go through the same head without gradient (MoCo v2 keeps a momentum copy); 0 = off
+    projection_dim: int = 0
     nn_positives: int = 0  # contrastive: each person's j nearest queue entries are positives too (NNCLR; not the paper's); 0 = off
     detection_views: Literal["all", "first"] = "all"  # contrastive: detection losses on every view, or on view 0 alone (with data.background_swap_views=last the only whole image: the pasted view's people sit on a foreign background with feathered edges)
     max_objects: int = 500  # K: objects encoded per image (extra are dropped and counted)

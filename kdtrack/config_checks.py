@@ -71,6 +71,7 @@ RULES: tuple[Rule, ...] = (
     above("loss.queue_size", 0, "the contrastive negative queue's length"),
     above("loss.temperature", 0),
     at_least("loss.nn_positives", 0, "0 = off"),
+    at_least("loss.projection_dim", 0, "0 = off"),
     within("loss.eta", 0, 1),
     within("loss.key_momentum", 0, 1, high_open=True),
     at_least("loss.supervised_memory", 0, "0 = off"),

@@ -143,6 +143,53 @@ def test_the_contrastive_loss_reads_one_pooled_vector_per_person_and_view():
     assert float(monitored["monitor/xview_top1"]) == pytest.approx(np.mean([nearest[0] == 0, nearest[1] == 1]))
 
 
+def test_a_projection_head_sits_between_the_read_vectors_and_the_loss():
+    """loss.projection_dim (SimCLR / MoCo v2's head): the loss is the contrastive loss of the head's normalised
+    outputs of the vectors read as at inference; the queue holds head outputs; the head learns with the rest;
+    the monitor (and retrieval) read the vectors before it; the key encoder's vectors go through a momentum copy
+    of the head; a centre-cell run refuses it."""
+    cfg = load_config("idf_cpu", ["loss.queue_size=16", "loss.projection_dim=32"])
+    h, w = cfg.model.input_height, cfg.model.input_width
+    boxes = np.array([[10.0, 20.0, 50.0, 120.0], [200.0, 30.0, 240.0, 180.0]], np.float32)
+    views = [encode_targets(boxes + shift, np.array([7, 9]), None, (h, w), max_objects=4) for shift in (0.0, 8.0)]
+    batch = {k: torch.stack([v[k] for v in views]) for k in views[0] if isinstance(views[0][k], torch.Tensor)}
+    torch.manual_seed(0)
+    emb = torch.randn(2, cfg.model.embedding_dim, h // 4, w // 4, requires_grad=True)
+    outputs = {"heatmap": torch.zeros(2, 1, h // 4, w // 4), "size": torch.zeros(2, 4, h // 4, w // 4),
+               "offset": torch.zeros(2, 2, h // 4, w // 4), "embedding": emb}
+    criterion = Criterion.from_config(cfg)
+    head = criterion.projection
+    assert [tuple(m.weight.shape) for m in head if hasattr(m, "weight")] == [(32, 128), (128, 32)]
+    terms = criterion(outputs, batch)
+    tf = LetterboxTransform(1.0, 0.0, 0.0, w, h)
+    read = torch.as_tensor(np.concatenate([embeddings_at_boxes(emb[i].detach(), tf, boxes + shift, 4, "centre_halves")
+                                           for i, shift in enumerate((0.0, 8.0))]))
+    with torch.no_grad():  # by hand: Linear, ReLU, Linear, then unit length
+        projected = F.normalize(torch.relu(read @ head[0].weight.T + head[0].bias) @ head[2].weight.T + head[2].bias,
+                                dim=1)
+    keys = torch.tensor([7, 9, 7, 9])
+    want = Criterion.from_config(load_config("idf_cpu", ["loss.queue_size=16"])).contrastive.loss_from_points(projected, keys)
+    torch.testing.assert_close(terms["id/contrastive"], want["id"], rtol=1e-4, atol=1e-5)
+    queued = criterion.contrastive.queue[:2]  # each person's mean of its head outputs, renormalised
+    torch.testing.assert_close(queued, F.normalize(torch.stack([projected[[0, 2]].mean(0), projected[[1, 3]].mean(0)]), dim=1),
+                               rtol=1e-4, atol=1e-5)
+    unit = F.normalize(read, dim=1)  # the monitor reads the vectors before the head
+    assert float(terms["monitor/cos_between"]) == pytest.approx(float(unit[0] @ unit[1]), abs=1e-5)
+    terms["total"].backward()
+    assert head[0].weight.grad.abs().sum() > 0 and emb.grad.abs().sum() > 0
+    # with a key encoder (idf_cpu's momentum 0.99) the keys go through a momentum copy of the head, one EMA step
+    # per training step
+    key_head = criterion.key_projection
+    assert not any(p.requires_grad for p in key_head.parameters())
+    before = key_head[0].weight.clone()
+    with torch.no_grad():
+        head[0].weight.add_(1.0)
+    criterion(outputs, batch, key_embedding=emb.detach(), monitor=False)
+    torch.testing.assert_close(key_head[0].weight, 0.99 * before + 0.01 * head[0].weight)
+    with pytest.raises(ValueError, match="projection head sits between"):
+        Criterion.from_config(load_config("idf_cpu", ["loss.projection_dim=32", "model.id_readout=cell"]))
+
+
 def test_a_run_that_keeps_the_identity_head_must_read_it_as_it_was_trained(tmp_path):
     from jobs.train import check_recipe
     from kdtrack.checkpoint import save_checkpoint

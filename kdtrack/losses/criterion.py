@@ -24,6 +24,7 @@ Totals per ``id_mode``:
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable, Mapping
 
@@ -80,6 +81,20 @@ class Criterion(nn.Module):
             if cfg.contrasts_people
             else None
         )
+        if cfg.projection_dim > 0 and (id_readout == "cell" or not cfg.contrasts_people):
+            raise ValueError(f"loss.projection_dim = {cfg.projection_dim}: the projection head sits between a person's "
+                             f"pooled vector and the contrastive loss (model.id_readout centre | centre_halves, a "
+                             f"contrastive loss.id_mode); got id_readout {id_readout!r}, id_mode {cfg.id_mode!r}")
+        # SimCLR / MoCo v2's head: the loss compares head outputs, retrieval reads the vectors before it, which
+        # keep what the loss's invariances would otherwise strip
+        self.projection = (nn.Sequential(nn.Linear(vector_dim, cfg.projection_dim), nn.ReLU(inplace=True),
+                                         nn.Linear(cfg.projection_dim, vector_dim))
+                           if cfg.projection_dim > 0 else None)
+        # the key encoder's vectors go through a momentum copy of the head, as in MoCo v2: through the online head
+        # the queue fills with outputs of a fast-moving head, and the embedding collapses (measured)
+        self.key_projection = None
+        if self.projection is not None and cfg.key_momentum > 0:
+            self.key_projection = copy.deepcopy(self.projection).requires_grad_(False)
         self.supervised = (SupervisedIdLoss(vector_dim, cfg.num_id_classes, cfg.supervised_memory,
                                             cfg.supervised_metric_weight, cfg.supervised_temperature)
                            if cfg.id_mode == "supervised" else None)
@@ -201,7 +216,19 @@ class Criterion(nn.Module):
             points = self._read(outputs["embedding"], boxes, images)
             key_points = (self._read(key_embedding, boxes, images)
                           if key_embedding is not None and update_queue else None)
-            c = self.contrastive.forward_points(points, keys, update_queue, key_points)
+            if self.projection is not None:
+                loss_points = self._project(points, self.projection)  # the unit vectors inference reads
+                if key_points is not None:
+                    with torch.no_grad():
+                        key_head = self.projection
+                        if self.key_projection is not None:  # one EMA step per training step, as the key encoder's
+                            m, key_head = self.cfg.key_momentum, self.key_projection
+                            for k, q in zip(key_head.parameters(), self.projection.parameters()):
+                                k.mul_(m).add_(q.detach(), alpha=1.0 - m)
+                        key_points = self._project(key_points, key_head)
+            else:
+                loss_points = points
+            c = self.contrastive.forward_points(loss_points, keys, update_queue, key_points)
             per_view = outputs["embedding"].shape[0] // views
             stats = collapse_stats_of_vectors(points, keys, images // per_view, views) if monitor else {}
         c["id/contrastive"] = c["id"]
@@ -209,6 +236,12 @@ class Criterion(nn.Module):
             c.update({f"monitor/{k}": torch.tensor(v) for k, v in stats.items() if math.isfinite(v)})  # undefined: absent
         c["id"] = self.cfg.id_weight * c["id"]
         return c
+
+    @staticmethod
+    def _project(points: torch.Tensor, head: nn.Module) -> torch.Tensor:
+        """``loss.projection_dim``'s ``head`` over unit-length ``points``, its outputs at unit length."""
+        normalize = nn.functional.normalize
+        return normalize(head(normalize(points, dim=1)), dim=1)
 
     def _labelled_boxes(self, targets: Mapping[str, torch.Tensor], map_width: int
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
