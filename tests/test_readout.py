@@ -112,8 +112,9 @@ def test_kd_refuses_the_pooled_readout_and_the_other_recipes_take_it():
         check_training(load_config(preset, ["model.id_readout=centre_halves"]))
 
 
-def test_the_contrastive_loss_reads_one_pooled_vector_per_person_and_view():
-    cfg = load_config("idf_cpu", ["model.id_readout=centre_halves", "loss.queue_size=16"])
+def _two_people_in_two_views(cfg):
+    """Two people (keys 7, 9) in two views of one image (the second shifted by 8 px), a random identity map with
+    gradient, and the ``(4, D)`` vectors inference reads at their boxes (rows: view 0's two, then view 1's)."""
     h, w = cfg.model.input_height, cfg.model.input_width
     boxes = np.array([[10.0, 20.0, 50.0, 120.0], [200.0, 30.0, 240.0, 180.0]], np.float32)
     views = [encode_targets(boxes + shift, np.array([7, 9]), None, (h, w), max_objects=4) for shift in (0.0, 8.0)]
@@ -122,13 +123,19 @@ def test_the_contrastive_loss_reads_one_pooled_vector_per_person_and_view():
     emb = torch.randn(2, cfg.model.embedding_dim, h // 4, w // 4, requires_grad=True)
     outputs = {"heatmap": torch.zeros(2, 1, h // 4, w // 4), "size": torch.zeros(2, 4, h // 4, w // 4),
                "offset": torch.zeros(2, 2, h // 4, w // 4), "embedding": emb}
+    tf = LetterboxTransform(1.0, 0.0, 0.0, w, h)
+    read = torch.as_tensor(np.concatenate([embeddings_at_boxes(emb[i].detach(), tf, boxes + shift, 4, cfg.model.id_readout)
+                                           for i, shift in enumerate((0.0, 8.0))]))
+    return batch, outputs, emb, read
+
+
+def test_the_contrastive_loss_reads_one_pooled_vector_per_person_and_view():
+    cfg = load_config("idf_cpu", ["model.id_readout=centre_halves", "loss.queue_size=16"])
+    batch, outputs, emb, read = _two_people_in_two_views(cfg)
     criterion = Criterion.from_config(cfg)
     assert criterion.contrastive.queue.shape == (16, 2 * cfg.model.embedding_dim)
     terms = criterion(outputs, batch, monitor=False)
     # by hand: each person read in both views as at inference, two rows per person, the loss over those rows
-    tf = LetterboxTransform(1.0, 0.0, 0.0, w, h)
-    read = np.concatenate([embeddings_at_boxes(emb[i].detach(), tf, boxes + shift, 4, "centre_halves")
-                           for i, shift in enumerate((0.0, 8.0))])
     fresh = Criterion.from_config(cfg).contrastive
     want = fresh.loss_from_points(torch.as_tensor(read), torch.tensor([7, 9, 7, 9]))
     torch.testing.assert_close(terms["id/contrastive"], want["id"], rtol=1e-4, atol=1e-5)
@@ -149,21 +156,11 @@ def test_a_projection_head_sits_between_the_read_vectors_and_the_loss():
     the monitor (and retrieval) read the vectors before it; the key encoder's vectors go through a momentum copy
     of the head; a centre-cell run refuses it."""
     cfg = load_config("idf_cpu", ["loss.queue_size=16", "loss.projection_dim=32"])
-    h, w = cfg.model.input_height, cfg.model.input_width
-    boxes = np.array([[10.0, 20.0, 50.0, 120.0], [200.0, 30.0, 240.0, 180.0]], np.float32)
-    views = [encode_targets(boxes + shift, np.array([7, 9]), None, (h, w), max_objects=4) for shift in (0.0, 8.0)]
-    batch = {k: torch.stack([v[k] for v in views]) for k in views[0] if isinstance(views[0][k], torch.Tensor)}
-    torch.manual_seed(0)
-    emb = torch.randn(2, cfg.model.embedding_dim, h // 4, w // 4, requires_grad=True)
-    outputs = {"heatmap": torch.zeros(2, 1, h // 4, w // 4), "size": torch.zeros(2, 4, h // 4, w // 4),
-               "offset": torch.zeros(2, 2, h // 4, w // 4), "embedding": emb}
+    batch, outputs, emb, read = _two_people_in_two_views(cfg)
     criterion = Criterion.from_config(cfg)
     head = criterion.projection
     assert [tuple(m.weight.shape) for m in head if hasattr(m, "weight")] == [(32, 128), (128, 32)]
     terms = criterion(outputs, batch)
-    tf = LetterboxTransform(1.0, 0.0, 0.0, w, h)
-    read = torch.as_tensor(np.concatenate([embeddings_at_boxes(emb[i].detach(), tf, boxes + shift, 4, "centre_halves")
-                                           for i, shift in enumerate((0.0, 8.0))]))
     with torch.no_grad():  # by hand: Linear, ReLU, Linear, then unit length
         projected = F.normalize(torch.relu(read @ head[0].weight.T + head[0].bias) @ head[2].weight.T + head[2].bias,
                                 dim=1)
