@@ -5,7 +5,8 @@ Picking on the validation split and reporting on the test split is the protocol 
 number takes part in the choice. The checkpoint is the trial's last one (for a trial ASHA stopped, the one at
 its stop: the iteration is recorded beside the numbers). ``reid``: oracle-box re-ID on the person-search test
 split and the MOT17 val halves, with the random-init and colour baselines on the same boxes (``jobs.evaluate
-reid``; person search alone when the MOT17 val halves were the objective); ``mot``: tracking on the MOT17 val halves, MOTA / IDF1 / HOTA (``jobs.evaluate mot --half val``).
+reid``; person search alone when the MOT17 val halves were the objective); ``mot``: tracking on the MOT17 val
+halves, MOTA / IDF1 / HOTA (``jobs.evaluate mot --half val``).
 ``jobs.compare`` reads what they log into its final columns.
 """
 
