@@ -176,7 +176,7 @@ def test_a_projection_head_sits_between_the_read_vectors_and_the_loss():
     assert head[0].weight.grad.abs().sum() > 0 and emb.grad.abs().sum() > 0
     # with a key encoder (idf_cpu's momentum 0.99) the keys go through a momentum copy of the head, one EMA step
     # per training step
-    key_head = criterion.key_projection
+    key_head = criterion.key_projection.encoder
     assert not any(p.requires_grad for p in key_head.parameters())
     before = key_head[0].weight.clone()
     with torch.no_grad():

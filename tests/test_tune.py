@@ -4,6 +4,7 @@ trial that fails on a NaN loss, recorded in Tune and MLflow, with the sweep goin
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,7 @@ def test_a_mot17_sweep_validates_on_the_val_halves_and_reports_nothing_on_them(t
         (["eval.reid_mot_split=all"], "set eval.reid_mot_split=val_half (got 'all')"),
         (["tune.final_eval=[reid, mot]"], "tune.final_eval 'mot' tracks the MOT17 val halves"),
     ):
-        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
             load_sweep("tune_kd_mot17_paper", ["data.root=/nonexistent", *changes])
     load_sweep("tune_kd_mot17_paper", ["data.root=/nonexistent", "tune.final_eval=[reid]"])
     # what a trial reports: the val halves' cross-time mAP of its student, as every report does

@@ -444,45 +444,37 @@ def paste_people(
         x3, y3 = max(min(int(np.ceil(x2)), w), x0 + 1), max(min(int(np.ceil(y2)), h), y0 + 1)
         bw_i, bh_i = x3 - x0, y3 - y0
         outline = None if instances is None else instances[y0:y3, x0:x3] == t["box_index"][i] + 1
+        # the person's own pixels (copy-paste with a mask), else the whole box rectangle
+        mask = outline.astype(np.float32) if outline is not None and outline.any() else np.ones((bh_i, bw_i), np.float32)
+        crop = None
         if jitter is not None and jitter.active:
-            mask = outline.astype(np.float32) if outline is not None and outline.any() else np.ones((bh_i, bw_i), np.float32)
             crop, mask, box = _jittered_person(src[y0:y3, x0:x3], mask, boxes[i] - np.array([x0, y0, x0, y0], np.float32),
                                                jitter, w, h, rng)
-            nh, nw = mask.shape
-            nx, ny = int(rng.integers(0, w - nw + 1)), int(rng.integers(0, h - nh + 1))
+            nx, ny = int(rng.integers(0, w - mask.shape[1] + 1)), int(rng.integers(0, h - mask.shape[0] + 1))
             boxes[i] = box + np.array([nx, ny, nx, ny], np.float32)
-            pad = int(np.ceil(3 * feather)) if feather > 0 else 0
-            ax0, ay0, ax3, ay3 = max(nx - pad, 0), max(ny - pad, 0), min(nx + nw + pad, w), min(ny + nh + pad, h)
-            alpha = np.zeros((ay3 - ay0, ax3 - ax0), np.float32)
-            inner = (slice(ny - ay0, ny - ay0 + nh), slice(nx - ax0, nx - ax0 + nw))
-            alpha[inner] = mask
-            if feather > 0:
-                alpha = cv2.GaussianBlur(alpha, (0, 0), float(feather))
-            region = out[ay0:ay3, ax0:ax3]
-            patch = region.copy()  # around the person the background itself: the feathered edge fades into it
-            patch[inner] = crop
-            out[ay0:ay3, ax0:ax3] = alpha[..., None] * patch + (1.0 - alpha[..., None]) * region
-            owner[ny:ny + nh, nx:nx + nw] = i
-            continue
-        nx, ny = (int(rng.integers(0, w - bw_i + 1)), int(rng.integers(0, h - bh_i + 1))) if rng is not None else (x0, y0)
-        boxes[i] += np.array([nx - x0, ny - y0, nx - x0, ny - y0], np.float32)
+        else:
+            nx, ny = (int(rng.integers(0, w - bw_i + 1)), int(rng.integers(0, h - bh_i + 1))) if rng is not None else (x0, y0)
+            boxes[i] += np.array([nx - x0, ny - y0, nx - x0, ny - y0], np.float32)
+        nh, nw = mask.shape
         pad = int(np.ceil(3 * feather)) if feather > 0 else 0
-        ax0, ay0, ax3, ay3 = max(nx - pad, 0), max(ny - pad, 0), min(nx + bw_i + pad, w), min(ny + bh_i + pad, h)
+        ax0, ay0, ax3, ay3 = max(nx - pad, 0), max(ny - pad, 0), min(nx + nw + pad, w), min(ny + nh + pad, h)
+        inner = (slice(ny - ay0, ny - ay0 + nh), slice(nx - ax0, nx - ax0 + nw))
         alpha = np.zeros((ay3 - ay0, ax3 - ax0), np.float32)
-        if outline is not None and outline.any():  # the person's own pixels (copy-paste with a mask)
-            alpha[ny - ay0:ny - ay0 + bh_i, nx - ax0:nx - ax0 + bw_i] = outline
-        else:  # the whole box rectangle
-            alpha[ny - ay0:ny - ay0 + bh_i, nx - ax0:nx - ax0 + bw_i] = 1.0
+        alpha[inner] = mask
         if feather > 0:
             alpha = cv2.GaussianBlur(alpha, (0, 0), float(feather))
-        patch = np.zeros((ay3 - ay0, ax3 - ax0, 3), np.float32)
-        sx0, sy0 = x0 - (nx - ax0), y0 - (ny - ay0)  # the source pixel under the patch's top-left corner
-        cx0, cy0 = max(sx0, 0), max(sy0, 0)
-        cx3, cy3 = min(sx0 + patch.shape[1], w), min(sy0 + patch.shape[0], h)
-        patch[cy0 - sy0:cy3 - sy0, cx0 - sx0:cx3 - sx0] = src[cy0:cy3, cx0:cx3]
         region = out[ay0:ay3, ax0:ax3]
+        if crop is not None:  # around a jittered person the background itself: the feathered edge fades into it
+            patch = region.copy()
+            patch[inner] = crop
+        else:  # the source image around the box, as it was
+            patch = np.zeros((ay3 - ay0, ax3 - ax0, 3), np.float32)
+            sx0, sy0 = x0 - (nx - ax0), y0 - (ny - ay0)  # the source pixel under the patch's top-left corner
+            cx0, cy0 = max(sx0, 0), max(sy0, 0)
+            cx3, cy3 = min(sx0 + patch.shape[1], w), min(sy0 + patch.shape[0], h)
+            patch[cy0 - sy0:cy3 - sy0, cx0 - sx0:cx3 - sx0] = src[cy0:cy3, cx0:cx3]
         out[ay0:ay3, ax0:ax3] = alpha[..., None] * patch + (1.0 - alpha[..., None]) * region
-        owner[ny:ny + bh_i, nx:nx + bw_i] = i
+        owner[ny:ny + nh, nx:nx + nw] = i
     keep = np.ones(len(boxes), bool)
     if rng is not None and len(boxes):
         shown = np.bincount(owner[owner >= 0], minlength=len(boxes))

@@ -24,7 +24,6 @@ Totals per ``id_mode``:
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Callable, Mapping
 
@@ -39,6 +38,7 @@ from kdtrack.losses.detection import DetectionLoss
 from kdtrack.losses.kd import KDLoss
 from kdtrack.losses.supervised import SupervisedIdLoss
 from kdtrack.losses.uncertainty import UncertaintyWeighting
+from kdtrack.models.momentum import MomentumEncoder
 from kdtrack.readout import read_at_boxes, readout_dim
 
 
@@ -92,9 +92,8 @@ class Criterion(nn.Module):
                            if cfg.projection_dim > 0 else None)
         # the key encoder's vectors go through a momentum copy of the head, as in MoCo v2: through the online head
         # the queue fills with outputs of a fast-moving head, and the embedding collapses (measured)
-        self.key_projection = None
-        if self.projection is not None and cfg.key_momentum > 0:
-            self.key_projection = copy.deepcopy(self.projection).requires_grad_(False)
+        self.key_projection = (MomentumEncoder(self.projection, cfg.key_momentum)
+                               if self.projection is not None and cfg.key_momentum > 0 else None)
         self.supervised = (SupervisedIdLoss(vector_dim, cfg.num_id_classes, cfg.supervised_memory,
                                             cfg.supervised_metric_weight, cfg.supervised_temperature)
                            if cfg.id_mode == "supervised" else None)
@@ -222,9 +221,8 @@ class Criterion(nn.Module):
                     with torch.no_grad():
                         key_head = self.projection
                         if self.key_projection is not None:  # one EMA step per training step, as the key encoder's
-                            m, key_head = self.cfg.key_momentum, self.key_projection
-                            for k, q in zip(key_head.parameters(), self.projection.parameters()):
-                                k.mul_(m).add_(q.detach(), alpha=1.0 - m)
+                            self.key_projection.update(self.projection)
+                            key_head = self.key_projection.encoder
                         key_points = self._project(key_points, key_head)
             else:
                 loss_points = points
