@@ -135,6 +135,11 @@ def training_violations(cfg: Any) -> list[tuple[str, str]]:
     if cfg.model.id_readout != "cell" and cfg.loss.id_mode == "kd":
         broken.append(("model.id_readout", f"model.id_readout = {cfg.model.id_readout!r}: loss.id_mode = 'kd' "
                        f"distils the teacher's feature into the centre cell: set model.id_readout=cell"))
+    if cfg.loss.projection_dim > 0 and (cfg.model.id_readout == "cell" or not cfg.loss.contrasts_people):
+        broken.append(("loss.projection_dim", f"loss.projection_dim = {cfg.loss.projection_dim}: the projection head sits "
+                       f"between a person's pooled vector and the contrastive loss: it needs model.id_readout centre | "
+                       f"centre_halves (got {cfg.model.id_readout!r}) and loss.id_mode contrastive | hybrid (got "
+                       f"{cfg.loss.id_mode!r})"))
     data = cfg.data
     jittered = [f for f, on in (("paste_scale", tuple(data.paste_scale) != (1.0, 1.0)),
                                 ("paste_flip", data.paste_flip > 0), ("paste_erase", data.paste_erase > 0)) if on]

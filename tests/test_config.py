@@ -135,6 +135,12 @@ def test_values_out_of_range_name_the_field_the_range_and_where_they_came_from(t
                                           r"none is .*set data.background_swap > 0 and data.background_relayout"):
         check_training(in_place, "idf_cpu")
     check_training(load_config("idf_cpu", ["data.paste_flip=0.5", "data.paste_scale=[0.5, 1.5]"]), "idf_cpu")
+    with pytest.raises(ConfigError, match=r"loss.projection_dim = 64: the projection head .* needs model.id_readout "
+                                          r"centre \| centre_halves \(got 'cell'\)"):
+        check_training(load_config("idf_cpu", ["loss.projection_dim=64", "model.id_readout=cell"]), "idf_cpu")
+    with pytest.raises(ConfigError, match=r"loss.id_mode contrastive \| hybrid \(got 'supervised'\)"):
+        check_training(load_config("sup_cpu", ["loss.projection_dim=64"]), "sup_cpu")
+    check_training(load_config("idf_cpu", ["loss.projection_dim=64"]), "idf_cpu")
 
 
 def test_every_range_rule_names_a_field_of_the_config():
