@@ -290,6 +290,10 @@ class DataConfig:
     max_bad_fraction: float = 0.01  # unreadable images / clips are skipped and counted; more than this share stops the run
     on_error: Literal["raise", "skip"] = "raise"  # malformed annotation records
     augment: Literal["auto", "none", "detection", "idf_view", "idf_view_colour"] = "auto"  # kdtrack.data.transforms preset; auto: idf_view for contrastive, else detection
+    # added to data.augment's preset (kdtrack.data.transforms.with_view_changes; 0 = the preset as it is): each view's
+    # colour channels scaled by 1 + U(-w, w), a camera's white balance; a flat block erased with this chance per view
+    white_balance: float = 0.0
+    random_erasing: float = 0.0
     # probability per view that its people are pasted onto another training image (kdtrack.data.transforms.paste_people):
     # the two views of a person then share the person but not its surroundings (0 = off)
     background_swap: float = 0.0

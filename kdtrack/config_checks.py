@@ -85,6 +85,8 @@ RULES: tuple[Rule, ...] = (
     within("data.max_bad_fraction", 0, 1, high_open=True, what="is a share of the items read, in"),
     at_least("data.stream_buffer_mb", 0, "0 = Ray's own budget"),
     within("data.background_swap", 0, 1, what="is a probability per view, in"),
+    within("data.white_balance", 0, 1, high_open=True, what="is a share of each channel's level, in"),
+    within("data.random_erasing", 0, 1, what="is a probability per view, in"),
     Rule("data.paste_scale", lambda v: len(v) == 2 and all(_finite(x) and x > 0 for x in v) and v[0] <= v[1],
          "must be [low, high] zoom factors with 0 < low <= high"),
     within("data.paste_flip", 0, 1, what="is a probability per pasted person, in"),

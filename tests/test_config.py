@@ -126,6 +126,10 @@ def test_values_out_of_range_name_the_field_the_range_and_where_they_came_from(t
         load_config("idf_cpu", ["data.paste_scale=[1.5, 0.5]"])
     with pytest.raises(ConfigError, match=r"data.paste_erase is a probability per pasted person, in \[0, 1\]"):
         load_config("idf_cpu", ["data.paste_erase=2"])
+    with pytest.raises(ConfigError, match=r"data.white_balance is a share of each channel's level, in \[0, 1\)"):
+        load_config("idf_classify_cpu", ["data.white_balance=1"])
+    with pytest.raises(ConfigError, match=r"data.random_erasing is a probability per view, in \[0, 1\]"):
+        load_config("idf_classify_cpu", ["data.random_erasing=-0.1"])
     # rules between fields hold for training only (an evaluation may read such a config)
     unbounded = load_config("tiny", ["train.epochs=0", "train.max_iterations=0"])
     with pytest.raises(ConfigError, match=r"train.epochs = 0 \(unbounded\) needs train.max_iterations > 0"):

@@ -14,7 +14,8 @@ from torchvision.transforms import v2
 
 from kdtrack.config import DataConfig
 from kdtrack.data.letterbox import letterbox_transform
-from kdtrack.data.transforms import PRESETS, BoxAugment, ChannelGain, build_pipeline, two_views
+from kdtrack.data.transforms import (PRESETS, AugmentParams, BoxAugment, ChannelGain, build_pipeline, two_views,
+                                     with_view_changes)
 
 H, W = 100, 200
 
@@ -327,6 +328,42 @@ def test_channel_gain_scales_each_channel_by_one_factor_within_its_range():
     assert torch.allclose(out.flatten(), torch.tensor([1.0, 0.45, 0.1]))
     with pytest.raises(ValueError, match="strength must be in"):
         ChannelGain(1.0)
+
+
+def test_data_white_balance_and_random_erasing_change_the_preset_and_off_changes_nothing():
+    """``data.white_balance`` puts a per-channel gain in the preset's colour step, ``data.random_erasing`` its
+    occlusion; both 0 leave the preset's draws byte-identical; a preset without colour jitter ("none") gets a
+    colour step that always runs."""
+    detection = PRESETS["detection"]
+    assert with_view_changes(detection) is detection
+    assert with_view_changes(detection, 0.15) == dataclasses.replace(detection, channel_gain=0.15)
+    assert with_view_changes(detection, 0.15, 0.5) == dataclasses.replace(detection, channel_gain=0.15,
+                                                                          occlusion_prob=0.5)
+    assert with_view_changes(None, 0.1) == AugmentParams(color_prob=1.0, channel_gain=0.1)
+    assert with_view_changes(None, 0.0, 0.3) == AugmentParams(occlusion_prob=0.3)
+    with pytest.raises(ValueError, match="data.white_balance must be in"):
+        with_view_changes(detection, 1.0)
+    with pytest.raises(ValueError, match="data.random_erasing must be in"):
+        with_view_changes(detection, 0.0, 1.5)
+    for preset in ("detection", "idf_view"):
+        plain = BoxAugment(preset)(_image(), _target(), np.random.default_rng(3))
+        zero = BoxAugment(preset, white_balance=0.0, random_erasing=0.0)(_image(), _target(), np.random.default_rng(3))
+        assert np.array_equal(plain[0], zero[0])
+    # on a flat grey image with no geometry, each output channel is 128 x one gain in [0.8, 1.2]
+    flat = np.full((H, W, 3), 128, np.uint8)
+    augment = BoxAugment("none", white_balance=0.2)
+    levels = np.array([augment(flat, _target(), np.random.default_rng(seed))[0].reshape(-1, 3)
+                       for seed in range(12)])  # (draws, pixels, 3)
+    assert np.all(levels == levels[:, :1]), "one gain per channel, the same at every pixel"
+    per_channel = levels[:, 0].astype(float)
+    assert per_channel.min() >= 128 * 0.8 - 1 and per_channel.max() <= 128 * 1.2 + 1
+    assert np.ptp(per_channel[:, 0] - per_channel[:, 1]) > 0, "the channels move independently"
+    # erasing at chance 1: every draw covers a block of the grey image with one flat colour, the rest untouched
+    erased = BoxAugment("none", random_erasing=1.0)(flat, _target(), np.random.default_rng(0))[0]
+    changed = np.any(erased != 128, axis=2)
+    rows, cols = np.nonzero(changed)
+    assert changed.any() and changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+    assert len(np.unique(erased[changed], axis=0)) == 1
 
 
 def _hue_shifts(preset: str, draws: int = 40) -> np.ndarray:

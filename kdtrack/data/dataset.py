@@ -54,7 +54,8 @@ def augment_preset(cfg: Config) -> str:
 
 def build_augment(cfg: Config) -> BoxAugment:
     return BoxAugment(
-        augment_preset(cfg), min_box_size=cfg.data.min_box_size, min_visible_fraction=cfg.data.min_visible_fraction
+        augment_preset(cfg), min_box_size=cfg.data.min_box_size, min_visible_fraction=cfg.data.min_visible_fraction,
+        white_balance=cfg.data.white_balance, random_erasing=cfg.data.random_erasing,
     )
 
 

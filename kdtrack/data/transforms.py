@@ -212,6 +212,32 @@ class Occlusion(v2.Transform):
         return out
 
 
+def with_view_changes(params: AugmentParams | None, white_balance: float = 0.0,
+                      random_erasing: float = 0.0) -> AugmentParams | None:
+    """``params`` with two changes a still image or one clip never shows between a person's pictures (both off,
+    0, leave ``params`` as it is):
+
+    - ``white_balance``: a per-channel gain in ``[1 - w, 1 + w]`` (:class:`ChannelGain`, a camera's colour cast)
+      in its colour step, which then always runs where the preset had no colour jitter;
+    - ``random_erasing``: the chance of a flat block over part of the image (:class:`Occlusion`, the preset's
+      area and aspect ranges), a person seen behind something.
+
+    A classifier over pseudo-identities from clips (each clip one camera) learns to look through them
+    (docs/results/identity-learning.md, "A camera's white balance in stage 2")."""
+    if not 0.0 <= white_balance < 1.0:
+        raise ValueError(f"data.white_balance must be in [0, 1), got {white_balance}")
+    if not 0.0 <= random_erasing <= 1.0:
+        raise ValueError(f"data.random_erasing must be in [0, 1], got {random_erasing}")
+    if white_balance == 0.0 and random_erasing == 0.0:
+        return params
+    changed = params if params is not None else AugmentParams()
+    if white_balance:
+        changed = dataclasses.replace(changed, channel_gain=white_balance, color_prob=changed.color_prob or 1.0)
+    if random_erasing:
+        changed = dataclasses.replace(changed, occlusion_prob=random_erasing)
+    return changed
+
+
 def build_pipeline(params: AugmentParams | None) -> v2.Transform:
     """The v2 pipeline of a preset (boxes move with every geometric op)."""
     if params is None:
@@ -279,11 +305,12 @@ class BoxAugment:
     survive; dropped boxes take their ``box_index`` and ``ids`` with them.
     """
 
-    def __init__(self, preset: str = "none", *, min_box_size: float = 2.0, min_visible_fraction: float = 0.25) -> None:
+    def __init__(self, preset: str = "none", *, min_box_size: float = 2.0, min_visible_fraction: float = 0.25,
+                 white_balance: float = 0.0, random_erasing: float = 0.0) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown augmentation preset '{preset}' (known: {', '.join(PRESETS)})")
         self.preset = preset
-        self.pipeline = build_pipeline(PRESETS[preset])
+        self.pipeline = build_pipeline(with_view_changes(PRESETS[preset], white_balance, random_erasing))
         self.min_box_size = float(min_box_size)
         self.min_visible_fraction = float(min_visible_fraction)
         self.sanitize = v2.SanitizeBoundingBoxes(min_size=self.min_box_size, min_area=1.0, labels_getter=_labels_getter)
