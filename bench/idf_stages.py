@@ -22,6 +22,12 @@ stage 2 alone, e.g. the pseudo-identities classified (``train.recipe=video_class
     python bench/idf_stages.py --world W --out runs/classify --stage1-from O1/checkpoint.pt --labels pseudo \
         --stage2-set loss.id_mode=supervised --stage2-set loss.supervised_memory=4096 \
         --stage2-set loss.uncertainty=false --stage2-set train.classifier_lr_mult=10 --stage2-set train.lr=1e-3
+    python bench/idf_stages.py --world W --out runs/classify --stage1-from O1/checkpoint.pt --labels pseudo \
+        --stage2-config idf_classify_cpu --stage2-set data.white_balance=0.15 --stage3-iters 0   # as the preset
+
+``--stage2-config`` names stage 2's preset (``idf_video_cpu``, PointID's stage 2, by default); ``--stage2-aug``
+changes fields of the transforms preset stage 2 uses (``kdtrack.data.transforms.AugmentParams``), as ``--aug``
+does for stage 1.
 Two diagnostic controls patch the process before any network or sample is built (docs/results/idf-stage1.md,
 "The dense contrastive objective fails at this scale"): ``--norm group`` makes every ``BatchNorm2d`` a
 ``GroupNorm`` (8 groups; no batch statistics, so nothing can leak between the samples of a batch, MoCo's
@@ -38,13 +44,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -152,6 +159,23 @@ def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *,
                      epoch_batches=(lambda e: identity_batches(dataset, bs, cfg.train.seed, e)) if by_identity else None)
 
 
+@contextlib.contextmanager
+def changed_transforms(cfg: Config, changes: list[str]) -> Iterator[None]:
+    """Inside: the transforms preset ``cfg`` augments with (``data.augment``) has the ``field=value`` ``changes``;
+    restored after, so that a later stage gets the preset as it is."""
+    preset = augment_preset(cfg)
+    params = transforms.PRESETS[preset]
+    if changes:
+        if params is None:
+            raise SystemExit(f"data.augment {preset!r} has no transforms to change")
+        fields = {k: ast.literal_eval(v) for k, v in (c.split("=", 1) for c in changes)}
+        transforms.PRESETS[preset] = dataclasses.replace(params, **fields)
+    try:
+        yield
+    finally:
+        transforms.PRESETS[preset] = params
+
+
 def use_group_norm(groups: int = 8, set_attr: Callable[[Any, str, Any], None] = setattr) -> None:
     """Every ``nn.BatchNorm2d`` built from now on in this process is a ``GroupNorm`` (affine as asked)."""
 
@@ -187,6 +211,9 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value (all stages)")
     ap.add_argument("--stage2-set", dest="stage2_overrides", action="append", default=[],
                     help="section.field=value (stage 2 only, after --set)")
+    ap.add_argument("--stage2-config", default="idf_video_cpu", help="stage 2's preset")
+    ap.add_argument("--stage2-aug", action="append", default=[],
+                    help="field=value of stage 2's transforms preset (its data.augment)")
     ap.add_argument("--stage1-from", type=Path, help="a stage-1 checkpoint to start from instead of training stage 1")
     ap.add_argument("--aug", action="append", default=[], help="field=value of stage 1's transforms preset (data.augment)")
     ap.add_argument("--norm", choices=("batch", "group"), default="batch",
@@ -214,14 +241,9 @@ def main() -> None:
         model.load_state_dict(load_checkpoint(args.stage1_from)["model"])
         print(json.dumps({"stage": "stage1_from", "it": 0, **probe(model)}), flush=True)
     elif args.stage1_iters > 0:
-        preset = augment_preset(cfg1)  # idf_cpu's view transforms (data.augment)
-        view = transforms.PRESETS[preset]
-        if args.aug:
-            changes = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in args.aug)}
-            transforms.PRESETS[preset] = dataclasses.replace(view, **changes)
-        train(model, cfg1, TrainingDataset(load_records(cfg1), cfg1, views=2), args.stage1_iters, stage="stage1",
-              probe=lambda: probe(model), probe_every=args.probe_every, by_identity=args.batches == "identity")
-        transforms.PRESETS[preset] = view  # stage 2 augments its frames with the preset's transforms
+        with changed_transforms(cfg1, args.aug):  # idf_cpu's view transforms (data.augment)
+            train(model, cfg1, TrainingDataset(load_records(cfg1), cfg1, views=2), args.stage1_iters, stage="stage1",
+                  probe=lambda: probe(model), probe_every=args.probe_every, by_identity=args.batches == "identity")
     stage1 = save_checkpoint(out / "stage1", model=model, config=cfg1, iteration=args.stage1_iters)
 
     for labels in [x for x in args.labels.split(",") if x and x != "none"]:
@@ -235,7 +257,7 @@ def main() -> None:
                 flush=True)
         else:
             continue  # a random-init network detects nothing: no pseudo-labels of its own
-        cfg2 = load_config("idf_video_cpu", [*common, f"data.pseudo_labels={label_dir / 'labels.parquet'}",
+        cfg2 = load_config(args.stage2_config, [*common, f"data.pseudo_labels={label_dir / 'labels.parquet'}",
                                              *args.stage2_overrides])
         clips = read_clip_labels(cfg2.data.pseudo_labels, world)
         if cfg2.loss.id_mode == "supervised" and cfg2.loss.num_id_classes == 0:  # as jobs.train classes them
@@ -243,10 +265,13 @@ def main() -> None:
             cfg2 = dataclasses.replace(cfg2, loss=dataclasses.replace(cfg2.loss, num_id_classes=classes))
         model2 = build_student(cfg2.model)
         model2.load_state_dict(model.state_dict())
-        train(model2, cfg2, VideoPairDataset(clips, cfg2),
-              args.stage2_iters, stage=f"stage2_{labels}", probe=lambda m=model2: probe(m),
-              probe_every=args.probe_every)
+        with changed_transforms(cfg2, args.stage2_aug):
+            train(model2, cfg2, VideoPairDataset(clips, cfg2),
+                  args.stage2_iters, stage=f"stage2_{labels}", probe=lambda m=model2: probe(m),
+                  probe_every=args.probe_every)
         save_checkpoint(out / f"stage2_{labels}", model=model2, config=cfg2, iteration=args.stage2_iters)
+        if not args.stage3_iters:
+            continue
         cfg3 = load_config("idf_det_cpu", common)
         model3 = build_student(cfg3.model)
         model3.load_state_dict(model2.state_dict())
