@@ -64,3 +64,23 @@ def test_group_norm_swap_leaves_no_batchnorm(idf_stages, ps_config, monkeypatch)
                                                    for k in kinds)
     out = model(torch.rand(2, 3, 64, 96))
     assert torch.isfinite(out["embedding"]).all()
+
+
+def test_changed_transforms_holds_inside_and_restores_the_preset_after(idf_stages):
+    """``--aug`` / ``--stage2-aug``: the preset a stage augments with is changed while it trains, and a later
+    stage (or an exception) finds it as it was."""
+    from kdtrack.data import transforms
+
+    cfg = load_config("idf_classify_cpu")  # augments with FairMOT's "detection" preset
+    before = transforms.PRESETS["detection"]
+    with idf_stages.changed_transforms(cfg, ["channel_gain=0.15", "occlusion_area=(0.05, 0.2)"]):
+        inside = transforms.PRESETS["detection"]
+        assert inside.channel_gain == 0.15 and inside.occlusion_area == (0.05, 0.2)
+        assert inside.brightness == before.brightness
+    assert transforms.PRESETS["detection"] is before
+    with pytest.raises(RuntimeError), idf_stages.changed_transforms(cfg, ["channel_gain=0.1"]):
+        raise RuntimeError("a stage failed")
+    assert transforms.PRESETS["detection"] is before
+    with pytest.raises(SystemExit, match="has no transforms to change"):
+        with idf_stages.changed_transforms(load_config("idf_classify_cpu", ["data.augment=none"]), ["hue=0.1"]):
+            pass
