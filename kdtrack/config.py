@@ -291,7 +291,8 @@ class DataConfig:
     on_error: Literal["raise", "skip"] = "raise"  # malformed annotation records
     augment: Literal["auto", "none", "detection", "idf_view", "idf_view_colour"] = "auto"  # kdtrack.data.transforms preset; auto: idf_view for contrastive, else detection
     # added to data.augment's preset (kdtrack.data.transforms.with_view_changes; 0 = the preset as it is): each view's
-    # colour channels scaled by 1 + U(-w, w), a camera's white balance; a flat block erased with this chance per view
+    # colour channels scaled by 1 + U(-w, w), a camera's white balance; a flat block erased with this chance per view.
+    # Off in every preset: in the classified stage 2 neither moved re-ID (docs/results/identity-learning.md)
     white_balance: float = 0.0
     random_erasing: float = 0.0
     # probability per view that its people are pasted onto another training image (kdtrack.data.transforms.paste_people):

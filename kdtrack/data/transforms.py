@@ -222,7 +222,8 @@ def with_view_changes(params: AugmentParams | None, white_balance: float = 0.0,
     - ``random_erasing``: the chance of a flat block over part of the image (:class:`Occlusion`, the preset's
       area and aspect ranges), a person seen behind something.
 
-    A classifier over pseudo-identities from clips (each clip one camera) learns to look through them
+    Meant for a classifier over pseudo-identities from clips (each clip one camera), whose targets a view's tint
+    does not change; measured there, they change nothing as Ray jobs and are off in every preset
     (docs/results/identity-learning.md, "A camera's white balance in stage 2")."""
     if not 0.0 <= white_balance < 1.0:
         raise ValueError(f"data.white_balance must be in [0, 1), got {white_balance}")
