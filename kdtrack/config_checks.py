@@ -126,6 +126,22 @@ def range_violations(cfg: Any, rules: Iterable[Rule] = RULES, prefix: str = "") 
     return broken
 
 
+def identity_readout_problems(loss: Any, id_readout: str) -> list[tuple[str, str]]:
+    """``[(field, message)]``: where the identity is read (``model.id_readout``) against what the loss reads
+    there. The driver refuses them before Ray starts (:func:`training_violations`), the criterion when it is
+    built (``kdtrack.losses.Criterion``, also outside ``jobs.train``)."""
+    problems = []
+    if id_readout != "cell" and loss.id_mode == "kd":
+        problems.append(("model.id_readout", f"model.id_readout = {id_readout!r}: loss.id_mode = 'kd' distils the "
+                         f"teacher's feature into the centre cell: set model.id_readout=cell"))
+    if loss.projection_dim > 0 and (id_readout == "cell" or not loss.contrasts_people):
+        problems.append(("loss.projection_dim", f"loss.projection_dim = {loss.projection_dim}: the projection head "
+                         f"sits between a person's pooled vector and the contrastive loss: it needs model.id_readout "
+                         f"centre | centre_halves (got {id_readout!r}) and loss.id_mode contrastive | hybrid (got "
+                         f"{loss.id_mode!r})"))
+    return problems
+
+
 def training_violations(cfg: Any) -> list[tuple[str, str]]:
     """``[(field, message)]`` of the rules between fields that a training run needs (``jobs.train``,
     each ``jobs.tune`` trial): an evaluation may read a config these do not hold for."""
@@ -134,14 +150,7 @@ def training_violations(cfg: Any) -> list[tuple[str, str]]:
     if tc.sync_batchnorm and not tc.use_gpu:
         broken.append(("train.sync_batchnorm", "train.sync_batchnorm syncs BatchNorm statistics between GPU workers "
                        "(torch's SyncBatchNorm takes CUDA tensors only): set train.use_gpu=true, or leave it false"))
-    if cfg.model.id_readout != "cell" and cfg.loss.id_mode == "kd":
-        broken.append(("model.id_readout", f"model.id_readout = {cfg.model.id_readout!r}: loss.id_mode = 'kd' "
-                       f"distils the teacher's feature into the centre cell: set model.id_readout=cell"))
-    if cfg.loss.projection_dim > 0 and (cfg.model.id_readout == "cell" or not cfg.loss.contrasts_people):
-        broken.append(("loss.projection_dim", f"loss.projection_dim = {cfg.loss.projection_dim}: the projection head sits "
-                       f"between a person's pooled vector and the contrastive loss: it needs model.id_readout centre | "
-                       f"centre_halves (got {cfg.model.id_readout!r}) and loss.id_mode contrastive | hybrid (got "
-                       f"{cfg.loss.id_mode!r})"))
+    broken.extend(identity_readout_problems(cfg.loss, cfg.model.id_readout))
     data = cfg.data
     jittered = [f for f, on in (("paste_scale", tuple(data.paste_scale) != (1.0, 1.0)),
                                 ("paste_flip", data.paste_flip > 0), ("paste_erase", data.paste_erase > 0)) if on]

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from kdtrack.config import Config, LossConfig
+from kdtrack.config_checks import identity_readout_problems
 from kdtrack.decode import boxes_from_heads
 from kdtrack.losses.collapse import collapse_stats, collapse_stats_of_vectors
 from kdtrack.losses.contrastive import DenseContrastiveLoss
@@ -65,9 +66,9 @@ class Criterion(nn.Module):
             cfg.size_loss_scale,
         )
         # the hybrid's KD term reads the centre cell too, its contrastive term model.id_readout
-        if id_readout != "cell" and cfg.id_mode == "kd":
-            raise ValueError(f"model.id_readout = {id_readout!r}: loss.id_mode = 'kd' reads the centre cell "
-                             f"(the teacher's feature has embedding_dim numbers)")
+        problems = identity_readout_problems(cfg, id_readout)
+        if problems:
+            raise ValueError(problems[0][1])
         self.id_readout, self.down_ratio = id_readout, int(down_ratio)
         vector_dim = readout_dim(embedding_dim, id_readout)  # one person's identity vector (and a queue row)
         if cfg.id_mode == "hybrid" and cfg.eta < 1.0:
@@ -81,10 +82,6 @@ class Criterion(nn.Module):
             if cfg.contrasts_people
             else None
         )
-        if cfg.projection_dim > 0 and (id_readout == "cell" or not cfg.contrasts_people):
-            raise ValueError(f"loss.projection_dim = {cfg.projection_dim}: the projection head sits between a person's "
-                             f"pooled vector and the contrastive loss (model.id_readout centre | centre_halves, a "
-                             f"contrastive loss.id_mode); got id_readout {id_readout!r}, id_mode {cfg.id_mode!r}")
         # SimCLR / MoCo v2's head: the loss compares head outputs, retrieval reads the vectors before it, which
         # keep what the loss's invariances would otherwise strip
         self.projection = (nn.Sequential(nn.Linear(vector_dim, cfg.projection_dim), nn.ReLU(inplace=True),
