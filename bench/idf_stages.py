@@ -63,7 +63,9 @@ from jobs import pseudo_label  # noqa: E402
 from kdtrack.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from kdtrack.config import Config, load_config  # noqa: E402
 from kdtrack.data.dataset import TrainingDataset, augment_preset, load_records, read_image_rgb  # noqa: E402
-from kdtrack.engine import build_optimizer, build_scheduler, freeze_parts, train_in_process, trainable_parameters  # noqa: E402
+from kdtrack.engine import (  # noqa: E402
+    build_optimizer, build_scheduler, detection_anchor, freeze_parts, train_in_process, trainable_parameters,
+)
 from kdtrack.formats.crowdhuman import read_crowdhuman  # noqa: E402
 from kdtrack.inference import Detector  # noqa: E402
 from kdtrack.losses import Criterion  # noqa: E402
@@ -137,6 +139,7 @@ def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *,
     draws every epoch), a JSON line every 50 iterations and ``probe()`` every ``probe_every`` and at the end;
     ``by_identity``: :func:`identity_batches` instead."""
     freeze_parts(model, cfg.train.freeze)
+    anchor = detection_anchor(model) if cfg.loss.detection_anchor_weight > 0 else None  # the stage's start
     criterion = Criterion.from_config(cfg)
     optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), cfg.train,
                                 criterion.classifier_parameters())
@@ -154,7 +157,7 @@ def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *,
             print(json.dumps({"stage": stage, "it": iteration, **probe()}), flush=True)
 
     train_in_process(model, criterion, optimizer, dataset, iterations, batch_size=bs, seed=cfg.train.seed,
-                     scheduler=scheduler, key_encoder=keys, log_fn=report,
+                     scheduler=scheduler, key_encoder=keys, log_fn=report, anchor=anchor,
                      log_every=math.gcd(50, probe_every) if probe_every else 50,
                      epoch_batches=(lambda e: identity_batches(dataset, bs, cfg.train.seed, e)) if by_identity else None)
 

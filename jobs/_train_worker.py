@@ -365,10 +365,11 @@ def build_kd_teacher(cfg: Config, device: Any = "cpu") -> Any:
     return freeze_teacher(build_teacher_network(cfg.teacher)).to(device)
 
 
-def _student_network(cfg: Config, device: Any, rank: int, world: int) -> tuple[Any, Any]:
-    """``(student, criterion)`` before ``prepare_model``: ``train.init_from``'s weights, ``train.freeze``'s
-    parts fixed, the heads no loss reads left out (DDP would wait for their gradients), sync BN."""
-    from kdtrack.engine import freeze_parts, leave_out_unused_heads, sync_batchnorm
+def _student_network(cfg: Config, device: Any, rank: int, world: int) -> tuple[Any, Any, Any]:
+    """``(student, criterion, anchor)`` before ``prepare_model``: ``train.init_from``'s weights, ``train.freeze``'s
+    parts fixed, the heads no loss reads left out (DDP would wait for their gradients), sync BN; ``anchor``: the
+    frozen copy ``loss.detection_anchor_weight`` reads, or None."""
+    from kdtrack.engine import detection_anchor, freeze_parts, leave_out_unused_heads, sync_batchnorm
     from kdtrack.losses import Criterion, all_gather_cat
     from kdtrack.models import build_student as build_student_network
 
@@ -379,6 +380,8 @@ def _student_network(cfg: Config, device: Any, rank: int, world: int) -> tuple[A
 
         student.load_state_dict(load_checkpoint(tc.init_from, map_location="cpu")["model"])
     frozen = freeze_parts(student, tc.freeze)
+    # the starting network's detection outputs, kept (training_violations refuses the weight without init_from)
+    anchor = detection_anchor(student).to(device) if cfg.loss.detection_anchor_weight > 0 else None
     if rank == 0 and frozen:
         print(f"frozen: {', '.join(frozen)}", flush=True)
     criterion = Criterion.from_config(cfg, gather_fn=all_gather_cat if world > 1 else None).to(device)
@@ -387,7 +390,7 @@ def _student_network(cfg: Config, device: Any, rank: int, world: int) -> tuple[A
         print(f"not trained (no loss reads them): heads {', '.join(unused)}", flush=True)
     if tc.sync_batchnorm:
         student = sync_batchnorm(student, world)
-    return student, criterion
+    return student, criterion, anchor
 
 
 def build_student(cfg: Config, loop_config: dict[str, Any], feed: Any, device: Any, *, rank: int,
@@ -408,7 +411,7 @@ def build_student(cfg: Config, loop_config: dict[str, Any], feed: Any, device: A
     if device.type == "cpu":  # Ray sets OMP threads from whole CPUs: a fractional share would leave one thread
         torch.set_num_threads(max(1, int(round(tc.cpus_per_worker))))
     limit_blas_threads()  # numpy's spinning BLAS threads would take the cores from torch's
-    student, criterion = _student_network(cfg, device, rank, world)
+    student, criterion, anchor = _student_network(cfg, device, rank, world)
     model = ray.train.torch.prepare_model(student)
     teacher = build_kd_teacher(cfg, device) if recipe.distils and not cfg.teacher.embeddings else None
     optimizer = build_optimizer(trainable_parameters(model) + list(criterion.parameters()), tc,
@@ -426,7 +429,7 @@ def build_student(cfg: Config, loop_config: dict[str, Any], feed: Any, device: A
             model, criterion, optimizer, batches, device, epoch, scheduler=scheduler, scaler=scaler, amp=tc.amp,
             grad_clip=tc.grad_clip, teacher=teacher,
             teacher_crop_size=(cfg.teacher.crop_height, cfg.teacher.crop_width), start_iteration=iteration,
-            max_iterations=stop, log_every=tc.log_every, log_fn=log_fn, key_encoder=key_encoder)
+            max_iterations=stop, log_every=tc.log_every, log_fn=log_fn, key_encoder=key_encoder, anchor=anchor)
 
     def on_restore() -> dict[str, float]:
         if criterion.contrastive is None:

@@ -107,8 +107,8 @@ def run_recipe(recipe: str, device: torch.device, *, iterations: int, amp: bool,
     """``iterations`` train steps of ``recipe`` on one synthetic batch; the losses, seconds per
     iteration (after the first), the final loss scale and the peak CUDA memory. ``overrides``: config
     fields on top of the check's (the tests shrink the student)."""
-    from kdtrack.engine import (build_optimizer, freeze_parts, leave_out_unused_heads, teacher_train_step,
-                                train_step, trainable_parameters)
+    from kdtrack.engine import (build_optimizer, detection_anchor, freeze_parts, leave_out_unused_heads,
+                                teacher_train_step, train_step, trainable_parameters)
     from kdtrack.losses import Criterion
     from kdtrack.models import build_student, build_teacher, freeze_teacher
     from kdtrack.models.momentum import MomentumEncoder
@@ -135,6 +135,7 @@ def run_recipe(recipe: str, device: torch.device, *, iterations: int, amp: bool,
     else:
         student = build_student(cfg.model)
         freeze_parts(student, cfg.train.freeze)
+        anchor = detection_anchor(student).to(device) if cfg.loss.detection_anchor_weight > 0 else None
         criterion = Criterion.from_config(cfg).to(device)
         leave_out_unused_heads(student, criterion)
         model = wrap(student.to(device))
@@ -149,7 +150,7 @@ def run_recipe(recipe: str, device: torch.device, *, iterations: int, amp: bool,
         def step(i: int) -> dict[str, float]:
             return train_step(model, criterion, batch, optimizer, device=device, scaler=scaler, amp=amp,
                               teacher=teacher, teacher_crop_size=(cfg.teacher.crop_height, cfg.teacher.crop_width),
-                              iteration=i, key_encoder=keys)
+                              iteration=i, key_encoder=keys, anchor=anchor)
     for i in range(iterations):
         start = time.perf_counter()
         terms = step(i)

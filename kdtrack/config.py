@@ -199,6 +199,9 @@ class LossConfig:
     min_overlap: float = 0.7  # gaussian radius rule
     centre_region_radius: int = 1  # contrastive positives: cells within this Chebyshev radius of the centre cell, inside the box
     size_loss_scale: float = 0.25  # size L1 on (input pixels x this); 1/down_ratio = FairMOT's output-pixel units
+    # a frozen copy of train.init_from's network gives the detection outputs the student keeps on every training
+    # image (kdtrack.losses.anchor: learning without forgetting, for IDF stage 2's shared body); 0 = off
+    detection_anchor_weight: float = 0.0
 
     @property
     def contrasts_people(self) -> bool:

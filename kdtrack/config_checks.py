@@ -77,6 +77,7 @@ RULES: tuple[Rule, ...] = (
     at_least("loss.supervised_memory", 0, "0 = off"),
     above("loss.supervised_metric_weight", 0),
     above("loss.supervised_temperature", 0),
+    at_least("loss.detection_anchor_weight", 0, "0 = off"),
     # data: the sample pipeline (the Ray Data stream's and the augmentation's)
     at_least("data.map_actors", 1),
     above("data.map_num_cpus", 0),
@@ -158,6 +159,10 @@ def training_violations(cfg: Any) -> list[tuple[str, str]]:
         broken.append((f"data.{jittered[0]}", f"data.{jittered[0]} changes each person pasted into a swapped view, "
                        f"and none is (data.background_swap = {data.background_swap}, data.background_relayout = "
                        f"{data.background_relayout}): set data.background_swap > 0 and data.background_relayout=true"))
+    if cfg.loss.detection_anchor_weight > 0 and not tc.init_from:
+        broken.append(("loss.detection_anchor_weight", f"loss.detection_anchor_weight = "
+                       f"{cfg.loss.detection_anchor_weight} keeps the detection outputs of the network the run starts "
+                       f"from, and it starts from random weights: pass --init-from (train.init_from), or set it to 0"))
     if tc.epochs == 0 and tc.max_iterations <= 0:
         broken.append(("train.epochs", f"train.epochs = 0 (unbounded) needs train.max_iterations > 0 to end the run, "
                        f"got {tc.max_iterations}"))

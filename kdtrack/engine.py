@@ -13,6 +13,7 @@ average them) and every rank's scaler skips the step and lowers its scale.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from kdtrack.config import TrainConfig
 from kdtrack.data.uint8_canvas import float_canvases
+from kdtrack.losses.anchor import ANCHOR_HEADS
 from kdtrack.losses.distributed import is_distributed
 from kdtrack.models.teacher_targets import teacher_embeddings
 
@@ -258,6 +260,23 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+def detection_anchor(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` as it is now, for ``loss.detection_anchor_weight``: build it after
+    ``train.init_from``'s weights are loaded and ``train.freeze`` is applied, before anything trains. It runs in
+    the student's modes (:func:`set_train_mode`: BatchNorm on the batch's statistics, as the student's forward
+    in training), so on the first batch it gives exactly the student's outputs and the term measures how far
+    the weights moved, not the gap between batch and running statistics; its running statistics never change
+    (momentum 0) and nothing in it takes a gradient."""
+    anchor = copy.deepcopy(getattr(model, "module", model))
+    for p in anchor.parameters():
+        p.requires_grad_(False)
+    for m in anchor.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0
+    set_train_mode(anchor)
+    return anchor
+
+
 def train_step(
     model: nn.Module,
     criterion: nn.Module,
@@ -274,6 +293,7 @@ def train_step(
     iteration: int = 0,
     key_encoder: nn.Module | None = None,
     host_terms: bool = True,
+    anchor: nn.Module | None = None,
 ) -> dict[str, Any]:
     """One optimisation step on ``batch`` (a ``kdtrack.data.dataset.collate`` dict, its canvases float32 or, from a
     feed, uint8 made float32 on ``device`` by ``kdtrack.data.uint8_canvas.float_canvases``); returns the loss terms.
@@ -288,6 +308,7 @@ def train_step(
     ``key_encoder`` (a ``kdtrack.models.momentum.MomentumEncoder``) fills the contrastive
     queue and takes one EMA step after the optimizer's. A contrastive criterion with
     ``loss.key_momentum > 0`` refuses to run without one (a stale queue collapses).
+    ``anchor`` (:func:`detection_anchor`) gives the detection outputs ``loss.detection_anchor_weight`` keeps.
     """
     device = torch.device(device)
     set_train_mode(model)
@@ -309,6 +330,9 @@ def train_step(
         if key_encoder is not None:
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 extra["key_embedding"] = key_encoder(batch[MODEL_INPUT_KEY]).float()
+    if anchor is not None:
+        with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            extra["anchor"] = {k: v.float() for k, v in anchor(batch[MODEL_INPUT_KEY], heads=ANCHOR_HEADS).items()}
     if not host_terms:
         extra["monitor"] = False
     terms = criterion(outputs, batch, **extra)
@@ -345,6 +369,7 @@ def train_one_epoch(
     log_every: int = 10,
     log_fn: LogFn | None = None,
     key_encoder: nn.Module | None = None,
+    anchor: nn.Module | None = None,
 ) -> tuple[int, dict[str, float]]:
     """Run until the loader is exhausted or the global iteration reaches ``max_iterations`` (> 0).
 
@@ -356,7 +381,7 @@ def train_one_epoch(
                                                     log_every=log_every, max_iterations=max_iterations)
         return train_step(model, criterion, batch, optimizer, device=device, scaler=scaler, amp=amp,
                           grad_clip=grad_clip, teacher=teacher, teacher_crop_size=teacher_crop_size,
-                          iteration=iteration, key_encoder=key_encoder, host_terms=logged)
+                          iteration=iteration, key_encoder=key_encoder, host_terms=logged, anchor=anchor)
 
     return run_epoch(step, data_loader, epoch, scheduler=scheduler, start_iteration=start_iteration,
                      max_iterations=max_iterations, log_every=log_every, log_fn=log_fn)
@@ -376,6 +401,7 @@ def train_in_process(
     log_every: int = 10,
     log_fn: LogFn | None = None,
     epoch_batches: Callable[[int], Sequence[Sequence[int]]] | None = None,
+    anchor: nn.Module | None = None,
 ) -> int:
     """Single-process training on CPU without a DataLoader, for benches and tests: each epoch
     ``dataset.set_epoch(e)``, then :func:`kdtrack.data.order.epoch_order` cut to whole batches (or the item
@@ -397,7 +423,7 @@ def train_in_process(
         loader = (collate([dataset[int(i)] for i in batch], uint8=True) for batch in batches)
         it, _ = train_one_epoch(model, criterion, optimizer, loader, "cpu", epoch, scheduler=scheduler,
                                 start_iteration=it, max_iterations=iterations, log_every=log_every,
-                                log_fn=log_fn, key_encoder=key_encoder)
+                                log_fn=log_fn, key_encoder=key_encoder, anchor=anchor)
         epoch += 1
     return it
 

@@ -20,6 +20,9 @@ Totals per ``id_mode``:
   ``total = Kendall(L_det, L_KD, l_id)`` over the three when ``loss.uncertainty``
   (``s_contrastive`` from ``loss.s_contrastive_init``), else
   ``L_det + L_KD + lambda l_id``. Logged ``id`` is ``L_KD + lambda l_id``.
+
+Every mode adds ``loss.detection_anchor_weight * L_anchor`` when it is > 0: the frozen starting network's
+detection outputs kept (``kdtrack.losses.anchor``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torch import nn
 from kdtrack.config import Config, LossConfig
 from kdtrack.config_checks import identity_readout_problems
 from kdtrack.decode import boxes_from_heads
+from kdtrack.losses.anchor import detection_anchor_loss
 from kdtrack.losses.collapse import collapse_stats, collapse_stats_of_vectors
 from kdtrack.losses.contrastive import DenseContrastiveLoss
 from kdtrack.losses.detection import DetectionLoss
@@ -135,8 +139,24 @@ class Criterion(nn.Module):
         queue update off (e.g. for validation); ``extra["key_embedding"]`` (the
         momentum key encoder's identity map of the batch) fills the queue;
         ``extra["monitor"] = False`` skips the collapse statistics (host reads; the train
-        loop computes them on logging steps only).
+        loop computes them on logging steps only). ``loss.detection_anchor_weight > 0``: ``extra["anchor"]``
+        holds the frozen starting network's detection outputs on the batch, and ``weight * L_anchor`` is added
+        to ``total`` (``kdtrack.losses.anchor``).
         """
+        terms = self._terms(outputs, targets, extra)
+        weight = self.cfg.detection_anchor_weight
+        if weight > 0:
+            if "anchor" not in extra:
+                raise ValueError("loss.detection_anchor_weight > 0: pass anchor= (the frozen starting network's "
+                                 "heatmap, size and offset on the batch) to the criterion")
+            anchored = detection_anchor_loss(outputs, extra["anchor"], self.cfg.size_loss_scale)
+            terms.update(anchored)
+            terms["total"] = terms["total"] + weight * anchored["anchor"]
+        return terms
+
+    def _terms(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
+               extra: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The terms of detection and ``loss.id_mode`` and their ``total``, before the anchor."""
         if self.contrastive is not None and self.cfg.detection_views == "first":
             total = int(outputs["heatmap"].shape[0])
             rows = total // max(int(extra.get("views", 2)), 1)
