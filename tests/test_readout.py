@@ -108,8 +108,10 @@ def test_kd_refuses_the_pooled_readout_and_the_other_recipes_take_it():
         load_config("sup_cpu", ["model.id_readout=box"])
     with pytest.raises(ConfigError, match="model.id_readout.*'kd' distils the teacher's feature into the centre"):
         check_training(load_config("kd_cpu", ["model.id_readout=centre_halves"]))
-    for preset in ("idf_cpu", "idf_video_cpu", "idf_classify_cpu", "sup_cpu", "idf_det_cpu"):
+    for preset in ("idf_cpu", "sup_cpu"):
         check_training(load_config(preset, ["model.id_readout=centre_halves"]))
+    for later_stage in ("idf_video_cpu", "idf_classify_cpu", "idf_det_cpu"):  # each starts from stage 1's network
+        check_training(load_config(later_stage, ["model.id_readout=centre_halves", "train.init_from=S1/checkpoint.pt"]))
 
 
 def _two_people_in_two_views(cfg):

@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from jobs import pseudo_label
+from kdtrack.checkpoint import save_checkpoint
 from kdtrack.config import ConfigError, load_config
+from kdtrack.models import build_student
 from tests.test_tune import SMALL_SWEEP
 from tune.spec import load_sweep
 
@@ -111,12 +113,15 @@ def test_a_sweep_across_recipes_relabels_its_stage_2_trials_and_writes_the_compa
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in parts}
     fields = {k: v for k, v in SMALL_SWEEP["set"].items() if k != "loss.queue_size"}
     one_report = {"train.max_iterations": 2, "train.report_every": 2}  # a validation costs what 2 iterations do
+    # stage 2 starts from stage 1's network (its preset holds that network's detection outputs)
+    stage1_cfg = load_config("idf_classify_cpu", [f"{k}={v}" for k, v in fields.items() if k.startswith("model.")])
+    stage1 = save_checkpoint(tmp_path / "stage1", model=build_student(stage1_cfg.model), config=stage1_cfg)
     sweep = {"set": {**fields, **one_report},
              "recipes": {"supervised": {"train_config": "sup_cpu", "set": {"train.lr": 1.0e-3},
                                         "search": {"train.classifier_lr_mult": {"loguniform": [3.0, 30.0]}}},
                          "video_classify": {"train_config": "idf_classify_cpu",
                                             "set": {"data.pseudo_labels": str(cached_labels),
-                                                    "loss.supervised_memory": 64},
+                                                    "loss.supervised_memory": 64, "train.init_from": str(stage1)},
                                             "search": {"pseudo.eps": {"choice": [0.02, 1.5]}}}},
              "tune": {"num_samples": 1, "scheduler": "fifo", "final_eval": ["reid", "mot"]}}
     path = tmp_path / "recipes.yaml"
