@@ -388,8 +388,9 @@ def _student_network(cfg: Config, device: Any, rank: int, world: int) -> tuple[A
     unused = leave_out_unused_heads(student, criterion)  # before DDP: it would wait for their gradients
     if rank == 0 and unused:
         print(f"not trained (no loss reads them): heads {', '.join(unused)}", flush=True)
-    if tc.sync_batchnorm:
+    if tc.sync_batchnorm:  # the anchor too: it must see the statistics the student's forward sees
         student = sync_batchnorm(student, world)
+        anchor = sync_batchnorm(anchor, world) if anchor is not None else None
     return student, criterion, anchor
 
 

@@ -136,3 +136,15 @@ def test_the_anchor_needs_a_starting_network():
     assert not any(f == "loss.detection_anchor_weight" for f, _ in training_violations(started))
     with pytest.raises(ConfigError, match="detection_anchor_weight"):
         load_config("tiny", ["loss.detection_anchor_weight=-1"])
+
+
+def test_the_anchor_converted_for_synced_batchnorm_stays_frozen():
+    """``train.sync_batchnorm`` converts the anchor as it does the student (same statistics on both forwards):
+    the conversion keeps its running statistics fixed (momentum 0), its modes and no gradient."""
+    cfg = load_config("tiny", SMALL)
+    student = build_student(cfg.model)
+    freeze_parts(student, ["detection"])
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(detection_anchor(student))
+    norms = [m for m in converted.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert norms and all(m.momentum == 0.0 and m.training for m in norms)
+    assert not any(p.requires_grad for p in converted.parameters())
