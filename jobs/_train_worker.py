@@ -384,6 +384,9 @@ def _student_network(cfg: Config, device: Any, rank: int, world: int) -> tuple[A
     anchor = detection_anchor(student).to(device) if cfg.loss.detection_anchor_weight > 0 else None
     if rank == 0 and frozen:
         print(f"frozen: {', '.join(frozen)}", flush=True)
+    if rank == 0 and anchor is not None:
+        print(f"detection outputs held to {tc.init_from}'s (loss.detection_anchor_weight "
+              f"{cfg.loss.detection_anchor_weight:g})", flush=True)
     criterion = Criterion.from_config(cfg, gather_fn=all_gather_cat if world > 1 else None).to(device)
     unused = leave_out_unused_heads(student, criterion)  # before DDP: it would wait for their gradients
     if rank == 0 and unused:

@@ -1,5 +1,5 @@
 """The detection anchor (``loss.detection_anchor_weight``): a fine-tune that trains the identity keeps the
-detector of the network it started from (METHOD.md, "IDF stage 2's detection anchor"; kdtrack's, not PointID's).
+detector of the network it started from (METHOD.md, "In kdtrack"; kdtrack's, not PointID's).
 
 IDF stage 2 trains the shared body for identity with the detection heads frozen, and the heads it leaves
 read a body that has moved: the longer stage 2 runs, the less stage 3 can recover (docs/results/
