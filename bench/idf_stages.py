@@ -31,7 +31,8 @@ does for stage 1.
 Two diagnostic controls patch the process before any network or sample is built (docs/results/idf-stage1.md,
 "The dense contrastive objective fails at this scale"): ``--norm group`` makes every ``BatchNorm2d`` a
 ``GroupNorm`` (8 groups; no batch statistics, so nothing can leak between the samples of a batch, MoCo's
-"shuffle BN" concern), and ``--keys ids`` gives the contrastive loss the records' true identities (ids > 0) as person keys instead
+"shuffle BN" concern; ``--norm per-view`` keeps BatchNorm and puts stage 1's two views through the network in forwards
+of their own instead), and ``--keys ids`` gives the contrastive loss the records' true identities (ids > 0) as person keys instead
 of one key per person and image: the same person in two images of a batch is a positive and never a
 negative (a *supervised* upper-bound control, e.g. with ``--set data.sources=[person_search]``).
 
@@ -134,10 +135,12 @@ def identity_batches(dataset: Any, batch_size: int, seed: int, epoch: int) -> li
 
 
 def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *, stage: str,
-          probe: Callable[[], dict[str, Any]], probe_every: int, by_identity: bool = False) -> None:
+          probe: Callable[[], dict[str, Any]], probe_every: int, by_identity: bool = False,
+          batchnorm_views: int = 1) -> None:
     """The stages' loop: :func:`kdtrack.engine.train_in_process` over shuffled batches (a new order and new
     draws every epoch), a JSON line every 50 iterations and ``probe()`` every ``probe_every`` and at the end;
-    ``by_identity``: :func:`identity_batches` instead."""
+    ``by_identity``: :func:`identity_batches` instead; ``batchnorm_views`` 2: each view in a forward of its own
+    (:func:`kdtrack.engine.forward_by_views`)."""
     freeze_parts(model, cfg.train.freeze)
     anchor = detection_anchor(model) if cfg.loss.detection_anchor_weight > 0 else None  # the stage's start
     criterion = Criterion.from_config(cfg)
@@ -158,6 +161,7 @@ def train(model: torch.nn.Module, cfg: Config, dataset: Any, iterations: int, *,
 
     train_in_process(model, criterion, optimizer, dataset, iterations, batch_size=bs, seed=cfg.train.seed,
                      scheduler=scheduler, key_encoder=keys, log_fn=report, anchor=anchor,
+                     batchnorm_views=batchnorm_views,
                      log_every=math.gcd(50, probe_every) if probe_every else 50,
                      epoch_batches=(lambda e: identity_batches(dataset, bs, cfg.train.seed, e)) if by_identity else None)
 
@@ -219,8 +223,9 @@ def main() -> None:
                     help="field=value of stage 2's transforms preset (its data.augment)")
     ap.add_argument("--stage1-from", type=Path, help="a stage-1 checkpoint to start from instead of training stage 1")
     ap.add_argument("--aug", action="append", default=[], help="field=value of stage 1's transforms preset (data.augment)")
-    ap.add_argument("--norm", choices=("batch", "group"), default="batch",
-                    help="group: every BatchNorm2d becomes a GroupNorm (diagnostic, all stages)")
+    ap.add_argument("--norm", choices=("batch", "group", "per-view"), default="batch",
+                    help="group: every BatchNorm2d becomes a GroupNorm (diagnostic, all stages); per-view: stage 1's "
+                         "two views in forwards of their own, so a person's views never share batch statistics")
     ap.add_argument("--keys", choices=("image", "ids"), default="image",
                     help="ids: contrastive keys = true identities (supervised control, all stages)")
     ap.add_argument("--batches", choices=("shuffled", "identity"), default="shuffled",
@@ -246,7 +251,8 @@ def main() -> None:
     elif args.stage1_iters > 0:
         with changed_transforms(cfg1, args.aug):  # idf_cpu's view transforms (data.augment)
             train(model, cfg1, TrainingDataset(load_records(cfg1), cfg1, views=2), args.stage1_iters, stage="stage1",
-                  probe=lambda: probe(model), probe_every=args.probe_every, by_identity=args.batches == "identity")
+                  probe=lambda: probe(model), probe_every=args.probe_every, by_identity=args.batches == "identity",
+                  batchnorm_views=2 if args.norm == "per-view" else 1)
     stage1 = save_checkpoint(out / "stage1", model=model, config=cfg1, iteration=args.stage1_iters)
 
     for labels in [x for x in args.labels.split(",") if x and x != "none"]:

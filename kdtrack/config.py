@@ -193,6 +193,10 @@ class LossConfig:
     # the paper's) between each person's read vector and the loss; retrieval reads the vector before it; the key
     # encoder's vectors go through the same head without gradient (MoCo v2 keeps a momentum copy); 0 = off
     projection_dim: int = 0
+    # contrastive: a person's positives are the momentum key encoder's vectors of its other view (no gradient), and
+    # the batch's other people are negatives as the key encoder sees them, as in MoCo: then every similarity the
+    # loss compares is student-to-key; False = the student's own vectors of the other view (with gradient)
+    key_positives: bool = False
     nn_positives: int = 0  # contrastive: each person's j nearest queue entries are positives too (NNCLR; not the paper's); 0 = off
     detection_views: Literal["all", "first"] = "all"  # contrastive: detection losses on every view, or on view 0 alone (with data.background_swap_views=last the only whole image: the pasted view's people sit on a foreign background with feathered edges)
     max_objects: int = 500  # K: objects encoded per image (extra are dropped and counted)

@@ -163,6 +163,10 @@ def training_violations(cfg: Any) -> list[tuple[str, str]]:
         broken.append(("loss.detection_anchor_weight", f"loss.detection_anchor_weight = "
                        f"{cfg.loss.detection_anchor_weight} keeps the detection outputs of the network the run starts "
                        f"from, and it starts from random weights: pass --init-from (train.init_from), or set it to 0"))
+    if cfg.loss.key_positives and cfg.loss.contrasts_people and cfg.loss.key_momentum <= 0:
+        broken.append(("loss.key_positives", f"loss.key_positives takes a person's positives from the momentum key "
+                       f"encoder, and loss.key_momentum = {cfg.loss.key_momentum} builds none: set loss.key_momentum "
+                       f"in (0, 1), or loss.key_positives=false"))
     if tc.epochs == 0 and tc.max_iterations <= 0:
         broken.append(("train.epochs", f"train.epochs = 0 (unbounded) needs train.max_iterations > 0 to end the run, "
                        f"got {tc.max_iterations}"))

@@ -277,6 +277,20 @@ def detection_anchor(model: nn.Module) -> nn.Module:
     return anchor
 
 
+def forward_by_views(network: Callable[..., Any], images: torch.Tensor, views: int, **kwargs: Any) -> Any:
+    """``network(images)`` with each view's canvases (collate puts all view-0 rows first) in a forward of their
+    own, so that BatchNorm's batch statistics are never shared by a person's two views (MoCo's shuffle BN in one
+    process); the outputs concatenated back in the batch's order. ``views`` 1: one forward."""
+    if views <= 1:
+        return network(images, **kwargs)
+    if images.shape[0] % views:
+        raise ValueError(f"{images.shape[0]} canvases do not split into {views} views")
+    parts = [network(chunk, **kwargs) for chunk in images.chunk(views)]
+    if torch.is_tensor(parts[0]):
+        return torch.cat(parts)
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
 def train_step(
     model: nn.Module,
     criterion: nn.Module,
@@ -294,6 +308,7 @@ def train_step(
     key_encoder: nn.Module | None = None,
     host_terms: bool = True,
     anchor: nn.Module | None = None,
+    batchnorm_views: int = 1,
 ) -> dict[str, Any]:
     """One optimisation step on ``batch`` (a ``kdtrack.data.dataset.collate`` dict, its canvases float32 or, from a
     feed, uint8 made float32 on ``device`` by ``kdtrack.data.uint8_canvas.float_canvases``); returns the loss terms.
@@ -320,7 +335,7 @@ def train_step(
         batch = attach_teacher_targets(teacher, batch, teacher_crop_size)
     use_amp = amp_enabled(amp, device)
     with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-        outputs = model(batch[MODEL_INPUT_KEY])
+        outputs = forward_by_views(model, batch[MODEL_INPUT_KEY], batchnorm_views)
     outputs = {k: v.float() for k, v in outputs.items()}
     extra: dict[str, Any] = {}
     if getattr(criterion, "contrastive", None) is not None:
@@ -329,10 +344,11 @@ def train_step(
                              "(or set loss.key_momentum=0 to fill the queue with the student's own embeddings)")
         if key_encoder is not None:
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                extra["key_embedding"] = key_encoder(batch[MODEL_INPUT_KEY]).float()
+                extra["key_embedding"] = forward_by_views(key_encoder, batch[MODEL_INPUT_KEY], batchnorm_views).float()
     if anchor is not None:
         with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            extra["anchor"] = {k: v.float() for k, v in anchor(batch[MODEL_INPUT_KEY], heads=ANCHOR_HEADS).items()}
+            extra["anchor"] = {k: v.float() for k, v in forward_by_views(
+                anchor, batch[MODEL_INPUT_KEY], batchnorm_views, heads=ANCHOR_HEADS).items()}
     if not host_terms:
         extra["monitor"] = False
     terms = criterion(outputs, batch, **extra)
@@ -370,6 +386,7 @@ def train_one_epoch(
     log_fn: LogFn | None = None,
     key_encoder: nn.Module | None = None,
     anchor: nn.Module | None = None,
+    batchnorm_views: int = 1,
 ) -> tuple[int, dict[str, float]]:
     """Run until the loader is exhausted or the global iteration reaches ``max_iterations`` (> 0).
 
@@ -381,7 +398,8 @@ def train_one_epoch(
                                                     log_every=log_every, max_iterations=max_iterations)
         return train_step(model, criterion, batch, optimizer, device=device, scaler=scaler, amp=amp,
                           grad_clip=grad_clip, teacher=teacher, teacher_crop_size=teacher_crop_size,
-                          iteration=iteration, key_encoder=key_encoder, host_terms=logged, anchor=anchor)
+                          iteration=iteration, key_encoder=key_encoder, host_terms=logged, anchor=anchor,
+                          batchnorm_views=batchnorm_views)
 
     return run_epoch(step, data_loader, epoch, scheduler=scheduler, start_iteration=start_iteration,
                      max_iterations=max_iterations, log_every=log_every, log_fn=log_fn)
@@ -402,6 +420,7 @@ def train_in_process(
     log_fn: LogFn | None = None,
     epoch_batches: Callable[[int], Sequence[Sequence[int]]] | None = None,
     anchor: nn.Module | None = None,
+    batchnorm_views: int = 1,
 ) -> int:
     """Single-process training on CPU without a DataLoader, for benches and tests: each epoch
     ``dataset.set_epoch(e)``, then :func:`kdtrack.data.order.epoch_order` cut to whole batches (or the item
@@ -423,7 +442,8 @@ def train_in_process(
         loader = (collate([dataset[int(i)] for i in batch], uint8=True) for batch in batches)
         it, _ = train_one_epoch(model, criterion, optimizer, loader, "cpu", epoch, scheduler=scheduler,
                                 start_iteration=it, max_iterations=iterations, log_every=log_every,
-                                log_fn=log_fn, key_encoder=key_encoder, anchor=anchor)
+                                log_fn=log_fn, key_encoder=key_encoder, anchor=anchor,
+                                batchnorm_views=batchnorm_views)
         epoch += 1
     return it
 

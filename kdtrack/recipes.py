@@ -137,7 +137,7 @@ def _refuse_teacher_checkpoint(cfg: Config) -> str | None:
 # --------------------------------------------------------------------------- the table
 
 CONTRASTIVE_FIELDS = ("loss.temperature", "loss.queue_size", "loss.key_momentum", "loss.batch_negatives",
-                      "loss.id_weight", "loss.centre_region_radius", "loss.nn_positives")
+                      "loss.id_weight", "loss.centre_region_radius", "loss.nn_positives", "loss.key_positives")
 CLASSIFIER_FIELDS = ("loss.num_id_classes", "loss.s_det_init", "loss.s_id_init", "train.classifier_lr_mult")
 # the hybrid's weights: the initial Kendall log-variances of detection, KD and the contrastive term (under
 # loss.uncertainty, the hybrid's default, these replace the contrastive lambda, loss.id_weight)

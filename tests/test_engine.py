@@ -240,3 +240,59 @@ def test_train_in_process_refuses_a_dataset_that_fills_no_batch():
 
     with pytest.raises(ValueError, match="3 samples do not fill one batch of 4"):
         train_in_process(None, None, None, ThreeSamples(), 10, batch_size=4, seed=0)
+
+
+def test_forward_by_views_keeps_each_views_batch_statistics_apart():
+    """Each view's rows come out as a forward of that view alone would give them (train-mode BatchNorm), unlike
+    one forward over the whole batch; dict and tensor outputs are put back in the batch's order."""
+    from kdtrack.engine import forward_by_views
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)).train()
+    images = torch.randn(6, 3, 8, 8)
+    images[3:] += 2.0  # view 1's canvases: other statistics
+    split = forward_by_views(net, images, 2)
+    assert torch.allclose(split[:3], net(images[:3]), atol=1e-6)
+    assert torch.allclose(split[3:], net(images[3:]), atol=1e-6)
+    assert not torch.allclose(split, net(images), atol=1e-3)
+    assert torch.equal(forward_by_views(net.eval(), images, 1), net(images))
+    as_dict = forward_by_views(lambda x, scale: {"y": x * scale}, images, 2, scale=2.0)
+    assert torch.equal(as_dict["y"], images * 2.0)
+    with pytest.raises(ValueError, match="do not split"):
+        forward_by_views(net, images[:5], 2)
+
+
+@pytest.mark.parametrize("readout", ["cell", "centre_halves"])
+def test_key_positives_take_the_key_encoders_map_through_the_criterion(readout):
+    """``loss.key_positives``: the positives and in-batch negatives come from ``extra["key_embedding"]``. The key
+    encoder starts as a copy of the student, so at step 1 the loss's value is the student-only loss's; a key map
+    that differs changes it, and it changes nothing without the option."""
+    on = load_config("tiny", [*SMALL, f"model.id_readout={readout}", "loss.key_positives=true"])
+    off = load_config("tiny", [*SMALL, f"model.id_readout={readout}"])
+    model, criterion_on, _ = _setup(on)
+    criterion_off = Criterion.from_config(off)
+    keys = _key_encoder(on, model)
+    batch = _batch(on)
+    outputs = model(batch["image"])
+    same = keys(batch["image"])
+    moved = same + 0.3 * torch.randn_like(same)
+
+    def loss(criterion, key_map):
+        return criterion(outputs, batch, key_embedding=key_map, update_queue=False)["id/contrastive"].item()
+
+    assert torch.allclose(same, outputs["embedding"], atol=1e-6)
+    assert loss(criterion_on, same) == pytest.approx(loss(criterion_off, same), rel=1e-5)
+    assert loss(criterion_on, moved) != pytest.approx(loss(criterion_on, same), rel=1e-3)
+    assert loss(criterion_off, moved) == pytest.approx(loss(criterion_off, same), rel=1e-6)
+    with pytest.raises(ValueError, match="key_positives"):
+        criterion_on(outputs, batch, update_queue=False)
+
+
+def test_key_positives_need_a_key_encoder():
+    from kdtrack.config_checks import training_violations
+
+    cfg = load_config("tiny", ["loss.key_positives=true", "loss.key_momentum=0"])
+    assert any(f == "loss.key_positives" for f, _ in training_violations(cfg))
+    assert not any(f == "loss.key_positives" for f, _ in training_violations(load_config("tiny", ["loss.key_positives=true"])))
+    ignored = load_config("sup_cpu", ["loss.key_positives=true", "loss.key_momentum=0"])  # no contrastive term
+    assert not any(f == "loss.key_positives" for f, _ in training_violations(ignored))

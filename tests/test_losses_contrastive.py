@@ -13,17 +13,19 @@ from kdtrack.losses.contrastive import DenseContrastiveLoss, gather_points
 from kdtrack.data.targets import collate_targets, encode_targets
 
 
-def naive_loss(points, keys, queue, queue_keys, tau, batch_negatives=False, nn_positives=0):
+def naive_loss(points, keys, queue, queue_keys, tau, batch_negatives=False, nn_positives=0, key_points=None):
     """IDF eq. 1-2 written literally: for every anchor v, mean over the other points of its person.
 
     ``batch_negatives``: every OTHER person of the batch is one more negative, its mean point
     (renormalised, with gradient). ``nn_positives`` j: the j queue entries (other people) most similar to the
-    person's mean are positives of its every anchor, and no longer negatives (NNCLR)."""
+    person's mean are positives of its every anchor, and no longer negatives (NNCLR). ``key_points`` (MoCo's
+    keys): the other points and the batch negatives' means are taken from these rows instead, without gradient."""
     v = F.normalize(points.double(), dim=1)
+    k = v if key_points is None else F.normalize(key_points.double(), dim=1).detach()
     q = queue.double()
     people = {}
     for a in range(len(v)):
-        people.setdefault(int(keys[a]), []).append(v[a])
+        people.setdefault(int(keys[a]), []).append(k[a])
     means = {key: F.normalize(torch.stack(pts).sum(0), dim=0) for key, pts in people.items()}
     neighbours = {}
     for key, mean in means.items():
@@ -43,7 +45,7 @@ def naive_loss(points, keys, queue, queue_keys, tau, batch_negatives=False, nn_p
         for p in range(len(v)):
             if p == a or keys[p] != keys[a]:
                 continue
-            e = torch.exp(v[a] @ v[p] / tau)
+            e = torch.exp(v[a] @ k[p] / tau)
             terms.append(-torch.log(e / (e + neg_sum)))
         if terms:
             for j in near:
@@ -86,6 +88,49 @@ def test_matches_naive_loop(chunk, batch_negatives, nn_positives):
     out["id"].backward()
     assert torch.allclose(p.grad.double(), p_ref.grad, atol=1e-5)
     assert out["id/anchors"].item() == m - 1
+
+
+@pytest.mark.parametrize("batch_negatives", [False, True])
+def test_key_positives_match_naive_loop(batch_negatives):
+    """MoCo's positives: the key encoder's vector of the person's other rows, the in-batch negatives the key
+    encoder's means; the gradient reaches the student's points only."""
+    g = torch.Generator().manual_seed(1)
+    dim, m = 8, 30
+    points = torch.randn(m, dim, generator=g)
+    key_points = points + 0.5 * torch.randn(m, dim, generator=g)
+    keys = torch.randint(0, 7, (m,), generator=g) * 1000
+    queue = F.normalize(torch.randn(20, dim, generator=g), dim=1)
+    queue_keys = torch.randint(0, 9, (20,), generator=g) * 1000
+    loss = _loss_with_queue(dim, queue, queue_keys, tau=0.1, chunk=5, batch_negatives=batch_negatives)
+    p, kp = points.clone().requires_grad_(True), key_points.clone().requires_grad_(True)
+    out = loss.loss_from_points(p, keys, kp)
+    ref_p = points.double().clone().requires_grad_(True)
+    ref = naive_loss(ref_p, keys, queue, queue_keys, 0.1, batch_negatives, key_points=key_points)
+    assert out["id"].item() == pytest.approx(ref.item(), abs=1e-5, rel=1e-5)
+    assert out["id"].item() != pytest.approx(loss.loss_from_points(points, keys)["id"].item(), abs=1e-3)
+    out["id"].backward()
+    ref.backward()
+    assert torch.allclose(p.grad.double(), ref_p.grad, atol=1e-5)
+    assert kp.grad is None
+
+
+def test_key_positives_hand_value_and_module_switch():
+    # tau = 1; person 3: student v1 = (1, 0), v2 = (0, 1); keys k1 = (0, 1), k2 = (1, 0); queue n = (1, 1)/sqrt2.
+    # v1's positive is k2 (v1.k2 = 1), v2's is k1 (1): l = -log(e^1 / (e^1 + e^0.70711)) = log(1 + e^-0.29289)
+    # for both. With the student's own vectors (v1.v2 = 0): log(1 + e^0.70711).
+    students, key_rows = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    loss = _loss_with_queue(2, F.normalize(torch.tensor([[1.0, 1.0]]), dim=1), torch.tensor([5]), tau=1.0)
+    got = loss.loss_from_points(students, torch.tensor([3, 3]), key_rows)["id"].item()
+    assert got == pytest.approx(math.log(1 + math.exp(math.sqrt(0.5) - 1)), rel=1e-6)
+    # The module's switch: forward_points uses the key rows only with key_positives, and needs them then.
+    loss.key_positives = True
+    assert loss.forward_points(students, torch.tensor([3, 3]), update_queue=False, key_points=key_rows)["id"].item() \
+        == pytest.approx(got, rel=1e-6)
+    with pytest.raises(ValueError, match="key_positives"):
+        loss.forward_points(students, torch.tensor([3, 3]), update_queue=False)
+    loss.key_positives = False
+    assert loss.forward_points(students, torch.tensor([3, 3]), update_queue=False, key_points=key_rows)["id"].item() \
+        == pytest.approx(math.log(1 + math.exp(math.sqrt(0.5))), rel=1e-6)
 
 
 def test_hand_value_two_points_one_negative():

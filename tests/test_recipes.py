@@ -44,7 +44,7 @@ def test_fields_a_sweep_may_search_only_for_their_recipes():
         "loss.temperature": contrastive, "loss.queue_size": contrastive, "loss.key_momentum": contrastive,
         "loss.batch_negatives": contrastive, "loss.id_weight": ("contrastive", "video"),
         "loss.centre_region_radius": contrastive,
-        "loss.nn_positives": contrastive,
+        "loss.nn_positives": contrastive, "loss.key_positives": contrastive,
     }
 
 

@@ -123,6 +123,7 @@ class DenseContrastiveLoss(nn.Module):
         anchor_chunk: int = ANCHOR_CHUNK,
         batch_negatives: bool = True,
         nn_positives: int = 0,
+        key_positives: bool = False,
     ) -> None:
         super().__init__()
         if nn_positives < 0:
@@ -136,15 +137,23 @@ class DenseContrastiveLoss(nn.Module):
         self.anchor_chunk = int(anchor_chunk)
         self.batch_negatives = bool(batch_negatives)
         self.nn_positives = int(nn_positives)
+        self.key_positives = bool(key_positives)
         self.register_buffer("queue", torch.zeros(queue_size, embedding_dim))
         self.register_buffer("queue_keys", torch.full((queue_size,), EMPTY_KEY, dtype=torch.int64))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.int64))
         self.register_buffer("queue_fill", torch.zeros((), dtype=torch.int64))
 
-    def loss_from_points(self, points: torch.Tensor, keys: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``l_id`` for ``points (M,k)`` with person ``keys (M,)`` against the current queue (no update)."""
+    def loss_from_points(self, points: torch.Tensor, keys: torch.Tensor,
+                         key_points: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``l_id`` for ``points (M,k)`` with person ``keys (M,)`` against the current queue (no update).
+
+        ``key_points (M,k)`` (the key encoder's vectors of the same rows): MoCo's positives and in-batch negatives,
+        without gradient, in place of the student's own; the anchors stay the student's ``points``."""
         tau = self.temperature
         v = F.normalize(points.float(), dim=1)
+        kv = None if key_points is None else F.normalize(key_points.detach().float(), dim=1)
+        if kv is not None and kv.shape != v.shape:
+            raise ValueError(f"key_points {tuple(kv.shape)} must match points {tuple(v.shape)}")
         zero = points.sum() * 0.0
         stats = {"id/points": torch.tensor(float(len(v))), "id/queue_fill": self.queue_fill.float()}
         if len(v) == 0:
@@ -175,7 +184,10 @@ class DenseContrastiveLoss(nn.Module):
         log_neg = torch.cat(chunks)
         # ... and over the other people of this batch (one mean each, with gradient).
         if self.batch_negatives and U > 1:
-            means = _person_means(v, inv, U) if means is None else means
+            if kv is not None:
+                means = _person_means(kv, inv, U)
+            else:
+                means = _person_means(v, inv, U) if means is None else means
             log_neg = torch.logaddexp(log_neg, _negative_logsumexp(v, keys, means, uniq, tau))
 
         # Positives: all other points of the same person (no negative: -log(e^s / e^s) = 0 exactly), as
@@ -185,7 +197,7 @@ class DenseContrastiveLoss(nn.Module):
         parts = []
         for s in range(0, len(v), self.anchor_chunk):
             rows = slice(s, s + self.anchor_chunk)
-            args = (v[rows], inv[rows], index[rows], v, inv, log_neg[rows], tau)
+            args = (v[rows], inv[rows], index[rows], v if kv is None else kv, inv, log_neg[rows], tau)
             parts.append(checkpoint(_positive_sum, *args, use_reentrant=False)
                          if torch.is_grad_enabled() and v.requires_grad else _positive_sum(*args))
         pos_sum = torch.cat(parts)
@@ -262,7 +274,7 @@ class DenseContrastiveLoss(nn.Module):
         queue when given; else the student's own (detached) embeddings do.
         """
         points, keys = gather_points(embedding, region_index, region_mask, ids)
-        key_points = (None if key_embedding is None or not update_queue
+        key_points = (None if key_embedding is None or not (update_queue or self.key_positives)
                       else gather_points(key_embedding, region_index, region_mask, ids)[0])
         return self.forward_points(points, keys, update_queue, key_points)
 
@@ -271,7 +283,9 @@ class DenseContrastiveLoss(nn.Module):
         """:meth:`forward` over identity vectors already read, ``points (M, k)`` with person ``keys (M,)``
         (centre-region cells, or one pooled vector per person and view: ``model.id_readout``); ``key_points``,
         the key encoder's vectors of the same rows, fill the queue when given."""
-        terms = self.loss_from_points(points, keys)
+        if self.key_positives and key_points is None:
+            raise ValueError("loss.key_positives needs the key encoder's vectors (loss.key_momentum > 0)")
+        terms = self.loss_from_points(points, keys, key_points if self.key_positives else None)
         if update_queue:
             emb, person = self.person_embeddings(points if key_points is None else key_points, keys)
             self.enqueue(self.gather_fn(emb.contiguous()), self.gather_fn(person.contiguous()))

@@ -82,7 +82,8 @@ class Criterion(nn.Module):
                    if cfg.distils else None)
         self.contrastive = (
             DenseContrastiveLoss(vector_dim, cfg.queue_size, cfg.temperature, gather_fn,
-                                 batch_negatives=cfg.batch_negatives, nn_positives=cfg.nn_positives)
+                                 batch_negatives=cfg.batch_negatives, nn_positives=cfg.nn_positives,
+                                 key_positives=cfg.key_positives)
             if cfg.contrasts_people
             else None
         )
@@ -231,7 +232,7 @@ class Criterion(nn.Module):
             boxes, keys, images = self._labelled_boxes(targets, outputs["embedding"].shape[-1])
             points = self._read(outputs["embedding"], boxes, images)
             key_points = (self._read(key_embedding, boxes, images)
-                          if key_embedding is not None and update_queue else None)
+                          if key_embedding is not None and (update_queue or self.cfg.key_positives) else None)
             if self.projection is not None:
                 loss_points = self._project(points, self.projection)  # the unit vectors inference reads
                 if key_points is not None:
