@@ -397,7 +397,7 @@ class PseudoLabelConfig:
     score_threshold: float = 0.4  # detections kept for clustering (the tracking threshold)
     max_frames: int = 0  # >0: at most this many frames per clip (after the stride), evenly spread
     batch_frames: int = 8  # frames per network forward
-    eps: float = 0.02  # DBSCAN neighbourhood radius (cosine distance = 1 - cos). Measured on the small world with an idf_cpu stage-1 embedding: 0.3 merges each clip into one cluster (ARI 0.47); 0.02 gives the best ARI (0.68, docs/results/idf-stages-2-3.md); consecutive frames of one person are near-duplicates, so DBSCAN chains them at a small radius
+    eps: float = 0.02  # DBSCAN neighbourhood radius (cosine distance = 1 - cos). Measured on the small world with an earlier idf_cpu stage-1 embedding: 0.3 merges each clip into one cluster (ARI 0.47); 0.02 gives the best ARI (0.68, docs/results/idf-stages-2-3.md); consecutive frames of one person are near-duplicates, so DBSCAN chains them at a small radius. The radius follows the embedding's spread: idf_cpu, whose MoCo positives spread people apart, sets 0.08
     min_samples: int = 3  # DBSCAN core-point size (the point itself included, as scikit-learn counts)
     metric: Literal["cosine", "euclidean"] = "cosine"  # on L2-normalised embeddings both give the same clusters at matching eps
     min_track_frames: int = 2  # a cluster is a valid trajectory when it spans this many frames, with boxes in both halves of the clip; a video is kept when it has one

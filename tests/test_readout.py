@@ -132,7 +132,8 @@ def _two_people_in_two_views(cfg):
 
 
 def test_the_contrastive_loss_reads_one_pooled_vector_per_person_and_view():
-    cfg = load_config("idf_cpu", ["model.id_readout=centre_halves", "loss.queue_size=16"])
+    # the student's own positives: the key encoder's (loss.key_positives) are checked in tests/test_engine.py
+    cfg = load_config("idf_cpu", ["model.id_readout=centre_halves", "loss.queue_size=16", "loss.key_positives=false"])
     batch, outputs, emb, read = _two_people_in_two_views(cfg)
     criterion = Criterion.from_config(cfg)
     assert criterion.contrastive.queue.shape == (16, 2 * cfg.model.embedding_dim)
@@ -157,7 +158,7 @@ def test_a_projection_head_sits_between_the_read_vectors_and_the_loss():
     outputs of the vectors read as at inference; the queue holds head outputs; the head learns with the rest;
     the monitor (and retrieval) read the vectors before it; the key encoder's vectors go through a momentum copy
     of the head; a centre-cell run refuses it."""
-    cfg = load_config("idf_cpu", ["loss.queue_size=16", "loss.projection_dim=32"])
+    cfg = load_config("idf_cpu", ["loss.queue_size=16", "loss.projection_dim=32", "loss.key_positives=false"])
     batch, outputs, emb, read = _two_people_in_two_views(cfg)
     criterion = Criterion.from_config(cfg)
     head = criterion.projection
