@@ -21,6 +21,10 @@ For a centre-region point ``v`` of person ``i`` (all vectors L2-normalised):
   exactly 0 (and so is its gradient).
 - ``l_id`` = mean of ``l(v)`` over all anchors of all people; people with id
   < 0 (unknown / DBSCAN outliers) are left out.
+- ``key_positives`` (MoCo's, not the paper's): ``p`` and the in-batch means
+  are the momentum key encoder's vectors of the same rows, without gradient;
+  the anchors ``v`` stay the student's. Every similarity is then student to
+  key encoder, as the queue's already are.
 
 After the loss, one embedding per person (mean of its points, renormalised,
 no gradient) is gathered from all workers with ``gather_fn`` and pushed into
@@ -182,7 +186,8 @@ class DenseContrastiveLoss(nn.Module):
             else:
                 chunks.append(_negative_logsumexp(a, ak, bank, bank_keys, tau, ax))
         log_neg = torch.cat(chunks)
-        # ... and over the other people of this batch (one mean each, with gradient).
+        # ... and over the other people of this batch (one mean each: the student's, with gradient, or with
+        # key_points the key encoder's, without).
         if self.batch_negatives and U > 1:
             if kv is not None:
                 means = _person_means(kv, inv, U)
