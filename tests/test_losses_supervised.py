@@ -59,7 +59,7 @@ def test_a_batch_without_labels_gives_a_zero_that_back_propagates():
     emb, index, mask, ids = _one_image([[1.0, 2.0, 3.0]], [2], [-1])
     emb.requires_grad_(True)
     terms = loss_fn(emb, index, mask, ids)
-    assert float(terms["id"]) == 0.0
+    assert terms["id"].item() == 0.0
     terms["id"].backward()
     assert emb.grad is not None and float(emb.grad.abs().sum()) == 0.0
 
@@ -86,8 +86,8 @@ def test_criterion_weights_detection_and_identity_as_kendall():
                "ids": torch.tensor([[2, 5]]), "ignore": torch.zeros(1, 1, h, w)}
     terms = criterion(outputs, targets)
     expected = 0.5 * (terms["det"] * math.exp(1.85) + terms["id"] * math.exp(1.05) - 1.85 - 1.05)
-    assert float(terms["total"]) == pytest.approx(float(expected), rel=1e-6)
-    assert float(terms["id"]) > 0 and "s_id" in terms
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert terms["id"].item() > 0 and "s_id" in terms
     assert set(dict(criterion.named_parameters())) >= {"supervised.classifier.weight", "uncertainty.s_id"}
 
 
@@ -152,11 +152,11 @@ def test_supervised_contrastive_matches_a_hand_computation():
     labels, bank_labels = [0, 1, 0, 2], [1, -1, 2, 3, 0]  # anchor 3's only positive is in the bank; slot 1 empty
     got = supervised_contrastive(torch.tensor(anchors), torch.tensor(labels), torch.tensor(bank),
                                  torch.tensor(bank_labels), 0.5)
-    assert float(got) == pytest.approx(_supcon_by_hand(anchors, labels, bank, bank_labels, 0.5), rel=1e-6)
+    assert got.item() == pytest.approx(_supcon_by_hand(anchors, labels, bank, bank_labels, 0.5), rel=1e-6)
     # no positive anywhere: 0, no anchor
     none = supervised_contrastive(torch.tensor(anchors[:2]), torch.tensor([5, 6]), torch.tensor(bank),
                                   torch.tensor(bank_labels), 0.5)
-    assert float(none) == 0.0
+    assert none.item() == 0.0
 
 
 def test_the_memory_is_a_fifo_and_feeds_the_next_batch():
@@ -166,15 +166,15 @@ def test_the_memory_is_a_fifo_and_feeds_the_next_batch():
     assert "memory" not in SupervisedIdLoss(embedding_dim=2, num_classes=4).state_dict()  # plain: keys as before
     first = _one_image([[1.0, 0.0], [0.0, 2.0]], [0, 5], [1, 2])
     terms = loss_fn(*first)
-    assert float(terms["id/metric"]) == 0.0  # nobody twice, empty memory
-    assert float(terms["id"]) == pytest.approx(float(terms["id/ce"]))
+    assert terms["id/metric"].item() == 0.0  # nobody twice, empty memory
+    assert terms["id"].item() == pytest.approx(terms["id/ce"].item())
     assert loss_fn.memory_ids.tolist() == [1, 2, -1] and int(loss_fn.memory_ptr) == 2
     second = _one_image([[3.0, 4.0], [1.0, 1.0]], [1, 2], [2, 3])
     terms = loss_fn(*second)  # person 2 meets its remembered vector (0, 1)
     anchors = np.array([[0.6, 0.8], [2 ** -0.5, 2 ** -0.5]])
     expected = _supcon_by_hand(anchors, [2, 3], np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), [1, 2, -1], 0.2)
-    assert float(terms["id/metric"]) == pytest.approx(expected, rel=1e-5)
-    assert float(terms["id"]) == pytest.approx(float(terms["id/ce"]) + 0.5 * expected, rel=1e-5)
+    assert terms["id/metric"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["id"].item() == pytest.approx(terms["id/ce"].item() + 0.5 * expected, rel=1e-5)
     assert loss_fn.memory_ids.tolist() == [3, 2, 2] and int(loss_fn.memory_ptr) == 1  # wrapped: oldest out
     assert loss_fn.memory[0].tolist() == pytest.approx([2 ** -0.5, 2 ** -0.5])
     loss_fn.eval()

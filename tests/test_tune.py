@@ -91,7 +91,10 @@ def test_a_mot17_sweep_validates_on_the_val_halves_and_reports_nothing_on_them(t
     assert spec.base.train.recipe == "kd" and spec.base.data.sources == ("mot17",)
     assert spec.base.data.mot_split == "train_half" and spec.base.eval.reid_mot_split == "val_half"
     assert spec.tune.metric == "val/mot/mAP" and held_out_protocols(spec) == ("person_search",)
-    assert held_out_protocols(load_sweep("tune_idf_paper", ["data.root=/nonexistent"])) == ("person_search", "mot")
+    # a sweep not validated on MOT17 val may report every protocol the probe knows (tune.spec keeps its own
+    # literal so that it stays free of torch; this pins the two together)
+    from kdtrack.metrics.reid_probe import PROTOCOLS
+    assert held_out_protocols(load_sweep("tune_idf_paper", ["data.root=/nonexistent"])) == PROTOCOLS
     from tune.spaces import scheduler
 
     assert sorted(m for m, _ in scheduler(spec)._brackets[0]._rungs) == [1000, 2000, 4000]
