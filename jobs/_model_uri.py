@@ -16,7 +16,9 @@ An object-store URI (``s3://bucket/.../checkpoint_<time>``, a Ray Train checkpoi
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +29,14 @@ from kdtrack.checkpoint import CHECKPOINT_NAME
 MODEL_URI_PREFIXES = ("runs:/", "models:/")
 
 
+def _scratch_folder(prefix: str) -> Path:
+    """A fresh temporary folder for a fetched checkpoint, removed when the process exits: a job that reads a
+    remote checkpoint leaves no copy of it behind (paper-scale networks are hundreds of MB each)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def is_model_uri(ref: str | Path | None) -> bool:
     """``runs:/...`` or ``models:/...`` (a ``Path`` keeps the text as it was given: one slash after ':')."""
     return ref is not None and str(ref).startswith(MODEL_URI_PREFIXES)
@@ -34,8 +44,8 @@ def is_model_uri(ref: str | Path | None) -> bool:
 
 def fetch_checkpoint(uri: str, tracking_uri: str | None, dst: str | Path | None = None) -> Path:
     """The local ``checkpoint.pt`` of the model ``uri`` names, downloaded from ``tracking_uri`` (or
-    ``MLFLOW_TRACKING_URI``) into ``dst`` (a new temporary folder when None). A URI without a tracking
-    server to ask, or one the server does not know, is an :class:`InputError` naming it."""
+    ``MLFLOW_TRACKING_URI``) into ``dst`` (a new temporary folder, removed at exit, when None). A URI without
+    a tracking server to ask, or one the server does not know, is an :class:`InputError` naming it."""
     tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not tracking:
         raise InputError(f"--checkpoint {uri}: an MLflow URI needs the tracking server that holds it "
@@ -44,7 +54,7 @@ def fetch_checkpoint(uri: str, tracking_uri: str | None, dst: str | Path | None 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="kdtrack-model-"))
+    target = Path(dst) if dst is not None else _scratch_folder("kdtrack-model-")
     target.mkdir(parents=True, exist_ok=True)
     try:
         # resolved here with an explicit client: MLflow's own models:/ lookup reads the global registry URI
@@ -91,10 +101,11 @@ def model_artifacts_uri(client: Any, uri: str) -> str:
 
 def fetch_stored_checkpoint(uri: str | Path, dst: str | Path | None = None) -> Path:
     """The local copy of the ``checkpoint.pt`` an object-store URI names (the file, or the Ray checkpoint
-    folder holding it), in ``dst`` (a new temporary folder when None). Not there: an InputError naming it."""
+    folder holding it), in ``dst`` (a new temporary folder, removed at exit, when None). Not there: an
+    InputError naming it."""
     from jobs._storage import as_uri, fetch_to_local
 
-    target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="kdtrack-ckpt-"))
+    target = Path(dst) if dst is not None else _scratch_folder("kdtrack-ckpt-")
     try:
         path = fetch_to_local(uri, target, CHECKPOINT_NAME)
     except FileNotFoundError as exc:

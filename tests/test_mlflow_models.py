@@ -107,6 +107,24 @@ def test_paths_pass_through_and_uris_are_fetched(store: str, trained_run):
     assert local == checkpoint and remote.read_bytes() == payload
 
 
+def test_a_fetched_copy_is_removed_when_the_job_exits(store: str, trained_run):
+    """A job that reads ``runs:/...`` fetches it into a temporary folder; the folder goes when the process ends."""
+    import subprocess
+    import sys
+
+    run_id, checkpoint, payload = trained_run
+    log_trained_model(store, run_id, checkpoint, load_config("tiny"))
+    code = ("import sys; from jobs._model_uri import resolve_checkpoints; "
+            "p = resolve_checkpoints(sys.argv[1], sys.argv[2]); assert p.is_file(); print(p)")
+    done = subprocess.run([sys.executable, "-c", code, f"runs:/{run_id}/student", store], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0, done.stderr
+    fetched = Path(done.stdout.strip().splitlines()[-1])
+    assert fetched.name == "checkpoint.pt" and fetched.is_absolute()
+    scratch = next(p for p in fetched.parents if p.name.startswith("kdtrack-model-"))
+    assert not scratch.exists()
+
+
 def test_logging_a_model_is_best_effort(trained_run, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
     run_id, checkpoint, _ = trained_run
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once instead of MLflow's backoff
